@@ -1,0 +1,35 @@
+"""Activations of the design notes, each next to its backward rule.
+
+Written against an array module ``xp`` (NumPy or CuPy) so one formula serves both.
+Arrays hold one sample per column: Z has shape (units, m).
+"""
+
+
+def relu(xp, Z):
+    """A = relu(Z) = max(Z, 0)."""
+    return xp.maximum(Z, 0)
+
+
+def relu_backward(dA, A):
+    """dZ = dA * relu'(Z), where relu'(Z) is 1 for Z > 0, else 0.
+
+    A = relu(Z) is positive exactly where Z is, so the mask is read from A and
+    Z need not be kept.
+    """
+    return dA * (A > 0)
+
+
+def softmax(xp, Z):
+    """A = exp(Z) / sum(exp(Z)) down each column.
+
+    Subtracting each column's max first changes nothing mathematically and keeps
+    exp() from overflowing for large logits.
+    """
+    E = xp.exp(Z - Z.max(axis=0, keepdims=True))
+    return E / E.sum(axis=0, keepdims=True)
+
+
+def log_softmax(xp, Z):
+    """log(softmax(Z)), computed without forming softmax: finite for any finite Z."""
+    shifted = Z - Z.max(axis=0, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=0, keepdims=True))

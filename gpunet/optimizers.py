@@ -1,0 +1,74 @@
+"""Parameter updates. Each ``step`` changes the parameters in place.
+
+The notes' rule is plain gradient descent, W <- W - alpha.dW and b <- b - alpha.db;
+momentum and Adam keep per-parameter state of the same shape.
+"""
+
+from __future__ import annotations
+
+OPTIMIZERS = ("gd", "sgd", "momentum", "adam")
+
+
+class GradientDescent:
+    """W <- W - alpha.dW. Full-batch (the notes) or mini-batch (SGD): the batch decides."""
+
+    def __init__(self, params, lr: float):
+        self.params = params
+        self.lr = lr
+
+    def step(self, grads) -> None:
+        for p, g in zip(self.params, grads):
+            g *= p.dtype.type(self.lr)
+            p -= g
+
+
+class Momentum(GradientDescent):
+    """v <- beta.v + dW;  W <- W - alpha.v  (heavy ball, as PyTorch's SGD with momentum)."""
+
+    def __init__(self, params, lr: float, beta: float = 0.9):
+        super().__init__(params, lr)
+        self.beta = beta
+        self.velocity = [p * 0 for p in params]
+
+    def step(self, grads) -> None:
+        for p, g, v in zip(self.params, grads, self.velocity):
+            v *= p.dtype.type(self.beta)
+            v += g
+            p -= p.dtype.type(self.lr) * v
+
+
+class Adam(GradientDescent):
+    """Adam (Kingma & Ba): step along the bias-corrected mean over the root mean square of dW.
+
+    The two bias corrections are folded into the step size (the paper's
+    efficient form), so eps is added to sqrt(s) rather than to its corrected value.
+    """
+
+    def __init__(self, params, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(params, lr)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.mean = [p * 0 for p in params]
+        self.square = [p * 0 for p in params]
+        self.t = 0
+
+    def step(self, grads) -> None:
+        self.t += 1
+        # Fold both bias corrections into one step size: alpha.sqrt(1-b2^t)/(1-b1^t).
+        step_size = self.lr * (1 - self.beta2**self.t) ** 0.5 / (1 - self.beta1**self.t)
+        for p, g, m, s in zip(self.params, grads, self.mean, self.square):
+            t = p.dtype.type
+            m *= t(self.beta1)
+            m += t(1 - self.beta1) * g
+            s *= t(self.beta2)
+            s += t(1 - self.beta2) * g * g
+            p -= t(step_size) * m / (s**0.5 + t(self.eps))
+
+
+def make_optimizer(name: str, params, lr: float):
+    if name in ("gd", "sgd"):
+        return GradientDescent(params, lr)
+    if name == "momentum":
+        return Momentum(params, lr)
+    if name == "adam":
+        return Adam(params, lr)
+    raise ValueError(f"unknown optimizer {name!r}")
