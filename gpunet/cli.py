@@ -1,0 +1,336 @@
+"""The ``gpunet`` command line: train, predict, evaluate, info.
+
+Every failure a user can cause ends as one line on stderr and a non-zero exit:
+GpunetError and click's usage errors are caught here, never shown as tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from gpunet import __version__
+from gpunet.backend import DEVICES, get_backend
+from gpunet.errors import DeviceError, GpunetError
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def parse_hidden(ctx, param, value: str) -> tuple[int, ...]:
+    """'16,16' -> (16, 16); '' or 'none' -> () for a network with no hidden layer."""
+    text = value.strip().lower()
+    if text in ("", "none"):
+        return ()
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of layer sizes such as 16,16") from None
+    if any(size <= 0 for size in sizes):
+        raise click.BadParameter(f"{value!r}: every layer size must be a positive integer")
+    return sizes
+
+
+def check_out_path(option: str, path: Path) -> Path:
+    """Fail before any work if the output cannot be written where asked."""
+    if path.is_dir():
+        raise GpunetError(f"{option} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise GpunetError(f"{option} {path}: folder '{path.parent}' does not exist")
+    return path
+
+
+def choose_backend(device: str):
+    backend, notice = get_backend(device)
+    if notice:
+        click.echo(f"Note: {notice}", err=True)
+    return backend
+
+
+def positive(kind):
+    """A click type callback rejecting values <= 0 with the option named."""
+
+    def check(ctx, param, value):
+        if value is not None and value <= 0:
+            raise click.BadParameter(f"must be positive, got {value}")
+        return value
+
+    return check
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gpunet")
+def cli():
+    """Train the digit network of the design notes and use it.
+
+    \b
+    gpunet train                      # on the bundled sample of real digits
+    gpunet train --data train.csv.gz  # on Kaggle's Digit Recognizer data
+    gpunet predict --data test.csv.gz --out submission.csv
+    """
+
+
+device_option = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                             help="auto: a usable CUDA GPU, else the CPU.")
+
+
+@cli.command()
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Labeled digits: Kaggle train.csv[.gz], MNIST IDX file or folder, or .npz. Default: the bundled sample.")
+@device_option
+@click.option("--hidden", default="16,16", show_default=True, callback=parse_hidden,
+              help="Hidden layer sizes, comma-separated; 'none' for no hidden layer.")
+@click.option("--epochs", type=int, default=None, callback=positive(int),
+              help="Passes over the training data. [default: 30; 500 with --optimizer gd]")
+@click.option("--batch-size", type=click.IntRange(min=0), default=None,
+              help="Samples per step; 0 = all of them (full-batch gradient descent). [default: 64; 0 with --optimizer gd]")
+@click.option("--lr", type=float, default=None, callback=positive(float),
+              help="Learning rate alpha. [default: 0.01 for adam, 0.1 for gd/sgd, 0.05 for momentum]")
+@click.option("--optimizer", type=click.Choice(["gd", "sgd", "momentum", "adam"]), default="adam", show_default=True,
+              help="gd: the notes' full-batch W <- W - alpha.dW; sgd: the same on mini-batches.")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=None,
+              help="Learning-rate schedule. [default: cosine; constant with --optimizer gd]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+              help="Decoupled weight decay lambda: W <- W - alpha.lambda.W each step. [default: 0.1; 0 with --optimizer gd]")
+@click.option("--init", type=click.Choice(["he", "seed"]), default="he", show_default=True,
+              help="he: Normal(0, 2/fan_in); seed: uniform [-0.5, 0.5) as in the notes.")
+@click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Digits held out for validation before training.")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Stop after N epochs without a better validation loss and keep the best weights.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the initial weights and the shuffle.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True,
+              help="Where to write the model (.npz).")
+def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size, patience, seed, dtype, out):
+    """Train the network and save it, reporting loss and accuracy each epoch."""
+    from gpunet.data import load_digits, load_sample, split_validation
+    from gpunet.training import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
+
+    out = check_out_path("--out", out)
+    full_batch = optimizer == "gd"
+    config = TrainConfig(
+        hidden=hidden,
+        epochs=epochs or (500 if full_batch else TrainConfig.epochs),
+        batch_size=batch_size if batch_size is not None else (0 if full_batch else TrainConfig.batch_size),
+        lr=lr or {"adam": TrainConfig.lr, "momentum": 0.05}.get(optimizer, 0.1),
+        optimizer=optimizer,
+        schedule=schedule or ("constant" if full_batch else TrainConfig.schedule),
+        weight_decay=weight_decay if weight_decay is not None else (0.0 if full_batch else TrainConfig.weight_decay),
+        init=init, val_size=val_size, patience=patience, seed=seed, dtype=dtype,
+    )
+    backend = choose_backend(device)
+    digits = load_digits(data, labeled=True) if data is not None else load_sample()
+    train_digits, val_digits = split_validation(digits, val_size, seed)
+    sizes = "-".join(str(s) for s in (784, *hidden, 10))
+    click.echo(f"Data: {digits.source}: {len(digits):,} digits -> {len(train_digits):,} training, "
+               f"{len(val_digits):,} validation")
+    batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
+    click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
+               f"{config.epochs} epochs, weight decay {config.weight_decay:g}, {dtype} on {backend.describe()}")
+
+    report = EpochReporter(config.epochs)
+    try:
+        result = run_training(backend, train_digits, val_digits, config, on_epoch=report,
+                              progress_factory=report.progress_bar if config.batch_size else None)
+    except TrainingDiverged as exc:
+        report.close()
+        saved = save_result(out, exc.result, config, digits, backend) if exc.result.history else None
+        kept = f"; kept the weights of epoch {exc.result.best_epoch} in {saved}" if saved else ""
+        raise GpunetError(f"training diverged: the loss became {exc.value} in epoch {exc.epoch}; "
+                          f"try a smaller --lr (now {config.lr:g}){kept}") from None
+    except TrainingInterrupted as exc:
+        report.close()
+        if exc.result.history:
+            saved = save_result(out, exc.result, config, digits, backend)
+            click.echo(f"Interrupted in epoch {exc.epoch}: saved the best model so far "
+                       f"(epoch {exc.result.best_epoch}) to {saved}", err=True)
+        else:
+            click.echo(f"Interrupted in epoch {exc.epoch}, before any epoch finished: nothing saved", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    report.close()
+    save_result(out, result, config, digits, backend)
+    final = result.final
+    if result.stop_reason == "early_stopping":
+        click.echo(f"Early stopping: no better validation loss for {patience} epochs; kept epoch {result.best_epoch}")
+    if final.val_accuracy is not None:
+        click.echo(f"Validation accuracy {100 * final.val_accuracy:.2f}% (epoch {result.best_epoch}); saved {out}")
+    else:
+        click.echo(f"Training accuracy {100 * final.train_accuracy:.2f}% (no validation digits); saved {out}")
+
+
+class EpochReporter:
+    """Prints one line per epoch (thinned out for long runs) and owns the progress bars."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.every = max(1, epochs // 25)
+        self.width = len(str(epochs))
+        self.epoch_bar = None
+
+    def __call__(self, m) -> None:
+        if m.epoch % self.every == 0 or m.epoch in (1, self.epochs):
+            val = (f"  val_loss {m.val_loss:.4f}  val_acc {100 * m.val_accuracy:6.2f}%"
+                   if m.val_loss is not None else "")
+            line = (f"epoch {m.epoch:{self.width}d}/{self.epochs}  loss {m.train_loss:.4f}  "
+                    f"acc {100 * m.train_accuracy:6.2f}%{val}  ({m.seconds:.2f}s)")
+            from tqdm import tqdm
+
+            tqdm.write(line)
+
+    def progress_bar(self, total: int):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="digit", unit_scale=True, leave=False, disable=None, mininterval=0.5)
+        return ProgressBar(bar)
+
+    def close(self) -> None:
+        pass
+
+
+class ProgressBar:
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def save_result(out: Path, result, config, digits, backend) -> Path:
+    from gpunet.checkpoint import save_model
+
+    final = result.final
+    save_model(out, result.network.host_params(), {
+        "classes": list(range(10)),
+        "normalization": {"scale": 1 / 255, "offset": 0.0},
+        "training": {**config.as_dict(), "hidden": list(config.hidden), "data": digits.source,
+                     "device": backend.name},
+        "history": [vars(m) for m in result.history],
+        "best_epoch": result.best_epoch,
+        "stop_reason": result.stop_reason,
+        "final_metrics": vars(final) if final else None,
+    })
+    return out
+
+
+def load_network(model_path: Path, backend):
+    from gpunet.checkpoint import load_model
+    from gpunet.model import INPUTS, Network
+
+    params, meta = load_model(model_path)
+    if params[0].shape[1] != INPUTS:
+        raise GpunetError(f"{model_path}: model expects {params[0].shape[1]} inputs per digit, "
+                          f"but digits have {INPUTS} pixels")
+    return Network(backend, params), meta
+
+
+def predict_labels(network, images: np.ndarray) -> np.ndarray:
+    """Most likely class of each row of a uint8 image array, in chunks."""
+    from gpunet.training import EVAL_CHUNK
+
+    backend = network.backend
+    device_images = backend.asarray(images)
+    labels = []
+    for start in range(0, len(images), EVAL_CHUNK):
+        index = backend.xp.arange(start, min(start + EVAL_CHUNK, len(images)))
+        Z = network.logits(backend.gather_scaled(device_images, index, network.dtype))
+        labels.append(backend.to_numpy(Z.argmax(axis=0)))
+    return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+
+@cli.command()
+@click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Digits to label: Kaggle test.csv[.gz] (a train.csv also works; its labels are ignored), IDX or .npz.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("submission.csv"), show_default=True,
+              help="Kaggle submission file: ImageId,Label with ImageId counting from 1.")
+@device_option
+def predict(model, data, out, device):
+    """Label digits and write a Kaggle 'Digit Recognizer' submission."""
+    from gpunet.checkpoint import atomic_write
+    from gpunet.data import load_digits
+
+    out = check_out_path("--out", out)
+    network, _ = load_network(model, choose_backend(device))
+    digits = load_digits(data, labeled=False)
+    labels = predict_labels(network, digits.images)
+    rows = "".join(f"{i},{label}\n" for i, label in enumerate(labels.tolist(), start=1))
+    atomic_write(out, lambda f: f.write(("ImageId,Label\n" + rows).encode()))
+    click.echo(f"Wrote {len(labels):,} predictions to {out}")
+
+
+@cli.command()
+@click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labeled digits (same formats as train).")
+@device_option
+def evaluate(model, data, device):
+    """Score a model on labeled digits: accuracy, per-class accuracy, confusion matrix."""
+    from gpunet.data import load_digits
+
+    network, _ = load_network(model, choose_backend(device))
+    digits = load_digits(data, labeled=True)
+    predicted = predict_labels(network, digits.images)
+    truth = digits.labels.astype(np.int64)
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    click.echo(f"{digits.source}: {len(truth):,} digits, accuracy {100 * np.mean(predicted == truth):.2f}%")
+    click.echo("\nPer class:")
+    for digit in range(10):
+        total = confusion[digit].sum()
+        accuracy = f"{100 * confusion[digit, digit] / total:6.2f}%" if total else "     -"
+        click.echo(f"  {digit}: {accuracy}  ({total:,} digits)")
+    click.echo("\nConfusion matrix (rows: true digit, columns: predicted):")
+    width = max(5, len(str(confusion.max())) + 1)
+    click.echo("     " + "".join(f"{d:>{width}}" for d in range(10)))
+    for digit in range(10):
+        click.echo(f"  {digit}: " + "".join(f"{n:>{width}}" for n in confusion[digit]))
+
+
+@cli.command()
+def info():
+    """Versions, the backends found, and CUDA devices."""
+    import pandas
+
+    from gpunet import backend_cuda
+
+    click.echo(f"gpunet {__version__}")
+    click.echo(f"Python {sys.version.split()[0]}, NumPy {np.__version__}, pandas {pandas.__version__}, click {click.__version__}")
+    click.echo("Backends:")
+    click.echo("  cpu: NumPy (always available)")
+    reason = backend_cuda.unavailable_reason()
+    click.echo(f"  cuda: {'available' if reason is None else 'not usable: ' + reason}")
+    report = getattr(backend_cuda, "device_report", None)
+    if report is not None:
+        for line in report():
+            click.echo(f"  {line}")
+
+
+def main(argv=None) -> None:
+    """Entry point: run the CLI and turn every expected failure into one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="gpunet", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `gpunet` alone: show help, as click does
+        click.echo(exc.ctx.get_help())
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "gpunet"
+        click.echo(f"Error: {command}: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except DeviceError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except GpunetError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("Aborted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

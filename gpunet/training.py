@@ -1,0 +1,203 @@
+"""The training loop: mini-batch or full-batch gradient descent with validation each epoch.
+
+Everything on arrays goes through ``backend.xp`` and the backend's hot operations,
+so the same loop trains on NumPy or CuPy. Inside an epoch only a few scalars
+(loss sums and correct counts) cross from the device to the host.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from gpunet.model import Network, init_params, layer_sizes
+from gpunet.optimizers import make_optimizer
+
+SCHEDULES = ("constant", "cosine")
+EVAL_CHUNK = 8192  # samples per forward pass when scoring: bounds memory, keeps BLAS busy
+
+
+@dataclass
+class TrainConfig:
+    hidden: tuple[int, ...] = (16, 16)
+    epochs: int = 30
+    batch_size: int = 64  # 0: the whole training set in one batch (the notes' gradient descent)
+    lr: float = 0.01
+    optimizer: str = "adam"
+    weight_decay: float = 0.1
+    schedule: str = "cosine"
+    init: str = "he"
+    val_size: int = 1000
+    patience: int | None = None
+    seed: int = 0
+    dtype: str = "float32"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    lr: float
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    network: Network
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_epoch: int | None = None
+    stop_reason: str = "completed"  # completed | early_stopping | diverged | interrupted
+
+    @property
+    def final(self) -> EpochMetrics | None:
+        """Metrics of the epoch whose weights the network holds."""
+        if self.best_epoch is None:
+            return None
+        return self.history[self.best_epoch - 1]
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the network holds the last good weights."""
+
+    def __init__(self, epoch: int, value: float, result: TrainResult):
+        super().__init__(f"loss became {value} in epoch {epoch}")
+        self.epoch, self.value, self.result = epoch, value, result
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the network holds the best weights so far."""
+
+    def __init__(self, epoch: int, result: TrainResult):
+        super().__init__(f"interrupted in epoch {epoch}")
+        self.epoch, self.result = epoch, result
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The rate for ``epoch`` (1-based): constant, or cosine decay from lr towards 0 over the run."""
+    if config.schedule == "constant" or config.epochs == 1:
+        return config.lr
+    progress = (epoch - 1) / config.epochs
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class DeviceData:
+    """A labeled data set moved to the backend once: uint8 images and int32 labels."""
+
+    def __init__(self, backend, digits):
+        self.images = backend.asarray(digits.images)
+        self.labels = backend.asarray(digits.labels.astype(np.int32))
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def evaluate(network: Network, data: DeviceData) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the network on a data set, in chunks."""
+    ops, xp = network.backend, network.backend.xp
+    m = len(data)
+    loss_sum = xp.zeros((), dtype=xp.float64)
+    correct = 0
+    for start in range(0, m, EVAL_CHUNK):
+        index = xp.arange(start, min(start + EVAL_CHUNK, m))
+        Z = network.logits(ops.gather_scaled(data.images, index, network.dtype))
+        labels = data.labels[index]
+        _, losses = ops.softmax_cross_entropy(Z, labels)
+        loss_sum += losses.sum(dtype=xp.float64)
+        correct += ops.count_correct(Z, labels)
+    return float(loss_sum) / m, correct / m
+
+
+def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, progress=None):
+    """One pass over the shuffled training data; returns (mean loss, accuracy) seen while training."""
+    ops, xp = network.backend, network.backend.xp
+    m = len(data)
+    batch = m if batch_size <= 0 else batch_size
+    order = xp.asarray(rng.permutation(m))  # reshuffle every epoch
+    loss_sum = xp.zeros((), dtype=xp.float64)
+    correct = 0
+    for start in range(0, m, batch):
+        index = order[start : start + batch]
+        labels = data.labels[index]
+        Z, activations = network.forward(ops.gather_scaled(data.images, index, network.dtype))
+        correct += ops.count_correct(Z, labels)
+        grads, losses = network.backward(Z, activations, labels)
+        loss_sum += losses.sum(dtype=xp.float64)
+        optimizer.step(grads)
+        if progress is not None:
+            progress(int(index.shape[0]))
+    return float(loss_sum) / m, correct / m
+
+
+def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None, progress_factory=None):
+    """Train a fresh network; returns a TrainResult.
+
+    ``on_epoch(metrics)`` is called after each epoch. ``progress_factory(total)``
+    may return a callable advanced by the number of samples after each batch
+    (a progress bar), with a ``close()`` method.
+
+    Raises TrainingDiverged or TrainingInterrupted carrying the result so far;
+    in both cases the network already holds the weights to keep.
+    """
+    dtype = np.dtype(config.dtype)
+    network = Network(backend, init_params(layer_sizes(config.hidden), config.init, config.seed, dtype))
+    optimizer = make_optimizer(config.optimizer, network.params, config.lr, config.weight_decay)
+    train_data = DeviceData(backend, train_digits)
+    val_data = DeviceData(backend, val_digits) if len(val_digits) else None
+    rng = np.random.default_rng(config.seed + 1)  # the shuffle, independent of the init draws
+
+    result = TrainResult(network)
+    best_score, best_params, since_best = math.inf, network.host_params(), 0
+    last_good = best_params
+    epoch = 0
+    try:
+        for epoch in range(1, config.epochs + 1):
+            started = time.perf_counter()
+            optimizer.lr = learning_rate(config, epoch)
+            bar = progress_factory(len(train_data)) if progress_factory else None
+            try:
+                train_loss, train_acc = train_epoch(network, optimizer, train_data, config.batch_size, rng, bar)
+                val_loss, val_acc = evaluate(network, val_data) if val_data else (None, None)
+            finally:
+                if bar is not None:
+                    bar.close()
+
+            bad = next((v for v in (train_loss, val_loss) if v is not None and not math.isfinite(v)), None)
+            if bad is not None:
+                network.load_params(last_good)
+                result.best_epoch = len(result.history) or None
+                raise TrainingDiverged(epoch, bad, result)
+
+            metrics = EpochMetrics(epoch, optimizer.lr, train_loss, train_acc, val_loss, val_acc,
+                                   time.perf_counter() - started)
+            result.history.append(metrics)
+            last_good = network.host_params()
+            # The best epoch is judged on validation loss (training loss without a validation set).
+            score = val_loss if val_loss is not None else train_loss
+            if score < best_score:
+                best_score, best_params, since_best = score, last_good, 0
+                result.best_epoch = epoch
+            else:
+                since_best += 1
+            if on_epoch is not None:
+                on_epoch(metrics)
+            if config.patience is not None and since_best > config.patience:
+                network.load_params(best_params)
+                result.stop_reason = "early_stopping"
+                return result
+    except KeyboardInterrupt:
+        network.load_params(best_params)
+        result.stop_reason = "interrupted"
+        raise TrainingInterrupted(epoch, result) from None
+
+    # Without early stopping the network keeps its last weights, as users expect.
+    result.best_epoch = len(result.history)
+    return result
