@@ -164,8 +164,10 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
             optimizer.lr = learning_rate(config, epoch)
             bar = progress_factory(len(train_data)) if progress_factory else None
             try:
-                train_loss, train_acc = train_epoch(network, optimizer, train_data, config.batch_size, rng, bar)
-                val_loss, val_acc = evaluate(network, val_data) if val_data else (None, None)
+                # A diverging run is reported below, once, rather than warned about at every overflow.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    train_loss, train_acc = train_epoch(network, optimizer, train_data, config.batch_size, rng, bar)
+                    val_loss, val_acc = evaluate(network, val_data) if val_data else (None, None)
             finally:
                 if bar is not None:
                     bar.close()
