@@ -56,6 +56,8 @@ def load_model(path) -> tuple[list[np.ndarray], dict]:
     name = str(path)
     if not path.is_file():
         raise ModelFileError(f"{name}: no such model file")
+    if not zipfile.is_zipfile(path):  # np.load would take any other bytes for a pickle
+        raise ModelFileError(f"{name}: not a readable .npz model file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             files = {key: npz[key] for key in npz.files}
