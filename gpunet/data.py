@@ -1,0 +1,612 @@
+"""Digit data: Kaggle CSV, MNIST IDX and .npz files read into checked uint8 arrays, with a parse cache.
+
+Every reader returns a `Digits` whose pixels stay uint8 (one row of 784 per digit); scaling to
+[0, 1] happens per batch elsewhere, so the data set is never copied as floats. Anything wrong
+with a file is a `DataError` with a one-line message that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from gpunet.errors import DataError, GpunetError
+
+SIDE = 28
+PIXELS = SIDE * SIDE
+PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(PIXELS))
+LABELED_COLUMNS = ("label", *PIXEL_COLUMNS)
+
+# Bump when the cached arrays would differ for the same source file.
+CACHE_VERSION = 1
+SAMPLE_NAME = "bundled sample"
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_READ_BLOCK = 1 << 18  # compressed bytes per read: ~2 MB of CSV text, small enough to stay in cache
+_IDX_IMAGES_MAGIC = 2051
+_IDX_LABELS_MAGIC = 2049
+# "train-images-idx3-ubyte" as published by LeCun; some copies use "train-images.idx3-ubyte".
+_IDX_IMAGES_NAME = re.compile(r"(?P<stem>.+)-images[-.]idx3-ubyte(\.gz)?")
+_IDX_LABELS_NAME = re.compile(r".+-labels[-.]idx1-ubyte(\.gz)?")
+_CELL = re.compile(rb"\s*([+-]?[0-9]+)\s*")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare as one bool
+class Digits:
+    """A set of 28x28 digits: `images` uint8 (m, 784) row-major pixels, `labels` uint8 (m,) or None."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    source: str
+
+    def __post_init__(self) -> None:
+        images, labels = self.images, self.labels
+        if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != PIXELS:
+            raise ValueError(f"images must be uint8 (m, {PIXELS}), got {images.dtype} {images.shape}")
+        if not images.flags.c_contiguous:
+            raise ValueError("images must be C-contiguous")
+        if labels is not None and (labels.dtype != np.uint8 or labels.shape != (len(images),)):
+            raise ValueError(f"labels must be uint8 ({len(images)},), got {labels.dtype} {labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_digits(path: str | os.PathLike, *, labeled: bool) -> Digits:
+    """Reads digits from a Kaggle CSV (.csv, .csv.gz), an MNIST IDX images file or folder, or an .npz.
+
+    labeled=True asks for training or evaluation data: a file without labels is a DataError.
+    labeled=False asks for prediction data: labels, if the file has them, are dropped.
+
+    Where one file holds two parts, labeled picks the training part and unlabeled the test part:
+    a folder with both train-* and t10k-* IDX pairs, and Keras's mnist.npz (x_train/y_train or
+    x_test). Pass the IDX images file itself to choose otherwise.
+    """
+    name = os.fspath(path)
+    where = Path(name)
+    if not where.exists():
+        raise DataError(f"{name}: no such file or directory")
+    if where.is_dir():
+        where, labels_path = _find_idx_pair(where, name, labeled)
+        name = os.path.join(name, where.name)  # from here on, name the file the folder gave
+        images, labels = _read_idx_cached(where, labels_path, name)
+    elif (kind := _format_of(where, name)) == "csv":
+        images, labels = _cached([where], lambda: _read_csv(where, name))
+    elif kind == "npz":
+        images, labels = _read_npz(where, name, labeled)
+    else:
+        labels_path = _labels_beside(where)
+        if labeled and labels_path is None:
+            raise DataError(
+                f"{name}: no labels file beside it (looked for {_labels_name(where)}[.gz]); "
+                "labeled digits are needed here"
+            )
+        images, labels = _read_idx_cached(where, labels_path, name)
+    if labeled and labels is None:
+        raise DataError(f"{name}: holds no labels (a test file?); labeled digits are needed here")
+    return Digits(images, labels if labeled else None, name)
+
+
+def load_sample() -> Digits:
+    """The digits bundled with the package (labeled), for trying gpunet without downloading anything."""
+    resource = resources.files("gpunet") / "sample" / "digits.npz"
+    with resources.as_file(resource) as path:
+        images, labels = _read_npz(path, SAMPLE_NAME, labeled=True)
+    return Digits(images, labels, SAMPLE_NAME)
+
+
+def split_validation(digits: Digits, val_size: int, seed: int) -> tuple[Digits, Digits]:
+    """(training, validation): the first val_size digits of a seeded shuffle are the validation set."""
+    count = len(digits)
+    if val_size < 0:
+        raise GpunetError(f"--val-size {val_size} is negative; use 0 or more")
+    if val_size >= count:
+        raise GpunetError(
+            f"--val-size {val_size} is as large as the data ({count} digits in {digits.source}); "
+            "use a smaller --val-size"
+        )
+    order = np.random.default_rng(seed).permutation(count)
+    training = _subset(digits, order[val_size:], "training part")
+    return training, _subset(digits, order[:val_size], "validation part")
+
+
+def _subset(digits: Digits, rows: np.ndarray, part: str) -> Digits:
+    labels = None if digits.labels is None else digits.labels[rows]
+    return Digits(digits.images[rows], labels, f"{digits.source} ({part})")
+
+
+# --- telling formats apart ---------------------------------------------------------------------
+
+
+def _format_of(path: Path, name: str) -> str:
+    lower = path.name.lower()
+    bare = lower.removesuffix(".gz")
+    if bare.endswith(".csv"):
+        return "csv"
+    if lower.endswith(".npz"):
+        return "npz"
+    if _IDX_IMAGES_NAME.fullmatch(path.name):
+        return "idx"
+    if _IDX_LABELS_NAME.fullmatch(path.name):
+        raise DataError(f"{name}: is an IDX labels file; give the images file beside it (or the folder)")
+    raise DataError(
+        f"{name}: unknown format; expected .csv, .csv.gz, .npz, "
+        "an MNIST IDX images file (train-images-idx3-ubyte[.gz]) or a folder holding one"
+    )
+
+
+def _labels_name(images_path: Path) -> str:
+    stem = _IDX_IMAGES_NAME.fullmatch(images_path.name)["stem"]
+    return f"{stem}-labels-idx1-ubyte"
+
+
+def _labels_beside(images_path: Path) -> Path | None:
+    stem = _IDX_IMAGES_NAME.fullmatch(images_path.name)["stem"]
+    for separator in "-.":
+        for suffix in ("", ".gz"):
+            candidate = images_path.with_name(f"{stem}-labels{separator}idx1-ubyte{suffix}")
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _find_idx_pair(folder: Path, name: str, labeled: bool) -> tuple[Path, Path | None]:
+    """The IDX images file (and labels beside it) to read from a folder such as MNIST's download."""
+    try:
+        images = sorted(p for p in folder.iterdir() if _IDX_IMAGES_NAME.fullmatch(p.name) and p.is_file())
+    except OSError as error:
+        raise DataError(f"{name}: cannot list the folder ({error.strerror})") from None
+    pairs = [(image, _labels_beside(image)) for image in images]
+    if labeled:
+        pairs = [(image, labels) for image, labels in pairs if labels is not None]
+    if not pairs:
+        raise DataError(
+            f"{name}: no MNIST IDX {'pair' if labeled else 'images file'} in this folder "
+            "(expected train-images-idx3-ubyte[.gz] with train-labels-idx1-ubyte[.gz])"
+        )
+    wanted = ("train",) if labeled else ("t10k", "test")
+    for image, labels in pairs:
+        if _IDX_IMAGES_NAME.fullmatch(image.name)["stem"].lower().endswith(wanted):
+            return image, labels
+    return pairs[0]
+
+
+# --- raw bytes, gzip or not --------------------------------------------------------------------
+
+
+def _byte_blocks(path: Path, name: str) -> Iterator[bytes]:
+    """The file's bytes in blocks, gunzipped when it starts with the gzip magic (whatever its name)."""
+    try:
+        with path.open("rb") as file:
+            first = file.read(_READ_BLOCK)
+            if first.startswith(_GZIP_MAGIC):
+                yield from _gunzip(first, file, name)
+            else:
+                while first:
+                    yield first
+                    first = file.read(_READ_BLOCK)
+    except OSError as error:
+        raise DataError(f"{name}: cannot read ({error.strerror or error})") from None
+
+
+def _gunzip(first: bytes, file: BinaryIO, name: str) -> Iterator[bytes]:
+    inflater = zlib.decompressobj(wbits=31)
+    block = first
+    try:
+        while block:
+            if inflater.eof:
+                # Another member follows (gzip allows several back to back), or zero padding.
+                block = block.lstrip(b"\0")
+                if not block:
+                    block = file.read(_READ_BLOCK)
+                    continue
+                inflater = zlib.decompressobj(wbits=31)
+            yield inflater.decompress(block)
+            block = inflater.unused_data or file.read(_READ_BLOCK)
+    except zlib.error as error:
+        raise DataError(f"{name}: corrupt gzip data ({error})") from None
+    if not inflater.eof:
+        raise DataError(f"{name}: truncated gzip file (it ends before the compressed data does)")
+
+
+def _read_all(path: Path, name: str) -> bytes:
+    return b"".join(_byte_blocks(path, name))
+
+
+# --- Kaggle CSV ----------------------------------------------------------------------------------
+
+
+class _Irregular(Exception):
+    """A block the vectorized pass cannot read as plain numbers; it is re-read line by line."""
+
+
+def _read_csv(path: Path, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    blocks = _line_blocks(_byte_blocks(path, name))
+    first = next(blocks, b"")
+    if not first.strip():
+        raise DataError(f"{name}: file is empty")
+    cut = first.index(b"\n")
+    columns = _check_header(first[:cut], name)
+    labeled = columns[0] == "label"
+    line_no = 2  # line 1 is the header
+    images, labels = [], []
+    for block in itertools.chain([first[cut + 1 :]], blocks):
+        table = _parse_lines(block, line_no, columns, name)
+        line_no += block.count(b"\n")
+        # Split each block while it is small, so the whole set is copied only once (by concatenate).
+        images.append(np.ascontiguousarray(table[:, 1:]) if labeled else table)
+        labels.append(table[:, 0].copy() if labeled else None)
+    if sum(map(len, images)) == 0:
+        raise DataError(f"{name}: has a header but no digits")
+    return np.concatenate(images), np.concatenate(labels) if labeled else None
+
+
+def _line_blocks(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Re-cuts byte blocks so that each ends with a newline (one is added to a last unfinished line)."""
+    tail = b""
+    for block in blocks:
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            tail += block
+            continue
+        yield tail + block[: cut + 1]
+        tail = block[cut + 1 :]
+    if tail:
+        yield tail + b"\n"
+
+
+def _check_header(line: bytes, name: str) -> tuple[str, ...]:
+    """The expected column names, after checking the header is Kaggle's, labeled or not."""
+    text = line.removeprefix(b"\xef\xbb\xbf").decode("latin-1")  # spreadsheets may start with a BOM
+    names = [cell.strip().strip("\"'").strip().lower() for cell in text.rstrip("\r").split(",")]
+    if all(_CELL.fullmatch(cell.encode("latin-1")) for cell in names):
+        raise DataError(
+            f"{name}: line 1 is not a header; expected 'label,pixel0,...,pixel783' or 'pixel0,...,pixel783'"
+        )
+    labeled = names[0] == "label" or len(names) == len(LABELED_COLUMNS)
+    expected = LABELED_COLUMNS if labeled else PIXEL_COLUMNS
+    if len(names) != len(expected):
+        raise DataError(
+            f"{name}: header has {len(names)} columns; expected {len(LABELED_COLUMNS)} "
+            f"(label,pixel0,...,pixel783) or {len(PIXEL_COLUMNS)} (pixel0,...,pixel783)"
+        )
+    for index, (found, wanted) in enumerate(zip(names, expected)):
+        if found != wanted:
+            raise DataError(f"{name}: header column {index + 1} is {_show(found)}; expected '{wanted}'")
+    return expected
+
+
+def _parse_lines(block: bytes, line_no: int, columns: tuple[str, ...], name: str) -> np.ndarray:
+    """Rows of a block of whole lines: vectorized, and where that fails, halves down to the bad line."""
+    labeled = columns[0] == "label"
+    try:
+        return _parse_plain(block, len(columns), labeled)
+    except _Irregular:
+        pass
+    lines = block.split(b"\n")[:-1]
+    lenient = _parse_lenient(lines, len(columns), labeled)
+    if lenient is not None:
+        return lenient
+    if len(lines) == 1:
+        return _parse_row(lines[0], line_no, columns, name)
+    half = b"\n".join(lines[: len(lines) // 2]) + b"\n"
+    rest = block[len(half) :]
+    top = _parse_lines(half, line_no, columns, name)
+    return np.concatenate([top, _parse_lines(rest, line_no + len(lines) // 2, columns, name)])
+
+
+def _parse_plain(block: bytes, width: int, labeled: bool) -> np.ndarray:
+    """Rows of `width` comma-separated numbers of 1-3 digits, 0-255, in lines each ending with '\\n'.
+
+    Anything else (blank lines, signs, spaces, a bad value, a wrong count) raises _Irregular.
+    It works on all characters at once; a number's value is formed at its last digit.
+    """
+    block = block.replace(b"\r\n", b"\n") if b"\r" in block else block
+    chars = np.frombuffer(block, np.uint8)
+    digits = chars - np.uint8(ord("0"))
+    is_digit = digits < 10
+    digits *= is_digit  # a separator counts as a 0 digit, so it adds nothing to its neighbours
+    # value[i] = d[i] + 10 d[i-1] + 100 d[i-2], the last term only when i-1 is a digit too
+    value = digits.astype(np.uint16)
+    value[1:] += digits[:-1] * np.uint8(10)
+    hundreds = digits[:-2] * is_digit[1:-1]
+    value[2:] += hundreds.astype(np.uint16) * np.uint16(100)
+    four = is_digit[3:] & is_digit[2:-1]
+    four &= is_digit[1:-2]
+    four &= is_digit[:-3]
+    if four.any():
+        raise _Irregular
+    ends = np.flatnonzero(is_digit[:-1] & ~is_digit[1:])
+    separators = len(chars) - np.count_nonzero(is_digit)
+    newlines = np.count_nonzero(chars == ord("\n"))
+    commas = np.count_nonzero(chars == ord(","))
+    # Every separator right after a number, only commas and newlines, `width` numbers per line.
+    if len(ends) != separators or commas + newlines != separators or len(ends) != newlines * width:
+        raise _Irregular
+    row_ends = ends.reshape(newlines, width)[:, -1] + 1
+    if not np.all(chars[row_ends] == ord("\n")):
+        raise _Irregular
+    numbers = value[ends]
+    if numbers.size and numbers.max() > 255:
+        raise _Irregular
+    rows = numbers.astype(np.uint8).reshape(newlines, width)
+    if labeled and rows.size and rows[:, 0].max() > 9:
+        raise _Irregular
+    return rows
+
+
+def _parse_lenient(lines: list[bytes], width: int, labeled: bool) -> np.ndarray | None:
+    """Rows read by NumPy's C parser, which also takes spaces, signs, zero padding and blank lines.
+
+    None when it fails or a value is out of range: only the line-by-line reader names the problem.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data" for blank lines only
+            rows = np.loadtxt(lines, dtype=np.int16, delimiter=",", comments=None, ndmin=2)
+    except (ValueError, OverflowError):
+        return None
+    if rows.shape[1:] != (width,) or rows.min(initial=0) < 0 or rows.max(initial=0) > 255:
+        return None
+    if labeled and rows[:, 0].max(initial=0) > 9:
+        return None
+    return rows.astype(np.uint8)
+
+
+def _parse_row(line: bytes, line_no: int, columns: tuple[str, ...], name: str) -> np.ndarray:
+    """One line read cell by cell: the slow path that accepts spaces and signs and names what is wrong."""
+    if not line.strip():
+        return np.empty((0, len(columns)), np.uint8)  # blank lines are skipped
+    cells = line.rstrip(b"\r").split(b",")
+    if len(cells) != len(columns):
+        raise DataError(f"{name}: line {line_no} has {len(cells)} columns; the header has {len(columns)}")
+    row = np.empty((1, len(columns)), np.uint8)
+    for index, (cell, column) in enumerate(zip(cells, columns)):
+        where = f"{name}: line {line_no}, column {column}"
+        top = 9 if column == "label" else 255
+        if not cell.strip():
+            raise DataError(f"{where}: empty cell")
+        number = _CELL.fullmatch(cell)
+        if number is None:
+            raise DataError(f"{where}: {_show(cell)} is not a whole number 0-{top}")
+        value = int(number[1])
+        if not 0 <= value <= top:
+            raise DataError(f"{where}: {_show(cell)} is outside 0-{top}")
+        row[0, index] = value
+    return row
+
+
+def _show(text: bytes | str, limit: int = 24) -> str:
+    """A cell quoted for a one-line message (control characters escaped, long cells cut)."""
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    text = text.strip()
+    shown = repr(text[:limit])[1:-1]
+    return f"'{shown}{'...' if len(text) > limit else ''}'"
+
+
+# --- MNIST IDX -----------------------------------------------------------------------------------
+
+
+def _read_idx_cached(
+    images_path: Path, labels_path: Path | None, shown: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    labels_shown = None if labels_path is None else os.path.join(os.path.dirname(shown), labels_path.name)
+    sources = [images_path] if labels_path is None else [images_path, labels_path]
+    return _cached(sources, lambda: _read_idx(images_path, shown, labels_path, labels_shown))
+
+
+def _read_idx(
+    images_path: Path, images_name: str, labels_path: Path | None, labels_name: str | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    data = _read_all(images_path, images_name)
+    count, rows, cols = _idx_header(data, _IDX_IMAGES_MAGIC, 3, images_name)
+    if (rows, cols) != (SIDE, SIDE):
+        raise DataError(f"{images_name}: images are {rows}x{cols}; gpunet reads {SIDE}x{SIDE} digits")
+    _check_idx_size(data, 16, count * PIXELS, f"{count} images", images_name)
+    images = np.frombuffer(data, np.uint8, offset=16).reshape(count, PIXELS).copy()
+    if labels_path is None:
+        return images, None
+    data = _read_all(labels_path, labels_name)
+    (label_count,) = _idx_header(data, _IDX_LABELS_MAGIC, 1, labels_name)
+    _check_idx_size(data, 8, label_count, f"{label_count} labels", labels_name)
+    labels = np.frombuffer(data, np.uint8, offset=8).copy()
+    if label_count != count:
+        raise DataError(f"{labels_name}: has {label_count} labels but {images_name} has {count} images")
+    bad = np.flatnonzero(labels > 9)
+    if bad.size:
+        raise DataError(f"{labels_name}: label {bad[0]} is {labels[bad[0]]}; labels must be 0-9")
+    return images, labels
+
+
+def _idx_header(data: bytes, magic: int, dims: int, name: str) -> tuple[int, ...]:
+    if not data:
+        raise DataError(f"{name}: file is empty")
+    size = 4 + 4 * dims
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        kind = {_IDX_IMAGES_MAGIC: "images", _IDX_LABELS_MAGIC: "labels"}[magic]
+        raise DataError(f"{name}: not an MNIST IDX {kind} file (magic number {found}, expected {magic})")
+    if len(data) < size:
+        raise DataError(f"{name}: truncated IDX header ({len(data)} of {size} bytes)")
+    counts = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    if counts[0] == 0:
+        raise DataError(f"{name}: holds no digits")
+    return counts
+
+
+def _check_idx_size(data: bytes, header: int, body: int, what: str, name: str) -> None:
+    if len(data) != header + body:
+        problem = "truncated" if len(data) < header + body else "has extra bytes at the end"
+        raise DataError(
+            f"{name}: {problem}: {len(data)} bytes, but its header promises {what} ({header + body} bytes)"
+        )
+
+
+# --- .npz ----------------------------------------------------------------------------------------
+
+
+def _read_npz(path: Path, name: str, labeled: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Our layout (images, optional labels) or Keras's mnist.npz (x_train, y_train, x_test, y_test)."""
+    try:
+        with path.open("rb") as file:
+            archive = np.load(file, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataError(f"{name}: is a single .npy array, not an .npz archive of images and labels")
+            with archive:
+                images_key, labels_key = _npz_keys(set(archive.files), labeled, name)
+                images = _npz_array(archive, images_key, name)
+                labels = _npz_array(archive, labels_key, name) if labels_key in archive.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise DataError(f"{name}: cannot read as .npz ({_one_line(error)})") from None
+    images = _npz_images(images, images_key, name)
+    if labels is not None:
+        labels = _npz_labels(labels, labels_key, len(images), name)
+    return images, labels
+
+
+def _npz_keys(keys: set[str], labeled: bool, name: str) -> tuple[str, str]:
+    """(images key, labels key); Keras's file gives its training pair when labels are asked for."""
+    if "images" in keys:
+        return "images", "labels"
+    if {"x_train", "y_train"} <= keys:
+        chosen = ("x_train", "y_train") if labeled else ("x_test", "y_test")
+        if chosen[0] not in keys:
+            raise DataError(f"{name}: no '{chosen[0]}' array")
+        return chosen
+    found = ", ".join(sorted(keys)) or "nothing"
+    raise DataError(f"{name}: no 'images' array (nor Keras's x_train/y_train); it holds {found}")
+
+
+def _npz_array(archive: np.lib.npyio.NpzFile, key: str, name: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise DataError(f"{name}: '{key}' holds Python objects; only numeric arrays are read") from None
+        raise
+
+
+def _npz_images(images: np.ndarray, key: str, name: str) -> np.ndarray:
+    if images.ndim == 3 and images.shape[1:] == (SIDE, SIDE):
+        images = images.reshape(len(images), PIXELS)
+    if images.ndim != 2 or images.shape[1] != PIXELS:
+        expected = f"(n, {PIXELS}) or (n, {SIDE}, {SIDE})"
+        raise DataError(f"{name}: '{key}' has shape {images.shape}; expected {expected}")
+    if len(images) == 0:
+        raise DataError(f"{name}: '{key}' holds no digits")
+    return np.ascontiguousarray(_as_uint8(images, 255, key, name))
+
+
+def _npz_labels(labels: np.ndarray, key: str, count: int, name: str) -> np.ndarray:
+    if labels.shape != (count,):
+        raise DataError(f"{name}: '{key}' has shape {labels.shape}; expected ({count},), one label per image")
+    return _as_uint8(labels, 9, key, name)
+
+
+def _as_uint8(array: np.ndarray, top: int, key: str, name: str) -> np.ndarray:
+    """Whole numbers 0-top of any integer or float dtype, as uint8."""
+    if array.dtype == np.uint8 and (top == 255 or array.max() <= top):
+        return array
+    if array.dtype.kind not in "iuf":
+        raise DataError(f"{name}: '{key}' has dtype {array.dtype}; expected whole numbers 0-{top}")
+    bad = (array < 0) | (array > top)
+    if array.dtype.kind == "f":
+        bad |= array != np.round(array)  # fractions, and NaN
+    if bad.any():
+        value = array[bad].flat[0].item()
+        raise DataError(f"{name}: '{key}' holds {value!r}; expected whole numbers 0-{top}")
+    return array.astype(np.uint8)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# --- parse cache ---------------------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    if configured := os.environ.get("GPUNET_CACHE_DIR"):
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gpunet"
+
+
+def _cache_key(sources: list[Path]) -> tuple[str, str]:
+    """(a prefix naming these source files, the full entry name that also pins their size and mtime)."""
+    where = "\0".join(str(p.resolve()) for p in sources)
+    stamps = [p.stat() for p in sources]
+    what = f"{CACHE_VERSION}\0" + "\0".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stamps)
+    prefix = hashlib.sha256(where.encode()).hexdigest()[:20]
+    return prefix, f"{prefix}-{hashlib.sha256(what.encode()).hexdigest()[:20]}"
+
+
+def _cached(
+    sources: list[Path], parse: Callable[[], tuple[np.ndarray, np.ndarray | None]]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """parse(), or the arrays it gave last time for the same unchanged source files."""
+    folder = _cache_dir()
+    try:
+        prefix, key = _cache_key(sources)
+    except OSError:
+        return parse()
+    hit = _read_cache(folder, key)
+    if hit is not None:
+        return hit
+    images, labels = parse()
+    _write_cache(folder, prefix, key, images, labels)
+    return images, labels
+
+
+def _read_cache(folder: Path, key: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    images_file = folder / f"{key}.images.npy"
+    labels_file = folder / f"{key}.labels.npy"
+    try:
+        images = np.load(images_file, allow_pickle=False)
+        labels = np.load(labels_file, allow_pickle=False) if labels_file.exists() else None
+        Digits(images, labels, "cache")  # checks dtypes and shapes
+    except Exception:  # a missing or damaged entry fails in many ways inside np.load; it is rewritten
+        return None
+    if len(images) == 0 or (labels is not None and labels.max() > 9):
+        return None
+    return images, labels
+
+
+def _write_cache(folder: Path, prefix: str, key: str, images: np.ndarray, labels: np.ndarray | None) -> None:
+    """Writes the entry atomically and drops older entries for the same source; any failure is ignored."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Labels first: an entry counts once its images file exists.
+        if labels is not None:
+            _write_atomically(folder / f"{key}.labels.npy", labels)
+        _write_atomically(folder / f"{key}.images.npy", images)
+        for old in folder.glob(f"{prefix}-*.npy"):
+            if not old.name.startswith(f"{key}."):
+                old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _write_atomically(target: Path, array: np.ndarray) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.save(file, array, allow_pickle=False)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
