@@ -105,9 +105,10 @@ def test_ctrl_c_keeps_the_best_weights_so_far(backend):
     assert val_loss == pytest.approx(result.history[result.best_epoch - 1].val_loss, rel=1e-5)
 
 
-def test_cosine_schedule_decays_from_lr_towards_zero():
+def test_cosine_schedule_warms_up_for_an_epoch_then_decays_towards_zero():
     config = TrainConfig(lr=0.1, epochs=10, schedule="cosine")
-    rates = [learning_rate(config, e) for e in range(1, 11)]
-    assert rates[0] == pytest.approx(0.1)
-    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
-    assert learning_rate(TrainConfig(lr=0.1, epochs=10, schedule="constant"), 7) == 0.1
+    rates = [learning_rate(config, step, steps_per_epoch=5) for step in range(50)]
+    assert rates[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
+    assert rates[5] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(rates[5:], rates[6:])) and 0 < rates[-1] < 0.001
+    assert learning_rate(TrainConfig(lr=0.1, epochs=10, schedule="constant"), 7, 5) == 0.1
