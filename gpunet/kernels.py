@@ -1,0 +1,396 @@
+"""The custom CUDA kernels: where their sources are, how they compile, how they launch.
+
+The CUDA sources are the ``kernels/*.cu`` files (installed as
+``gpunet/kernel_sources/``). Each file becomes one ``cupy.RawModule``,
+compiled by NVRTC the first time one of its kernels is launched and cached
+for the process (CuPy also caches the binary on disk), with every template
+instantiation the package launches listed as a ``name_expression``
+(``"softmax_cross_entropy<float>"``, ``"softmax_cross_entropy<double>"``, ...).
+Importing this module never needs CuPy or a GPU.
+
+Each Python wrapper below validates shapes, dtypes and contiguity, allocates
+its outputs with the array module of its inputs, and hands a :class:`Launch`
+(kernel, template type, grid, block, arguments in the C signature's order and
+types) to a launcher: by default :func:`cuda_launch`, which runs it on the
+device. The tests hand the same Launch to a launcher that runs the kernel
+source compiled for the CPU, thread by thread (``tests/kernel_host``), so the
+wrappers' argument passing is checked without a GPU too.
+
+:func:`compile_for_arch` compiles the sources with NVRTC for an explicit GPU
+architecture without touching a device or driver: the tests and
+``gpunet info`` use it to tell whether the kernels compile.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# kernels/<file>.cu -> the __global__ templates it defines, each compiled for every CTYPES value.
+MODULES: dict[str, tuple[str, ...]] = {
+    "loss": ("softmax_cross_entropy", "count_correct"),
+    "layers": ("bias_relu", "relu_backward"),
+    "data": ("gather_scaled", "transpose_scaled"),
+}
+# NumPy dtype -> the kernel templates' T. Other dtypes use the generic xp code.
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+# GPU architectures the package claims: the tests compile every kernel for each.
+ARCHS = (70, 80, 90)
+# Our NVRTC options. CuPy's RawModule adds the target architecture and the two
+# options of CUPY_ADDED_OPTIONS; compile_for_arch adds the same, so the tests
+# compile exactly what a GPU would.
+NVRTC_OPTIONS = ("--std=c++17",)
+CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+# Threads per block; a grid of at most MAX_BLOCKS blocks covers any size with
+# its grid-stride loop.
+BLOCK = 256
+MAX_BLOCKS = 8192
+# Where GPUNET_KERNEL_DIR points, if set, replaces the packaged sources (for
+# trying a changed kernel without touching the installed package).
+KERNEL_DIR_ENV = "GPUNET_KERNEL_DIR"
+
+
+class KernelCompileError(RuntimeError):
+    """NVRTC rejected a kernel source (the message holds its log), or NVRTC is missing."""
+
+
+# -- sources ----------------------------------------------------------------
+def source_dir() -> Path:
+    """The folder that holds the ``.cu`` files: $GPUNET_KERNEL_DIR, the installed copy, or the checkout's."""
+    override = os.environ.get(KERNEL_DIR_ENV)
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "kernel_sources", here.parent / "kernels"):
+        if (candidate / "loss.cu").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"the CUDA kernel sources are missing: neither {here / 'kernel_sources'} nor "
+        f"{here.parent / 'kernels'} holds loss.cu"
+    )
+
+
+def source_path(module: str) -> Path:
+    if module not in MODULES:
+        raise KeyError(f"no kernel module {module!r}; there are {', '.join(MODULES)}")
+    return source_dir() / f"{module}.cu"
+
+
+def read_source(module: str) -> str:
+    return source_path(module).read_text(encoding="utf-8")
+
+
+def name_expressions(module: str) -> list[str]:
+    """Every template instantiation of ``module`` the package launches, e.g. ``bias_relu<float>``."""
+    return [f"{kernel}<{ctype}>" for kernel in MODULES[module] for ctype in CTYPES.values()]
+
+
+def supports(dtype) -> bool:
+    """Whether the kernels have an instantiation for ``dtype``."""
+    try:
+        return np.dtype(dtype) in CTYPES
+    except TypeError:
+        return False
+
+
+# -- NVRTC, without a device ----------------------------------------------------
+@dataclass
+class Compiled:
+    """One module compiled for one architecture."""
+
+    module: str
+    arch: int
+    target: str  # "cubin" (machine code, what CuPy loads) or "ptx"
+    lowered: dict[str, str]  # name expression -> mangled symbol
+    size: int  # bytes of cubin or PTX
+    log: str = ""
+
+    def warnings(self) -> list[str]:
+        """Log lines that warn about the source (not NVRTC's note that old architectures are deprecated)."""
+        return [
+            line
+            for line in self.log.splitlines()
+            if "warning" in line.lower() and "are deprecated" not in line
+        ]
+
+
+def nvrtc_version() -> tuple[int, int]:
+    from cupy_backends.cuda.libs import nvrtc
+
+    return tuple(nvrtc.getVersion())
+
+
+def nvrtc_arch(capability: int) -> int:
+    """The architecture to compile for on a device of compute capability ``capability`` (e.g. 86).
+
+    As CuPy does: the device's own where NVRTC knows it, else the newest one
+    NVRTC knows below it (a newer device runs that code).
+    """
+    from cupy_backends.cuda.libs import nvrtc
+
+    known = [arch for arch in nvrtc.getSupportedArchs() if arch <= capability]
+    return max(known) if known else capability
+
+
+def compile_for_arch(arch: int, modules=None, target: str = "cubin") -> list[Compiled]:
+    """Compile ``modules`` (default: all) with NVRTC for GPU architecture ``arch`` (e.g. 80).
+
+    ``target="cubin"`` passes ``-arch=sm_<arch>`` (what CuPy does where NVRTC
+    knows the device), ``"ptx"`` passes ``-arch=compute_<arch>``. Calls NVRTC
+    directly through CuPy's bindings: CuPy's own compile helpers ask the device
+    for its architecture, this never touches a device or driver. Raises
+    KernelCompileError with NVRTC's log when a source does not compile.
+    """
+    if target not in ("cubin", "ptx"):
+        raise ValueError(f"target is 'cubin' or 'ptx', not {target!r}")
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+    except ImportError as exc:
+        raise KernelCompileError(f"NVRTC is not available: CuPy is not installed ({exc})") from None
+    arch_option = f"-arch={'sm' if target == 'cubin' else 'compute'}_{int(arch)}"
+    options = [*NVRTC_OPTIONS, *CUPY_ADDED_OPTIONS, arch_option]
+    results = []
+    for module in modules or MODULES:
+        names = name_expressions(module)
+        try:
+            program = nvrtc.createProgram(read_source(module), f"{module}.cu", [], [])
+        except Exception as exc:  # libnvrtc itself missing or unloadable
+            raise KernelCompileError(f"NVRTC is not usable: {type(exc).__name__}: {exc}") from None
+        try:
+            for name in names:
+                nvrtc.addNameExpression(program, name)
+            try:
+                nvrtc.compileProgram(program, options)
+            except nvrtc.NVRTCError as exc:
+                log = nvrtc.getProgramLog(program)
+                raise KernelCompileError(
+                    f"{module}.cu does not compile for {arch_option} ({exc}):\n{log}"
+                ) from None
+            log = nvrtc.getProgramLog(program)
+            lowered = {name: nvrtc.getLoweredName(program, name) for name in names}
+            binary = nvrtc.getCUBIN(program) if target == "cubin" else nvrtc.getPTX(program)
+        finally:
+            nvrtc.destroyProgram(program)
+        results.append(Compiled(module, int(arch), target, lowered, len(binary), log))
+    return results
+
+
+def compile_check(archs=ARCHS) -> str | None:
+    """None when every kernel compiles for every arch in ``archs``, else the first failure in one line."""
+    try:
+        for arch in archs:
+            compile_for_arch(arch)
+    except (KernelCompileError, FileNotFoundError) as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+# -- launching ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: ``module.cu``'s ``kernel<ctype><<<grid, block>>>(*args)``.
+
+    ``args`` are arrays and NumPy scalars in the order and C types of the
+    kernel's parameters (every size is numpy.int64, a C long long).
+    """
+
+    module: str
+    kernel: str
+    ctype: str
+    grid: int
+    block: int
+    args: tuple = field(default_factory=tuple)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kernel}<{self.ctype}>"
+
+
+def launch_shape(n: int) -> tuple[int, int]:
+    """(blocks, threads per block) for n grid-stride items: one item per thread up to MAX_BLOCKS blocks."""
+    return max(1, min(-(-n // BLOCK), MAX_BLOCKS)), BLOCK
+
+
+class _LazyModule:
+    """A RawModule compiled on first use; its functions looked up once."""
+
+    def __init__(self, module: str):
+        self.module = module
+        self._raw = None
+        self._functions = {}
+
+    def function(self, name: str):
+        fn = self._functions.get(name)
+        if fn is None:
+            if name not in name_expressions(self.module):
+                raise KeyError(f"{name} is not compiled in {self.module}.cu")
+            if self._raw is None:
+                import cupy
+
+                self._raw = cupy.RawModule(
+                    code=read_source(self.module),
+                    options=NVRTC_OPTIONS,
+                    name_expressions=name_expressions(self.module),
+                )
+            fn = self._functions[name] = self._raw.get_function(name)
+        return fn
+
+
+_MODULES = {module: _LazyModule(module) for module in MODULES}
+
+
+def cuda_launch(launch: Launch) -> None:
+    """Run a Launch on the current CUDA device (asynchronously, on the current stream)."""
+    fn = _MODULES[launch.module].function(launch.name)
+    fn((launch.grid,), (launch.block,), launch.args)
+
+
+def _run(launch: Launch, launcher) -> None:
+    (launcher or cuda_launch)(launch)
+
+
+def _array_module(array):
+    if type(array).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _ctype(op: str, dtype) -> str:
+    ctype = CTYPES.get(np.dtype(dtype))
+    if ctype is None:
+        raise ValueError(f"{op}: no kernel for dtype {np.dtype(dtype)} (float32 and float64 have one)")
+    return ctype
+
+
+def _require(ok: bool, op: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{op}: {message}")
+
+
+def _sample_labels(op: str, xp, labels, m: int):
+    """Labels as a contiguous int32 array of shape (m,) on the device of xp."""
+    labels = xp.asarray(labels)
+    _require(labels.shape == (m,), op, f"labels must have shape ({m},), not {labels.shape}")
+    _require(labels.dtype.kind in "iu", op, f"labels must be integers, not {labels.dtype}")
+    return xp.ascontiguousarray(labels.astype(np.int32, copy=False))
+
+
+def _i64(n: int) -> np.int64:
+    return np.int64(n)
+
+
+# -- the kernels, one wrapper each ----------------------------------------------
+def _output(op: str, xp, out, name: str, shape: tuple, dtype):
+    """``out`` checked as a C-contiguous array of ``shape`` and ``dtype``, or a new one."""
+    if out is None:
+        return xp.empty(shape, dtype=dtype)
+    _require(out.shape == shape, op, f"{name} must have shape {shape}, not {out.shape}")
+    _require(out.dtype == dtype, op, f"{name} must be {np.dtype(dtype)}, not {out.dtype}")
+    _require(out.flags.c_contiguous, op, f"{name} must be C-contiguous")
+    return out
+
+
+def softmax_cross_entropy(Z, labels, out=None, *, launcher=None):
+    """(dZ, losses): dZ = (softmax(Z) - onehot(labels)) / m and per-sample losses, in one kernel.
+
+    Z: logits (classes, m), float32 or float64, C-contiguous; labels: (m,)
+    integers; out: optional (dZ, losses) arrays to write into.
+    """
+    op = "softmax_cross_entropy"
+    xp = _array_module(Z)
+    ctype = _ctype(op, Z.dtype)
+    _require(Z.ndim == 2 and Z.shape[0] >= 1, op, f"Z must be (classes, m), not {Z.shape}")
+    _require(Z.flags.c_contiguous, op, "Z must be C-contiguous")
+    classes, m = Z.shape
+    labels = _sample_labels(op, xp, labels, m)
+    dZ_out, losses_out = (None, None) if out is None else out
+    dZ = _output(op, xp, dZ_out, "dZ", Z.shape, Z.dtype)
+    losses = _output(op, xp, losses_out, "losses", (m,), Z.dtype)
+    if m:
+        grid, block = launch_shape(m)
+        args = (Z, labels, dZ, losses, _i64(classes), _i64(m))
+        _run(Launch("loss", op, ctype, grid, block, args), launcher)
+    return dZ, losses
+
+
+def count_correct(Z, labels, *, launcher=None) -> int:
+    """How many columns of Z (classes, m) have their (first) largest logit at the label."""
+    op = "count_correct"
+    xp = _array_module(Z)
+    ctype = _ctype(op, Z.dtype)
+    _require(Z.ndim == 2 and Z.shape[0] >= 1, op, f"Z must be (classes, m), not {Z.shape}")
+    _require(Z.flags.c_contiguous, op, "Z must be C-contiguous")
+    classes, m = Z.shape
+    labels = _sample_labels(op, xp, labels, m)
+    count = xp.zeros(1, dtype=np.int32)
+    if m:
+        grid, block = launch_shape(m)
+        args = (Z, labels, count, _i64(classes), _i64(m))
+        _run(Launch("loss", op, ctype, grid, block, args), launcher)
+    return int(count[0])
+
+
+def bias_relu(Z, b, *, launcher=None):
+    """Z = relu(Z + b) in place, for Z (units, m) and b (units, 1) of Z's dtype; returns Z."""
+    op = "bias_relu"
+    xp = _array_module(Z)
+    ctype = _ctype(op, Z.dtype)
+    _require(Z.ndim == 2, op, f"Z must be (units, m), not {Z.shape}")
+    _require(Z.flags.c_contiguous, op, "Z must be C-contiguous (it is written in place)")
+    units, m = Z.shape
+    _require(b.shape in ((units, 1), (units,)), op, f"b must be ({units}, 1), not {b.shape}")
+    _require(b.dtype == Z.dtype, op, f"b must be {Z.dtype} like Z, not {b.dtype}")
+    b = xp.ascontiguousarray(b)
+    if Z.size:
+        grid, block = launch_shape(Z.size)
+        _run(Launch("layers", op, ctype, grid, block, (Z, b, _i64(units), _i64(m))), launcher)
+    return Z
+
+
+def relu_backward(dA, A, *, launcher=None):
+    """dA *= (A > 0) in place (dZ = dA * relu'(Z) with the mask read from A = relu(Z)); returns dA."""
+    op = "relu_backward"
+    ctype = _ctype(op, dA.dtype)
+    _require(A.shape == dA.shape, op, f"A {A.shape} and dA {dA.shape} must have the same shape")
+    _require(A.dtype == dA.dtype, op, f"A must be {dA.dtype} like dA, not {A.dtype}")
+    _require(dA.flags.c_contiguous and A.flags.c_contiguous, op, "dA and A must be C-contiguous")
+    if dA.size:
+        grid, block = launch_shape(dA.size)
+        _run(Launch("layers", op, ctype, grid, block, (dA, A, _i64(dA.size))), launcher)
+    return dA
+
+
+def gather_scaled(images, index, dtype, out=None, *, launcher=None):
+    """A0 = images[index].T / 255 as ``dtype``, shape (features, batch), in one kernel.
+
+    images: the uint8 data set (rows, features), C-contiguous; index: integer
+    row numbers (batch,), or None for every row in order; out: optional
+    (features, batch) array to write into. A row number outside [0, rows)
+    gives a NaN column instead of reading out of bounds.
+    """
+    op = "gather_scaled"
+    xp = _array_module(images)
+    ctype = _ctype(op, dtype)
+    _require(images.ndim == 2, op, f"images must be (rows, features), not {images.shape}")
+    _require(images.dtype == np.uint8, op, f"images must be uint8, not {images.dtype}")
+    _require(images.flags.c_contiguous, op, "images must be C-contiguous")
+    rows, features = images.shape
+    if index is None:
+        A0 = _output(op, xp, out, "out", (features, rows), np.dtype(dtype))
+        kernel, args = "transpose_scaled", (images, A0, _i64(rows), _i64(features))
+    else:
+        index = xp.asarray(index)
+        _require(index.ndim == 1, op, f"index must be 1-D, not {index.shape}")
+        _require(index.dtype.kind in "iu", op, f"index must be integers, not {index.dtype}")
+        index = xp.ascontiguousarray(index.astype(np.int64, copy=False))
+        A0 = _output(op, xp, out, "out", (features, index.size), np.dtype(dtype))
+        kernel, args = op, (images, index, A0, _i64(rows), _i64(features), _i64(index.size))
+    if A0.size:
+        grid, block = launch_shape(A0.size)
+        _run(Launch("data", kernel, ctype, grid, block, args), launcher)
+    return A0

@@ -1,0 +1,275 @@
+// Runs the CUDA kernels of kernels/*.cu on the CPU, thread by thread.
+//
+// The .cu files are compiled here as plain C++ (kernels/host_compat.h turns
+// __global__/__device__/__host__ into nothing and threadIdx/blockIdx/blockDim/
+// gridDim into globals). For one launch <<<grid, block>>>, the harness sets
+// those globals for every (block, thread) pair in turn and calls the
+// __global__ function, so the kernel's own index arithmetic, bounds checks
+// and grid-stride loop are what run. Built by tests/test_kernels.py with
+// AddressSanitizer and UBSan: a read or write outside an array (each array is
+// allocated with exactly its element count) stops the walk with a report.
+//
+// Usage (one launch per process):
+//   walk KERNEL CTYPE GRID BLOCK ORDER ARG...
+//     KERNEL  e.g. softmax_cross_entropy; CTYPE float or double (the template's T)
+//     ORDER   forward or reverse: the order threads are walked in (a correct
+//             kernel's threads are independent, so both give the same result)
+//     ARG     A:DTYPE:COUNT:PATH   an array: COUNT elements in a raw file,
+//                                  read before the walk and written back after
+//             S:DTYPE:VALUE        a scalar passed by value
+//     DTYPE   numpy's code for the element type: f4 f8 i4 i8 u1
+// Each ARG's DTYPE must be the C type of that kernel parameter, so a wrapper
+// that passes, say, int64 labels to an int* parameter fails here.
+// Exit status: 0 done, 2 bad usage or argument types.
+
+#include "host_compat.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+gpunet_dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+#include "data.cu"
+#include "layers.cu"
+#include "loss.cu"
+
+namespace {
+
+[[noreturn]] void die(const std::string& message)
+{
+    std::fprintf(stderr, "walk: %s\n", message.c_str());
+    std::exit(2);
+}
+
+template <typename E> const char* dtype_code();
+template <> const char* dtype_code<float>() { return "f4"; }
+template <> const char* dtype_code<double>() { return "f8"; }
+template <> const char* dtype_code<int>() { return "i4"; }
+template <> const char* dtype_code<long long>() { return "i8"; }
+template <> const char* dtype_code<unsigned char>() { return "u1"; }
+
+struct Arg {
+    char kind = 0;      // 'A' array, 'S' scalar
+    std::string dtype;  // numpy code
+    long long count = 0;
+    std::string path;   // arrays
+    std::string value;  // scalars
+};
+
+std::vector<std::string> split(const std::string& text, char sep, size_t parts)
+{
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (out.size() + 1 < parts) {
+        const size_t end = text.find(sep, start);
+        if (end == std::string::npos) {
+            break;
+        }
+        out.push_back(text.substr(start, end - start));
+        start = end + 1;
+    }
+    out.push_back(text.substr(start));
+    return out;
+}
+
+class Args {
+public:
+    Args(int argc, char** argv)
+    {
+        for (int k = 0; k < argc; ++k) {
+            const std::string text = argv[k];
+            Arg arg;
+            if (text.rfind("A:", 0) == 0) {
+                const auto f = split(text, ':', 4);
+                if (f.size() != 4) die("bad array argument " + text);
+                arg.kind = 'A';
+                arg.dtype = f[1];
+                arg.count = std::atoll(f[2].c_str());
+                arg.path = f[3];
+            } else if (text.rfind("S:", 0) == 0) {
+                const auto f = split(text, ':', 3);
+                if (f.size() != 3) die("bad scalar argument " + text);
+                arg.kind = 'S';
+                arg.dtype = f[1];
+                arg.value = f[2];
+            } else {
+                die("argument " + std::to_string(k) + " is neither A: nor S: " + text);
+            }
+            args_.push_back(arg);
+        }
+    }
+
+    size_t size() const { return args_.size(); }
+
+    // Parameter k as an array of E: exactly `count` elements on the heap.
+    template <typename E>
+    E* array(size_t k)
+    {
+        const Arg& arg = at(k, 'A', dtype_code<E>());
+        auto buffer = std::unique_ptr<E[]>(new E[arg.count]);
+        FILE* file = std::fopen(arg.path.c_str(), "rb");
+        if (!file) die("cannot read " + arg.path);
+        const size_t got = std::fread(buffer.get(), sizeof(E), (size_t)arg.count, file);
+        const bool extra = std::fgetc(file) != EOF;
+        std::fclose(file);
+        if ((long long)got != arg.count || extra) {
+            die("file " + arg.path + " does not hold " + std::to_string(arg.count) +
+                " elements of " + arg.dtype);
+        }
+        E* data = buffer.get();
+        written_.push_back({arg.path, data, sizeof(E) * (size_t)arg.count});
+        owned_.push_back(std::shared_ptr<void>(buffer.release(), [](void* p) {
+            delete[] static_cast<E*>(p);
+        }));
+        return data;
+    }
+
+    // Parameter k as a scalar of type E.
+    template <typename E>
+    E scalar(size_t k)
+    {
+        const Arg& arg = at(k, 'S', dtype_code<E>());
+        if (dtype_code<E>()[0] == 'f') {
+            return (E)std::strtod(arg.value.c_str(), nullptr);
+        }
+        return (E)std::strtoll(arg.value.c_str(), nullptr, 10);
+    }
+
+    // Write every array back to its file (outputs and in-place results; the
+    // inputs too, so the caller can check that they were left alone).
+    void write_back() const
+    {
+        for (const auto& w : written_) {
+            FILE* file = std::fopen(w.path.c_str(), "wb");
+            if (!file || std::fwrite(w.data, 1, w.bytes, file) != w.bytes) {
+                die("cannot write " + w.path);
+            }
+            std::fclose(file);
+        }
+    }
+
+private:
+    const Arg& at(size_t k, char kind, const char* dtype) const
+    {
+        if (k >= args_.size()) die("missing argument " + std::to_string(k));
+        const Arg& arg = args_[k];
+        if (arg.kind != kind || arg.dtype != dtype) {
+            die("argument " + std::to_string(k) + " is " + arg.kind + ":" + arg.dtype +
+                ", the kernel takes " + kind + ":" + dtype);
+        }
+        return arg;
+    }
+
+    struct Written {
+        std::string path;
+        const void* data;
+        size_t bytes;
+    };
+    std::vector<Arg> args_;
+    std::vector<Written> written_;
+    std::vector<std::shared_ptr<void>> owned_;
+};
+
+// One launch <<<grid, block>>>: every thread of every block runs `thread`.
+template <typename F>
+void walk(unsigned grid, unsigned block, bool reverse, F thread)
+{
+    gridDim = {grid, 1, 1};
+    blockDim = {block, 1, 1};
+    for (unsigned bi = 0; bi < grid; ++bi) {
+        for (unsigned ti = 0; ti < block; ++ti) {
+            blockIdx = {reverse ? grid - 1 - bi : bi, 0, 0};
+            threadIdx = {reverse ? block - 1 - ti : ti, 0, 0};
+            thread();
+        }
+    }
+}
+
+void need(const Args& a, const std::string& kernel, size_t count)
+{
+    if (a.size() != count) {
+        die(kernel + " takes " + std::to_string(count) + " arguments, got " +
+            std::to_string(a.size()));
+    }
+}
+
+template <typename T>
+void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool reverse)
+{
+    if (kernel == "softmax_cross_entropy") {
+        need(a, kernel, 6);
+        const T* Z = a.array<T>(0);
+        const int* labels = a.array<int>(1);
+        T* dZ = a.array<T>(2);
+        T* losses = a.array<T>(3);
+        const long long classes = a.scalar<long long>(4), m = a.scalar<long long>(5);
+        walk(grid, block, reverse, [&] { softmax_cross_entropy<T>(Z, labels, dZ, losses, classes, m); });
+    } else if (kernel == "count_correct") {
+        need(a, kernel, 5);
+        const T* Z = a.array<T>(0);
+        const int* labels = a.array<int>(1);
+        int* count = a.array<int>(2);
+        const long long classes = a.scalar<long long>(3), m = a.scalar<long long>(4);
+        walk(grid, block, reverse, [&] { count_correct<T>(Z, labels, count, classes, m); });
+    } else if (kernel == "bias_relu") {
+        need(a, kernel, 4);
+        T* Z = a.array<T>(0);
+        const T* b = a.array<T>(1);
+        const long long units = a.scalar<long long>(2), m = a.scalar<long long>(3);
+        walk(grid, block, reverse, [&] { bias_relu<T>(Z, b, units, m); });
+    } else if (kernel == "relu_backward") {
+        need(a, kernel, 3);
+        T* dA = a.array<T>(0);
+        const T* A = a.array<T>(1);
+        const long long n = a.scalar<long long>(2);
+        walk(grid, block, reverse, [&] { relu_backward<T>(dA, A, n); });
+    } else if (kernel == "gather_scaled") {
+        need(a, kernel, 6);
+        const unsigned char* images = a.array<unsigned char>(0);
+        const long long* index = a.array<long long>(1);
+        T* A0 = a.array<T>(2);
+        const long long rows = a.scalar<long long>(3), features = a.scalar<long long>(4),
+                        batch = a.scalar<long long>(5);
+        walk(grid, block, reverse, [&] { gather_scaled<T>(images, index, A0, rows, features, batch); });
+    } else if (kernel == "transpose_scaled") {
+        need(a, kernel, 4);
+        const unsigned char* images = a.array<unsigned char>(0);
+        T* A0 = a.array<T>(1);
+        const long long rows = a.scalar<long long>(2), features = a.scalar<long long>(3);
+        walk(grid, block, reverse, [&] { transpose_scaled<T>(images, A0, rows, features); });
+    } else {
+        die("unknown kernel " + kernel);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc < 6) {
+        die("usage: walk KERNEL CTYPE GRID BLOCK ORDER ARG...");
+    }
+    const std::string kernel = argv[1], ctype = argv[2], order = argv[5];
+    const long long grid = std::atoll(argv[3]), block = std::atoll(argv[4]);
+    if (grid < 1 || block < 1 || block > 1024 || grid > 2147483647LL) {
+        die("bad launch shape <<<" + std::string(argv[3]) + ", " + argv[4] + ">>>");
+    }
+    if (order != "forward" && order != "reverse") {
+        die("ORDER is forward or reverse, not " + order);
+    }
+    Args args(argc - 6, argv + 6);
+    const bool reverse = order == "reverse";
+    if (ctype == "float") {
+        run<float>(kernel, args, (unsigned)grid, (unsigned)block, reverse);
+    } else if (ctype == "double") {
+        run<double>(kernel, args, (unsigned)grid, (unsigned)block, reverse);
+    } else {
+        die("CTYPE is float or double, not " + ctype);
+    }
+    args.write_back();
+    return 0;
+}

@@ -1,0 +1,426 @@
+"""The CUDA kernels, proven without a GPU (``pytest -m kernels``).
+
+1. Every kernels/*.cu file, with every template instantiation the package
+   launches, compiles with NVRTC (CuPy's run-time compiler, called directly so
+   no driver is needed) for each architecture the package claims; nvcc, where
+   installed, agrees on the symbols.
+2. Every kernel's arithmetic runs on the CPU: the same .cu source is compiled
+   with g++ (kernels/host_compat.h) into tests/kernel_host/walk.cpp, which walks
+   a launch's grid thread by thread under AddressSanitizer and UBSan. The
+   launches come from gpunet.kernels' own wrappers (shapes, argument order and
+   C types included) and the results are compared with the generic CpuBackend
+   operations, the reference, in float32 and float64.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpunet import kernels
+from gpunet.backend import CpuBackend
+
+pytestmark = pytest.mark.kernels
+
+HOST_DIR = Path(__file__).parent / "kernel_host"
+DTYPES = (np.float32, np.float64)
+CPU = CpuBackend()
+
+
+def tolerance(dtype, scale=1.0):
+    """assert_allclose tolerances from the dtype's eps; ``scale`` is the size of the values compared."""
+    eps = float(np.finfo(dtype).eps)
+    return {"rtol": 100 * eps, "atol": 100 * eps * scale}
+
+
+# -- the host walk ------------------------------------------------------------------
+class HostWalk:
+    """A launcher for gpunet.kernels' wrappers that runs the kernel on the CPU.
+
+    ``grid``/``block`` replace the wrapper's launch shape when given (a small
+    grid makes every thread go round its grid-stride loop); ``order`` walks the
+    threads forward or in reverse.
+    """
+
+    def __init__(self, exe: Path, workdir: Path, grid=None, block=None, order="forward"):
+        self.exe, self.workdir = exe, workdir
+        self.grid, self.block, self.order = grid, block, order
+        self.launches: list[kernels.Launch] = []
+
+    def shaped(self, grid=None, block=None, order="forward") -> HostWalk:
+        return HostWalk(self.exe, self.workdir, grid, block, order)
+
+    def command(self, launch: kernels.Launch) -> list[str]:
+        grid = self.grid or launch.grid
+        block = self.block or launch.block
+        argv = [str(self.exe), launch.kernel, launch.ctype, str(grid), str(block), self.order]
+        for k, arg in enumerate(launch.args):
+            code = np.dtype(arg.dtype).str[1:]  # 'f4', 'i8', 'u1', ...
+            if isinstance(arg, np.ndarray):
+                assert arg.flags.c_contiguous, f"argument {k} of {launch.name} is not C-contiguous"
+                path = self.workdir / f"arg{k}.bin"
+                arg.tofile(path)
+                argv.append(f"A:{code}:{arg.size}:{path}")
+            else:
+                assert isinstance(arg, np.generic), f"argument {k} of {launch.name} is a {type(arg)}"
+                argv.append(f"S:{code}:{arg.item()!r}")
+        return argv
+
+    def __call__(self, launch: kernels.Launch) -> None:
+        self.launches.append(launch)
+        argv = self.command(launch)
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        if done.returncode != 0:
+            raise AssertionError(
+                f"host walk of {launch.name}<<<{argv[3]}, {argv[4]}>>> failed "
+                f"(exit {done.returncode}):\n{done.stderr[-4000:]}"
+            )
+        for k, arg in enumerate(launch.args):
+            if isinstance(arg, np.ndarray):
+                arg[...] = np.fromfile(self.workdir / f"arg{k}.bin", dtype=arg.dtype).reshape(arg.shape)
+
+
+@pytest.fixture(scope="session")
+def walk_exe(tmp_path_factory) -> Path:
+    """tests/kernel_host/walk.cpp + kernels/*.cu built for the host, with AddressSanitizer and UBSan."""
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+    assert cxx, "the host walk needs a C++ compiler: install g++ (apt-get install g++)"
+    exe = tmp_path_factory.mktemp("walk") / "walk"
+    command = [
+        cxx, "-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-ffp-contract=off",
+        "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+        f"-I{kernels.source_dir()}", str(HOST_DIR / "walk.cpp"), "-o", str(exe),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, f"the kernels do not compile for the host:\n{done.stderr}"
+    return exe
+
+
+@pytest.fixture
+def walk(walk_exe, tmp_path) -> HostWalk:
+    return HostWalk(walk_exe, tmp_path)
+
+
+# Each kernel is walked with the wrapper's own launch shape, and with a tiny
+# grid walked in reverse, where every thread loops over several items.
+SHAPES = {"package": {}, "strided": {"grid": 3, "block": 32, "order": "reverse"}}
+SAMPLES = (1, 7, 256, 257, 1000)  # 256 = kernels.BLOCK; the others are not multiples of it
+
+
+def logits(rng, classes, m, dtype):
+    """Random logits: ordinary columns, wide ones, and columns holding +/-1e4."""
+    Z = rng.standard_normal((classes, m)) * rng.choice([1.0, 30.0, 1e4], size=m)
+    Z[:, ::5] = rng.choice([-1e4, 0.0, 1e4], size=Z[:, ::5].shape)
+    if m > 2:
+        Z[:, 1] = 1e4  # a column of equal, huge logits
+        Z[:, 2] = -1e4
+    return Z.astype(dtype)
+
+
+# -- 1. NVRTC and nvcc ------------------------------------------------------------------
+def test_sources_are_found():
+    folder = kernels.source_dir()
+    for module in kernels.MODULES:
+        assert (folder / f"{module}.cu").is_file()
+    assert (folder / "host_compat.h").is_file()
+
+
+@pytest.mark.parametrize("target", ["cubin", "ptx"])
+@pytest.mark.parametrize("arch", kernels.ARCHS)
+def test_nvrtc_compiles_every_instantiation(arch, target):
+    """Each module, with all its name expressions, compiles for sm_XX (cubin) and compute_XX (PTX)."""
+    compiled = kernels.compile_for_arch(arch, target=target)
+    assert [c.module for c in compiled] == list(kernels.MODULES)
+    for c in compiled:
+        assert set(c.lowered) == set(kernels.name_expressions(c.module))
+        for name, symbol in c.lowered.items():
+            assert symbol.startswith("_Z") and name.split("<")[0] in symbol
+        assert c.size > 0
+        assert c.warnings() == [], f"{c.module}.cu compiles with warnings:\n{c.log}"
+
+
+def test_device_report_says_whether_the_kernels_compile():
+    """`gpunet info`'s lines: versions, devices (none here), and an NVRTC compile of every kernel."""
+    from gpunet import backend_cuda
+
+    lines = backend_cuda.device_report()
+    assert lines[0].startswith("CuPy ") and lines[1].startswith("CUDA runtime ")
+    if backend_cuda.unavailable_reason() is not None:
+        assert any(line.startswith("CUDA devices: none usable") for line in lines)
+    assert lines[-1].startswith("kernels: compile with NVRTC for sm_70, sm_80, sm_90")
+
+
+def test_each_kernel_has_float_and_double():
+    for module, names in kernels.MODULES.items():
+        assert len(kernels.name_expressions(module)) == 2 * len(names)
+        source = kernels.read_source(module)
+        for name in names:
+            assert re.search(rf"__global__ void {name}\(", source), f"{name} is not in {module}.cu"
+
+
+def test_nvrtc_reports_a_compile_error(tmp_path, monkeypatch):
+    """A source NVRTC rejects raises KernelCompileError carrying NVRTC's log."""
+    for module in kernels.MODULES:
+        text = kernels.read_source(module)
+        if module == "layers":
+            text = text.replace("z += b;", "z += b")  # a typo
+        (tmp_path / f"{module}.cu").write_text(text)
+    monkeypatch.setenv(kernels.KERNEL_DIR_ENV, str(tmp_path))
+    with pytest.raises(kernels.KernelCompileError, match=r"layers\.cu does not compile(.|\n)*error"):
+        kernels.compile_for_arch(80, modules=["layers"])
+    assert kernels.compile_check(archs=(80,)).startswith("layers.cu does not compile")
+
+
+def test_nvcc_agrees_on_every_symbol(tmp_path):
+    """nvcc (another CUDA release) compiles the same instantiations to the same symbols as NVRTC."""
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+    if nvcc is None:
+        pytest.skip("nvcc is not installed (the NVRTC tests above are the ones that count)")
+    listed = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True).stdout.split()
+    archs = [arch for arch in kernels.ARCHS if f"sm_{arch}" in listed]  # CUDA 13 dropped sm_70
+    assert archs, f"nvcc supports none of {kernels.ARCHS}"
+    expected = {
+        symbol for c in kernels.compile_for_arch(archs[-1]) for symbol in c.lowered.values()
+    }
+    source = tmp_path / "all.cu"
+    lines = [f'#include "{module}.cu"' for module in kernels.MODULES]
+    lines.append("void instantiate() {")
+    lines += [f"    (void)&{name};" for module in kernels.MODULES for name in kernels.name_expressions(module)]
+    lines.append("}")
+    source.write_text("\n".join(lines) + "\n")
+    for arch in archs[-2:]:
+        cubin = tmp_path / f"all_{arch}.cubin"
+        done = subprocess.run(
+            [nvcc, "-cubin", f"-arch=sm_{arch}", "-Werror", "all-warnings",
+             f"-I{kernels.source_dir()}", str(source), "-o", str(cubin)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        symbols = set(re.findall(rb"_Z\w+", cubin.read_bytes()))
+        assert expected <= {s.decode() for s in symbols}
+
+
+# -- 2. the wrappers ------------------------------------------------------------------------
+class Recorder:
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, launch):
+        self.launches.append(launch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wrappers_launch_only_compiled_instantiations(dtype):
+    rng = np.random.default_rng(0)
+    record = Recorder()
+    Z = rng.standard_normal((10, 5)).astype(dtype)
+    labels = np.arange(5)
+    images = rng.integers(0, 256, size=(6, 784), dtype=np.uint8)
+    kernels.softmax_cross_entropy(Z, labels, launcher=record)
+    kernels.count_correct(Z, labels, launcher=record)
+    kernels.bias_relu(Z.copy(), np.zeros((10, 1), dtype), launcher=record)
+    kernels.relu_backward(Z.copy(), Z, launcher=record)
+    kernels.gather_scaled(images, np.array([3, 1]), dtype, launcher=record)
+    kernels.gather_scaled(images, None, dtype, launcher=record)
+    launched = {(launch.module, launch.kernel) for launch in record.launches}
+    assert launched == {(module, name) for module, names in kernels.MODULES.items() for name in names}
+    for launch in record.launches:
+        assert launch.name in kernels.name_expressions(launch.module)
+        assert launch.ctype == kernels.CTYPES[np.dtype(dtype)]
+        assert 1 <= launch.grid <= kernels.MAX_BLOCKS and launch.block == kernels.BLOCK
+
+
+def test_wrappers_reject_what_the_kernels_cannot_take():
+    Z = np.zeros((10, 4), np.float32)
+    labels = np.zeros(4, np.int64)
+    record = Recorder()
+    bad = [
+        lambda: kernels.softmax_cross_entropy(Z.astype(np.float16), labels, launcher=record),
+        lambda: kernels.softmax_cross_entropy(np.asfortranarray(np.zeros((10, 4), np.float32)), labels, launcher=record),
+        lambda: kernels.softmax_cross_entropy(Z, labels[:3], launcher=record),
+        lambda: kernels.softmax_cross_entropy(Z, labels.astype(np.float32), launcher=record),
+        lambda: kernels.count_correct(Z[None], labels, launcher=record),
+        lambda: kernels.bias_relu(Z, np.zeros((9, 1), np.float32), launcher=record),
+        lambda: kernels.bias_relu(Z, np.zeros((10, 1), np.float64), launcher=record),
+        lambda: kernels.bias_relu(Z[:, ::2], np.zeros((10, 1), np.float32), launcher=record),
+        lambda: kernels.relu_backward(Z, Z.T.copy(), launcher=record),
+        lambda: kernels.relu_backward(Z, Z.astype(np.float64), launcher=record),
+        lambda: kernels.gather_scaled(np.zeros((4, 784), np.float32), None, np.float32, launcher=record),
+        lambda: kernels.gather_scaled(np.zeros((4, 784), np.uint8), np.zeros(2), np.float32, launcher=record),
+        lambda: kernels.gather_scaled(np.zeros((4, 784), np.uint8), None, np.int32, launcher=record),
+    ]
+    for call in bad:
+        with pytest.raises(ValueError):
+            call()
+    assert record.launches == []
+
+
+def test_walk_rejects_a_wrong_argument_type(walk):
+    """The walk checks each argument's C type: int64 labels for an int* parameter fail."""
+    Z = np.zeros((10, 3), np.float32)
+    args = (Z, np.zeros(3, np.int64), np.empty_like(Z), np.empty(3, np.float32), np.int64(10), np.int64(3))
+    with pytest.raises(AssertionError, match="the kernel takes A:i4"):
+        walk(kernels.Launch("loss", "softmax_cross_entropy", "float", 1, 32, args))
+    args = (Z, np.zeros(3, np.int32), np.empty_like(Z), np.empty(3, np.float32), np.int32(10), np.int64(3))
+    with pytest.raises(AssertionError, match="the kernel takes S:i8"):
+        walk(kernels.Launch("loss", "softmax_cross_entropy", "float", 1, 32, args))
+
+
+def test_every_kernel_is_walked():
+    harness = (HOST_DIR / "walk.cpp").read_text()
+    for names in kernels.MODULES.values():
+        for name in names:
+            assert f'kernel == "{name}"' in harness
+
+
+# -- 3. each kernel walked on the CPU against the reference ------------------------------------
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy(walk, dtype, m, shape):
+    rng = np.random.default_rng(m)
+    Z = logits(rng, 10, m, dtype)
+    labels = rng.integers(0, 10, size=m)
+    Z_before = Z.copy()
+    dZ, losses = kernels.softmax_cross_entropy(Z, labels, launcher=walk.shaped(**SHAPES[shape]))
+    ref_dZ, ref_losses = CPU.softmax_cross_entropy(Z.copy(), labels)
+    assert dZ.dtype == losses.dtype == np.dtype(dtype)
+    assert np.isfinite(dZ).all() and np.isfinite(losses).all()
+    np.testing.assert_allclose(dZ, ref_dZ, **tolerance(dtype, scale=1.0 / m))
+    np.testing.assert_allclose(losses, ref_losses, **tolerance(dtype))
+    np.testing.assert_array_equal(Z, Z_before)  # Z is only read
+    np.testing.assert_allclose(dZ.sum(axis=0), 0, atol=100 * np.finfo(dtype).eps / m)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_large_m(walk, dtype):
+    m = 100_003
+    rng = np.random.default_rng(1)
+    Z = logits(rng, 10, m, dtype)
+    labels = rng.integers(0, 10, size=m).astype(np.int32)
+    dZ, losses = kernels.softmax_cross_entropy(Z, labels, launcher=walk)
+    ref_dZ, ref_losses = CPU.softmax_cross_entropy(Z, labels)
+    np.testing.assert_allclose(dZ, ref_dZ, **tolerance(dtype, scale=1.0 / m))
+    np.testing.assert_allclose(losses, ref_losses, **tolerance(dtype))
+
+
+def test_softmax_cross_entropy_bad_label_is_nan_not_a_stray_read(walk):
+    Z = logits(np.random.default_rng(2), 10, 4, np.float64)
+    labels = np.array([3, 10, -1, 0])
+    dZ, losses = kernels.softmax_cross_entropy(Z, labels, launcher=walk)
+    ref_dZ, ref_losses = CPU.softmax_cross_entropy(Z, labels[[0, 0, 0, 3]])
+    assert np.isnan(losses[1:3]).all()
+    np.testing.assert_allclose(losses[[0, 3]], ref_losses[[0, 3]], **tolerance(np.float64))
+    np.testing.assert_allclose(dZ[:, 1:3], CPU.softmax(Z)[:, 1:3] / 4, **tolerance(np.float64))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES + (100_003,))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_count_correct(walk, dtype, m, shape):
+    rng = np.random.default_rng(m)
+    Z = rng.integers(-2, 3, size=(10, m)).astype(dtype)  # many ties: the first largest wins
+    Z[rng.integers(0, 10, size=m // 7), rng.integers(0, m, size=m // 7)] = np.nan
+    labels = rng.integers(0, 10, size=m)
+    got = kernels.count_correct(Z, labels, launcher=walk.shaped(**SHAPES[shape]))
+    assert got == CPU.count_correct(Z, labels)
+    if m > 1:
+        labels = Z.argmax(axis=0)
+        assert kernels.count_correct(Z, labels, launcher=walk.shaped(**SHAPES[shape])) == m
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES + (20_011,))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_relu(walk, dtype, m, shape):
+    rng = np.random.default_rng(m)
+    units = 16
+    Z = (rng.standard_normal((units, m)) * 3).astype(dtype)
+    Z.flat[:: 11] = np.nan
+    Z.flat[1 :: 13] = 0
+    b = rng.standard_normal((units, 1)).astype(dtype)
+    expected = CPU.bias_relu(Z.copy(), b)
+    got = kernels.bias_relu(Z, b, launcher=walk.shaped(**SHAPES[shape]))
+    assert got is Z
+    np.testing.assert_array_equal(Z, expected)  # one add and one max: exactly the same
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES + (20_011,))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_backward(walk, dtype, m, shape):
+    rng = np.random.default_rng(m)
+    A = np.maximum(rng.standard_normal((16, m)), 0).astype(dtype)
+    dA = rng.standard_normal((16, m)).astype(dtype)
+    dA.flat[:: 17] = np.inf
+    dA.flat[3 :: 19] = np.nan
+    A_before = A.copy()
+    with np.errstate(invalid="ignore"):  # inf * 0 is NaN, on purpose
+        expected = CPU.relu_backward(dA.copy(), A)
+    got = kernels.relu_backward(dA, A, launcher=walk.shaped(**SHAPES[shape]))
+    assert got is dA
+    np.testing.assert_array_equal(dA, expected)  # one multiply by 1 or 0: exactly the same
+    np.testing.assert_array_equal(A, A_before)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("batch", SAMPLES + (3000,))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_scaled(walk, dtype, batch, shape):
+    rng = np.random.default_rng(batch)
+    images = rng.integers(0, 256, size=(max(batch, 50), 784), dtype=np.uint8)
+    images[0] = 255
+    index = rng.integers(0, len(images), size=batch)  # repeats allowed
+    index[0] = len(images) - 1
+    before = images.copy()
+    A0 = kernels.gather_scaled(images, index, dtype, launcher=walk.shaped(**SHAPES[shape]))
+    expected = CPU.gather_scaled(images, index, dtype)
+    assert A0.shape == (784, batch) and A0.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(A0, expected)  # one conversion and one multiply: exactly the same
+    np.testing.assert_array_equal(images, before)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rows", (1, 257, 3000))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_scaled_all_rows(walk, dtype, rows, shape):
+    images = np.random.default_rng(rows).integers(0, 256, size=(rows, 784), dtype=np.uint8)
+    A0 = kernels.gather_scaled(images, None, dtype, launcher=walk.shaped(**SHAPES[shape]))
+    np.testing.assert_array_equal(A0, CPU.gather_scaled(images, None, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_results_written_into_given_arrays(walk, dtype):
+    rng = np.random.default_rng(5)
+    Z = logits(rng, 10, 300, dtype)
+    labels = rng.integers(0, 10, size=300)
+    out = (np.full_like(Z, np.nan), np.full(300, np.nan, dtype))
+    dZ, losses = kernels.softmax_cross_entropy(Z, labels, out, launcher=walk)
+    assert dZ is out[0] and losses is out[1]
+    ref_dZ, ref_losses = CPU.softmax_cross_entropy(Z, labels)
+    np.testing.assert_allclose(dZ, ref_dZ, **tolerance(dtype, scale=1.0 / 300))
+    np.testing.assert_allclose(losses, ref_losses, **tolerance(dtype))
+    images = rng.integers(0, 256, size=(40, 784), dtype=np.uint8)
+    index = rng.integers(0, 40, size=33)
+    A0 = np.full((784, 33), np.nan, dtype)
+    assert kernels.gather_scaled(images, index, dtype, A0, launcher=walk) is A0
+    np.testing.assert_array_equal(A0, CPU.gather_scaled(images, index, dtype))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.gather_scaled(images, index, dtype, np.empty((33, 784), dtype).T, launcher=walk)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.softmax_cross_entropy(Z, labels, (out[0], out[1][:-1]), launcher=walk)
+
+
+def test_gather_scaled_bad_index_is_nan_not_a_stray_read(walk):
+    images = np.random.default_rng(3).integers(0, 256, size=(5, 784), dtype=np.uint8)
+    index = np.array([0, 5, -1, 4, 10**12])
+    A0 = kernels.gather_scaled(images, index, np.float32, launcher=walk)
+    assert np.isnan(A0[:, [1, 2, 4]]).all()
+    np.testing.assert_array_equal(A0[:, [0, 3]], CPU.gather_scaled(images, index[[0, 3]], np.float32))
