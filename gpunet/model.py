@@ -48,12 +48,69 @@ def init_params(sizes: list[int], init: str, seed: int, dtype) -> list[np.ndarra
     return params
 
 
+class Workspace:
+    """Preallocated arrays for batches of m samples, reused by every step so that a step allocates nothing.
+
+    The batch A0 and the layers' values Z_k (overwritten by A_k = relu(Z_k))
+    are laid out as the backend prefers (``empty_batch``, ``empty_layer``): the
+    layout changes how fast BLAS multiplies, not the result. The logits Z_L and every
+    dZ_k are C-ordered (units, m) arrays, so that their sums (softmax, db) add
+    up in the same order as freshly allocated arrays would. The gradients are
+    views of one flat array laid out as the network's parameters: ``grad_groups``
+    is [all dW, all db], matching the network's ``groups``.
+    """
+
+    def __init__(self, network, m: int):
+        backend, sizes, dtype = network.backend, network.sizes, network.dtype
+        xp = backend.xp
+        self.m = m
+        self.A0 = backend.empty_batch(sizes[0], m, dtype)
+        self.Z = [backend.empty_layer(n, m, dtype) for n in sizes[1:-1]] + [xp.empty((sizes[-1], m), dtype)]
+        self.dZ = [xp.empty((n, m), dtype) for n in sizes[1:]]
+        self.losses = xp.empty(m, dtype)
+        self.grad_flat = xp.zeros_like(network.flat)
+        self.grads = network.views_of(self.grad_flat)
+        self.grad_groups = network.groups_of(self.grad_flat)
+
+
 class Network:
-    """A stack of dense layers, ReLU between them and softmax at the end, on one backend."""
+    """A stack of dense layers, ReLU between them and softmax at the end, on one backend.
+
+    All parameters live in one flat array, ``flat``: the weights first, then
+    the biases; each W_k and b_k is a view of it. ``groups`` is that array as
+    two parts, [all weights, all biases]: an optimizer given these (and a
+    workspace's ``grad_groups``) updates every parameter with a few whole-array
+    operations instead of a few per layer.
+    """
 
     def __init__(self, backend, params):
+        xp = backend.xp
         self.backend = backend
-        self.params = [backend.asarray(p) for p in params]
+        arrays = [backend.asarray(p) for p in params]
+        dtype = arrays[0].dtype
+        self.n_weights = sum(int(W.size) for W in arrays[0::2])
+        self.flat = xp.empty(self.n_weights + sum(int(b.size) for b in arrays[1::2]), dtype=dtype)
+        self.shapes = [p.shape for p in arrays]
+        self.params = self.views_of(self.flat)
+        for p, new in zip(self.params, arrays):
+            p[...] = new
+        self.groups = self.groups_of(self.flat)
+        self._workspaces = {}
+        self._gradient_sum = None
+
+    def views_of(self, flat) -> list:
+        """[W1, b1, W2, b2, ...] as views of a flat array holding all weights, then all biases."""
+        sizes = [int(np.prod(shape)) for shape in self.shapes]
+        order = [*range(0, len(sizes), 2), *range(1, len(sizes), 2)]  # W1, W2, ..., b1, b2, ...
+        views, start = [None] * len(sizes), 0
+        for i in order:
+            views[i] = flat[start : start + sizes[i]].reshape(self.shapes[i])
+            start += sizes[i]
+        return views
+
+    def groups_of(self, flat) -> list:
+        """[all weights, all biases] of a flat array laid out as ``flat``."""
+        return [flat[: self.n_weights], flat[self.n_weights :]]
 
     @property
     def weights(self):
@@ -71,31 +128,90 @@ class Network:
     def dtype(self):
         return self.params[0].dtype
 
-    def forward(self, A0):
-        """Return (logits Z_L, activations [A0, A1, ..., A_{L-1}] kept for backward)."""
+    def workspace(self, m: int) -> Workspace:
+        """The buffers for batches of m samples (made on first use, kept for the next steps)."""
+        ws = self._workspaces.get(m)
+        if ws is None:
+            ws = self._workspaces[m] = Workspace(self, m)
+        return ws
+
+    def forward(self, A0, ws: Workspace | None = None):
+        """Return (logits Z_L, activations [A0, A1, ..., A_{L-1}] kept for backward).
+
+        With a workspace the values are written into its arrays, else into new ones.
+        """
         ops, xp = self.backend, self.backend.xp
+        out = ws.Z if ws is not None else [None] * len(self.weights)
         activations = [A0]
         A = A0
-        for W, b in zip(self.weights[:-1], self.biases[:-1]):
-            A = ops.bias_relu(xp.matmul(W, A), b)  # Z = W.A + b; A = relu(Z)
+        for k, (W, b) in enumerate(zip(self.weights[:-1], self.biases[:-1])):
+            A = ops.bias_relu(xp.matmul(W, A, out=out[k]), b)  # Z = W.A + b; A = relu(Z)
             activations.append(A)
-        Z = xp.matmul(self.weights[-1], A)
+        Z = xp.matmul(self.weights[-1], A, out=out[-1])
         Z += self.biases[-1]  # Z_L = W_L.A + b_L; softmax is applied inside the loss
         return Z, activations
 
-    def backward(self, Z, activations, labels):
-        """Gradients [dW1, db1, ...] of the mean cross-entropy, and the per-sample losses."""
+    def backward(self, Z, activations, labels, ws: Workspace | None = None, losses=None):
+        """Gradients [dW1, db1, ...] of the mean cross-entropy, and the per-sample losses.
+
+        With a workspace every result is written into its arrays (the gradients
+        into ``ws.grads``); ``losses``, if given, is where the per-sample losses
+        go. Without one, every result is a new array.
+        """
         ops, xp = self.backend, self.backend.xp
-        dZ, losses = ops.softmax_cross_entropy(Z, labels)  # dZ_L = (A_L - Y) / m
-        grads = [None] * len(self.params)
+        if ws is None:
+            dZ, losses = ops.softmax_cross_entropy(Z, labels)  # dZ_L = (A_L - Y) / m
+            dZ_out, grads = [None] * len(self.weights), [None] * len(self.params)
+        else:
+            out = (ws.dZ[-1], ws.losses if losses is None else losses)
+            dZ, losses = ops.softmax_cross_entropy(Z, labels, out=out)  # dZ_L = (A_L - Y) / m
+            dZ_out, grads = ws.dZ, list(ws.grads)
         for k in reversed(range(len(self.weights))):
             A_prev = activations[k]
-            grads[2 * k] = xp.matmul(dZ, A_prev.T)  # dW = dZ.A^T (1/m already in dZ)
-            grads[2 * k + 1] = dZ.sum(axis=1, keepdims=True)  # db = sum of dZ over samples
+            grads[2 * k] = xp.matmul(dZ, A_prev.T, out=grads[2 * k])  # dW = dZ.A^T (1/m already in dZ)
+            grads[2 * k + 1] = dZ.sum(axis=1, keepdims=True, out=grads[2 * k + 1])  # db = sum of dZ over samples
             if k > 0:
                 # dZ_{k-1} = W_k^T.dZ_k * relu'(Z_{k-1})
-                dZ = ops.relu_backward(xp.matmul(self.weights[k].T, dZ), A_prev)
+                dZ = ops.relu_backward(xp.matmul(self.weights[k].T, dZ, out=dZ_out[k - 1]), A_prev)
         return grads, losses
+
+    def full_batch_gradients(self, images, labels, losses, chunk: int):
+        """Gradients of the mean loss over every sample of ``images``, reading each digit once.
+
+        Done as the notes write it, a full-batch step reads all of X twice: in
+        the forward pass and again for dW1 = dZ1.A0^T. Here the samples are
+        walked in chunks small enough to stay in cache; each chunk's forward
+        and backward pass run while its pixels are still there, and the
+        chunks' gradients add up, each weighted by its share of the samples
+        (the mean over all samples is the weighted mean of the chunks' means).
+        ``chunk`` >= the number of samples gives the notes' single pass.
+
+        Writes the per-sample losses into ``losses``; returns (grad_groups, correct count).
+        """
+        ops = self.backend
+        m = int(labels.shape[0])
+        if chunk >= m:
+            total = None
+        elif self._gradient_sum is None:
+            total = self._gradient_sum = self.backend.xp.empty_like(self.flat)
+        else:
+            total = self._gradient_sum
+        correct = 0
+        for start in range(0, m, chunk):
+            stop = min(start + chunk, m)
+            ws = self.workspace(stop - start)
+            A0 = ops.gather_scaled(images[start:stop], None, self.dtype, out=ws.A0)
+            Z, activations = self.forward(A0, ws)
+            correct += ops.count_correct(Z, labels[start:stop])
+            self.backward(Z, activations, labels[start:stop], ws, losses=losses[start:stop])
+            if total is None:
+                return ws.grad_groups, correct
+            ws.grad_flat *= self.dtype.type((stop - start) / m)  # this chunk's share of the mean
+            if start == 0:
+                total[...] = ws.grad_flat
+            else:
+                total += ws.grad_flat
+        return self.groups_of(total), correct
 
     def logits(self, A0):
         """Z_L for a batch, without keeping anything for backward."""

@@ -133,26 +133,47 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
     """One pass over the shuffled training data; returns (mean loss, accuracy) seen while training.
 
     ``rate(k)``, if given, is the learning rate for the epoch's k-th step.
+
+    Each step writes into the network's preallocated workspace for its batch
+    size; the per-sample losses go into one array for the epoch, summed once at
+    its end. A batch of the whole training set is the notes' full-batch step,
+    done in one pass over the data (``Network.full_batch_gradients``).
     """
     ops, xp = network.backend, network.backend.xp
     m = len(data)
-    batch = m if batch_size <= 0 else batch_size
+    losses = xp.empty(m, dtype=network.dtype)
+    with ops.compute_threads():
+        if batch_size <= 0 or batch_size >= m:
+            if rate is not None:
+                optimizer.lr = rate(0)
+            grads, correct = network.full_batch_gradients(data.images, data.labels, losses, ops.full_batch_chunk(m))
+            optimizer.step(grads)
+            if progress is not None:
+                progress(m)
+        else:
+            correct = _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate)
+    return float(losses.sum(dtype=xp.float64)) / m, correct / m
+
+
+def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate) -> int:
+    ops, xp = network.backend, network.backend.xp
+    m = len(data)
     order = xp.asarray(rng.permutation(m))  # reshuffle every epoch
-    loss_sum = xp.zeros((), dtype=xp.float64)
+    labels = data.labels[order]  # the epoch's labels in visiting order: each batch's are a slice
     correct = 0
-    for step, start in enumerate(range(0, m, batch)):
+    for step, start in enumerate(range(0, m, batch_size)):
         if rate is not None:
             optimizer.lr = rate(step)
-        index = order[start : start + batch]
-        labels = data.labels[index]
-        Z, activations = network.forward(ops.gather_scaled(data.images, index, network.dtype))
-        correct += ops.count_correct(Z, labels)
-        grads, losses = network.backward(Z, activations, labels)
-        loss_sum += losses.sum(dtype=xp.float64)
-        optimizer.step(grads)
+        stop = min(start + batch_size, m)
+        ws = network.workspace(stop - start)
+        A0 = ops.gather_scaled(data.images, order[start:stop], network.dtype, out=ws.A0)
+        Z, activations = network.forward(A0, ws)
+        correct += ops.count_correct(Z, labels[start:stop])
+        network.backward(Z, activations, labels[start:stop], ws, losses=losses[start:stop])
+        optimizer.step(ws.grad_groups)
         if progress is not None:
-            progress(int(index.shape[0]))
-    return float(loss_sum) / m, correct / m
+            progress(stop - start)
+    return correct
 
 
 def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None, progress_factory=None):
@@ -167,7 +188,7 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
     """
     dtype = np.dtype(config.dtype)
     network = Network(backend, init_params(layer_sizes(config.hidden), config.init, config.seed, dtype))
-    optimizer = make_optimizer(config.optimizer, network.params, config.lr, config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, network.groups, config.lr, config.weight_decay)
     train_data = DeviceData(backend, train_digits)
     val_data = DeviceData(backend, val_digits) if len(val_digits) else None
     rng = np.random.default_rng(config.seed + 1)  # the shuffle, independent of the init draws
