@@ -158,4 +158,5 @@ def get_backend(device: str):
         return backend_cuda.CupyBackend(), None
     if device == "cuda":
         raise DeviceError(f"--device cuda: {reason}")
-    return CpuBackend(), f"CUDA is not usable ({reason.split(';')[0]}); training on the CPU"
+    short_reason = reason.split(";")[0].split(" (")[0]  # the gist; `gpunet info` gives the details
+    return CpuBackend(), f"CUDA is not usable ({short_reason}); running on the CPU"
