@@ -104,12 +104,20 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True,
               help="Where to write the model (.npz).")
-def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size, patience, seed, dtype, out):
+@click.option("--plot", "plot_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
+def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size, patience, seed, dtype, out,
+          plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.data import load_digits, load_sample, split_validation
     from gpunet.training import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
 
     out = check_out_path("--out", out)
+    if plot_dir is not None:  # fail now, not after training
+        from gpunet.plots import prepare_out_dir, require_matplotlib
+
+        require_matplotlib()
+        prepare_out_dir(plot_dir, "--plot")
     full_batch = optimizer == "gd"
     config = TrainConfig(
         hidden=hidden,
@@ -159,6 +167,14 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
         click.echo(f"Validation accuracy {100 * final.val_accuracy:.2f}% (epoch {result.best_epoch}); saved {out}")
     else:
         click.echo(f"Training accuracy {100 * final.train_accuracy:.2f}% (no validation digits); saved {out}")
+    if plot_dir is not None:
+        from gpunet.plots import write_plots
+
+        report_plots(write_plots(out, plot_dir, val_digits if len(val_digits) else train_digits))
+
+
+def report_plots(paths) -> None:
+    click.echo("Plots: " + ", ".join(str(p) for p in paths))
 
 
 class EpochReporter:
@@ -245,16 +261,30 @@ def predict_labels(network, images: np.ndarray) -> np.ndarray:
 
 @cli.command()
 @click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Digits to label: Kaggle test.csv[.gz] (a train.csv also works; its labels are ignored), IDX or .npz.")
+@click.option("--image", "images", type=click.Path(path_type=Path), multiple=True,
+              help="Instead of --data: your own images of one digit each, any size (--image a.png b.jpg ...).")
+@click.option("--json", "as_json", is_flag=True, help="With --image: print a JSON list of {file, label, probabilities}.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("submission.csv"), show_default=True,
               help="Kaggle submission file: ImageId,Label with ImageId counting from 1.")
 @device_option
-def predict(model, data, out, device):
-    """Label digits and write a Kaggle 'Digit Recognizer' submission."""
+@click.argument("more_images", nargs=-1, type=click.Path(path_type=Path), metavar="")
+def predict(model, data, images, as_json, out, device, more_images):
+    """Label digits and write a Kaggle 'Digit Recognizer' submission, or label your own images (--image)."""
     from gpunet.checkpoint import atomic_write
     from gpunet.data import load_digits
 
+    if more_images and not images:
+        raise click.UsageError(f"unexpected argument {more_images[0]}; for image files use --image {more_images[0]} ...")
+    if images and data is not None:
+        raise click.UsageError("give --data (a digits file) or --image (image files), not both")
+    if images:
+        return predict_images(model, images + more_images, as_json, device)
+    if data is None:
+        raise click.UsageError("give --data FILE (digits to label) or --image FILE... (your own images)")
+    if as_json:
+        raise click.UsageError("--json goes with --image")
     out = check_out_path("--out", out)
     network, _ = load_network(model, choose_backend(device))
     digits = load_digits(data, labeled=False)
@@ -262,6 +292,78 @@ def predict(model, data, out, device):
     rows = "".join(f"{i},{label}\n" for i, label in enumerate(labels.tolist(), start=1))
     atomic_write(out, lambda f: f.write(("ImageId,Label\n" + rows).encode()))
     click.echo(f"Wrote {len(labels):,} predictions to {out}")
+
+
+def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
+    """One line per image (digit, then the top three probabilities), or a JSON list.
+
+    An image that cannot be used gets one error line and the rest are still
+    labeled; the exit status is 1 if any failed.
+    """
+    import json
+
+    from gpunet.images import ImageError, load_digit, probabilities
+
+    network, _ = load_network(model, choose_backend(device))
+    answers, failed = [], 0
+    for path in paths:
+        try:
+            pixels = load_digit(path)
+        except ImageError as error:
+            click.echo(f"Error: {error}", err=True)
+            failed += 1
+            continue
+        probs = probabilities(network, pixels[None, :])[0]
+        label = int(probs.argmax())
+        answers.append({"file": str(path), "label": label, "probabilities": [round(float(p), 6) for p in probs]})
+        if not as_json:
+            top = ", ".join(f"{d} {probs[d]:.2f}" for d in np.argsort(-probs, kind="stable")[:3])
+            click.echo(f"{path}: {label}  ({top})")
+    if as_json:
+        click.echo(json.dumps(answers, indent=2))
+    if failed:
+        sys.exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Labeled digits for the confusion matrix and the misclassified digits. "
+                   "[default: the validation digits the model was trained beside]")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("plots"), show_default=True,
+              help="Folder for the PNG files (created if missing).")
+def plot(model, data, out_dir):
+    """Plot learning curves, confusion matrix, misclassified digits and first-layer weights."""
+    from gpunet.data import load_digits
+    from gpunet.plots import prepare_out_dir, require_matplotlib, write_plots
+
+    require_matplotlib()
+    prepare_out_dir(out_dir)
+    digits = load_digits(data, labeled=True) if data is not None else None
+    report_plots(write_plots(model, out_dir, digits))
+
+
+@cli.command()
+@click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 lets other machines reach the page.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
+def serve(model, host, port):
+    """Serve a page to draw a digit on, showing the network's probabilities as you draw."""
+    from gpunet.backend import CpuBackend
+    from gpunet.server import make_server
+
+    network, _ = load_network(model, CpuBackend())  # one digit per request: the CPU answers fastest
+    server = make_server(network, host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"Note: listening on {host}: other machines on the network can reach the page", err=True)
+    click.echo(f"Serving {model} at {server.url}  (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("Stopped.")
+    finally:
+        server.server_close()
 
 
 @cli.command()
