@@ -24,7 +24,9 @@ BOX = 20  # the digit is scaled to fit BOX x BOX inside the SIDE x SIDE field
 CENTRE = 14.0  # where its centre of mass goes (row and column index)
 WORK_SIDE = 1024  # larger pictures (phone photos) are shrunk to this first: the digit ends up 20 px anyway
 MIN_CONTRAST = 32  # ink must differ from the background by this many gray levels (of 255)
-INK_LEVEL = 0.2  # a pixel with this fraction of the strongest ink counts for the crop box
+# A pixel with this share of the strongest ink counts for the crop box. Of 0.1-0.5, 0.3 gave re-rendered
+# sample digits (resized, photographed) the labels of their originals most often.
+INK_LEVEL = 0.3
 NOISE_LEVEL = 0.05  # weaker than this fraction is background (paper grain, JPEG ringing)
 
 

@@ -233,6 +233,11 @@ def shown(page):
                                          return p === undefined ? null : Number(p); })]""")
 
 
+def wait_until_answered(page):
+    """Until the page shows the answer for its latest drawing (it marks the pad 'idle')."""
+    page.wait_for_function("() => document.getElementById('pad').dataset.state === 'idle'", timeout=10000)
+
+
 def check_matches_server(page, server, network):
     """What the page shows is the server's answer for exactly the drawing on the canvas."""
     label, probs = shown(page)
@@ -274,11 +279,11 @@ def test_draw_with_the_mouse_read_the_prediction_clear(browser, server, network)
         for x, y in points[1:20]:
             page.mouse.move(x, y)
         # Probabilities arrive while the button is still down: they update as you draw.
-        page.wait_for_function("document.getElementById('label').textContent !== '\u2013'", timeout=5000)
+        page.wait_for_function("() => document.getElementById('label').textContent !== '\u2013'", timeout=5000)
         for x, y in points[20:]:
             page.mouse.move(x, y)
         page.mouse.up()
-        page.wait_for_load_state("networkidle")
+        wait_until_answered(page)
         label, probs = shown(page)
         assert sum(probs) == pytest.approx(1, abs=1e-4)
         bar = page.evaluate(f"() => document.querySelector('#prob-{label} .fill').getBoundingClientRect().width")
@@ -305,8 +310,7 @@ def test_draw_with_a_finger(browser, server, network):
             kind = "touchStart" if k == 0 else "touchMove"
             cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]})
         cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-        page.wait_for_function("document.getElementById('label').textContent !== '\u2013'", timeout=5000)
-        page.wait_for_load_state("networkidle")
+        wait_until_answered(page)
         assert page.evaluate("() => [...window.kinds]") == ["touch"]
         assert check_matches_server(page, server, network) == 0
         clear_and_check(page)
