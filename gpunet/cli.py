@@ -1,4 +1,4 @@
-"""The ``gpunet`` command line: train, predict, evaluate, info.
+"""The ``gpunet`` command line: train, predict, evaluate, plot, serve, info.
 
 Every failure a user can cause ends as one line on stderr and a non-zero exit:
 GpunetError and click's usage errors are caught here, never shown as tracebacks.
@@ -396,12 +396,12 @@ def evaluate(model, data, device):
 @cli.command()
 def info():
     """Versions, the backends found, and CUDA devices."""
-    import pandas
+    from importlib.metadata import version
 
     from gpunet import backend_cuda
 
     click.echo(f"gpunet {__version__}")
-    click.echo(f"Python {sys.version.split()[0]}, NumPy {np.__version__}, pandas {pandas.__version__}, click {click.__version__}")
+    click.echo(f"Python {sys.version.split()[0]}, NumPy {np.__version__}, click {version('click')}")
     click.echo("Backends:")
     click.echo("  cpu: NumPy (always available)")
     reason = backend_cuda.unavailable_reason()
