@@ -12,6 +12,9 @@ operations it has kernels for.
 from __future__ import annotations
 
 import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import numpy as np
 
@@ -75,9 +78,34 @@ class CpuBackend:
         """
         return FULL_BATCH_CHUNK if self.xp is np else m
 
+    def parallel_parts(self) -> int:
+        """Into how many parts ``parallel_map`` usefully splits work: NumPy's cores, else 1."""
+        return _cores() if self.xp is np and _blas_threads() is not None else 1
+
+    def parallel_map(self, fn, items) -> list:
+        """[fn(item) for item in items], run in parallel where that pays.
+
+        NumPy: on a pool of threads, one per core, with BLAS held to one thread
+        (NumPy and BLAS release the GIL while they work). The results are the
+        same as one after another. Without threadpoolctl, which holds BLAS to
+        one thread, and on other array modules: one after another.
+        """
+        items = list(items)
+        blas = _blas_threads() if self.xp is np else None
+        if len(items) < 2 or blas is None:
+            return [fn(item) for item in items]
+        with blas.limit(limits=1):
+            return list(_thread_pool().map(fn, items))
+
     def compute_threads(self):
-        """A context in which the training loop runs (how many threads BLAS may use)."""
-        return contextlib.nullcontext()
+        """A context for the mini-batch training loop: BLAS on one thread.
+
+        A mini-batch's products are too small to share between cores: a second
+        BLAS thread gains little on an idle machine, and on a busy one its
+        waiting for a core can make each product many times slower.
+        """
+        blas = _blas_threads() if self.xp is np else None
+        return blas.limit(limits=1) if blas is not None else contextlib.nullcontext()
 
     # -- hot operations ------------------------------------------------------
     def gather_scaled(self, images, index, dtype, out=None):
@@ -96,7 +124,9 @@ class CpuBackend:
             A0 *= scale
             return A0
         batch = images if index is None else xp.take(images, index, axis=0)
-        return xp.multiply(batch.T, scale, out=out)  # uint8 -> dtype and the scaling, in one pass
+        xp.copyto(out, batch.T)  # uint8 -> dtype: a plain cast, twice as fast as a casting multiply
+        out *= scale
+        return out
 
     def bias_relu(self, Z, b):
         """A = relu(Z + b) for Z = W.A_prev (the matrix product is done by the caller).
@@ -139,6 +169,29 @@ class CpuBackend:
     def softmax(self, Z):
         """Class probabilities for prediction."""
         return activations.softmax(self.xp, Z)
+
+
+@lru_cache(maxsize=1)
+def _blas_threads():
+    """threadpoolctl's handle on the BLAS libraries loaded for NumPy, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    blas = ThreadpoolController().select(user_api="blas")
+    return blas if blas.lib_controllers else None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@lru_cache(maxsize=1)
+def _thread_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="gpunet")
 
 
 def get_backend(device: str):

@@ -53,9 +53,9 @@ class Workspace:
 
     The batch A0 and the layers' values Z_k (overwritten by A_k = relu(Z_k))
     are laid out as the backend prefers (``empty_batch``, ``empty_layer``): the
-    layout changes how fast BLAS multiplies, not the result. The logits Z_L and every
-    dZ_k are C-ordered (units, m) arrays, so that their sums (softmax, db) add
-    up in the same order as freshly allocated arrays would. The gradients are
+    layout changes how fast BLAS multiplies, not the result. The logits Z_L and
+    every dZ_k are C-ordered (units, m) arrays, so that their sums (softmax, db)
+    add up in the same order as freshly allocated arrays would. The gradients are
     views of one flat array laid out as the network's parameters: ``grad_groups``
     is [all dW, all db], matching the network's ``groups``.
     """
@@ -96,7 +96,7 @@ class Network:
             p[...] = new
         self.groups = self.groups_of(self.flat)
         self._workspaces = {}
-        self._gradient_sum = None
+        self._sums = {}  # part -> flat gradient sum of a full-batch step
 
     def views_of(self, flat) -> list:
         """[W1, b1, W2, b2, ...] as views of a flat array holding all weights, then all biases."""
@@ -128,11 +128,14 @@ class Network:
     def dtype(self):
         return self.params[0].dtype
 
-    def workspace(self, m: int) -> Workspace:
-        """The buffers for batches of m samples (made on first use, kept for the next steps)."""
-        ws = self._workspaces.get(m)
+    def workspace(self, m: int, key=0) -> Workspace:
+        """The buffers for batches of m samples (made on first use, kept for the next steps).
+
+        ``key`` tells apart workspaces of the same size used at the same time (by parallel workers).
+        """
+        ws = self._workspaces.get((m, key))
         if ws is None:
-            ws = self._workspaces[m] = Workspace(self, m)
+            ws = self._workspaces[m, key] = Workspace(self, m)
         return ws
 
     def forward(self, A0, ws: Workspace | None = None):
@@ -175,7 +178,7 @@ class Network:
                 dZ = ops.relu_backward(xp.matmul(self.weights[k].T, dZ, out=dZ_out[k - 1]), A_prev)
         return grads, losses
 
-    def full_batch_gradients(self, images, labels, losses, chunk: int):
+    def full_batch_gradients(self, images, labels, losses, chunk: int, parts: int = 1):
         """Gradients of the mean loss over every sample of ``images``, reading each digit once.
 
         Done as the notes write it, a full-batch step reads all of X twice: in
@@ -184,34 +187,51 @@ class Network:
         and backward pass run while its pixels are still there, and the
         chunks' gradients add up, each weighted by its share of the samples
         (the mean over all samples is the weighted mean of the chunks' means).
+        The samples are split into ``parts`` runs of chunks, which the backend
+        may walk in parallel (``parallel_map``); each adds up its own sum, and
+        the sums are added in order, so the result does not depend on timing.
         ``chunk`` >= the number of samples gives the notes' single pass.
 
         Writes the per-sample losses into ``losses``; returns (grad_groups, correct count).
         """
-        ops = self.backend
         m = int(labels.shape[0])
         if chunk >= m:
-            total = None
-        elif self._gradient_sum is None:
-            total = self._gradient_sum = self.backend.xp.empty_like(self.flat)
-        else:
-            total = self._gradient_sum
-        correct = 0
-        for start in range(0, m, chunk):
-            stop = min(start + chunk, m)
-            ws = self.workspace(stop - start)
-            A0 = ops.gather_scaled(images[start:stop], None, self.dtype, out=ws.A0)
-            Z, activations = self.forward(A0, ws)
-            correct += ops.count_correct(Z, labels[start:stop])
-            self.backward(Z, activations, labels[start:stop], ws, losses=losses[start:stop])
-            if total is None:
-                return ws.grad_groups, correct
-            ws.grad_flat *= self.dtype.type((stop - start) / m)  # this chunk's share of the mean
-            if start == 0:
-                total[...] = ws.grad_flat
-            else:
-                total += ws.grad_flat
-        return self.groups_of(total), correct
+            return self._chunk_gradients(images, labels, losses, 0, m, m, key=0)
+        bounds = [m * i // parts // chunk * chunk for i in range(parts)] + [m]  # parts start on a chunk boundary
+
+        def run(i):
+            total, correct = None, 0
+            for start in range(bounds[i], bounds[i + 1], chunk):
+                stop = min(start + chunk, bounds[i + 1])
+                grads, n = self._chunk_gradients(images, labels, losses, start, stop, m, key=i)
+                correct += n
+                if total is None:
+                    if i not in self._sums:
+                        self._sums[i] = self.backend.xp.empty_like(self.flat)
+                    total = self._sums[i]
+                    total[...] = grads
+                else:
+                    total += grads
+            return total, correct
+
+        results = [r for r in self.backend.parallel_map(run, range(parts)) if r[0] is not None]
+        total = results[0][0]
+        for part, _ in results[1:]:
+            total += part
+        return self.groups_of(total), sum(correct for _, correct in results)
+
+    def _chunk_gradients(self, images, labels, losses, start, stop, m, key):
+        """One chunk's forward and backward pass; its gradients (flat) weighted by its share of m."""
+        ops = self.backend
+        ws = self.workspace(stop - start, key)
+        A0 = ops.gather_scaled(images[start:stop], None, self.dtype, out=ws.A0)
+        Z, activations = self.forward(A0, ws)
+        correct = ops.count_correct(Z, labels[start:stop])
+        self.backward(Z, activations, labels[start:stop], ws, losses=losses[start:stop])
+        if stop - start == m:
+            return ws.grad_groups, correct
+        ws.grad_flat *= self.dtype.type((stop - start) / m)  # the chunk's mean, weighted by its share
+        return ws.grad_flat, correct
 
     def logits(self, A0):
         """Z_L for a batch, without keeping anything for backward."""

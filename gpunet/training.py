@@ -142,15 +142,16 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
     ops, xp = network.backend, network.backend.xp
     m = len(data)
     losses = xp.empty(m, dtype=network.dtype)
-    with ops.compute_threads():
-        if batch_size <= 0 or batch_size >= m:
-            if rate is not None:
-                optimizer.lr = rate(0)
-            grads, correct = network.full_batch_gradients(data.images, data.labels, losses, ops.full_batch_chunk(m))
-            optimizer.step(grads)
-            if progress is not None:
-                progress(m)
-        else:
+    if batch_size <= 0 or batch_size >= m:
+        if rate is not None:
+            optimizer.lr = rate(0)
+        grads, correct = network.full_batch_gradients(data.images, data.labels, losses, ops.full_batch_chunk(m),
+                                                      ops.parallel_parts())
+        optimizer.step(grads)
+        if progress is not None:
+            progress(m)
+    else:
+        with ops.compute_threads():
             correct = _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate)
     return float(losses.sum(dtype=xp.float64)) / m, correct / m
 
