@@ -295,6 +295,16 @@ def _output(op: str, xp, out, name: str, shape: tuple, dtype):
     return out
 
 
+def _logits_and_labels(op: str, Z, labels):
+    """Check logits Z (classes, m) and return (xp, ctype, classes, m, int32 labels)."""
+    xp = _array_module(Z)
+    ctype = _ctype(op, Z.dtype)
+    _require(Z.ndim == 2 and Z.shape[0] >= 1, op, f"Z must be (classes, m), not {Z.shape}")
+    _require(Z.flags.c_contiguous, op, "Z must be C-contiguous")
+    classes, m = Z.shape
+    return xp, ctype, classes, m, _sample_labels(op, xp, labels, m)
+
+
 def softmax_cross_entropy(Z, labels, out=None, *, launcher=None):
     """(dZ, losses): dZ = (softmax(Z) - onehot(labels)) / m and per-sample losses, in one kernel.
 
@@ -302,12 +312,7 @@ def softmax_cross_entropy(Z, labels, out=None, *, launcher=None):
     integers; out: optional (dZ, losses) arrays to write into.
     """
     op = "softmax_cross_entropy"
-    xp = _array_module(Z)
-    ctype = _ctype(op, Z.dtype)
-    _require(Z.ndim == 2 and Z.shape[0] >= 1, op, f"Z must be (classes, m), not {Z.shape}")
-    _require(Z.flags.c_contiguous, op, "Z must be C-contiguous")
-    classes, m = Z.shape
-    labels = _sample_labels(op, xp, labels, m)
+    xp, ctype, classes, m, labels = _logits_and_labels(op, Z, labels)
     dZ_out, losses_out = (None, None) if out is None else out
     dZ = _output(op, xp, dZ_out, "dZ", Z.shape, Z.dtype)
     losses = _output(op, xp, losses_out, "losses", (m,), Z.dtype)
@@ -321,12 +326,7 @@ def softmax_cross_entropy(Z, labels, out=None, *, launcher=None):
 def count_correct(Z, labels, *, launcher=None) -> int:
     """How many columns of Z (classes, m) have their (first) largest logit at the label."""
     op = "count_correct"
-    xp = _array_module(Z)
-    ctype = _ctype(op, Z.dtype)
-    _require(Z.ndim == 2 and Z.shape[0] >= 1, op, f"Z must be (classes, m), not {Z.shape}")
-    _require(Z.flags.c_contiguous, op, "Z must be C-contiguous")
-    classes, m = Z.shape
-    labels = _sample_labels(op, xp, labels, m)
+    xp, ctype, classes, m, labels = _logits_and_labels(op, Z, labels)
     count = xp.zeros(1, dtype=np.int32)
     if m:
         grid, block = launch_shape(m)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gpunet.backend import get_backend
+from gpunet.cli import main
 
 
 def cuda_skip_reason():
@@ -40,3 +41,14 @@ def tolerance(dtype) -> float:
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's parsed-data cache."""
     monkeypatch.setenv("GPUNET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def run(capsys, *args):
+    """Run ``gpunet ARGS`` in-process through the real entry point; return (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err

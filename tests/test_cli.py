@@ -11,17 +11,7 @@ import numpy as np
 import pytest
 
 from gpunet.cli import main
-
-
-def run(capsys, *args):
-    """Run ``gpunet ARGS`` in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run
 
 
 def write_csv(path, images, labels=None):

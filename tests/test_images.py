@@ -8,7 +8,7 @@ from PIL import Image
 
 from gpunet.backend import CpuBackend
 from gpunet.checkpoint import save_model
-from gpunet.cli import main
+from tests.conftest import run
 from gpunet.data import load_sample, split_validation
 from gpunet.images import ImageError, ImageTooLarge, NoDigit, load_digit, prepare_digit, probabilities, read_image
 from gpunet.training import TrainConfig, train
@@ -209,16 +209,6 @@ def test_too_many_pixels_refused_before_decoding(tmp_path):
 
 
 # --- gpunet predict --image -----------------------------------------------------------------
-
-
-def run(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -8,22 +8,13 @@ from PIL import Image
 
 from gpunet import plots
 from gpunet.cli import main
+from tests.conftest import run
 from gpunet.data import load_sample
 
 pytest.importorskip("matplotlib", reason="plots need matplotlib (pip install 'gpunet[plot]')")
 
 HIDDEN = 32
 TRAIN = ["train", "--device", "cpu", "--hidden", str(HIDDEN), "--epochs", "2", "--batch-size", "128"]
-
-
-def run(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def expected_sizes(units: int) -> dict:
