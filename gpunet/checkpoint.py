@@ -9,14 +9,13 @@ uses ``allow_pickle=False``, so a file holding Python objects is refused, not ru
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from gpunet import __version__
+from gpunet.atomic_file import write_atomically
 from gpunet.errors import ModelFileError
 
 FORMAT = "gpunet-model"
@@ -35,19 +34,7 @@ def save_model(path, params: list[np.ndarray], metadata: dict) -> None:
     arrays = {f"{kind}{k + 1}": np.asarray(p) for k, pair in enumerate(zip(params[0::2], params[1::2]))
               for kind, p in zip("Wb", pair)}
     arrays["metadata"] = np.array(json.dumps(meta))
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def load_model(path) -> tuple[list[np.ndarray], dict]:

@@ -272,7 +272,7 @@ def predict_labels(network, images: np.ndarray) -> np.ndarray:
 @click.argument("more_images", nargs=-1, type=click.Path(path_type=Path), metavar="")
 def predict(model, data, images, as_json, out, device, more_images):
     """Label digits and write a Kaggle 'Digit Recognizer' submission, or label your own images (--image)."""
-    from gpunet.checkpoint import atomic_write
+    from gpunet.atomic_file import write_atomically
     from gpunet.data import load_digits
 
     if more_images and not images:
@@ -290,7 +290,7 @@ def predict(model, data, images, as_json, out, device, more_images):
     digits = load_digits(data, labeled=False)
     labels = predict_labels(network, digits.images)
     rows = "".join(f"{i},{label}\n" for i, label in enumerate(labels.tolist(), start=1))
-    atomic_write(out, lambda f: f.write(("ImageId,Label\n" + rows).encode()))
+    write_atomically(out, lambda f: f.write(("ImageId,Label\n" + rows).encode()))
     click.echo(f"Wrote {len(labels):,} predictions to {out}")
 
 

@@ -11,7 +11,6 @@ import hashlib
 import itertools
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -23,6 +22,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from gpunet.atomic_file import write_atomically
 from gpunet.errors import DataError, GpunetError
 
 SIDE = 28
@@ -592,21 +592,10 @@ def _write_cache(folder: Path, prefix: str, key: str, images: np.ndarray, labels
         folder.mkdir(parents=True, exist_ok=True)
         # Labels first: an entry counts once its images file exists.
         if labels is not None:
-            _write_atomically(folder / f"{key}.labels.npy", labels)
-        _write_atomically(folder / f"{key}.images.npy", images)
+            write_atomically(folder / f"{key}.labels.npy", lambda f: np.save(f, labels, allow_pickle=False))
+        write_atomically(folder / f"{key}.images.npy", lambda f: np.save(f, images, allow_pickle=False))
         for old in folder.glob(f"{prefix}-*.npy"):
             if not old.name.startswith(f"{key}."):
                 old.unlink(missing_ok=True)
     except OSError:
         pass
-
-
-def _write_atomically(target: Path, array: np.ndarray) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.save(file, array, allow_pickle=False)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -115,9 +115,9 @@ def predict_probabilities(network, images: np.ndarray) -> np.ndarray:
 
 
 def save(figure, path: Path) -> Path:
-    from gpunet.checkpoint import atomic_write
+    from gpunet.atomic_file import write_atomically
 
-    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
+    write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
     return path
 
 

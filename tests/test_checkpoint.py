@@ -114,3 +114,15 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     with pytest.raises(ModelFileError):
         load_model(path)
     assert zipfile.is_zipfile(path)
+
+
+def test_model_file_gets_the_usual_permissions(tmp_path):
+    import os
+
+    path = tmp_path / "model.npz"
+    mask = os.umask(0o022)
+    try:
+        save_model(path, params(), {})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
