@@ -1,0 +1,381 @@
+"""Benchmark: gpunet against PyTorch eager on the same device, the same network, optimizer and data.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/bench.py [--repeats 7] [--device all]
+
+Times, on the CPU and (where gpunet's CUDA backend is usable) on the GPU:
+  - one full-batch gradient-descent step, m = 41,000 digits, 784-16-16-10, float32;
+  - one epoch of mini-batch SGD at batch 32, 128 and 512;
+for gpunet and, where torch imports, the same thing in PyTorch. Prints one table
+with the medians, the gpunet/PyTorch ratios, the full-batch step's floors (the
+bytes of X read once over a measured copy bandwidth; its FLOPs over a measured
+large-matrix-product rate), and the time to read train.csv.gz, first and from
+the parse cache. A benchmark, not a test: nothing here passes or fails.
+
+Timing: each case is warmed up once, then gpunet and PyTorch run in turns
+(``--repeats`` times each), so that load from other programs falls on both
+alike, with a short pause before each run so that neither runs while the
+other's worker threads still spin; the table shows the median, and the
+fastest run in brackets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gpunet.backend import CpuBackend  # noqa: E402
+from gpunet.model import Network, init_params, layer_sizes  # noqa: E402
+from gpunet.optimizers import make_optimizer  # noqa: E402
+from gpunet.training import DeviceData, train_epoch  # noqa: E402
+
+M = 41_000
+HIDDEN = (16, 16)
+LR = 0.1
+BATCHES = (32, 128, 512)
+PAUSE = 0.3  # seconds before each timed run: the other side's worker threads stop spinning and sleep
+DATA = ROOT.parent / "shared" / "data" / "train.csv.gz"
+
+
+# -- data ---------------------------------------------------------------------------
+class Digits:
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def read_csv_rows(path: Path, m: int) -> Digits:
+    """The first m rows of a Kaggle train.csv.gz, without gpunet.data (which is timed separately)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=np.uint8, nrows=m)
+    values = frame.to_numpy()
+    return Digits(np.ascontiguousarray(values[:, 1:]), values[:, 0].copy())
+
+
+def bench_data() -> tuple[Digits, str]:
+    if DATA.is_file():
+        try:
+            from gpunet.data import load_digits
+
+            digits = load_digits(DATA, labeled=True)
+            digits = Digits(np.ascontiguousarray(digits.images[:M]), digits.labels[:M].copy())
+        except ImportError:
+            digits = read_csv_rows(DATA, M)
+        if len(digits) == M:
+            return digits, f"real digits: the first {M:,} rows of {DATA.name}"
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(M, 784), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=M).astype(np.uint8)
+    return Digits(images, labels), f"synthetic uint8 digits, {M:,} x 784 ({DATA} not found)"
+
+
+# -- the two sides ---------------------------------------------------------------------
+class Gpunet:
+    """gpunet's own training code: train_epoch with a batch of 0 (full batch) or b."""
+
+    def __init__(self, backend, digits):
+        self.backend = backend
+        self.network = Network(backend, init_params(layer_sizes(HIDDEN), "he", 0, np.float32))
+        self.optimizer = make_optimizer("sgd", self.network.groups, LR)
+        self.data = DeviceData(backend, digits)
+        self.rng = np.random.default_rng(1)
+
+    def run(self, batch: int) -> None:
+        train_epoch(self.network, self.optimizer, self.data, batch, self.rng)
+        self.backend.synchronize()
+
+
+class Torch:
+    """The same network and optimizer in PyTorch eager: nn.Linear + ReLU, cross-entropy, optim.SGD.
+
+    X is held as float32 scaled to [0, 1] (what a PyTorch user does), converted once, outside the timing.
+    """
+
+    def __init__(self, torch, device: str, digits):
+        self.torch, self.device = torch, device
+        torch.manual_seed(0)
+        nn = torch.nn
+        self.model = nn.Sequential(nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                                   nn.Linear(16, 10)).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR)
+        self.loss = nn.CrossEntropyLoss()
+        self.X = (torch.from_numpy(digits.images).to(device).float() / 255).contiguous()
+        self.y = torch.from_numpy(digits.labels.astype(np.int64)).to(device)
+
+    def step(self, xb, yb) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss(self.model(xb), yb).backward()
+        self.optimizer.step()
+
+    def run(self, batch: int) -> None:
+        torch = self.torch
+        if batch <= 0:
+            self.step(self.X, self.y)
+        else:
+            order = torch.randperm(M, device=self.device)
+            for start in range(0, M, batch):
+                index = order[start : start + batch]
+                self.step(self.X[index], self.y[index])
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
+def seconds(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def compare(sides: dict, batch: int, repeats: int) -> dict:
+    """Warm each side up, then run them in turns; {name: [seconds, ...]} (an error message instead on failure)."""
+    times = {}
+    for name, side in sides.items():
+        try:
+            side.run(batch)
+            times[name] = []
+        except Exception as exc:  # one side failing still leaves the other's figures
+            times[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:60]
+    for _ in range(repeats):
+        for name, side in sides.items():
+            if isinstance(times[name], list):
+                time.sleep(PAUSE)
+                times[name].append(seconds(lambda: side.run(batch)))
+    return times
+
+
+# -- floors ----------------------------------------------------------------------------
+def copy_bandwidth() -> float:
+    """Bytes per second copied by NumPy (each byte read once and written once), median of 7, 256 MB."""
+    src = np.ones(64 * 2**20, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    return src.nbytes / statistics.median(seconds(lambda: np.copyto(dst, src)) for _ in range(7))
+
+
+def matmul_rate() -> float:
+    """FLOP/s of a large float32 matrix product (2048^3), median of 5: what BLAS does at its best here."""
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    a @ a
+    return 2 * 2048**3 / statistics.median(seconds(lambda: a @ a) for _ in range(5))
+
+
+def step_flops(m: int) -> int:
+    """FLOPs of one full-batch step: W.A forward, dW = dZ.A^T, and W^T.dZ for all but the first layer."""
+    sizes = layer_sizes(HIDDEN)
+    products = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    back = sum(a * b for a, b in zip(sizes[1:-1], sizes[2:]))
+    return 2 * m * (2 * products + back)
+
+
+def read_times() -> tuple[float, float] | None:
+    """Seconds to read train.csv.gz with gpunet.data: the first time (parsing) and from its cache."""
+    try:
+        from gpunet.data import load_digits
+    except ImportError:
+        return None
+    if not DATA.is_file():
+        return None
+    saved = os.environ.get("GPUNET_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["GPUNET_CACHE_DIR"] = cache
+        try:
+            first = seconds(lambda: load_digits(DATA, labeled=True))
+            cached = statistics.median(seconds(lambda: load_digits(DATA, labeled=True)) for _ in range(5))
+        finally:
+            if saved is None:
+                os.environ.pop("GPUNET_CACHE_DIR", None)
+            else:
+                os.environ["GPUNET_CACHE_DIR"] = saved
+    return first, cached
+
+
+# -- the machine ------------------------------------------------------------------------
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(torch) -> list[str]:
+    lines = [f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; Python {platform.python_version()}, "
+             f"NumPy {np.__version__}"]
+    try:
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            kernels = f", {lib['architecture']} kernels" if lib.get("architecture") else ""
+            lines.append(f"  {lib['user_api']}: {lib['internal_api']} {lib['version'] or ''} "
+                         f"({lib['num_threads']} threads{kernels}) {Path(lib['filepath']).name}")
+    except ImportError:
+        lines.append("  (threadpoolctl not installed: BLAS kernel unknown, and gpunet cannot hold BLAS to one thread)")
+    for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if name in os.environ:
+            lines.append(f"  note: {name}={os.environ[name]} is set")
+    if torch is not None:
+        lines.append(f"PyTorch {torch.__version__} ({torch.get_num_threads()} CPU threads)")
+    else:
+        lines.append("PyTorch: not installed (no comparison column)")
+    return lines
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def devices(choice: str) -> list[str]:
+    found = ["cpu"]
+    if choice in ("all", "cuda"):
+        from gpunet import backend_cuda
+
+        reason = backend_cuda.unavailable_reason()
+        if reason is None:
+            found.append("cuda")
+        elif choice == "cuda":
+            print(f"CUDA: not usable ({reason})")
+        else:
+            print(f"CUDA: not benchmarked ({reason.split(';')[0]})")
+    return found if choice != "cuda" else [d for d in found if d == "cuda"]
+
+
+def gpunet_backend(device: str):
+    if device == "cpu":
+        return CpuBackend()
+    from gpunet.backend_cuda import CupyBackend
+
+    return CupyBackend()
+
+
+def describe_cuda(torch) -> str:
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    text = f"GPU: {name}, CuPy {cupy.__version__}"
+    if torch is not None and torch.cuda.is_available():
+        text += f", PyTorch CUDA {torch.version.cuda}"
+    return text
+
+
+def device_copy_bandwidth() -> float:
+    import cupy
+
+    src = cupy.ones(256 * 2**20, dtype=cupy.float32)
+    dst = cupy.empty_like(src)
+    cupy.copyto(dst, src)
+    cupy.cuda.Device().synchronize()
+
+    def copy():
+        cupy.copyto(dst, src)
+        cupy.cuda.Device().synchronize()
+
+    return src.nbytes / statistics.median(seconds(copy) for _ in range(7))
+
+
+def device_matmul_rate() -> float:
+    import cupy
+
+    a = cupy.random.random((8192, 8192), dtype=cupy.float32)
+    a @ a
+    cupy.cuda.Device().synchronize()
+
+    def product():
+        a @ a
+        cupy.cuda.Device().synchronize()
+
+    return 2 * 8192**3 / statistics.median(seconds(product) for _ in range(5))
+
+
+# -- the table --------------------------------------------------------------------------
+def cell(times) -> str:
+    if isinstance(times, str):
+        return times
+    return f"{1e3 * statistics.median(times):9.2f} ({1e3 * min(times):.2f})"
+
+
+def ratio(ours, theirs) -> str:
+    if isinstance(ours, str) or isinstance(theirs, str) or theirs is None:
+        return "-"
+    return f"{statistics.median(ours) / statistics.median(theirs):.2f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each case, per side")
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="mini-batch sizes, comma-separated")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",") if b]
+    try:
+        import torch
+    except ImportError:
+        torch = None
+
+    print("\n".join(describe_machine(torch)))
+    digits, source = bench_data()
+    print(f"Data: {source}")
+    print(f"Network 784-16-16-10, float32; full batch: gradient descent, lr {LR}; "
+          f"epochs: mini-batch SGD, lr {LR}, reshuffled each epoch")
+    print(f"Times in ms: median of {args.repeats} runs (fastest in brackets); ratio = gpunet / PyTorch\n")
+
+    rows = []
+    for device in devices(args.device):
+        if device == "cuda":
+            print(describe_cuda(torch))
+            bandwidth, rate = device_copy_bandwidth(), device_matmul_rate()
+        else:
+            bandwidth, rate = copy_bandwidth(), matmul_rate()
+        sides = {"gpunet": Gpunet(gpunet_backend(device), digits)}
+        if torch is not None and (device == "cpu" or torch.cuda.is_available()):
+            sides["pytorch"] = Torch(torch, device, digits)
+        for batch in [0, *batches]:
+            times = compare(sides, batch, args.repeats)
+            work = "full-batch GD step" if batch == 0 else f"SGD epoch, batch {batch}"
+            rows.append((device, work, cell(times["gpunet"]),
+                         cell(times["pytorch"]) if "pytorch" in times else "-",
+                         ratio(times["gpunet"], times.get("pytorch"))))
+        x_bytes = M * 784  # uint8
+        rows.append((device, "floor: read X once", f"{1e3 * x_bytes / bandwidth:9.2f}", "", 
+                     f"{x_bytes / 1e6:.1f} MB at {bandwidth / 1e9:.1f} GB/s copy"))
+        flops = step_flops(M)
+        rows.append((device, "floor: FLOPs of a step", f"{1e3 * flops / rate:9.2f}", "",
+                     f"{flops / 1e9:.2f} GFLOP at {rate / 1e9:.0f} GFLOP/s (large sgemm)"))
+
+    reads = read_times()
+    if reads is not None:
+        rows.append(("cpu", "read train.csv.gz, first", f"{1e3 * reads[0]:9.2f}", "", "gpunet.data, parse"))
+        rows.append(("cpu", "read train.csv.gz, cached", f"{1e3 * reads[1]:9.2f}", "", "gpunet.data, parse cache"))
+    else:
+        rows.append(("cpu", "read train.csv.gz", "-", "", "gpunet.data or the file is missing"))
+
+    print(f"Load average while this ran (1, 5, 15 min): {load_average()}; other programs' load slows both sides\n")
+    header = ("device", "work", "gpunet ms", "PyTorch ms", "gpunet/PyTorch")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+
+
+if __name__ == "__main__":
+    main()
