@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# --gpunet-root OTHER_CHECKOUT times that checkout's gpunet instead (for before/after figures).
+_other = sys.argv[sys.argv.index("--gpunet-root") + 1] if "--gpunet-root" in sys.argv[:-1] else None
+sys.path.insert(0, str(Path(_other).resolve() if _other else ROOT))
 
 from gpunet.backend import CpuBackend  # noqa: E402
 from gpunet.model import Network, init_params, layer_sizes  # noqa: E402
@@ -89,7 +91,8 @@ class Gpunet:
     def __init__(self, backend, digits):
         self.backend = backend
         self.network = Network(backend, init_params(layer_sizes(HIDDEN), "he", 0, np.float32))
-        self.optimizer = make_optimizer("sgd", self.network.groups, LR)
+        groups = getattr(self.network, "groups", self.network.params)  # older checkouts: per layer
+        self.optimizer = make_optimizer("sgd", groups, LR)
         self.data = DeviceData(backend, digits)
         self.rng = np.random.default_rng(1)
 
@@ -322,6 +325,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each case, per side")
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
+    parser.add_argument("--gpunet-root", help="time the gpunet package of another checkout (before/after)")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="mini-batch sizes, comma-separated")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -331,6 +335,9 @@ def main() -> None:
         torch = None
 
     print("\n".join(describe_machine(torch)))
+    import gpunet
+
+    print(f"gpunet from {Path(gpunet.__file__).parent}")
     digits, source = bench_data()
     print(f"Data: {source}")
     print(f"Network 784-16-16-10, float32; full batch: gradient descent, lr {LR}; "
