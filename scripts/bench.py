@@ -11,11 +11,10 @@ bytes of X read once over a measured copy bandwidth; its FLOPs over a measured
 large-matrix-product rate), and the time to read train.csv.gz, first and from
 the parse cache. A benchmark, not a test: nothing here passes or fails.
 
-Timing: each case is warmed up once, then gpunet and PyTorch run in turns
-(``--repeats`` times each), so that load from other programs falls on both
-alike, with a short pause before each run so that neither runs while the
-other's worker threads still spin; the table shows the median, and the
-fastest run in brackets.
+Timing: gpunet and PyTorch take turns, three rounds each; in a round a side
+runs once untimed, then a third of ``--repeats`` timed runs back to back (as
+training runs its steps). The table shows the median of the timed runs, and
+the fastest in brackets.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ M = 41_000
 HIDDEN = (16, 16)
 LR = 0.1
 BATCHES = (32, 128, 512)
-PAUSE = 0.3  # seconds before each timed run: the other side's worker threads stop spinning and sleep
 DATA = ROOT.parent / "shared" / "data" / "train.csv.gz"
 
 
@@ -142,20 +140,26 @@ def seconds(fn) -> float:
     return time.perf_counter() - started
 
 
-def compare(sides: dict, batch: int, repeats: int) -> dict:
-    """Warm each side up, then run them in turns; {name: [seconds, ...]} (an error message instead on failure)."""
-    times = {}
-    for name, side in sides.items():
-        try:
-            side.run(batch)
-            times[name] = []
-        except Exception as exc:  # one side failing still leaves the other's figures
-            times[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:60]
-    for _ in range(repeats):
+def compare(sides: dict, batch: int, repeats: int, rounds: int = 3) -> dict:
+    """{name: [seconds, ...]} for each side (an error message instead, where it fails).
+
+    In each of ``rounds`` rounds each side runs once untimed, then its share
+    of ``repeats`` timed runs back to back, as steps follow one another in
+    training: its thread pools are awake and its data in cache, as they are
+    there. The sides take turns, so that load from other programs falls on both.
+    """
+    times = {name: [] for name in sides}
+    for round_ in range(rounds):
+        share = repeats // rounds + (round_ < repeats % rounds)
         for name, side in sides.items():
-            if isinstance(times[name], list):
-                time.sleep(PAUSE)
-                times[name].append(seconds(lambda: side.run(batch)))
+            if isinstance(times[name], str):
+                continue
+            try:
+                side.run(batch)
+            except Exception as exc:  # one side failing still leaves the other's figures
+                times[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:60]
+                continue
+            times[name] += [seconds(lambda: side.run(batch)) for _ in range(share)]
     return times
 
 
