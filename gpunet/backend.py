@@ -162,9 +162,13 @@ class CpuBackend:
         dZ *= Z.dtype.type(1.0 / m)
         return dZ, losses
 
-    def count_correct(self, Z, labels) -> int:
-        """How many columns of Z have their largest logit at the label."""
-        return int((Z.argmax(axis=0) == labels).sum())
+    def count_correct(self, Z, labels):
+        """How many columns of Z have their largest logit at the label, as a 0-d array.
+
+        The count stays where Z is: the training loop adds the counts up on the
+        device and reads the total once per epoch, not once per batch.
+        """
+        return (Z.argmax(axis=0) == labels).sum()
 
     def softmax(self, Z):
         """Class probabilities for prediction."""

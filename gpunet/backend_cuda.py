@@ -118,7 +118,7 @@ class CupyBackend(CpuBackend):
             return super().softmax_cross_entropy(Z, labels)
         return super().softmax_cross_entropy(Z, labels, out=out)
 
-    def count_correct(self, Z, labels) -> int:
+    def count_correct(self, Z, labels):
         if _on_device(Z) and Z.ndim == 2:
             return kernels.count_correct(Z, labels)
         return super().count_correct(Z, labels)

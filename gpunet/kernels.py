@@ -323,8 +323,11 @@ def softmax_cross_entropy(Z, labels, out=None, *, launcher=None):
     return dZ, losses
 
 
-def count_correct(Z, labels, *, launcher=None) -> int:
-    """How many columns of Z (classes, m) have their (first) largest logit at the label."""
+def count_correct(Z, labels, *, launcher=None):
+    """How many columns of Z (classes, m) have their (first) largest logit at the label.
+
+    A 0-d array on Z's device: reading it (int()) would wait for the GPU, so the caller decides when.
+    """
     op = "count_correct"
     xp, ctype, classes, m, labels = _logits_and_labels(op, Z, labels)
     count = xp.zeros(1, dtype=np.int32)
@@ -332,7 +335,7 @@ def count_correct(Z, labels, *, launcher=None) -> int:
         grid, block = launch_shape(m)
         args = (Z, labels, count, _i64(classes), _i64(m))
         _run(Launch("loss", op, ctype, grid, block, args), launcher)
-    return int(count[0])
+    return count[0]
 
 
 def bias_relu(Z, b, *, launcher=None):

@@ -122,7 +122,7 @@ def evaluate(network: Network, data: DeviceData) -> tuple[float, float]:
         _, losses = ops.softmax_cross_entropy(Z, labels)
         loss_sum += losses.sum(dtype=xp.float64)
         correct += ops.count_correct(Z, labels)
-    return float(loss_sum) / m, correct / m
+    return float(loss_sum) / m, int(correct) / m
 
 
 def steps_per_epoch(m: int, batch_size: int) -> int:
@@ -153,7 +153,7 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
     else:
         with ops.compute_threads():
             correct = _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate)
-    return float(losses.sum(dtype=xp.float64)) / m, correct / m
+    return float(losses.sum(dtype=xp.float64)) / m, int(correct) / m
 
 
 def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate) -> int:
