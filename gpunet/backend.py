@@ -12,6 +12,7 @@ operations it has kernels for.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -32,8 +33,35 @@ class CpuBackend:
     name = "cpu"
     xp = np
 
+    def __init__(self, compiled: bool | None = None):
+        """``compiled``: use the compiled CPU path (:mod:`gpunet.cpu_fused`) where it applies.
+
+        None (the default): wherever numba is installed. False: the NumPy path always.
+        """
+        self.compiled = compiled
+
     def describe(self) -> str:
-        return f"CPU (NumPy {np.__version__})"
+        return f"CPU (NumPy {np.__version__}{'; ' + self.cpu_path() if self.xp is np else ''})"
+
+    def cpu_path(self) -> str:
+        """Which CPU path mini-batch and full-batch steps take: compiled (numba) or NumPy's array calls."""
+        if self.compiled is not False and _cpu_fused() is not None:
+            import numba
+
+            return f"steps compiled with numba {numba.__version__}"
+        reason = "turned off" if self.compiled is False else "numba or scipy is not installed"
+        return f"steps as NumPy array calls ({reason})"
+
+    def compiled_path(self, network, optimizer=None):
+        """The module :mod:`gpunet.cpu_fused` if its compiled loops run this network (and optimizer), else None.
+
+        The NumPy operations below stay the reference: the compiled path gives
+        their results up to the order of summation (tests/test_fused_cpu.py).
+        """
+        if self.xp is not np or self.compiled is False:
+            return None
+        cpu_fused = _cpu_fused()
+        return cpu_fused if cpu_fused is not None and cpu_fused.supports(network, optimizer) else None
 
     # -- moving data ---------------------------------------------------------
     def asarray(self, array, dtype=None):
@@ -104,6 +132,8 @@ class CpuBackend:
         BLAS thread gains little on an idle machine, and on a busy one its
         waiting for a core can make each product many times slower.
         """
+        if self.xp is np and self.compiled is not False:
+            _cpu_fused()  # loads SciPy's BLAS, which the compiled path calls, before threadpoolctl looks
         blas = _blas_threads() if self.xp is np else None
         return blas.limit(limits=1) if blas is not None else contextlib.nullcontext()
 
@@ -184,6 +214,19 @@ def _blas_threads():
         return None
     blas = ThreadpoolController().select(user_api="blas")
     return blas if blas.lib_controllers else None
+
+
+@lru_cache(maxsize=1)
+def _cpu_fused():
+    """gpunet.cpu_fused where numba imports, else None (imported on first use: numba takes 0.3 s to import)."""
+    if importlib.util.find_spec("numba") is None:
+        return None
+    from gpunet import cpu_fused  # loads SciPy's BLAS, which numba's np.dot calls
+
+    if not cpu_fused.available():
+        return None
+    _blas_threads.cache_clear()  # so that threadpoolctl sees SciPy's BLAS too
+    return cpu_fused
 
 
 def _cores() -> int:

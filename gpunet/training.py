@@ -145,8 +145,13 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
     if batch_size <= 0 or batch_size >= m:
         if rate is not None:
             optimizer.lr = rate(0)
-        grads, correct = network.full_batch_gradients(data.images, data.labels, losses, ops.full_batch_chunk(m),
-                                                      ops.parallel_parts())
+        compiled = ops.compiled_path(network)
+        result = None if compiled is None else compiled.full_batch_gradients(
+            network, data.images, data.labels, losses, ops.full_batch_chunk(m), ops.parallel_parts(), ops.parallel_map)
+        if result is None:
+            result = network.full_batch_gradients(data.images, data.labels, losses, ops.full_batch_chunk(m),
+                                                  ops.parallel_parts())
+        grads, correct = result
         optimizer.step(grads)
         if progress is not None:
             progress(m)
@@ -161,6 +166,13 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
     m = len(data)
     order = xp.asarray(rng.permutation(m))  # reshuffle every epoch
     labels = data.labels[order]  # the epoch's labels in visiting order: each batch's are a slice
+    compiled = ops.compiled_path(network, optimizer)
+    if compiled is not None:  # the same steps as the loop below, as compiled code
+        rates = [optimizer.lr if rate is None else rate(k) for k in range(steps_per_epoch(m, batch_size))]
+        correct = compiled.minibatch_epoch(network, optimizer, data.images, order, labels, losses, batch_size, rates,
+                                           progress)
+        if correct is not None:
+            return correct
     correct = 0
     for step, start in enumerate(range(0, m, batch_size)):
         if rate is not None:

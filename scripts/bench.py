@@ -11,6 +11,9 @@ bytes of X read once over a measured copy bandwidth; its FLOPs over a measured
 large-matrix-product rate), and the time to read train.csv.gz, first and from
 the parse cache. A benchmark, not a test: nothing here passes or fails.
 
+gpunet runs on its default path, and bench.py prints which: on the CPU, steps compiled
+with numba (gpunet/cpu_fused.py) where numba is installed, else NumPy array calls.
+
 Timing: gpunet and PyTorch take turns, three rounds each; in a round a side
 runs once untimed, then a third of ``--repeats`` timed runs back to back (as
 training runs its steps). The table shows the median of the timed runs, and
@@ -355,7 +358,11 @@ def main() -> None:
             bandwidth, rate = device_copy_bandwidth(), device_matmul_rate()
         else:
             bandwidth, rate = copy_bandwidth(), matmul_rate()
-        sides = {"gpunet": Gpunet(gpunet_backend(device), digits)}
+        backend = gpunet_backend(device)
+        if device == "cpu":  # its default path: compiled (numba) where installed, else NumPy array calls
+            path = backend.cpu_path() if hasattr(backend, "cpu_path") else "NumPy array calls (this checkout has no other)"
+            print(f"gpunet on the CPU: {path}")
+        sides = {"gpunet": Gpunet(backend, digits)}
         if torch is not None and (device == "cpu" or torch.cuda.is_available()):
             sides["pytorch"] = Torch(torch, device, digits)
         for batch in [0, *batches]:

@@ -1,0 +1,358 @@
+"""A compiled CPU path (numba): a whole mini-batch epoch, or one chunk of a full-batch step, in one call.
+
+On NumPy a mini-batch step is some 45 array calls on arrays of 32-128 columns,
+each costing 0.5-3 us whatever its size; at batch 32 that overhead is most of
+the step. Here the same step runs as compiled loops, and the matrix products
+go to BLAS (numba's ``np.dot`` calls SciPy's BLAS).
+
+The arithmetic is that of :mod:`gpunet.model`, :mod:`gpunet.loss` and
+:mod:`gpunet.optimizers`, which stay the readable reference and the path
+everywhere else; tests/test_fused_cpu.py compares the two. What differs is
+layout and order of summation, not the formulas:
+
+- every layer array is sample-major, (m, units), the transpose of the notes'
+  (units, m): A_k[i] is sample i's activations. A layer is then
+  Z_k = A_{k-1} . W_k^T + b_k, the notes' W_k . A_{k-1} + b_k transposed;
+- products are done in blocks of ``BLOCK`` samples: OpenBLAS multiplies a
+  64-sample block by a 16-row W near its peak, and a 128-sample one at about
+  half that rate (it leaves its small-matrix kernels). dW sums the blocks;
+- sums over samples (db) and over classes (softmax) run in plain order.
+
+The optimizer update is elementwise and written step for step as in
+:mod:`gpunet.optimizers` (the same float32 scalars, no fused multiply-add), so
+given the same gradients it gives the same bits.
+
+Importing this module needs numba; :func:`available` says whether it does.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+try:
+    import numba
+    from numba import njit
+
+    _IMPORT_ERROR = None
+except ImportError as error:  # the NumPy path runs instead
+    numba = None
+    _IMPORT_ERROR = error
+
+BLOCK = 64  # samples per BLAS product (see the module docstring)
+KINDS = {"GradientDescent": 0, "Momentum": 1, "Adam": 2}
+DTYPES = (np.float32, np.float64)
+
+
+try:  # numba's np.dot calls SciPy's BLAS
+    import scipy.linalg.cython_blas  # noqa: F401
+except ImportError as error:
+    numba, _IMPORT_ERROR = None, error
+
+
+def available() -> bool:
+    return numba is not None
+
+
+def unavailable_reason() -> str | None:
+    return None if numba is not None else f"numba or scipy is not installed ({_IMPORT_ERROR})"
+
+
+if numba is not None:
+    _jit = njit(nogil=True, cache=True)
+
+    @_jit
+    def _product(A, B, out):
+        """out = A . B, computed BLOCK rows of A at a time (out[i] = A[i] . B)."""
+        for start in range(0, A.shape[0], BLOCK):
+            stop = min(start + BLOCK, A.shape[0])
+            np.dot(A[start:stop], B, out[start:stop])
+
+    @_jit
+    def _summed_product(A, B, out, scratch):
+        """out = A^T . B, summed over blocks of BLOCK rows (dW = dZ^T . A_prev), with ``scratch`` shaped as out."""
+        for start in range(0, A.shape[0], BLOCK):
+            stop = min(start + BLOCK, A.shape[0])
+            if start == 0:
+                np.dot(A[start:stop].T, B[start:stop], out)
+            else:
+                np.dot(A[start:stop].T, B[start:stop], scratch)
+                out += scratch
+
+    @_jit
+    def _forward_backward(images, index, first, labels, losses, Ws, bs, dWs, dbs, As, dZs, scratch):
+        """One batch's forward and backward pass; writes the gradients into dWs, dbs; returns the correct count.
+
+        The batch is images[index[first:first + r]] with r = len(labels); ``index``
+        None-like (length 0) means the rows first .. first + r - 1 in order.
+        As = (A0, A1, ..., A_{L-1}, Z_L) and dZs = (dZ1, ..., dZ_L): sample-major
+        buffers of at least r rows; scratch: arrays shaped as dWs.
+        """
+        r = labels.shape[0]
+        L = len(Ws)
+        A0 = As[0][:r]
+        scale = A0.dtype.type(1.0 / 255.0)
+        in_order = index.shape[0] == 0
+        for i in range(r):  # A0 = X[batch]^T / 255, converted one sample at a time
+            row = images[first + i] if in_order else images[index[first + i]]
+            for k in range(row.shape[0]):
+                A0[i, k] = A0.dtype.type(row[k]) * scale
+
+        # Forward: Z_k = W_k . A_{k-1} + b_k, A_k = relu(Z_k); Z_L = W_L . A_{L-1} + b_L
+        for layer in range(L):
+            A_prev, Z, b = As[layer][:r], As[layer + 1][:r], bs[layer]
+            _product(A_prev, Ws[layer].T, Z)
+            hidden = layer < L - 1
+            for i in range(r):
+                for j in range(Z.shape[1]):
+                    z = Z[i, j] + b[j]
+                    if hidden and z < 0:  # relu, as np.maximum(z, 0): NaN stays NaN
+                        z = 0
+                    Z[i, j] = z
+
+        # Softmax + cross-entropy: loss = -log softmax(Z_L)[y]; dZ_L = (softmax(Z_L) - Y) / m
+        Z, dZ = As[L][:r], dZs[L - 1][:r]
+        inv_m = Z.dtype.type(1.0 / r)
+        correct = 0
+        for i in range(r):
+            y = labels[i]
+            top, best = Z[i, 0], 0
+            for c in range(1, Z.shape[1]):
+                if Z[i, c] > top:  # the first largest logit, as argmax
+                    top, best = Z[i, c], c
+            correct += best == y
+            total = Z.dtype.type(0)
+            for c in range(Z.shape[1]):
+                total += np.exp(Z[i, c] - top)
+            log_total = np.log(total)
+            for c in range(Z.shape[1]):
+                logp = (Z[i, c] - top) - log_total  # log_softmax
+                dZ[i, c] = np.exp(logp)  # softmax(Z)
+                if c == y:
+                    losses[i] = -logp
+                    dZ[i, c] -= 1  # - Y
+                dZ[i, c] *= inv_m
+
+        # Backward: dW_k = dZ_k . A_{k-1}^T; db_k = sum of dZ_k over samples; dZ_{k-1} = W_k^T . dZ_k * relu'(Z_{k-1})
+        for layer in range(L - 1, -1, -1):
+            dZ, A_prev = dZs[layer][:r], As[layer][:r]
+            _summed_product(dZ, A_prev, dWs[layer], scratch[layer])
+            db = dbs[layer]
+            db[:] = 0
+            for i in range(r):
+                for j in range(dZ.shape[1]):
+                    db[j] += dZ[i, j]
+            if layer > 0:
+                dA = dZs[layer - 1][:r]
+                _product(dZ, Ws[layer], dA)
+                for i in range(r):
+                    for j in range(dA.shape[1]):
+                        if not A_prev[i, j] > 0:  # relu'(Z) read from A = relu(Z)
+                            dA[i, j] = 0
+        return correct
+
+    @_jit
+    def _update(kind, params, grads, state1, state2, lr, weight_decay, beta1, beta2, eps, t):
+        """One optimizer step on [all weights, all biases], as gpunet.optimizers does it.
+
+        kind 0: W <- W - alpha.dW; 1: momentum, v <- beta.v + dW, W <- W - alpha.v (state1 = v,
+        beta1 = beta); 2: Adam, m <- b1.m + (1-b1).g, s <- b2.s + (1-b2).g.g,
+        W <- W - step.m / (sqrt(s) + eps) with step = alpha.sqrt(1-b2^t)/(1-b1^t) (state1 = m, state2 = s).
+        Decoupled weight decay first, on the weights only: W <- W - alpha.lambda.W.
+        """
+        dt = params[0].dtype.type
+        if weight_decay != 0:
+            decay = dt(1 - lr * weight_decay)
+            W = params[0]
+            for i in range(W.shape[0]):
+                W[i] *= decay
+        if kind == 0:
+            rate = dt(lr)
+            for group in range(2):
+                p, g = params[group], grads[group]
+                for i in range(p.shape[0]):
+                    p[i] -= g[i] * rate
+        elif kind == 1:
+            rate, beta = dt(lr), dt(beta1)
+            for group in range(2):
+                p, g, v = params[group], grads[group], state1[group]
+                for i in range(p.shape[0]):
+                    v[i] = v[i] * beta + g[i]
+                    p[i] -= v[i] * rate
+        else:
+            step = dt(lr * (1 - beta2**t) ** 0.5 / (1 - beta1**t))
+            b1, c1, b2, c2, e = dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps)
+            for group in range(2):
+                p, g, m, s = params[group], grads[group], state1[group], state2[group]
+                for i in range(p.shape[0]):
+                    gi = g[i]
+                    m[i] = m[i] * b1 + gi * c1
+                    s[i] = s[i] * b2 + (gi * c2) * gi
+                    p[i] -= (m[i] * step) / (np.sqrt(s[i]) + e)
+
+    @_jit
+    def _epoch_steps(images, order, labels, losses, batch, step_from, step_to, Ws, bs, dWs, dbs, As, dZs, scratch,
+                     kind, params, grads, state1, state2, rates, weight_decay, beta1, beta2, eps, t0):
+        """Steps step_from .. step_to - 1 of a mini-batch epoch over images[order]; returns the correct count.
+
+        Step k takes the samples order[k.batch : (k+1).batch] (the last batch may be shorter),
+        writes their losses into losses[k.batch : ...] and updates the parameters at rate rates[k];
+        Adam's step counter is t0 + 1 + k - step_from.
+        """
+        m = order.shape[0]
+        correct = 0
+        for k in range(step_from, step_to):
+            start = k * batch
+            stop = min(start + batch, m)
+            correct += _forward_backward(images, order, start, labels[start:stop], losses[start:stop],
+                                         Ws, bs, dWs, dbs, As, dZs, scratch)
+            t = float(t0 + 1 + k - step_from)
+            _update(kind, params, grads, state1, state2, rates[k], weight_decay, beta1, beta2, eps, t)
+        return correct
+
+
+    @_jit
+    def _full_batch_part(images, labels, losses, start, stop, chunk, m, Ws, bs, dWs, dbs, As, dZs, scratch,
+                         grad_flat, total):
+        """Samples start .. stop - 1 of a full-batch step, in chunks: total = sum of each chunk's gradients x its share.
+
+        As ``Network.full_batch_gradients``: the mean over all m samples is the weighted mean
+        of the chunks' means. Returns the correct count.
+        """
+        in_order = np.empty(0, np.int64)
+        correct = 0
+        total[:] = 0
+        for first in range(start, stop, chunk):
+            last = min(first + chunk, stop)
+            correct += _forward_backward(images, in_order, first, labels[first:last], losses[first:last], Ws, bs,
+                                         dWs, dbs, As, dZs, scratch)
+            share = grad_flat.dtype.type((last - first) / m)
+            for i in range(total.shape[0]):
+                total[i] += grad_flat[i] * share
+        return correct
+
+# -- the Python side: buffers, what is supported, and the calls -----------------------------
+PROGRESS_SAMPLES = 8192  # with a progress bar, the epoch runs in calls of about this many samples
+
+
+class Buffers:
+    """Sample-major work arrays for batches of up to ``batch`` samples, and the gradients as one flat array.
+
+    As = (A0, A1, ..., A_{L-1}, Z_L) and dZs = (dZ1, ..., dZ_L), each (batch, units);
+    the gradients are views of ``grad_flat``, laid out as the network's ``flat``.
+    """
+
+    def __init__(self, network, batch: int):
+        sizes, dtype = network.sizes, network.dtype
+        self.As = tuple(np.empty((batch, n), dtype) for n in sizes)
+        self.dZs = tuple(np.empty((batch, n), dtype) for n in sizes[1:])
+        self.grad_flat = np.zeros_like(network.flat)
+        grads = network.views_of(self.grad_flat)
+        self.dWs = tuple(grads[0::2])
+        self.dbs = tuple(g.reshape(-1) for g in grads[1::2])
+        self.grad_groups = tuple(network.groups_of(self.grad_flat))
+        self.scratch = tuple(np.empty_like(dW) for dW in self.dWs)
+        self.Ws = tuple(network.weights)
+        self.bs = tuple(b.reshape(-1) for b in network.biases)
+
+
+_buffers: dict = {}  # (id(network), batch, key) -> (weakref to network, Buffers)
+
+
+def buffers(network, batch: int, key=0) -> Buffers:
+    entry = _buffers.get((id(network), batch, key))
+    if entry is None or entry[0]() is not network:
+        for stale in [k for k, (ref, _) in _buffers.items() if ref() is None]:
+            del _buffers[stale]
+        entry = _buffers[id(network), batch, key] = (weakref.ref(network), Buffers(network, batch))
+    return entry[1]
+
+
+def supports(network, optimizer=None) -> bool:
+    """Whether the compiled path runs this network (and optimizer) exactly as the NumPy path would."""
+    from gpunet.optimizers import Adam, GradientDescent, Momentum
+
+    if numba is None or not isinstance(network.flat, np.ndarray) or network.dtype.type not in DTYPES:
+        return False
+    if optimizer is None:
+        return True
+    groups = getattr(optimizer, "params", None)
+    return (type(optimizer) in (GradientDescent, Momentum, Adam) and len(groups) == 2
+            and groups[0] is network.groups[0] and groups[1] is network.groups[1])
+
+
+def _data_ok(images, labels) -> bool:
+    return (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
+            and images.flags.c_contiguous and isinstance(labels, np.ndarray))
+
+
+def _optimizer_state(optimizer):
+    """(kind, state1, state2, beta1, beta2, eps) for ``_update``; unused states are the parameters themselves."""
+    params = tuple(optimizer.params)
+    kind = KINDS[type(optimizer).__name__]
+    if kind == 1:
+        return kind, tuple(optimizer.velocity), params, optimizer.beta, 0.0, 0.0
+    if kind == 2:
+        return kind, tuple(optimizer.mean), tuple(optimizer.square), optimizer.beta1, optimizer.beta2, optimizer.eps
+    return kind, params, params, 0.0, 0.0, 0.0
+
+
+def minibatch_epoch(network, optimizer, images, order, labels, losses, batch: int, rates, progress=None):
+    """One epoch of mini-batch steps over images[order]; returns the correct count, or None if unsupported.
+
+    ``labels`` are the epoch's labels in visiting order, ``losses`` receives the
+    per-sample losses in that order, ``rates[k]`` is the learning rate of step k.
+    As ``gpunet.training._minibatch_epoch``, with the same optimizer state
+    (Adam's step counter included) before and after.
+    """
+    if not (supports(network, optimizer) and _data_ok(images, labels)):
+        return None
+    bufs = buffers(network, batch)
+    kind, state1, state2, beta1, beta2, eps = _optimizer_state(optimizer)
+    order = np.ascontiguousarray(order, dtype=np.int64)
+    labels = np.ascontiguousarray(labels)
+    rates = np.ascontiguousarray(rates, dtype=np.float64)
+    m, steps = order.shape[0], rates.shape[0]
+    per_call = steps if progress is None else max(1, PROGRESS_SAMPLES // batch)
+    correct = 0
+    for first in range(0, steps, per_call):
+        last = min(first + per_call, steps)
+        correct += _epoch_steps(images, order, labels, losses, batch, first, last, bufs.Ws, bufs.bs, bufs.dWs,
+                                bufs.dbs, bufs.As, bufs.dZs, bufs.scratch, kind, tuple(optimizer.params),
+                                bufs.grad_groups, state1, state2, rates, float(optimizer.weight_decay), beta1, beta2,
+                                eps, getattr(optimizer, "t", 0))
+        if kind == 2:
+            optimizer.t += last - first
+        if progress is not None:
+            progress(min(last * batch, m) - first * batch)
+    optimizer.lr = float(rates[-1])
+    return correct
+
+
+def full_batch_gradients(network, images, labels, losses, chunk: int, parts: int, parallel_map):
+    """As ``Network.full_batch_gradients``, each part of the samples one compiled call (run by ``parallel_map``).
+
+    Returns (grad_groups, correct count), or None if unsupported.
+    """
+    if not (supports(network) and _data_ok(images, labels)):
+        return None
+    m = int(labels.shape[0])
+    chunk = min(chunk, m)
+    parts = parts if chunk < m else 1
+    bounds = [m * i // parts // chunk * chunk for i in range(parts)] + [m]  # parts start on a chunk boundary
+    labels = np.ascontiguousarray(labels)
+
+    def run(i):
+        bufs = buffers(network, chunk, key=("full batch", i))
+        if not hasattr(bufs, "total"):
+            bufs.total = np.empty_like(network.flat)
+        correct = _full_batch_part(images, labels, losses, bounds[i], bounds[i + 1], chunk, m, bufs.Ws, bufs.bs,
+                                   bufs.dWs, bufs.dbs, bufs.As, bufs.dZs, bufs.scratch, bufs.grad_flat, bufs.total)
+        return bufs.total, correct
+
+    results = parallel_map(run, [i for i in range(parts) if bounds[i] < bounds[i + 1]])
+    total = results[0][0]
+    for part, _ in results[1:]:
+        total += part  # in order of the parts: the result does not depend on timing
+    return network.groups_of(total), sum(correct for _, correct in results)

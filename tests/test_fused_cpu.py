@@ -1,0 +1,176 @@
+"""The compiled CPU path (gpunet.cpu_fused) gives the results of the NumPy path, gpunet's own generic operations.
+
+Skipped where numba (or SciPy, whose BLAS it calls) is not installed. Correctness only; nothing here is timed.
+"""
+
+import numpy as np
+import pytest
+
+from gpunet import backend as backend_module
+from gpunet.backend import CpuBackend
+from gpunet.model import Network, init_params, layer_sizes
+from gpunet.optimizers import make_optimizer
+from gpunet.training import DeviceData, TrainConfig, learning_rate, train_epoch
+from tests.conftest import tolerance
+from tests.test_training import separable_digits
+
+cpu_fused = backend_module._cpu_fused()
+pytestmark = pytest.mark.skipif(cpu_fused is None, reason="numba or scipy is not installed: no compiled CPU path")
+
+NUMPY = CpuBackend(compiled=False)
+COMPILED = CpuBackend(compiled=True)
+HIDDEN = [(), (16, 16), (20, 12, 8)]
+
+
+def network(backend, hidden, dtype, seed=3):
+    net = Network(backend, init_params(layer_sizes(hidden), "he", seed=seed, dtype=dtype))
+    rng = np.random.default_rng(seed)
+    for b in net.biases:  # non-zero biases, so that db and relu' are exercised
+        b[...] = (rng.standard_normal(b.shape) * 0.1).astype(dtype)
+    return net
+
+
+def close(got, want, dtype):
+    rtol = tolerance(dtype)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(float(np.abs(want).max()), 1e-30))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("m", [1, 37, 200])  # 200: more than one BLAS block of samples
+def test_forward_backward_matches_the_numpy_step(dtype, hidden, m):
+    rng = np.random.default_rng(m)
+    images = rng.integers(0, 256, size=(500, 784), dtype=np.uint8)
+    index = rng.permutation(500)[:m]
+    labels = rng.integers(0, 10, size=m).astype(np.int32)
+    net = network(NUMPY, hidden, dtype)
+    A0 = NUMPY.gather_scaled(images, index, net.dtype)
+    Z, activations = net.forward(A0)
+    want_grads, want_losses = net.backward(Z, activations, labels)
+    want_correct = int(NUMPY.count_correct(Z, labels))
+
+    bufs = cpu_fused.Buffers(net, 256)
+    losses = np.empty(m, dtype)
+    correct = cpu_fused._forward_backward(images, index.astype(np.int64), 0, labels, losses, bufs.Ws, bufs.bs,
+                                          bufs.dWs, bufs.dbs, bufs.As, bufs.dZs, bufs.scratch)
+    close(bufs.As[-1][:m].T, Z, dtype)  # the logits, sample-major
+    for k, A in enumerate(activations):
+        close(bufs.As[k][:m].T, A, dtype)
+    close(losses, want_losses, dtype)
+    for got, want in zip(net.views_of(bufs.grad_flat), want_grads):
+        assert got.dtype == dtype
+        close(got, want, dtype)
+    assert correct == want_correct
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_optimizer_update_gives_the_same_bits(dtype, name):
+    rng = np.random.default_rng(4)
+    nets = [network(NUMPY, (6, 4), dtype) for _ in range(2)]
+    grad_flat = np.empty_like(nets[0].flat)
+    optimizers = [make_optimizer(name, net.groups, 0.01, 0.1) for net in nets]
+    for step in range(4):
+        grad_flat[...] = rng.standard_normal(grad_flat.shape)
+        lr = 0.01 * (step + 1) / 4  # as a warm-up changes it
+        optimizers[0].lr = lr
+        optimizers[0].step([g.copy() for g in nets[0].groups_of(grad_flat)])
+        opt = optimizers[1]
+        kind, state1, state2, beta1, beta2, eps = cpu_fused._optimizer_state(opt)
+        cpu_fused._update(kind, tuple(opt.params), tuple(nets[1].groups_of(grad_flat.copy())), state1, state2, lr,
+                          0.1, beta1, beta2, eps, float(step + 1))
+    np.testing.assert_array_equal(nets[1].flat, nets[0].flat)
+
+
+def run_epochs(backend, hidden, dtype, name, batch, m=300, epochs=2, schedule="cosine"):
+    net = network(backend, hidden, dtype)
+    optimizer = make_optimizer(name, net.groups, 0.01, 0.1)
+    data = DeviceData(backend, separable_digits(m))
+    rng = np.random.default_rng(1)
+    config = TrainConfig(epochs=epochs, schedule=schedule, lr=0.01)
+    steps = 1 if batch <= 0 else -(-m // batch)
+    results = [train_epoch(net, optimizer, data, batch, rng,
+                           rate=lambda k, e=e: learning_rate(config, e * steps + k, steps)) for e in range(epochs)]
+    return net, optimizer, results
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("batch", [32, 70])  # 300 = 9 x 32 + 12 and 4 x 70 + 20: a last partial batch
+def test_epochs_match_the_numpy_loop(dtype, hidden, name, batch):
+    want_net, want_opt, want = run_epochs(NUMPY, hidden, dtype, name, batch)
+    got_net, got_opt, got = run_epochs(COMPILED, hidden, dtype, name, batch)
+    # A few steps, each summing in another order: the weights drift apart by a few ulps a step.
+    rtol = tolerance(dtype) * (100 if dtype == np.float32 else 1)
+    np.testing.assert_allclose(got_net.flat, want_net.flat, rtol=rtol, atol=rtol * float(np.abs(want_net.flat).max()))
+    for (got_loss, got_acc), (want_loss, want_acc) in zip(got, want):
+        assert got_loss == pytest.approx(want_loss, rel=rtol)
+        assert got_acc == want_acc
+    assert got_opt.lr == want_opt.lr
+    assert getattr(got_opt, "t", None) == getattr(want_opt, "t", None)
+
+
+def test_training_uses_the_compiled_path_and_is_deterministic():
+    first = run_epochs(COMPILED, (16, 16), np.float32, "adam", 64)[0].flat
+    second = run_epochs(COMPILED, (16, 16), np.float32, "adam", 64)[0].flat
+    np.testing.assert_array_equal(first, second)
+    assert "numba" in COMPILED.describe() and "NumPy array calls" in NUMPY.describe()
+
+
+def test_progress_is_reported_in_parts_adding_up_to_the_epoch(monkeypatch):
+    monkeypatch.setattr(cpu_fused, "PROGRESS_SAMPLES", 100)
+    net = network(COMPILED, (16,), np.float32)
+    optimizer = make_optimizer("sgd", net.groups, 0.1)
+    data = DeviceData(COMPILED, separable_digits(300))
+    parts = []
+    train_epoch(net, optimizer, data, 32, np.random.default_rng(0), progress=parts.append)
+    assert sum(parts) == 300 and len(parts) == 4  # 3 steps of 32 per call: 96, 96, 96, 12
+
+
+def test_unsupported_setups_take_the_numpy_path():
+    net = network(COMPILED, (16,), np.float32)
+    assert COMPILED.compiled_path(net, make_optimizer("adam", net.groups, 0.01)) is cpu_fused
+    assert COMPILED.compiled_path(net, make_optimizer("adam", list(net.params), 0.01)) is None  # per-layer params
+    assert NUMPY.compiled_path(net, make_optimizer("adam", net.groups, 0.01)) is None
+    assert COMPILED.compiled_path(network(COMPILED, (16,), np.float16)) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("m, chunk, parts", [(1000, 128, 1), (1000, 300, 2), (999, 1000, 2), (130, 64, 3)])
+def test_full_batch_gradients_match_the_numpy_step(dtype, hidden, m, chunk, parts):
+    rng = np.random.default_rng(m + chunk)
+    images = rng.integers(0, 256, size=(m, 784), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=m).astype(np.int32)
+    net = network(NUMPY, hidden, dtype)
+    Z, activations = net.forward(NUMPY.gather_scaled(images, None, net.dtype))
+    want_grads, want_losses = net.backward(Z, activations, labels)
+    losses = np.empty(m, dtype)
+    groups, correct = cpu_fused.full_batch_gradients(net, images, labels, losses, chunk, parts, COMPILED.parallel_map)
+    for got, want in zip(net.views_of(np.concatenate(groups)), want_grads):
+        close(got, want, dtype)
+    close(losses, want_losses, dtype)
+    assert correct == int(NUMPY.count_correct(Z, labels))
+
+
+def test_full_batch_parts_in_parallel_give_the_same_bits_as_one_after_another():
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(2000, 784), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=2000).astype(np.int32)
+    net = network(COMPILED, (16, 16), np.float32)
+    losses = np.empty(2000, np.float32)
+    parallel = np.concatenate(cpu_fused.full_batch_gradients(net, images, labels, losses, 256, 2,
+                                                             COMPILED.parallel_map)[0])
+    serial = np.concatenate(cpu_fused.full_batch_gradients(net, images, labels, losses, 256, 2,
+                                                           lambda fn, items: [fn(i) for i in items])[0])
+    np.testing.assert_array_equal(parallel, serial)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_full_batch_epochs_match_the_numpy_path(name):
+    want_net, _, want = run_epochs(NUMPY, (16, 16), np.float64, name, 0)
+    got_net, _, got = run_epochs(COMPILED, (16, 16), np.float64, name, 0)
+    rtol = tolerance(np.float64)
+    np.testing.assert_allclose(got_net.flat, want_net.flat, rtol=rtol, atol=rtol * float(np.abs(want_net.flat).max()))
+    assert [acc for _, acc in got] == [acc for _, acc in want]
