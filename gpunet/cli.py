@@ -245,20 +245,6 @@ def load_network(model_path: Path, backend):
     return Network(backend, params), meta
 
 
-def predict_labels(network, images: np.ndarray) -> np.ndarray:
-    """Most likely class of each row of a uint8 image array, in chunks."""
-    from gpunet.training import EVAL_CHUNK
-
-    backend = network.backend
-    device_images = backend.asarray(images)
-    labels = []
-    for start in range(0, len(images), EVAL_CHUNK):
-        index = backend.xp.arange(start, min(start + EVAL_CHUNK, len(images)))
-        Z = network.logits(backend.gather_scaled(device_images, index, network.dtype))
-        labels.append(backend.to_numpy(Z.argmax(axis=0)))
-    return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-
-
 @cli.command()
 @click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
 @click.option("--data", type=click.Path(path_type=Path), default=None,
@@ -288,7 +274,7 @@ def predict(model, data, images, as_json, out, device, more_images):
     out = check_out_path("--out", out)
     network, _ = load_network(model, choose_backend(device))
     digits = load_digits(data, labeled=False)
-    labels = predict_labels(network, digits.images)
+    labels = network.probabilities(digits.images).argmax(axis=1)
     rows = "".join(f"{i},{label}\n" for i, label in enumerate(labels.tolist(), start=1))
     write_atomically(out, lambda f: f.write(("ImageId,Label\n" + rows).encode()))
     click.echo(f"Wrote {len(labels):,} predictions to {out}")
@@ -302,7 +288,7 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
     """
     import json
 
-    from gpunet.images import ImageError, load_digit, probabilities
+    from gpunet.images import ImageError, load_digit
 
     network, _ = load_network(model, choose_backend(device))
     answers, failed = [], 0
@@ -313,7 +299,7 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
             click.echo(f"Error: {error}", err=True)
             failed += 1
             continue
-        probs = probabilities(network, pixels[None, :])[0]
+        probs = network.probabilities(pixels[None, :])[0]
         label = int(probs.argmax())
         answers.append({"file": str(path), "label": label, "probabilities": [round(float(p), 6) for p in probs]})
         if not as_json:
@@ -376,7 +362,7 @@ def evaluate(model, data, device):
 
     network, _ = load_network(model, choose_backend(device))
     digits = load_digits(data, labeled=True)
-    predicted = predict_labels(network, digits.images)
+    predicted = network.probabilities(digits.images).argmax(axis=1)
     truth = digits.labels.astype(np.int64)
     confusion = np.zeros((10, 10), dtype=np.int64)
     np.add.at(confusion, (truth, predicted), 1)

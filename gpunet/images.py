@@ -170,11 +170,3 @@ def load_digit(path, max_pixels: int | None = None) -> np.ndarray:
     """read_image + prepare_digit for a file: uint8 (784,), or ImageError naming the file."""
     name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "image"
     return prepare_digit(read_image(path, name, max_pixels), name)
-
-
-def probabilities(network, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (m, 10) as NumPy for uint8 digits (m, 784)."""
-    backend = network.backend
-    A0 = backend.gather_scaled(backend.asarray(images), None, network.dtype)
-    return backend.to_numpy(backend.softmax(network.logits(A0))).T.astype(np.float64)
-

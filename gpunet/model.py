@@ -20,6 +20,7 @@ import numpy as np
 INPUTS = 784
 CLASSES = 10
 INITS = ("he", "seed")
+EVAL_CHUNK = 8192  # digits per forward pass when scoring or predicting: bounds memory, keeps BLAS busy
 
 
 def layer_sizes(hidden: tuple[int, ...]) -> list[int]:
@@ -236,6 +237,15 @@ class Network:
     def logits(self, A0):
         """Z_L for a batch, without keeping anything for backward."""
         return self.forward(A0)[0]
+
+    def probabilities(self, images) -> np.ndarray:
+        """softmax(Z_L) of uint8 digits (m, 784), as a NumPy float64 array (m, classes), a chunk at a time."""
+        ops = self.backend
+        device_images = ops.asarray(images)
+        chunks = [ops.to_numpy(ops.softmax(self.logits(ops.gather_scaled(device_images[start:start + EVAL_CHUNK],
+                                                                          None, self.dtype)))).T
+                  for start in range(0, len(images), EVAL_CHUNK)]
+        return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, self.sizes[-1]))
 
     def host_params(self) -> list[np.ndarray]:
         """Copies of the parameters as NumPy arrays (for saving and snapshots)."""

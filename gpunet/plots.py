@@ -94,7 +94,7 @@ def write_plots(model_path, out_dir, digits=None) -> list[Path]:
     if digits.labels is None:
         raise GpunetError(f"{digits.source}: holds no labels; the confusion matrix needs labeled digits")
     network = Network(CpuBackend(), params)
-    probs = predict_probabilities(network, digits.images)
+    probs = network.probabilities(digits.images)
 
     figures = {
         "learning_curves": learning_curves(Figure, meta),
@@ -104,14 +104,6 @@ def write_plots(model_path, out_dir, digits=None) -> list[Path]:
     }
     return [save(figure, out_dir / FILES[name]) for name, figure in figures.items()]
 
-
-def predict_probabilities(network, images: np.ndarray) -> np.ndarray:
-    """(m, 10) probabilities, a chunk of digits at a time."""
-    from gpunet.images import probabilities
-    from gpunet.training import EVAL_CHUNK
-
-    chunks = [probabilities(network, images[start : start + EVAL_CHUNK]) for start in range(0, len(images), EVAL_CHUNK)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, 10))
 
 
 def save(figure, path: Path) -> Path:

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
 from gpunet.errors import GpunetError
-from gpunet.images import ImageError, ImageTooLarge, NoDigit, prepare_digit, probabilities, read_image
+from gpunet.images import ImageError, ImageTooLarge, NoDigit, prepare_digit, read_image
 
 MAX_BODY = 1 << 20  # bytes; a 280x280 canvas as PNG is 5-40 KB
 MAX_PIXELS = 2048 * 2048  # a posted image larger than this is refused before decoding
@@ -55,7 +55,7 @@ def predict_drawing(network, payload) -> dict:
         raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(error)) from None
     except ImageError as error:
         raise RequestError(HTTPStatus.BAD_REQUEST, str(error)) from None
-    probs = probabilities(network, pixels[None, :])[0]
+    probs = network.probabilities(pixels[None, :])[0]
     return {"label": int(probs.argmax()), "probabilities": [round(float(p), 6) for p in probs],
             "pixels": pixels.tolist()}
 

@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gpunet.model import Network, init_params, layer_sizes
+from gpunet.model import EVAL_CHUNK, Network, init_params, layer_sizes
 from gpunet.optimizers import make_optimizer
 
 SCHEDULES = ("constant", "cosine")
-EVAL_CHUNK = 8192  # samples per forward pass when scoring: bounds memory, keeps BLAS busy
 
 
 @dataclass

@@ -10,7 +10,7 @@ from gpunet.backend import CpuBackend
 from gpunet.checkpoint import save_model
 from tests.conftest import run
 from gpunet.data import load_sample, split_validation
-from gpunet.images import ImageError, ImageTooLarge, NoDigit, load_digit, prepare_digit, probabilities, read_image
+from gpunet.images import ImageError, ImageTooLarge, NoDigit, load_digit, prepare_digit, read_image
 from gpunet.training import TrainConfig, train
 
 AGREEMENT = 0.95
@@ -33,7 +33,7 @@ def model_file(trained, tmp_path_factory):
 
 
 def labels_of(network, pixels):
-    return probabilities(network, np.asarray(pixels, dtype=np.uint8)).argmax(axis=1)
+    return network.probabilities(np.asarray(pixels, dtype=np.uint8)).argmax(axis=1)
 
 
 def square(pixels):

@@ -22,7 +22,7 @@ from gpunet.backend import CpuBackend
 from gpunet.checkpoint import save_model
 from gpunet.data import load_sample, split_validation
 from gpunet.errors import GpunetError
-from gpunet.images import prepare_digit, probabilities
+from gpunet.images import prepare_digit
 from gpunet.server import MAX_BODY, make_server
 from gpunet.training import TrainConfig, train
 
@@ -89,7 +89,7 @@ def test_predict_a_drawing(server, network):
         image = canvas_like(digits.images[k])
         status, answer = post_predict(server, {"image": data_url(image)})
         assert status == 200
-        expected = probabilities(network, prepare_digit(image)[None, :])[0]
+        expected = network.probabilities(prepare_digit(image)[None, :])[0]
         assert answer["label"] == int(expected.argmax())
         np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
         assert len(answer["pixels"]) == 784 and max(answer["pixels"]) == 255
