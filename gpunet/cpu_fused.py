@@ -15,8 +15,17 @@ layout and order of summation, not the formulas:
   Z_k = A_{k-1} . W_k^T + b_k, the notes' W_k . A_{k-1} + b_k transposed;
 - products are done in blocks of ``BLOCK`` samples: OpenBLAS multiplies a
   64-sample block by a 16-row W near its peak, and a 128-sample one at about
-  half that rate (it leaves its small-matrix kernels). dW sums the blocks;
+  half that rate (it leaves its small-matrix kernels). dW sums the blocks
+  in block order;
 - sums over samples (db) and over classes (softmax) run in plain order.
+
+A block's work (gather, forward, softmax, backward, its share of dW) does not
+depend on the other blocks of its batch, so at batch 128 and more the blocks of
+a step run on numba's threads, one per core (``_epoch_steps_parallel``), and
+the sums over blocks run afterwards on one thread in block order: the same
+bits as one thread, whichever thread ran which block. Where another program
+holds a core the threads wait for it; each epoch then runs in timed calls, and
+the way (parallel or one thread) timed faster lately runs (``_pick``).
 
 The optimizer update is elementwise and written step for step as in
 :mod:`gpunet.optimizers` (the same float32 scalars, no fused multiply-add), so
@@ -27,6 +36,9 @@ Importing this module needs numba; :func:`available` says whether it does.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 import weakref
 
 import numpy as np
@@ -61,50 +73,34 @@ def unavailable_reason() -> str | None:
 
 if numba is not None:
     _jit = njit(nogil=True, cache=True)
+    _parallel_jit = njit(nogil=True, cache=True, parallel=True)
 
     @_jit
-    def _product(A, B, out):
-        """out = A . B, computed BLOCK rows of A at a time (out[i] = A[i] . B)."""
-        for start in range(0, A.shape[0], BLOCK):
-            stop = min(start + BLOCK, A.shape[0])
-            np.dot(A[start:stop], B, out[start:stop])
+    def _block_pass(images, index, first, lo, hi, r, labels, losses, Ws, bs, As, dZs, partials, block):
+        """Forward and backward pass of the batch's samples lo .. hi - 1 (one block of at most BLOCK); returns their correct count.
 
-    @_jit
-    def _summed_product(A, B, out, scratch):
-        """out = A^T . B, summed over blocks of BLOCK rows (dW = dZ^T . A_prev), with ``scratch`` shaped as out."""
-        for start in range(0, A.shape[0], BLOCK):
-            stop = min(start + BLOCK, A.shape[0])
-            if start == 0:
-                np.dot(A[start:stop].T, B[start:stop], out)
-            else:
-                np.dot(A[start:stop].T, B[start:stop], scratch)
-                out += scratch
-
-    @_jit
-    def _forward_backward(images, index, first, labels, losses, Ws, bs, dWs, dbs, As, dZs, scratch):
-        """One batch's forward and backward pass; writes the gradients into dWs, dbs; returns the correct count.
-
-        The batch is images[index[first:first + r]] with r = len(labels); ``index``
-        None-like (length 0) means the rows first .. first + r - 1 in order.
-        As = (A0, A1, ..., A_{L-1}, Z_L) and dZs = (dZ1, ..., dZ_L): sample-major
-        buffers of at least r rows; scratch: arrays shaped as dWs.
+        The batch is images[index[first:first + r]] (``index`` of length 0: rows first ..
+        first + r - 1 in order); its sample i is row i of the sample-major buffers
+        As = (A0, A1, ..., A_{L-1}, Z_L) and dZs = (dZ1, ..., dZ_L). Writes this block's
+        share of each dW_k into partials[k][block]; the db's and the sum over blocks are
+        left to ``_reduce_blocks``. Blocks touch disjoint rows and their own partials, so
+        they may run in any order, or at once on several threads, with the same bits.
         """
-        r = labels.shape[0]
         L = len(Ws)
-        A0 = As[0][:r]
+        A0 = As[0]
         scale = A0.dtype.type(1.0 / 255.0)
         in_order = index.shape[0] == 0
-        for i in range(r):  # A0 = X[batch]^T / 255, converted one sample at a time
+        for i in range(lo, hi):  # A0 = X[batch]^T / 255, converted one sample at a time
             row = images[first + i] if in_order else images[index[first + i]]
             for k in range(row.shape[0]):
                 A0[i, k] = A0.dtype.type(row[k]) * scale
 
         # Forward: Z_k = W_k . A_{k-1} + b_k, A_k = relu(Z_k); Z_L = W_L . A_{L-1} + b_L
         for layer in range(L):
-            A_prev, Z, b = As[layer][:r], As[layer + 1][:r], bs[layer]
-            _product(A_prev, Ws[layer].T, Z)
+            Z, b = As[layer + 1][lo:hi], bs[layer]
+            np.dot(As[layer][lo:hi], Ws[layer].T, Z)
             hidden = layer < L - 1
-            for i in range(r):
+            for i in range(hi - lo):
                 for j in range(Z.shape[1]):
                     z = Z[i, j] + b[j]
                     if hidden and z < 0:  # relu, as np.maximum(z, 0): NaN stays NaN
@@ -112,10 +108,10 @@ if numba is not None:
                     Z[i, j] = z
 
         # Softmax + cross-entropy: loss = -log softmax(Z_L)[y]; dZ_L = (softmax(Z_L) - Y) / m
-        Z, dZ = As[L][:r], dZs[L - 1][:r]
+        Z, dZ = As[L], dZs[L - 1]
         inv_m = Z.dtype.type(1.0 / r)
         correct = 0
-        for i in range(r):
+        for i in range(lo, hi):
             y = labels[i]
             top, best = Z[i, 0], 0
             for c in range(1, Z.shape[1]):
@@ -134,22 +130,52 @@ if numba is not None:
                     dZ[i, c] -= 1  # - Y
                 dZ[i, c] *= inv_m
 
-        # Backward: dW_k = dZ_k . A_{k-1}^T; db_k = sum of dZ_k over samples; dZ_{k-1} = W_k^T . dZ_k * relu'(Z_{k-1})
+        # Backward: dW_k = dZ_k . A_{k-1}^T (this block's share); dZ_{k-1} = W_k^T . dZ_k * relu'(Z_{k-1})
         for layer in range(L - 1, -1, -1):
-            dZ, A_prev = dZs[layer][:r], As[layer][:r]
-            _summed_product(dZ, A_prev, dWs[layer], scratch[layer])
-            db = dbs[layer]
+            dZ, A_prev = dZs[layer][lo:hi], As[layer][lo:hi]
+            np.dot(dZ.T, A_prev, partials[layer][block])
+            if layer > 0:
+                dA = dZs[layer - 1][lo:hi]
+                np.dot(dZ, Ws[layer], dA)
+                for i in range(hi - lo):
+                    for j in range(dA.shape[1]):
+                        if not A_prev[i, j] > 0:  # relu'(Z) read from A = relu(Z)
+                            dA[i, j] = 0
+        return correct
+
+    @_jit
+    def _reduce_blocks(r, dZs, dWs, dbs, partials):
+        """dW_k = the blocks' partials added in block order; db_k = sum of dZ_k over the r samples, in order."""
+        blocks = (r + BLOCK - 1) // BLOCK
+        for layer in range(len(dWs)):
+            dW, part = dWs[layer], partials[layer]
+            for i in range(dW.shape[0]):  # loops: numba's whole-array dW += ... on these views is 4x slower
+                for j in range(dW.shape[1]):
+                    total = part[0, i, j]
+                    for block in range(1, blocks):
+                        total += part[block, i, j]
+                    dW[i, j] = total
+            dZ, db = dZs[layer], dbs[layer]
             db[:] = 0
             for i in range(r):
                 for j in range(dZ.shape[1]):
                     db[j] += dZ[i, j]
-            if layer > 0:
-                dA = dZs[layer - 1][:r]
-                _product(dZ, Ws[layer], dA)
-                for i in range(r):
-                    for j in range(dA.shape[1]):
-                        if not A_prev[i, j] > 0:  # relu'(Z) read from A = relu(Z)
-                            dA[i, j] = 0
+
+    @_jit
+    def _forward_backward(images, index, first, labels, losses, Ws, bs, dWs, dbs, As, dZs, partials):
+        """One batch's forward and backward pass; writes the gradients into dWs, dbs; returns the correct count.
+
+        The batch is images[index[first:first + r]] with r = len(labels) (``index`` of length 0:
+        the rows first .. first + r - 1 in order); its blocks of BLOCK samples one after another.
+        As, dZs: sample-major buffers of at least r rows; partials: per layer, (blocks, *dW.shape).
+        """
+        r = labels.shape[0]
+        correct = 0
+        for block in range((r + BLOCK - 1) // BLOCK):
+            lo = block * BLOCK
+            correct += _block_pass(images, index, first, lo, min(lo + BLOCK, r), r, labels, losses, Ws, bs, As, dZs,
+                                   partials, block)
+        _reduce_blocks(r, dZs, dWs, dbs, partials)
         return correct
 
     @_jit
@@ -192,7 +218,7 @@ if numba is not None:
                     p[i] -= (m[i] * step) / (np.sqrt(s[i]) + e)
 
     @_jit
-    def _epoch_steps(images, order, labels, losses, batch, step_from, step_to, Ws, bs, dWs, dbs, As, dZs, scratch,
+    def _epoch_steps(images, order, labels, losses, batch, step_from, step_to, Ws, bs, dWs, dbs, As, dZs, partials,
                      kind, params, grads, state1, state2, rates, weight_decay, beta1, beta2, eps, t0):
         """Steps step_from .. step_to - 1 of a mini-batch epoch over images[order]; returns the correct count.
 
@@ -206,14 +232,42 @@ if numba is not None:
             start = k * batch
             stop = min(start + batch, m)
             correct += _forward_backward(images, order, start, labels[start:stop], losses[start:stop],
-                                         Ws, bs, dWs, dbs, As, dZs, scratch)
+                                         Ws, bs, dWs, dbs, As, dZs, partials)
             t = float(t0 + 1 + k - step_from)
             _update(kind, params, grads, state1, state2, rates[k], weight_decay, beta1, beta2, eps, t)
         return correct
 
+    @_parallel_jit
+    def _epoch_steps_parallel(images, order, labels, losses, batch, step_from, step_to, Ws, bs, dWs, dbs, As, dZs,
+                              partials, kind, params, grads, state1, state2, rates, weight_decay, beta1, beta2, eps, t0,
+                              counts):
+        """As ``_epoch_steps``, with each step's blocks of BLOCK samples shared among numba's threads.
+
+        A block's work (gather, forward, softmax, backward, its share of dW) is independent of
+        the other blocks'; the sums over blocks run afterwards in block order, on one thread
+        (``_reduce_blocks``). So the result has the bits of ``_epoch_steps``, whichever thread
+        ran which block. ``counts``: one integer per block.
+        """
+        m = order.shape[0]
+        correct = 0
+        for k in range(step_from, step_to):
+            start = k * batch
+            stop = min(start + batch, m)
+            r = stop - start
+            batch_labels, batch_losses = labels[start:stop], losses[start:stop]
+            for block in numba.prange((r + BLOCK - 1) // BLOCK):
+                lo = block * BLOCK
+                counts[block] = _block_pass(images, order, start, lo, min(lo + BLOCK, r), r, batch_labels,
+                                            batch_losses, Ws, bs, As, dZs, partials, block)
+            for block in range((r + BLOCK - 1) // BLOCK):
+                correct += counts[block]
+            _reduce_blocks(r, dZs, dWs, dbs, partials)
+            t = float(t0 + 1 + k - step_from)
+            _update(kind, params, grads, state1, state2, rates[k], weight_decay, beta1, beta2, eps, t)
+        return correct
 
     @_jit
-    def _full_batch_part(images, labels, losses, start, stop, chunk, m, Ws, bs, dWs, dbs, As, dZs, scratch,
+    def _full_batch_part(images, labels, losses, start, stop, chunk, m, Ws, bs, dWs, dbs, As, dZs, partials,
                          grad_flat, total):
         """Samples start .. stop - 1 of a full-batch step, in chunks: total = sum of each chunk's gradients x its share.
 
@@ -226,7 +280,7 @@ if numba is not None:
         for first in range(start, stop, chunk):
             last = min(first + chunk, stop)
             correct += _forward_backward(images, in_order, first, labels[first:last], losses[first:last], Ws, bs,
-                                         dWs, dbs, As, dZs, scratch)
+                                         dWs, dbs, As, dZs, partials)
             share = grad_flat.dtype.type((last - first) / m)
             for i in range(total.shape[0]):
                 total[i] += grad_flat[i] * share
@@ -252,11 +306,14 @@ class Buffers:
         self.dWs = tuple(grads[0::2])
         self.dbs = tuple(g.reshape(-1) for g in grads[1::2])
         self.grad_groups = tuple(network.groups_of(self.grad_flat))
-        self.scratch = tuple(np.empty_like(dW) for dW in self.dWs)
+        blocks = -(-batch // BLOCK)
+        self.partials = tuple(np.empty((blocks, *dW.shape), dtype) for dW in self.dWs)
+        self.counts = np.zeros(blocks, np.int64)
         self.Ws = tuple(network.weights)
         self.bs = tuple(b.reshape(-1) for b in network.biases)
 
 
+_parallel_lock = threading.Lock()
 _buffers: dict = {}  # (id(network), batch, key) -> (weakref to network, Buffers)
 
 
@@ -298,16 +355,70 @@ def _optimizer_state(optimizer):
     return kind, params, params, 0.0, 0.0, 0.0
 
 
-def minibatch_epoch(network, optimizer, images, order, labels, losses, batch: int, rates, progress=None):
+def threads() -> int:
+    """How many threads may share a step's blocks: numba's pool (NUMBA_NUM_THREADS), at most one per usable core."""
+    if numba is None:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(numba.config.NUMBA_NUM_THREADS, cores))
+
+
+SLICE_SAMPLES = 4096  # a parallel epoch runs in calls of about this many samples, each one timed
+PROBE_EVERY = 16  # calls: how often the way that lost (parallel or one thread) is timed again
+_seconds_per_step: dict = {}  # (batch, parallel) -> [(seconds per step, call number) of its latest calls, up to 3]
+_calls = [0]
+_warm = {True: False, False: False}  # whether each way has run in this process
+
+
+def _pick(batch: int) -> bool:
+    """Parallel or one thread for the next call: the faster one lately, and now and then the other, to time it.
+
+    Both give the same bits, so the pick changes only the speed. On an idle machine
+    the parallel steps win; where another program holds a core, numba's threads wait
+    for it, and one thread is faster.
+    """
+    timed = {parallel: _seconds_per_step.get((batch, parallel)) for parallel in (True, False)}
+    for parallel in (True, False):
+        if not timed[parallel]:
+            return parallel
+    typical = {parallel: sorted(t for t, _ in timed[parallel])[(len(timed[parallel]) - 1) // 2] for parallel in timed}
+    best = typical[True] <= typical[False]  # the median of the latest calls: one slow call does not flip the pick
+    return best if _calls[0] - timed[not best][-1][1] < PROBE_EVERY else not best
+
+
+def minibatch_epoch(network, optimizer, images, order, labels, losses, batch: int, rates, progress=None,
+                    parallel=None):
     """One epoch of mini-batch steps over images[order]; returns the correct count, or None if unsupported.
 
     ``labels`` are the epoch's labels in visiting order, ``losses`` receives the
     per-sample losses in that order, ``rates[k]`` is the learning rate of step k.
     As ``gpunet.training._minibatch_epoch``, with the same optimizer state
     (Adam's step counter included) before and after.
+
+    ``parallel``: True shares each step's blocks of BLOCK samples among numba's threads
+    (``_epoch_steps_parallel``), False runs them on this thread (``_epoch_steps``); both give
+    the same bits. None: where a batch has more than one block and there is more than one
+    core, calls of about SLICE_SAMPLES samples, each the way timed faster lately (``_pick``).
+    Only one epoch at a time runs parallel (numba's thread pool takes one parallel call at a
+    time); another thread's epoch meanwhile runs on its own thread.
     """
     if not (supports(network, optimizer) and _data_ok(images, labels)):
         return None
+    if parallel is not False and not (batch > BLOCK and threads() > 1):
+        parallel = False
+    if parallel is not False and not _parallel_lock.acquire(blocking=False):
+        parallel = False
+    try:
+        return _minibatch_epoch(network, optimizer, images, order, labels, losses, batch, rates, progress, parallel)
+    finally:
+        if parallel is not False:
+            _parallel_lock.release()
+
+
+def _minibatch_epoch(network, optimizer, images, order, labels, losses, batch, rates, progress, parallel):
     bufs = buffers(network, batch)
     kind, state1, state2, beta1, beta2, eps = _optimizer_state(optimizer)
     order = np.ascontiguousarray(order, dtype=np.int64)
@@ -315,13 +426,23 @@ def minibatch_epoch(network, optimizer, images, order, labels, losses, batch: in
     rates = np.ascontiguousarray(rates, dtype=np.float64)
     m, steps = order.shape[0], rates.shape[0]
     per_call = steps if progress is None else max(1, PROGRESS_SAMPLES // batch)
+    if parallel is not False:
+        per_call = min(per_call, max(1, SLICE_SAMPLES // batch))
+        numba.set_num_threads(min(threads(), -(-batch // BLOCK)))  # no threads without a block to run
     correct = 0
     for first in range(0, steps, per_call):
         last = min(first + per_call, steps)
-        correct += _epoch_steps(images, order, labels, losses, batch, first, last, bufs.Ws, bufs.bs, bufs.dWs,
-                                bufs.dbs, bufs.As, bufs.dZs, bufs.scratch, kind, tuple(optimizer.params),
-                                bufs.grad_groups, state1, state2, rates, float(optimizer.weight_decay), beta1, beta2,
-                                eps, getattr(optimizer, "t", 0))
+        now = _pick(batch) if parallel is None else parallel
+        args = (images, order, labels, losses, batch, first, last, bufs.Ws, bufs.bs, bufs.dWs, bufs.dbs, bufs.As,
+                bufs.dZs, bufs.partials, kind, tuple(optimizer.params), bufs.grad_groups, state1, state2, rates,
+                float(optimizer.weight_decay), beta1, beta2, eps, getattr(optimizer, "t", 0))
+        started, warm = time.perf_counter(), _warm[now]
+        correct += _epoch_steps_parallel(*args, bufs.counts) if now else _epoch_steps(*args)
+        _warm[now] = True
+        if parallel is None and warm:  # a first call loads the compiled code and starts the threads: not timed
+            _calls[0] += 1
+            latest = _seconds_per_step.setdefault((batch, now), [])
+            latest[:] = latest[-2:] + [((time.perf_counter() - started) / (last - first), _calls[0])]
         if kind == 2:
             optimizer.t += last - first
         if progress is not None:
@@ -348,7 +469,7 @@ def full_batch_gradients(network, images, labels, losses, chunk: int, parts: int
         if not hasattr(bufs, "total"):
             bufs.total = np.empty_like(network.flat)
         correct = _full_batch_part(images, labels, losses, bounds[i], bounds[i + 1], chunk, m, bufs.Ws, bufs.bs,
-                                   bufs.dWs, bufs.dbs, bufs.As, bufs.dZs, bufs.scratch, bufs.grad_flat, bufs.total)
+                                   bufs.dWs, bufs.dbs, bufs.As, bufs.dZs, bufs.partials, bufs.grad_flat, bufs.total)
         return bufs.total, correct
 
     results = parallel_map(run, [i for i in range(parts) if bounds[i] < bounds[i + 1]])

@@ -52,7 +52,7 @@ def test_forward_backward_matches_the_numpy_step(dtype, hidden, m):
     bufs = cpu_fused.Buffers(net, 256)
     losses = np.empty(m, dtype)
     correct = cpu_fused._forward_backward(images, index.astype(np.int64), 0, labels, losses, bufs.Ws, bufs.bs,
-                                          bufs.dWs, bufs.dbs, bufs.As, bufs.dZs, bufs.scratch)
+                                          bufs.dWs, bufs.dbs, bufs.As, bufs.dZs, bufs.partials)
     close(bufs.As[-1][:m].T, Z, dtype)  # the logits, sample-major
     for k, A in enumerate(activations):
         close(bufs.As[k][:m].T, A, dtype)
@@ -174,3 +174,82 @@ def test_full_batch_epochs_match_the_numpy_path(name):
     rtol = tolerance(np.float64)
     np.testing.assert_allclose(got_net.flat, want_net.flat, rtol=rtol, atol=rtol * float(np.abs(want_net.flat).max()))
     assert [acc for _, acc in got] == [acc for _, acc in want]
+
+
+# -- the parallel mini-batch epoch: each step's blocks of BLOCK samples on numba's threads -----------------
+def epoch_once(images, labels, order, dtype, name, batch, parallel, hidden=(16, 16), epochs=2):
+    net = network(COMPILED, hidden, dtype)
+    optimizer = make_optimizer(name, net.groups, 0.01, 0.1)
+    losses = np.empty(len(order), dtype)
+    steps = -(-len(order) // batch)
+    corrects = []
+    for epoch in range(epochs):
+        rates = [0.01 * (epoch * steps + k + 1) / (epochs * steps) for k in range(steps)]
+        corrects.append(cpu_fused.minibatch_epoch(net, optimizer, images, order, labels[order], losses, batch, rates,
+                                                  parallel=parallel))
+    return net.flat.copy(), losses, corrects, getattr(optimizer, "t", None)
+
+
+def epoch_data(m, seed=7):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(m, 784), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=m).astype(np.int32)
+    return images, labels, rng.permutation(m)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("batch", [70, 128, 200, 512])  # 2, 2, 4 and 8 blocks; 600 samples: short last batches
+def test_parallel_epoch_gives_the_bits_of_one_thread(dtype, name, batch):
+    images, labels, order = epoch_data(600)
+    serial = epoch_once(images, labels, order, dtype, name, batch, parallel=False)
+    parallel = epoch_once(images, labels, order, dtype, name, batch, parallel=True)
+    np.testing.assert_array_equal(parallel[0], serial[0])
+    np.testing.assert_array_equal(parallel[1], serial[1])
+    assert parallel[2:] == serial[2:]
+
+
+def test_parallel_epoch_with_other_layers_gives_the_bits_of_one_thread():
+    images, labels, order = epoch_data(300)
+    for hidden in [(), (20, 12, 8)]:
+        serial = epoch_once(images, labels, order, np.float32, "adam", 128, False, hidden)
+        parallel = epoch_once(images, labels, order, np.float32, "adam", 128, True, hidden)
+        np.testing.assert_array_equal(parallel[0], serial[0])
+
+
+def test_switching_ways_within_an_epoch_gives_the_same_bits(monkeypatch):
+    """The default picks parallel or one thread per call of SLICE_SAMPLES by timing: the pick must not show."""
+    images, labels, order = epoch_data(1000)
+    serial = epoch_once(images, labels, order, np.float32, "adam", 128, parallel=False)
+    monkeypatch.setattr(cpu_fused, "SLICE_SAMPLES", 256)  # calls of 2 steps
+    picks = iter([True, False, False, True] * 100)
+    monkeypatch.setattr(cpu_fused, "_pick", lambda batch: next(picks))
+    switched = epoch_once(images, labels, order, np.float32, "adam", 128, parallel=None)
+    np.testing.assert_array_equal(switched[0], serial[0])
+    np.testing.assert_array_equal(switched[1], serial[1])
+    assert switched[2:] == serial[2:]
+
+
+def test_default_epoch_is_deterministic_and_a_held_pool_falls_back_to_one_thread():
+    images, labels, order = epoch_data(700)
+    want = epoch_once(images, labels, order, np.float32, "sgd", 128, parallel=False)
+    assert np.array_equal(epoch_once(images, labels, order, np.float32, "sgd", 128, parallel=None)[0], want[0])
+    with cpu_fused._parallel_lock:  # as while another thread's epoch runs parallel
+        held = epoch_once(images, labels, order, np.float32, "sgd", 128, parallel=None)
+    np.testing.assert_array_equal(held[0], want[0])
+    assert not cpu_fused._parallel_lock.locked()
+
+
+def test_pick_takes_the_faster_way_and_now_and_then_times_the_other(monkeypatch):
+    monkeypatch.setattr(cpu_fused, "_seconds_per_step", {})
+    monkeypatch.setattr(cpu_fused, "_calls", [0])
+    assert cpu_fused._pick(128) is True  # untimed ways first
+    cpu_fused._seconds_per_step[128, True] = [(2e-4, 1)]
+    assert cpu_fused._pick(128) is False
+    cpu_fused._seconds_per_step[128, False] = [(1e-4, 2)]
+    cpu_fused._calls[0] = 2
+    assert cpu_fused._pick(128) is False  # one thread was faster
+    cpu_fused._calls[0] = 1 + cpu_fused.PROBE_EVERY
+    assert cpu_fused._pick(128) is True  # parallel untimed for PROBE_EVERY calls: time it again
+    cpu_fused._seconds_per_step[128, True] = [(2e-4, 1), (5e-5, 17), (6e-5, 18)]  # the median of the latest
+    assert cpu_fused._pick(128) is True
