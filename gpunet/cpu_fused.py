@@ -76,14 +76,14 @@ if numba is not None:
     _parallel_jit = njit(nogil=True, cache=True, parallel=True)
 
     @_jit
-    def _block_pass(images, index, first, lo, hi, r, labels, losses, Ws, bs, As, dZs, partials, block):
+    def _block_pass(images, index, first, lo, hi, r, labels, losses, Ws, bs, As, dZs, dWs, partials, block):
         """Forward and backward pass of the batch's samples lo .. hi - 1 (one block of at most BLOCK); returns their correct count.
 
         The batch is images[index[first:first + r]] (``index`` of length 0: rows first ..
         first + r - 1 in order); its sample i is row i of the sample-major buffers
         As = (A0, A1, ..., A_{L-1}, Z_L) and dZs = (dZ1, ..., dZ_L). Writes this block's
-        share of each dW_k into partials[k][block]; the db's and the sum over blocks are
-        left to ``_reduce_blocks``. Blocks touch disjoint rows and their own partials, so
+        share of each dW_k into dWs[k] (block 0) or partials[k][block]; the db's and the
+        sum over blocks are left to ``_reduce_blocks``. Blocks touch disjoint rows and their own partials, so
         they may run in any order, or at once on several threads, with the same bits.
         """
         L = len(Ws)
@@ -133,7 +133,10 @@ if numba is not None:
         # Backward: dW_k = dZ_k . A_{k-1}^T (this block's share); dZ_{k-1} = W_k^T . dZ_k * relu'(Z_{k-1})
         for layer in range(L - 1, -1, -1):
             dZ, A_prev = dZs[layer][lo:hi], As[layer][lo:hi]
-            np.dot(dZ.T, A_prev, partials[layer][block])
+            if block == 0:
+                np.dot(dZ.T, A_prev, dWs[layer])
+            else:
+                np.dot(dZ.T, A_prev, partials[layer][block])
             if layer > 0:
                 dA = dZs[layer - 1][lo:hi]
                 np.dot(dZ, Ws[layer], dA)
@@ -145,13 +148,13 @@ if numba is not None:
 
     @_jit
     def _reduce_blocks(r, dZs, dWs, dbs, partials):
-        """dW_k = the blocks' partials added in block order; db_k = sum of dZ_k over the r samples, in order."""
+        """dW_k = block 0's share (already in dW_k) + the other blocks' partials, in block order; db_k = sum of dZ_k."""
         blocks = (r + BLOCK - 1) // BLOCK
         for layer in range(len(dWs)):
             dW, part = dWs[layer], partials[layer]
-            for i in range(dW.shape[0]):  # loops: numba's whole-array dW += ... on these views is 4x slower
+            for i in range(dW.shape[0] if blocks > 1 else 0):  # loops: numba's whole-array += here is 4x slower
                 for j in range(dW.shape[1]):
-                    total = part[0, i, j]
+                    total = dW[i, j]
                     for block in range(1, blocks):
                         total += part[block, i, j]
                     dW[i, j] = total
@@ -174,7 +177,7 @@ if numba is not None:
         for block in range((r + BLOCK - 1) // BLOCK):
             lo = block * BLOCK
             correct += _block_pass(images, index, first, lo, min(lo + BLOCK, r), r, labels, losses, Ws, bs, As, dZs,
-                                   partials, block)
+                                   dWs, partials, block)
         _reduce_blocks(r, dZs, dWs, dbs, partials)
         return correct
 
@@ -258,7 +261,7 @@ if numba is not None:
             for block in numba.prange((r + BLOCK - 1) // BLOCK):
                 lo = block * BLOCK
                 counts[block] = _block_pass(images, order, start, lo, min(lo + BLOCK, r), r, batch_labels,
-                                            batch_losses, Ws, bs, As, dZs, partials, block)
+                                            batch_losses, Ws, bs, As, dZs, dWs, partials, block)
             for block in range((r + BLOCK - 1) // BLOCK):
                 correct += counts[block]
             _reduce_blocks(r, dZs, dWs, dbs, partials)
@@ -307,7 +310,7 @@ class Buffers:
         self.dbs = tuple(g.reshape(-1) for g in grads[1::2])
         self.grad_groups = tuple(network.groups_of(self.grad_flat))
         blocks = -(-batch // BLOCK)
-        self.partials = tuple(np.empty((blocks, *dW.shape), dtype) for dW in self.dWs)
+        self.partials = tuple(np.empty((blocks, *dW.shape), dtype) for dW in self.dWs)  # [0]: unused, dW itself
         self.counts = np.zeros(blocks, np.int64)
         self.Ws = tuple(network.weights)
         self.bs = tuple(b.reshape(-1) for b in network.biases)
@@ -367,26 +370,46 @@ def threads() -> int:
 
 
 SLICE_SAMPLES = 4096  # a parallel epoch runs in calls of about this many samples, each one timed
-PROBE_EVERY = 16  # calls: how often the way that lost (parallel or one thread) is timed again
+PROBE_EVERY = 16  # calls: how often the way that lost (parallel or one thread) is timed again, at first;
+PROBE_AT_MOST_EVERY = 256  # each probe that the loser loses again doubles that, up to this
+_probe_every: dict = {}  # batch -> calls between probes now
 _seconds_per_step: dict = {}  # (batch, parallel) -> [(seconds per step, call number) of its latest calls, up to 3]
 _calls = [0]
 _warm = {True: False, False: False}  # whether each way has run in this process
 
 
-def _pick(batch: int) -> bool:
-    """Parallel or one thread for the next call: the faster one lately, and now and then the other, to time it.
+def _pick(batch: int) -> tuple[bool, bool]:
+    """(parallel, probe) for the next call: the way faster lately, and now and then the other, to time it again.
 
-    Both give the same bits, so the pick changes only the speed. On an idle machine
+    Both ways give the same bits, so the pick changes only the speed. On an idle machine
     the parallel steps win; where another program holds a core, numba's threads wait
-    for it, and one thread is faster.
+    for it, and one thread is faster. probe: the call times the way that lost (a short call).
     """
-    timed = {parallel: _seconds_per_step.get((batch, parallel)) for parallel in (True, False)}
-    for parallel in (True, False):
-        if not timed[parallel]:
-            return parallel
-    typical = {parallel: sorted(t for t, _ in timed[parallel])[(len(timed[parallel]) - 1) // 2] for parallel in timed}
-    best = typical[True] <= typical[False]  # the median of the latest calls: one slow call does not flip the pick
-    return best if _calls[0] - timed[not best][-1][1] < PROBE_EVERY else not best
+    best = _faster(batch)
+    if best is None:
+        return (batch, True) not in _seconds_per_step, False  # time each way once
+    if _calls[0] - _seconds_per_step[batch, not best][-1][1] < _probe_every.get(batch, PROBE_EVERY):
+        return best, False
+    return not best, True
+
+
+def _faster(batch: int) -> bool | None:
+    """The way faster in the median of its latest calls (one slow call does not flip it), or None if one is untimed."""
+    timed = [_seconds_per_step.get((batch, parallel)) for parallel in (True, False)]
+    if not all(timed):
+        return None
+    parallel, alone = (sorted(t for t, _ in calls)[(len(calls) - 1) // 2] for calls in timed)
+    return parallel <= alone
+
+
+def _record(batch: int, parallel: bool, probe: bool, seconds_per_step: float) -> None:
+    before = _faster(batch)
+    _calls[0] += 1
+    latest = _seconds_per_step.setdefault((batch, parallel), [])
+    latest[:] = latest[-2:] + [(seconds_per_step, _calls[0])]
+    if probe:  # the loser lost again: time it more rarely; it won: from the start
+        lost = _faster(batch) == before
+        _probe_every[batch] = min(2 * _probe_every.get(batch, PROBE_EVERY), PROBE_AT_MOST_EVERY) if lost else PROBE_EVERY
 
 
 def minibatch_epoch(network, optimizer, images, order, labels, losses, batch: int, rates, progress=None,
@@ -429,10 +452,10 @@ def _minibatch_epoch(network, optimizer, images, order, labels, losses, batch, r
     if parallel is not False:
         per_call = min(per_call, max(1, SLICE_SAMPLES // batch))
         numba.set_num_threads(min(threads(), -(-batch // BLOCK)))  # no threads without a block to run
-    correct = 0
-    for first in range(0, steps, per_call):
-        last = min(first + per_call, steps)
-        now = _pick(batch) if parallel is None else parallel
+    correct, first = 0, 0
+    while first < steps:
+        now, probe = _pick(batch) if parallel is None else (parallel, False)
+        last = min(first + (max(1, per_call // 8) if probe else per_call), steps)
         args = (images, order, labels, losses, batch, first, last, bufs.Ws, bufs.bs, bufs.dWs, bufs.dbs, bufs.As,
                 bufs.dZs, bufs.partials, kind, tuple(optimizer.params), bufs.grad_groups, state1, state2, rates,
                 float(optimizer.weight_decay), beta1, beta2, eps, getattr(optimizer, "t", 0))
@@ -440,13 +463,12 @@ def _minibatch_epoch(network, optimizer, images, order, labels, losses, batch, r
         correct += _epoch_steps_parallel(*args, bufs.counts) if now else _epoch_steps(*args)
         _warm[now] = True
         if parallel is None and warm:  # a first call loads the compiled code and starts the threads: not timed
-            _calls[0] += 1
-            latest = _seconds_per_step.setdefault((batch, now), [])
-            latest[:] = latest[-2:] + [((time.perf_counter() - started) / (last - first), _calls[0])]
+            _record(batch, now, probe, (time.perf_counter() - started) / (last - first))
         if kind == 2:
             optimizer.t += last - first
         if progress is not None:
             progress(min(last * batch, m) - first * batch)
+        first = last
     optimizer.lr = float(rates[-1])
     return correct
 

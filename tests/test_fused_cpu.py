@@ -221,8 +221,8 @@ def test_switching_ways_within_an_epoch_gives_the_same_bits(monkeypatch):
     """The default picks parallel or one thread per call of SLICE_SAMPLES by timing: the pick must not show."""
     images, labels, order = epoch_data(1000)
     serial = epoch_once(images, labels, order, np.float32, "adam", 128, parallel=False)
-    monkeypatch.setattr(cpu_fused, "SLICE_SAMPLES", 256)  # calls of 2 steps
-    picks = iter([True, False, False, True] * 100)
+    monkeypatch.setattr(cpu_fused, "SLICE_SAMPLES", 1024)  # calls of 8 steps, probes of 1
+    picks = iter([(True, False), (False, False), (False, True), (True, True)] * 100)
     monkeypatch.setattr(cpu_fused, "_pick", lambda batch: next(picks))
     switched = epoch_once(images, labels, order, np.float32, "adam", 128, parallel=None)
     np.testing.assert_array_equal(switched[0], serial[0])
@@ -243,13 +243,35 @@ def test_default_epoch_is_deterministic_and_a_held_pool_falls_back_to_one_thread
 def test_pick_takes_the_faster_way_and_now_and_then_times_the_other(monkeypatch):
     monkeypatch.setattr(cpu_fused, "_seconds_per_step", {})
     monkeypatch.setattr(cpu_fused, "_calls", [0])
-    assert cpu_fused._pick(128) is True  # untimed ways first
+    monkeypatch.setattr(cpu_fused, "_probe_every", {})
+    assert cpu_fused._pick(128) == (True, False)  # untimed ways first
     cpu_fused._seconds_per_step[128, True] = [(2e-4, 1)]
-    assert cpu_fused._pick(128) is False
+    assert cpu_fused._pick(128) == (False, False)
     cpu_fused._seconds_per_step[128, False] = [(1e-4, 2)]
     cpu_fused._calls[0] = 2
-    assert cpu_fused._pick(128) is False  # one thread was faster
+    assert cpu_fused._pick(128) == (False, False)  # one thread was faster
     cpu_fused._calls[0] = 1 + cpu_fused.PROBE_EVERY
-    assert cpu_fused._pick(128) is True  # parallel untimed for PROBE_EVERY calls: time it again
+    assert cpu_fused._pick(128) == (True, True)  # parallel untimed for PROBE_EVERY calls: a short call times it
     cpu_fused._seconds_per_step[128, True] = [(2e-4, 1), (5e-5, 17), (6e-5, 18)]  # the median of the latest
-    assert cpu_fused._pick(128) is True
+    assert cpu_fused._pick(128) == (True, False)
+
+
+def test_probes_of_a_way_that_keeps_losing_grow_rarer(monkeypatch):
+    monkeypatch.setattr(cpu_fused, "_seconds_per_step", {})
+    monkeypatch.setattr(cpu_fused, "_calls", [0])
+    monkeypatch.setattr(cpu_fused, "_probe_every", {})
+    cpu_fused._record(128, True, False, 5e-5)
+    cpu_fused._record(128, False, False, 1e-4)
+    probes = []
+    for _ in range(2000):
+        parallel, probe = cpu_fused._pick(128)
+        probes += [cpu_fused._calls[0]] if probe else []
+        cpu_fused._record(128, parallel, probe, 5e-5 if parallel else 1e-4)
+        assert parallel or probe  # one thread only to time it
+    gaps = np.diff(probes)
+    assert probes[0] <= cpu_fused.PROBE_EVERY + 2 and gaps[0] == 2 * cpu_fused.PROBE_EVERY + 1
+    assert gaps.max() == cpu_fused.PROBE_AT_MOST_EVERY + 1
+    assert list(gaps) == sorted(gaps)
+    cpu_fused._record(128, True, False, 1e-3)  # parallel slows down (another program took a core) ...
+    cpu_fused._record(128, True, False, 1e-3)
+    assert cpu_fused._pick(128) == (False, False)  # ... and the next call runs on one thread
