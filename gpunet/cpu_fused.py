@@ -462,7 +462,8 @@ def _minibatch_epoch(network, optimizer, images, order, labels, losses, batch, r
         started, warm = time.perf_counter(), _warm[now]
         correct += _epoch_steps_parallel(*args, bufs.counts) if now else _epoch_steps(*args)
         _warm[now] = True
-        if parallel is None and warm:  # a first call loads the compiled code and starts the threads: not timed
+        # Not timed: a first call (it loads the compiled code and starts the threads) and an epoch's short last call.
+        if parallel is None and warm and last - first >= max(1, per_call // 8):
             _record(batch, now, probe, (time.perf_counter() - started) / (last - first))
         if kind == 2:
             optimizer.t += last - first
