@@ -371,7 +371,7 @@ def threads() -> int:
 
 SLICE_SAMPLES = 4096  # a parallel epoch runs in calls of about this many samples, each one timed
 PROBE_EVERY = 16  # calls: how often the way that lost (parallel or one thread) is timed again, at first;
-PROBE_AT_MOST_EVERY = 256  # each probe that the loser loses again doubles that, up to this
+PROBE_AT_MOST_EVERY = 64  # each probe that the loser loses again doubles that, up to this
 _probe_every: dict = {}  # batch -> calls between probes now
 _seconds_per_step: dict = {}  # (batch, parallel) -> [(seconds per step, call number) of its latest calls, up to 3]
 _calls = [0]
