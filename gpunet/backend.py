@@ -2,11 +2,13 @@
 
 The network, loss, optimizers and training loop are written once against
 ``backend.xp`` and call the few hot operations below through the backend.
-``CpuBackend`` implements every hot operation with the generic ``xp`` formulas
-of :mod:`gpunet.activations` and :mod:`gpunet.loss`; those generic versions are
-also the reference that the CUDA kernels are tested against. A GPU backend
-(``gpunet.backend_cuda.CupyBackend``) sets ``xp = cupy`` and overrides only the
-operations it has kernels for.
+``Backend`` implements every operation with the generic ``xp`` formulas of
+:mod:`gpunet.activations` and :mod:`gpunet.loss`; those generic versions are
+also the reference that the CUDA kernels are tested against. Each real
+backend overrides only what it does better: ``CpuBackend`` (NumPy) the
+memory layouts, threads and compiled loops that pay on a CPU, and
+``gpunet.backend_cuda.CupyBackend`` (``xp = cupy``) the hot operations it has
+kernels for.
 """
 
 from __future__ import annotations
@@ -27,41 +29,14 @@ SAMPLE_MAJOR_FROM = 128  # samples; see CpuBackend.empty_layer
 FULL_BATCH_CHUNK = 512  # samples: 1.6 MB of float32 pixels, inside a core's 2 MB L2 cache
 
 
-class CpuBackend:
-    """NumPy on the CPU; also the base class whose generic operations a GPU backend inherits."""
+class Backend:
+    """Every operation written once against ``self.xp``: the reference each backend's overrides are tested against."""
 
-    name = "cpu"
+    name = "generic"
     xp = np
 
-    def __init__(self, compiled: bool | None = None):
-        """``compiled``: use the compiled CPU path (:mod:`gpunet.cpu_fused`) where it applies.
-
-        None (the default): wherever numba is installed. False: the NumPy path always.
-        """
-        self.compiled = compiled
-
     def describe(self) -> str:
-        return f"CPU (NumPy {np.__version__}{'; ' + self.cpu_path() if self.xp is np else ''})"
-
-    def cpu_path(self) -> str:
-        """Which CPU path mini-batch and full-batch steps take: compiled (numba) or NumPy's array calls."""
-        if self.compiled is not False and _cpu_fused() is not None:
-            import numba
-
-            return f"steps compiled with numba {numba.__version__}"
-        reason = "turned off" if self.compiled is False else "numba or scipy is not installed"
-        return f"steps as NumPy array calls ({reason})"
-
-    def compiled_path(self, network, optimizer=None):
-        """The module :mod:`gpunet.cpu_fused` if its compiled loops run this network (and optimizer), else None.
-
-        The NumPy operations below stay the reference: the compiled path gives
-        their results up to the order of summation (tests/test_fused_cpu.py).
-        """
-        if self.xp is not np or self.compiled is False:
-            return None
-        cpu_fused = _cpu_fused()
-        return cpu_fused if cpu_fused is not None and cpu_fused.supports(network, optimizer) else None
+        return f"{self.name} ({self.xp.__name__})"
 
     # -- moving data ---------------------------------------------------------
     def asarray(self, array, dtype=None):
@@ -73,69 +48,36 @@ class CpuBackend:
         return np.asarray(array)
 
     def synchronize(self) -> None:
-        """Wait for queued device work (nothing to wait for on the CPU)."""
+        """Wait for queued device work (nothing to wait for here)."""
 
+    # -- how the work is laid out --------------------------------------------
     def empty_layer(self, units: int, m: int, dtype):
-        """An uninitialised (units, m) array for one layer's values on m samples.
-
-        For batches of SAMPLE_MAJOR_FROM samples or more, NumPy lays it out
-        sample by sample (the transpose of an (m, units) C array): OpenBLAS
-        multiplies a 16-row W by such a batch about twice as fast into that
-        layout. Smaller batches, and other array modules (whose kernels expect
-        it), get C order.
-        """
-        if self.xp is np and m >= SAMPLE_MAJOR_FROM:
-            return np.empty((m, units), dtype=dtype).T
+        """An uninitialised (units, m) array for one layer's values on m samples."""
         return self.xp.empty((units, m), dtype=dtype)
 
     def empty_batch(self, features: int, m: int, dtype):
-        """An uninitialised (features, m) array for ``gather_scaled(..., out=)``.
-
-        Laid out as gather_scaled lays out a batch it allocates: on NumPy sample
-        by sample, the rows of the data set (``images[index].T``).
-        """
-        if self.xp is np:
-            return np.empty((m, features), dtype=dtype).T
+        """An uninitialised (features, m) array for ``gather_scaled(..., out=)``."""
         return self.xp.empty((features, m), dtype=dtype)
 
     def full_batch_chunk(self, m: int) -> int:
-        """Samples per chunk of a full-batch step (see ``Network.full_batch_gradients``).
-
-        NumPy walks the data in chunks whose float copy stays in the core's
-        cache; other array modules take all m samples at once.
-        """
-        return FULL_BATCH_CHUNK if self.xp is np else m
+        """Samples per chunk of a full-batch step (see ``Network.full_batch_gradients``): all of them."""
+        return m
 
     def parallel_parts(self) -> int:
-        """Into how many parts ``parallel_map`` usefully splits work: NumPy's cores, else 1."""
-        return _cores() if self.xp is np and _blas_threads() is not None else 1
+        """Into how many parts ``parallel_map`` usefully splits work."""
+        return 1
 
     def parallel_map(self, fn, items) -> list:
-        """[fn(item) for item in items], run in parallel where that pays.
-
-        NumPy: on a pool of threads, one per core, with BLAS held to one thread
-        (NumPy and BLAS release the GIL while they work). The results are the
-        same as one after another. Without threadpoolctl, which holds BLAS to
-        one thread, and on other array modules: one after another.
-        """
-        items = list(items)
-        blas = _blas_threads() if self.xp is np else None
-        if len(items) < 2 or blas is None:
-            return [fn(item) for item in items]
-        with blas.limit(limits=1):
-            return list(_thread_pool().map(fn, items))
+        """[fn(item) for item in items]."""
+        return [fn(item) for item in items]
 
     def compute_threads(self):
-        """A context for the mini-batch training loop: BLAS on one thread.
+        """A context for the mini-batch training loop (nothing to set here)."""
+        return contextlib.nullcontext()
 
-        A mini-batch's products are too small to share between cores: a second
-        BLAS thread gains little on an idle machine, and on a busy one its
-        waiting for a core can make each product many times slower.
-        """
-        if self.xp is np and self.compiled is not False:
-            _cpu_fused()  # loads SciPy's BLAS, which the compiled path calls, before threadpoolctl looks
-        blas = _blas_threads() if self.xp is np else None
-        return blas.limit(limits=1) if blas is not None else contextlib.nullcontext()
+    def compiled_path(self, network, optimizer=None):
+        """A module of compiled loops that runs this network's steps instead, or None."""
+        return None
 
     # -- hot operations ------------------------------------------------------
     def gather_scaled(self, images, index, dtype, out=None):
@@ -203,6 +145,95 @@ class CpuBackend:
     def softmax(self, Z):
         """Class probabilities for prediction."""
         return activations.softmax(self.xp, Z)
+
+
+class CpuBackend(Backend):
+    """NumPy on the CPU, with what pays there: sample-major layouts, both cores, compiled loops where numba is."""
+
+    name = "cpu"
+    xp = np
+
+    def __init__(self, compiled: bool | None = None):
+        """``compiled``: use the compiled CPU path (:mod:`gpunet.cpu_fused`) where it applies.
+
+        None (the default): wherever numba is installed. False: the NumPy path always.
+        """
+        self.compiled = compiled
+
+    def describe(self) -> str:
+        return f"CPU (NumPy {np.__version__}; {self.cpu_path()})"
+
+    def cpu_path(self) -> str:
+        """Which CPU path mini-batch and full-batch steps take: compiled (numba) or NumPy's array calls."""
+        if self.compiled is not False and _cpu_fused() is not None:
+            import numba
+
+            return f"steps compiled with numba {numba.__version__}"
+        reason = "turned off" if self.compiled is False else "numba or scipy is not installed"
+        return f"steps as NumPy array calls ({reason})"
+
+    def compiled_path(self, network, optimizer=None):
+        """The module :mod:`gpunet.cpu_fused` if its compiled loops run this network (and optimizer), else None.
+
+        The NumPy operations stay the reference: the compiled path gives
+        their results up to the order of summation (tests/test_fused_cpu.py).
+        """
+        if self.compiled is False:
+            return None
+        cpu_fused = _cpu_fused()
+        return cpu_fused if cpu_fused is not None and cpu_fused.supports(network, optimizer) else None
+
+    def empty_layer(self, units: int, m: int, dtype):
+        """An uninitialised (units, m) array for one layer's values on m samples.
+
+        For batches of SAMPLE_MAJOR_FROM samples or more it is laid out sample
+        by sample (the transpose of an (m, units) C array): OpenBLAS multiplies
+        a 16-row W by such a batch about twice as fast into that layout.
+        """
+        if m >= SAMPLE_MAJOR_FROM:
+            return np.empty((m, units), dtype=dtype).T
+        return super().empty_layer(units, m, dtype)
+
+    def empty_batch(self, features: int, m: int, dtype):
+        """An uninitialised (features, m) array for ``gather_scaled(..., out=)``.
+
+        Laid out as gather_scaled lays out a batch it allocates: sample by
+        sample, the rows of the data set (``images[index].T``).
+        """
+        return np.empty((m, features), dtype=dtype).T
+
+    def full_batch_chunk(self, m: int) -> int:
+        """Chunks whose float copy stays in a core's cache."""
+        return FULL_BATCH_CHUNK
+
+    def parallel_parts(self) -> int:
+        """One part per core, where threadpoolctl can hold BLAS to one thread per part."""
+        return _cores() if _blas_threads() is not None else 1
+
+    def parallel_map(self, fn, items) -> list:
+        """[fn(item) for item in items], on a pool of threads, one per core, with BLAS held to one thread.
+
+        NumPy and BLAS release the GIL while they work. The results are the
+        same as one after another. Without threadpoolctl: one after another.
+        """
+        items = list(items)
+        blas = _blas_threads()
+        if len(items) < 2 or blas is None:
+            return super().parallel_map(fn, items)
+        with blas.limit(limits=1):
+            return list(_thread_pool().map(fn, items))
+
+    def compute_threads(self):
+        """A context for the mini-batch training loop: BLAS on one thread.
+
+        A mini-batch's products are too small to share between cores: a second
+        BLAS thread gains little on an idle machine, and on a busy one its
+        waiting for a core can make each product many times slower.
+        """
+        if self.compiled is not False:
+            _cpu_fused()  # loads SciPy's BLAS, which the compiled path calls, before threadpoolctl looks
+        blas = _blas_threads()
+        return blas.limit(limits=1) if blas is not None else super().compute_threads()
 
 
 @lru_cache(maxsize=1)

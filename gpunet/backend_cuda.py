@@ -1,6 +1,6 @@
 """The CUDA backend: CuPy arrays, with the hot operations in the custom kernels of gpunet.kernels.
 
-``CupyBackend`` inherits every operation of ``CpuBackend`` written against
+``CupyBackend`` inherits every operation of ``Backend`` written against
 ``self.xp`` (now CuPy) and overrides only the hot ones that have a kernel,
 for float32 and float64; anything else (another dtype, a non-contiguous
 array) takes the generic ``super()`` path, which is also what the kernels are
@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from gpunet import kernels
-from gpunet.backend import CpuBackend
+from gpunet.backend import Backend
 
 try:  # optional: the CPU backend works without it
     import cupy
@@ -55,7 +55,7 @@ def _on_device(*arrays) -> bool:
     ) and kernels.supports(first.dtype)
 
 
-class CupyBackend(CpuBackend):
+class CupyBackend(Backend):
     """CuPy on the current CUDA device; hot operations in custom kernels."""
 
     name = "cuda"
