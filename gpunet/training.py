@@ -220,7 +220,8 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
                 with np.errstate(over="ignore", invalid="ignore"):
                     train_loss, train_acc = train_epoch(network, optimizer, train_data, config.batch_size, rng, bar,
                                                         rate=lambda k: learning_rate(config, first_step + k, steps))
-                    val_loss, val_acc = evaluate(network, val_data) if val_data else (None, None)
+                    with backend.compute_threads():  # BLAS threads left spinning would slow the next epoch
+                        val_loss, val_acc = evaluate(network, val_data) if val_data else (None, None)
             finally:
                 if bar is not None:
                     bar.close()
