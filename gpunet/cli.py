@@ -49,15 +49,11 @@ def choose_backend(device: str):
     return backend
 
 
-def positive(kind):
-    """A click type callback rejecting values <= 0 with the option named."""
-
-    def check(ctx, param, value):
-        if value is not None and value <= 0:
-            raise click.BadParameter(f"must be positive, got {value}")
-        return value
-
-    return check
+def require_positive(ctx, param, value):
+    """Click callback: reject a value <= 0 (click then names the option)."""
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be positive, got {value}")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,11 +78,11 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
 @device_option
 @click.option("--hidden", default="16,16", show_default=True, callback=parse_hidden,
               help="Hidden layer sizes, comma-separated; 'none' for no hidden layer.")
-@click.option("--epochs", type=int, default=None, callback=positive(int),
+@click.option("--epochs", type=int, default=None, callback=require_positive,
               help="Passes over the training data. [default: 30; 500 with --optimizer gd]")
 @click.option("--batch-size", type=click.IntRange(min=0), default=None,
               help="Samples per step; 0 = all of them (full-batch gradient descent). [default: 64; 0 with --optimizer gd]")
-@click.option("--lr", type=float, default=None, callback=positive(float),
+@click.option("--lr", type=float, default=None, callback=require_positive,
               help="Learning rate alpha. [default: 0.01 for adam, 0.1 for gd/sgd, 0.05 for momentum]")
 @click.option("--optimizer", type=click.Choice(["gd", "sgd", "momentum", "adam"]), default="adam", show_default=True,
               help="gd: the notes' full-batch W <- W - alpha.dW; sgd: the same on mini-batches.")
