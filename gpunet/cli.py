@@ -135,7 +135,7 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
     click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
                f"{config.epochs} epochs, weight decay {config.weight_decay:g}, {dtype} on {backend.describe()}")
 
-    report = EpochReporter(config.epochs)
+    report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:
         result = run_training(backend, train_digits, val_digits, config, on_epoch=report,
                               progress_factory=report.progress_bar if config.batch_size else None)
@@ -174,15 +174,24 @@ def report_plots(paths) -> None:
 
 
 class EpochReporter:
-    """Prints one line per epoch (thinned out for long runs) and owns the progress bars."""
+    """Prints one line per epoch (thinned out for long runs) and owns the progress bars.
 
-    def __init__(self, epochs: int):
+    Mini-batch epochs get a bar over their digits; full-batch runs (one step an
+    epoch, often hundreds of epochs) get one bar over the epochs instead.
+    """
+
+    def __init__(self, epochs: int, full_batch: bool):
+        from tqdm import tqdm
+
         self.epochs = epochs
         self.every = max(1, epochs // 25)
         self.width = len(str(epochs))
-        self.epoch_bar = None
+        self.epoch_bar = (tqdm(total=epochs, unit="epoch", leave=False, disable=None, mininterval=0.5)
+                          if full_batch else None)
 
     def __call__(self, m) -> None:
+        if self.epoch_bar is not None:
+            self.epoch_bar.update(1)
         if m.epoch % self.every == 0 or m.epoch in (1, self.epochs):
             val = (f"  val_loss {m.val_loss:.4f}  val_acc {100 * m.val_accuracy:6.2f}%"
                    if m.val_loss is not None else "")
@@ -199,7 +208,8 @@ class EpochReporter:
         return ProgressBar(bar)
 
     def close(self) -> None:
-        pass
+        if self.epoch_bar is not None:
+            self.epoch_bar.close()
 
 
 class ProgressBar:
