@@ -365,13 +365,13 @@ def serve(model, host, port):
 def evaluate(model, data, device):
     """Score a model on labeled digits: accuracy, per-class accuracy, confusion matrix."""
     from gpunet.data import load_digits
+    from gpunet.metrics import confusion_counts
 
     network, _ = load_network(model, choose_backend(device))
     digits = load_digits(data, labeled=True)
     predicted = network.probabilities(digits.images).argmax(axis=1)
     truth = digits.labels.astype(np.int64)
-    confusion = np.zeros((10, 10), dtype=np.int64)
-    np.add.at(confusion, (truth, predicted), 1)
+    confusion = confusion_counts(truth, predicted)
     click.echo(f"{digits.source}: {len(truth):,} digits, accuracy {100 * np.mean(predicted == truth):.2f}%")
     click.echo("\nPer class:")
     for digit in range(10):

@@ -157,8 +157,9 @@ def learning_curves(Figure, meta: dict):
 
 def confusion_matrix(Figure, truth: np.ndarray, predicted: np.ndarray, source: str):
     """Counts of (true, predicted) pairs; the colour is the share of the true digit's row."""
-    counts = np.zeros((10, 10), dtype=np.int64)
-    np.add.at(counts, (truth.astype(np.int64), predicted.astype(np.int64)), 1)
+    from gpunet.metrics import confusion_counts
+
+    counts = confusion_counts(truth, predicted)
     rows = counts.sum(axis=1, keepdims=True)
     shares = counts / np.maximum(rows, 1)
     figure = Figure(figsize=CONFUSION_SIZE, dpi=DPI, layout="constrained")
