@@ -102,7 +102,8 @@ class CupyBackend(Backend):
         return super().gather_scaled(images, index, dtype, out=out)
 
     def bias_relu(self, Z, b):
-        if _on_device(Z, b) and Z.ndim == 2 and b.size == Z.shape[0]:
+        # Only b (units, 1): a (units,) or (1, units) b broadcasts along the samples in Z + b, not the units.
+        if _on_device(Z, b) and Z.ndim == 2 and b.shape == (Z.shape[0], 1):
             return kernels.bias_relu(Z, b)
         return super().bias_relu(Z, b)
 

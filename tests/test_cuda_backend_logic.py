@@ -1,0 +1,356 @@
+"""CupyBackend's own Python logic, run on the CPU (``pytest -m kernels``).
+
+tests/test_gpu.py runs CupyBackend on a real device; without one, the code of
+gpunet/backend_cuda.py (which hot operation goes to a kernel and which falls
+back to the generic ``super()`` path, the dtype/layout/out= checks, the label
+and index conversions) and the training loop through it would never run.
+Here it runs unchanged, with three things swapped in for CuPy and the GPU:
+
+* ``backend_cuda.cupy`` is ``HostCupy``: NumPy's functions, except that every
+  array it makes is a ``DeviceArray``, the stand-in for ``cupy.ndarray`` (a
+  NumPy array with ``.get()``). A DeviceArray mixed with a plain NumPy array in
+  a ufunc (arithmetic, matmul, reductions) raises TypeError, as CuPy does, so
+  host arrays that leak into device arithmetic are caught (not those used as
+  an index or by copyto), and ``isinstance(a, cupy.ndarray)`` means something.
+* ``kernels._array_module`` maps a DeviceArray to HostCupy, as it maps a
+  cupy.ndarray to cupy, so the wrappers allocate their results "on the device".
+* ``kernels.cuda_launch`` is tests/test_kernels.py's ``HostWalk``: each launch
+  the wrappers build runs the kernel's .cu source, compiled for the host with
+  AddressSanitizer, thread by thread over the launch's grid.
+
+What this cannot show: anything about CuPy itself or a device (streams,
+asynchrony, memory, the real nvcc/NVRTC code generation, cuBLAS's matmul
+rounding), nor ``describe()``. tests/test_gpu.py covers those where a GPU is.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gpunet import backend_cuda, kernels
+from gpunet.backend import Backend, CpuBackend
+from gpunet.data import Digits, load_sample, split_validation
+from gpunet.training import TrainConfig, train
+from tests.test_kernels import HostWalk, logits, tolerance, walk, walk_exe  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.kernels
+
+DTYPES = (np.float32, np.float64)
+GENERIC = Backend()  # the reference: every operation as the generic NumPy formula
+
+
+# -- the stand-in for CuPy ----------------------------------------------------------------------
+class DeviceArray(np.ndarray):
+    """A NumPy array standing for a ``cupy.ndarray``: on the "device", read back with ``.get()``."""
+
+    def get(self) -> np.ndarray:
+        return np.array(self)  # a plain ndarray copy, as cupy.ndarray.get()
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        """As CuPy: no implicit mixing with host arrays (NumPy scalars are fine)."""
+        operands = inputs + (out or ())
+        if any(type(x) is np.ndarray for x in operands):
+            raise TypeError(f"{ufunc.__name__}: a host numpy.ndarray mixed with device arrays")
+        inputs = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
+        if out is not None:
+            kwargs["out"] = tuple(x.view(np.ndarray) for x in out)
+        result = getattr(ufunc, method)(*inputs, **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _device(result)
+
+
+def _device(result):
+    if isinstance(result, tuple):
+        return tuple(_device(r) for r in result)
+    return result.view(DeviceArray) if type(result) is np.ndarray else result
+
+
+class HostCupy:
+    """cupy's namespace as NumPy's; every array made here is a DeviceArray."""
+
+    __name__ = "cupy"
+    ndarray = DeviceArray
+    MAKERS = frozenset({
+        "array", "ascontiguousarray", "asfortranarray", "empty", "zeros", "ones", "full",
+        "empty_like", "zeros_like", "ones_like", "full_like", "arange",
+    })  # fmt: skip
+
+    def __init__(self):
+        self.synchronized = 0
+        stream = SimpleNamespace(synchronize=self._synchronize)
+        self.cuda = SimpleNamespace(Device=lambda: SimpleNamespace(id=0), get_current_stream=lambda: stream)
+
+    def _synchronize(self):
+        self.synchronized += 1
+
+    def asarray(self, a, dtype=None):
+        """A device array as it is (cast if asked); a host array copied over, as cupy.asarray does."""
+        if isinstance(a, DeviceArray):
+            return _device(np.asarray(a.view(np.ndarray), dtype=dtype))
+        return _device(np.array(a, dtype=dtype))
+
+    def __getattr__(self, name):
+        attr = getattr(np, name)
+        if name in self.MAKERS:
+            return lambda *args, **kwargs: _device(attr(*args, **kwargs))
+        return attr
+
+
+@pytest.fixture
+def cuda(walk: HostWalk, monkeypatch):
+    """A real CupyBackend on HostCupy, its kernel launches walked on the host (see the module's docstring)."""
+    host = HostCupy()
+    monkeypatch.setattr(backend_cuda, "cupy", host)
+    array_module = kernels._array_module
+    monkeypatch.setattr(kernels, "_array_module", lambda a: host if isinstance(a, DeviceArray) else array_module(a))
+    monkeypatch.setattr(kernels, "cuda_launch", walk)
+    backend = backend_cuda.CupyBackend()
+    backend.xp = host  # the class binds the real cupy module at import
+    return backend
+
+
+@pytest.fixture
+def launched(walk):
+    """The names of the kernels launched so far, e.g. ``bias_relu<float>``, emptied on each call."""
+
+    def names():
+        result = [launch.name for launch in walk.launches]
+        walk.launches.clear()
+        return result
+
+    return names
+
+
+def ctype(dtype) -> str:
+    return kernels.CTYPES[np.dtype(dtype)]
+
+
+def on_host(array) -> np.ndarray:
+    assert isinstance(array, DeviceArray), f"a {type(array).__name__}, not a device array"
+    return array.get()
+
+
+# -- the shim is what it claims --------------------------------------------------------------
+def test_the_stand_in_keeps_host_and_device_apart(cuda):
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    device = cuda.asarray(host)
+    assert isinstance(device, DeviceArray) and device is not host
+    device += 1
+    assert host[0, 0] == 0  # a copy, not a view
+    back = cuda.to_numpy(device)
+    assert type(back) is np.ndarray
+    np.testing.assert_array_equal(back, host + 1)
+    assert type(cuda.to_numpy(host)) is np.ndarray
+    with pytest.raises(TypeError, match="host numpy.ndarray"):
+        device + host
+    assert isinstance(cuda.xp.empty((2, 2)), DeviceArray) and isinstance(device.T @ device, DeviceArray)
+    cuda.synchronize()
+    assert cuda.xp.synchronized == 1
+
+
+# -- each hot operation: a kernel, equal to the generic operation ------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hot_operations_launch_their_kernel_and_match_the_generic_ones(cuda, launched, dtype):
+    rng = np.random.default_rng(7)
+    m, t = 300, ctype(dtype)
+
+    Z = logits(rng, 10, m, dtype)
+    for label_dtype in (np.int32, np.int64, np.uint8):  # the wrapper converts labels to int32
+        labels = rng.integers(0, 10, size=m).astype(label_dtype)
+        dZ, losses = cuda.softmax_cross_entropy(cuda.asarray(Z), cuda.asarray(labels))
+        assert launched() == [f"softmax_cross_entropy<{t}>"]
+        ref_dZ, ref_losses = GENERIC.softmax_cross_entropy(Z.copy(), labels)
+        assert dZ.dtype == losses.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(on_host(dZ), ref_dZ, **tolerance(dtype, scale=1.0 / m))
+        np.testing.assert_allclose(on_host(losses), ref_losses, **tolerance(dtype))
+
+        out = (cuda.xp.full((10, m), np.nan, dtype), cuda.xp.full(m, np.nan, dtype))
+        dZ, losses = cuda.softmax_cross_entropy(cuda.asarray(Z), cuda.asarray(labels), out=out)
+        assert launched() == [f"softmax_cross_entropy<{t}>"]
+        assert dZ is out[0] and losses is out[1]
+        np.testing.assert_allclose(on_host(dZ), ref_dZ, **tolerance(dtype, scale=1.0 / m))
+        np.testing.assert_allclose(on_host(losses), ref_losses, **tolerance(dtype))
+
+        ties = rng.integers(-2, 3, size=(10, m)).astype(dtype)  # the first largest wins
+        assert int(cuda.count_correct(cuda.asarray(ties), cuda.asarray(labels))) == int(
+            GENERIC.count_correct(ties, labels)
+        )
+        assert launched() == [f"count_correct<{t}>"]
+
+    Z = (rng.standard_normal((16, m)) * 3).astype(dtype)
+    b = rng.standard_normal((16, 1)).astype(dtype)
+    expected_A = GENERIC.bias_relu(Z.copy(), b)
+    device_Z = cuda.asarray(Z)
+    A = cuda.bias_relu(device_Z, cuda.asarray(b))
+    assert A is device_Z and launched() == [f"bias_relu<{t}>"]
+    np.testing.assert_array_equal(on_host(A), expected_A)  # exact: one add and one max
+
+    dA = rng.standard_normal((16, m)).astype(dtype)
+    expected_dZ = GENERIC.relu_backward(dA.copy(), expected_A)
+    device_dA = cuda.asarray(dA)
+    dZ = cuda.relu_backward(device_dA, A)
+    assert dZ is device_dA and launched() == [f"relu_backward<{t}>"]
+    np.testing.assert_array_equal(on_host(dZ), expected_dZ)  # exact: a multiply by 1 or 0
+
+    images = rng.integers(0, 256, size=(90, 784), dtype=np.uint8)
+    device_images = cuda.asarray(images)
+    for index in (rng.permutation(90)[:33], rng.integers(0, 90, size=40).astype(np.int32)):
+        expected = GENERIC.gather_scaled(images, index, dtype)
+        A0 = cuda.gather_scaled(device_images, cuda.asarray(index), dtype)
+        assert launched() == [f"gather_scaled<{t}>"]
+        np.testing.assert_array_equal(on_host(A0), expected)  # exact: a cast and a multiply
+        out = cuda.empty_batch(784, len(index), dtype)
+        assert cuda.gather_scaled(device_images, cuda.asarray(index), dtype, out=out) is out
+        assert launched() == [f"gather_scaled<{t}>"]
+        np.testing.assert_array_equal(on_host(out), expected)
+    A0 = cuda.gather_scaled(device_images[10:50], None, dtype)  # a full-batch chunk: rows in order
+    assert launched() == [f"transpose_scaled<{t}>"]
+    np.testing.assert_array_equal(on_host(A0), GENERIC.gather_scaled(images[10:50], None, dtype))
+
+
+# -- what the kernels cannot take goes the generic way ----------------------------------------------
+def test_float16_takes_the_generic_path(cuda, launched):
+    rng = np.random.default_rng(1)
+    dtype = np.float16
+    Z = rng.standard_normal((10, 20)).astype(dtype)
+    labels = rng.integers(0, 10, size=20)
+    dZ, losses = cuda.softmax_cross_entropy(cuda.asarray(Z), cuda.asarray(labels))
+    ref_dZ, ref_losses = GENERIC.softmax_cross_entropy(Z.copy(), labels)
+    np.testing.assert_array_equal(on_host(dZ), ref_dZ)  # the same NumPy formula: the same bits
+    np.testing.assert_array_equal(on_host(losses), ref_losses)
+    assert int(cuda.count_correct(cuda.asarray(Z), cuda.asarray(labels))) == int(GENERIC.count_correct(Z, labels))
+    H = (rng.standard_normal((16, 20)) * 3).astype(dtype)
+    b = rng.standard_normal((16, 1)).astype(dtype)
+    A = cuda.bias_relu(cuda.asarray(H), cuda.asarray(b))
+    np.testing.assert_array_equal(on_host(A), GENERIC.bias_relu(H.copy(), b))
+    dA = rng.standard_normal((16, 20)).astype(dtype)
+    np.testing.assert_array_equal(on_host(cuda.relu_backward(cuda.asarray(dA), A)),
+                                  GENERIC.relu_backward(dA.copy(), on_host(A)))
+    images = rng.integers(0, 256, size=(30, 784), dtype=np.uint8)
+    index = rng.permutation(30)[:12]
+    A0 = cuda.gather_scaled(cuda.asarray(images), cuda.asarray(index), dtype)
+    np.testing.assert_array_equal(on_host(A0), GENERIC.gather_scaled(images, index, dtype))
+    out = cuda.empty_batch(784, 12, dtype)
+    assert cuda.gather_scaled(cuda.asarray(images), cuda.asarray(index), dtype, out=out) is out
+    np.testing.assert_array_equal(on_host(out), GENERIC.gather_scaled(images, index, dtype))
+    assert launched() == []
+
+
+def test_other_layouts_and_mixed_dtypes_take_the_generic_path(cuda, launched):
+    rng = np.random.default_rng(2)
+    xp, dtype = cuda.xp, np.float32
+    Z = logits(rng, 10, 24, dtype)
+    labels = rng.integers(0, 10, size=24)
+    ref_dZ, ref_losses = GENERIC.softmax_cross_entropy(Z.copy(), labels)
+
+    # logits in Fortran order; then C-ordered logits with an F-ordered or float64 out=
+    # (the generic formula's sums run in another order over another layout: equal up to rounding)
+    dZ, losses = cuda.softmax_cross_entropy(xp.asfortranarray(cuda.asarray(Z)), cuda.asarray(labels))
+    np.testing.assert_allclose(on_host(dZ), ref_dZ, **tolerance(dtype, scale=1.0 / 24))
+    np.testing.assert_allclose(on_host(losses), ref_losses, **tolerance(dtype))
+    for out in ((xp.empty((24, 10), dtype).T, xp.empty(24, dtype)), (xp.empty((10, 24), dtype), xp.empty(24))):
+        dZ, losses = cuda.softmax_cross_entropy(cuda.asarray(Z), cuda.asarray(labels), out=out)
+        assert dZ is out[0] and losses is out[1]
+        np.testing.assert_allclose(on_host(dZ), ref_dZ, **tolerance(dtype, scale=1.0 / 24))
+        np.testing.assert_allclose(on_host(losses), ref_losses, **tolerance(dtype))
+    assert int(cuda.count_correct(cuda.asarray(Z)[:, ::2], cuda.asarray(labels[::2]))) == int(
+        GENERIC.count_correct(Z[:, ::2], labels[::2])
+    )
+
+    H = (rng.standard_normal((16, 24)) * 3).astype(dtype)
+    b = rng.standard_normal((16, 1)).astype(dtype)
+    expected_A = GENERIC.bias_relu(H.copy(), b)
+    A = cuda.bias_relu(xp.asfortranarray(cuda.asarray(H)), cuda.asarray(b))  # F order: written in place
+    np.testing.assert_array_equal(on_host(A), expected_A)
+    A64 = cuda.bias_relu(cuda.asarray(H), cuda.asarray(b.astype(np.float64)))  # b's dtype differs from Z's
+    np.testing.assert_array_equal(on_host(A64), GENERIC.bias_relu(H.copy(), b.astype(np.float64)))
+    square = (rng.standard_normal((16, 16)) * 3).astype(dtype)  # units == m: a 1-D b broadcasts along rows
+    for flat_b in (b[:, 0], b.T):  # (units,) and (1, units): the generic Z + b, not the kernel's b per unit
+        got = cuda.bias_relu(cuda.asarray(square), cuda.asarray(np.ascontiguousarray(flat_b)))
+        np.testing.assert_array_equal(on_host(got), GENERIC.bias_relu(square.copy(), flat_b))
+    dA = rng.standard_normal((16, 48)).astype(dtype)
+    strided = cuda.asarray(dA)[:, ::2]  # a view: the generic path writes through it
+    cuda.relu_backward(strided, cuda.asarray(expected_A))
+    np.testing.assert_array_equal(on_host(strided), GENERIC.relu_backward(dA[:, ::2].copy(), expected_A))
+
+    images = rng.integers(0, 256, size=(30, 784), dtype=np.uint8)
+    index = rng.permutation(30)[:12]
+    device_images = cuda.asarray(images)
+    for images_arg, out in (
+        (xp.asfortranarray(device_images), None),  # images not C-contiguous
+        (device_images.astype(np.int16), None),  # images not uint8
+        (device_images, xp.empty((12, 784), dtype).T),  # out not C-contiguous
+        (device_images, xp.empty((784, 12), np.float64)),  # out not of the dtype asked for: out's dtype wins
+    ):
+        host_out = None if out is None else np.empty(out.shape, out.dtype)
+        expected = GENERIC.gather_scaled(on_host(images_arg), index, dtype, out=host_out)
+        got = cuda.gather_scaled(images_arg, cuda.asarray(index), dtype, out=out)
+        assert out is None or got is out
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(on_host(got), expected)
+    assert launched() == []
+
+
+# -- training end to end ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    sample = load_sample()
+    few = Digits(sample.images[:600], sample.labels[:600], "the sample's first 600 digits")
+    return split_validation(few, 200, seed=0)
+
+
+def _losses(result):
+    return np.array([[e.train_loss, e.val_loss] for e in result.history])
+
+
+def test_training_through_the_backend_matches_the_cpu(cuda, launched, digits):
+    """Two epochs of mini-batch Adam: the same loss curve as the generic path, the CPU backend's accuracy."""
+    train_digits, val_digits = digits
+    config = TrainConfig(hidden=(16,), epochs=2, batch_size=64, seed=0)
+    got = train(cuda, train_digits, val_digits, config)
+
+    names = launched()
+    steps = math.ceil(len(train_digits) / 64)  # 7 steps of 64, 64, ..., 16 samples
+    per_step = ["gather_scaled<float>", "bias_relu<float>", "count_correct<float>",
+                "softmax_cross_entropy<float>", "relu_backward<float>"]  # fmt: skip
+    per_eval = ["gather_scaled<float>", "bias_relu<float>", "softmax_cross_entropy<float>", "count_correct<float>"]
+    assert names == (per_step * steps + per_eval) * 2, "a hot operation fell back to the generic path"
+    for p in got.network.params:
+        assert isinstance(p, DeviceArray)
+
+    reference = train(GENERIC, train_digits, val_digits, config)  # the same loop, generic operations
+    cpu = train(CpuBackend(), train_digits, val_digits, config)  # the CPU backend as users run it
+    eps = float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(_losses(got), _losses(reference), rtol=1024 * eps)
+    np.testing.assert_allclose(_losses(got), _losses(cpu), rtol=1024 * eps)
+    for result in (reference, cpu):
+        assert abs(got.final.val_accuracy - result.final.val_accuracy) <= 0.005
+        assert abs(got.final.train_accuracy - result.final.train_accuracy) <= 0.005
+    for p, q in zip(got.network.host_params(), reference.network.host_params()):
+        assert type(p) is np.ndarray
+        np.testing.assert_allclose(p, q, rtol=1024 * eps, atol=1024 * eps * float(np.abs(q).max()))
+    assert got.final.val_accuracy > 0.3  # it learned something: ten classes, two short epochs
+
+    probabilities = got.network.probabilities(val_digits.images[:50])  # to_numpy of generic softmax
+    assert type(probabilities) is np.ndarray
+    np.testing.assert_allclose(probabilities, reference.network.probabilities(val_digits.images[:50]),
+                               rtol=1024 * eps, atol=1024 * eps)
+
+
+def test_full_batch_training_through_the_backend(cuda, launched, digits):
+    """batch_size 0: one step over every digit, its rows gathered in order by transpose_scaled."""
+    train_digits, val_digits = digits
+    config = TrainConfig(hidden=(16,), epochs=2, batch_size=0, optimizer="gd", lr=0.5, seed=1)
+    got = train(cuda, train_digits, val_digits, config)
+    step = ["transpose_scaled<float>", "bias_relu<float>", "count_correct<float>",
+            "softmax_cross_entropy<float>", "relu_backward<float>"]  # fmt: skip
+    per_eval = ["gather_scaled<float>", "bias_relu<float>", "softmax_cross_entropy<float>", "count_correct<float>"]
+    assert launched() == (step + per_eval) * 2
+    reference = train(GENERIC, train_digits, val_digits, config)
+    np.testing.assert_allclose(_losses(got), _losses(reference), rtol=1024 * float(np.finfo(np.float32).eps))
+    assert got.final.val_accuracy == reference.final.val_accuracy
