@@ -87,9 +87,14 @@ class HostWalk:
                 arg[...] = np.fromfile(self.workdir / f"arg{k}.bin", dtype=arg.dtype).reshape(arg.shape)
 
 
+_BUILT = {}  # the walk binary, built once per session even where another module imports this fixture
+
+
 @pytest.fixture(scope="session")
 def walk_exe(tmp_path_factory) -> Path:
     """tests/kernel_host/walk.cpp + kernels/*.cu built for the host, with AddressSanitizer and UBSan."""
+    if "walk" in _BUILT:
+        return _BUILT["walk"]
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
     assert cxx, "the host walk needs a C++ compiler: install g++ (apt-get install g++)"
     exe = tmp_path_factory.mktemp("walk") / "walk"
@@ -100,6 +105,7 @@ def walk_exe(tmp_path_factory) -> Path:
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, f"the kernels do not compile for the host:\n{done.stderr}"
+    _BUILT["walk"] = exe
     return exe
 
 
