@@ -15,6 +15,9 @@ import numpy as np
 from gpunet import __version__
 from gpunet.backend import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
+from gpunet.model import INITS
+from gpunet.optimizers import OPTIMIZERS
+from gpunet.training import SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -84,13 +87,13 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
               help="Samples per step; 0 = all of them (full-batch gradient descent). [default: 64; 0 with --optimizer gd]")
 @click.option("--lr", type=float, default=None, callback=require_positive,
               help="Learning rate alpha. [default: 0.01 for adam, 0.1 for gd/sgd, 0.05 for momentum]")
-@click.option("--optimizer", type=click.Choice(["gd", "sgd", "momentum", "adam"]), default="adam", show_default=True,
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
               help="gd: the notes' full-batch W <- W - alpha.dW; sgd: the same on mini-batches.")
-@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=None,
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
               help="Learning-rate schedule. [default: cosine; constant with --optimizer gd]")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
               help="Decoupled weight decay lambda: W <- W - alpha.lambda.W each step. [default: 0.1; 0 with --optimizer gd]")
-@click.option("--init", type=click.Choice(["he", "seed"]), default="he", show_default=True,
+@click.option("--init", type=click.Choice(INITS), default="he", show_default=True,
               help="he: Normal(0, 2/fan_in); seed: uniform [-0.5, 0.5) as in the notes.")
 @click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Digits held out for validation before training.")

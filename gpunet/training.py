@@ -16,7 +16,7 @@ import numpy as np
 from gpunet.model import EVAL_CHUNK, Network, init_params, layer_sizes
 from gpunet.optimizers import make_optimizer
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
