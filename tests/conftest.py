@@ -4,6 +4,8 @@ The CUDA backend's parameter is marked ``gpu`` and skipped, with the reason
 shown, where no usable GPU exists; the CPU backend runs everywhere.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -20,11 +22,15 @@ def cuda_skip_reason():
 BACKEND_PARAMS = [
     pytest.param("cpu", id="cpu"),
     pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu]),
+    pytest.param("cuda-stand-in", id="cuda-stand-in", marks=[pytest.mark.kernels]),
 ]
 
 
 @pytest.fixture(params=BACKEND_PARAMS)
 def backend(request):
+    """The CPU backend; the CUDA one on a device; the CUDA one on the CuPy stand-in (kernels walked on the CPU)."""
+    if request.param == "cuda-stand-in":
+        return request.getfixturevalue("stand_in_cuda")
     if request.param == "cuda":
         reason = cuda_skip_reason()
         if reason is not None:
@@ -52,3 +58,30 @@ def run(capsys, *args):
         code = exit.code or 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# -- the CUDA kernels without a GPU (tests/kernel_support.py, tests/cupy_stand_in.py) -------------
+@pytest.fixture(scope="session")
+def walk_exe(tmp_path_factory) -> Path:
+    """The host-walk binary: the kernels built for the CPU with AddressSanitizer and UBSan, once per session."""
+    from tests.kernel_support import build_walk
+
+    return build_walk(tmp_path_factory.mktemp("walk"))
+
+
+@pytest.fixture
+def walk(walk_exe, tmp_path):
+    """A launcher that runs each kernel launch on the CPU, thread by thread, recording the launches."""
+    from tests.kernel_support import HostWalk, WalkProcess
+
+    process = WalkProcess(walk_exe, tmp_path)
+    yield HostWalk(process)
+    process.close()
+
+
+@pytest.fixture
+def stand_in_cuda(walk, monkeypatch):
+    """A real CupyBackend on the CuPy stand-in, its kernels walked on the CPU (tests/cupy_stand_in.py)."""
+    from tests.cupy_stand_in import stand_in_backend
+
+    return stand_in_backend(monkeypatch, walk)

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -100,9 +99,7 @@ def test_predict_writes_a_kaggle_submission(capsys, tmp_path, trained, digits):
 
 
 def test_predict_agrees_with_the_network(capsys, tmp_path, trained, digits):
-    from gpunet.backend import CpuBackend
     from gpunet.checkpoint import load_model
-    from gpunet.model import Network
 
     images, _ = digits
     test_csv = write_csv(tmp_path / "test.csv", images)

@@ -4,38 +4,24 @@ tests/test_gpu.py runs CupyBackend on a real device; without one, the code of
 gpunet/backend_cuda.py (which hot operation goes to a kernel and which falls
 back to the generic ``super()`` path, the dtype/layout/out= checks, the label
 and index conversions) and the training loop through it would never run.
-Here it runs unchanged, with three things swapped in for CuPy and the GPU:
-
-* ``backend_cuda.cupy`` is ``HostCupy``: NumPy's functions, except that every
-  array it makes is a ``DeviceArray``, the stand-in for ``cupy.ndarray`` (a
-  NumPy array with ``.get()``). A DeviceArray mixed with a plain NumPy array in
-  a ufunc (arithmetic, matmul, reductions) raises TypeError, as CuPy does, so
-  host arrays that leak into device arithmetic are caught (not those used as
-  an index or by copyto), and ``isinstance(a, cupy.ndarray)`` means something.
-* ``kernels._array_module`` maps a DeviceArray to HostCupy, as it maps a
-  cupy.ndarray to cupy, so the wrappers allocate their results "on the device".
-* ``kernels.cuda_launch`` is tests/test_kernels.py's ``HostWalk``: each launch
-  the wrappers build runs the kernel's .cu source, compiled for the host with
-  AddressSanitizer, thread by thread over the launch's grid.
-
-What this cannot show: anything about CuPy itself or a device (streams,
-asynchrony, memory, the real nvcc/NVRTC code generation, cuBLAS's matmul
-rounding), nor ``describe()``. tests/test_gpu.py covers those where a GPU is.
+Here it runs unchanged on the stand-in of tests/cupy_stand_in.py: NumPy
+arrays posing as CuPy's, held to CuPy's API, with every kernel launch walked
+thread by thread on the CPU. tests/test_gpu.py's own tests also run on it.
 """
 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from gpunet import backend_cuda, kernels
+from gpunet import kernels
 from gpunet.backend import Backend, CpuBackend
 from gpunet.data import Digits, load_sample, split_validation
 from gpunet.training import TrainConfig, train
-from tests.test_kernels import HostWalk, logits, tolerance, walk, walk_exe  # noqa: F401 (fixtures)
+from tests.cupy_stand_in import DeviceArray
+from tests.kernel_support import logits, tolerance
 
 pytestmark = pytest.mark.kernels
 
@@ -43,75 +29,9 @@ DTYPES = (np.float32, np.float64)
 GENERIC = Backend()  # the reference: every operation as the generic NumPy formula
 
 
-# -- the stand-in for CuPy ----------------------------------------------------------------------
-class DeviceArray(np.ndarray):
-    """A NumPy array standing for a ``cupy.ndarray``: on the "device", read back with ``.get()``."""
-
-    def get(self) -> np.ndarray:
-        return np.array(self)  # a plain ndarray copy, as cupy.ndarray.get()
-
-    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
-        """As CuPy: no implicit mixing with host arrays (NumPy scalars are fine)."""
-        operands = inputs + (out or ())
-        if any(type(x) is np.ndarray for x in operands):
-            raise TypeError(f"{ufunc.__name__}: a host numpy.ndarray mixed with device arrays")
-        inputs = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
-        if out is not None:
-            kwargs["out"] = tuple(x.view(np.ndarray) for x in out)
-        result = getattr(ufunc, method)(*inputs, **kwargs)
-        if out is not None:
-            return out[0] if len(out) == 1 else out
-        return _device(result)
-
-
-def _device(result):
-    if isinstance(result, tuple):
-        return tuple(_device(r) for r in result)
-    return result.view(DeviceArray) if type(result) is np.ndarray else result
-
-
-class HostCupy:
-    """cupy's namespace as NumPy's; every array made here is a DeviceArray."""
-
-    __name__ = "cupy"
-    ndarray = DeviceArray
-    MAKERS = frozenset({
-        "array", "ascontiguousarray", "asfortranarray", "empty", "zeros", "ones", "full",
-        "empty_like", "zeros_like", "ones_like", "full_like", "arange",
-    })  # fmt: skip
-
-    def __init__(self):
-        self.synchronized = 0
-        stream = SimpleNamespace(synchronize=self._synchronize)
-        self.cuda = SimpleNamespace(Device=lambda: SimpleNamespace(id=0), get_current_stream=lambda: stream)
-
-    def _synchronize(self):
-        self.synchronized += 1
-
-    def asarray(self, a, dtype=None):
-        """A device array as it is (cast if asked); a host array copied over, as cupy.asarray does."""
-        if isinstance(a, DeviceArray):
-            return _device(np.asarray(a.view(np.ndarray), dtype=dtype))
-        return _device(np.array(a, dtype=dtype))
-
-    def __getattr__(self, name):
-        attr = getattr(np, name)
-        if name in self.MAKERS:
-            return lambda *args, **kwargs: _device(attr(*args, **kwargs))
-        return attr
-
-
 @pytest.fixture
-def cuda(walk: HostWalk, monkeypatch):
-    """A real CupyBackend on HostCupy, its kernel launches walked on the host (see the module's docstring)."""
-    host = HostCupy()
-    monkeypatch.setattr(backend_cuda, "cupy", host)
-    array_module = kernels._array_module
-    monkeypatch.setattr(kernels, "_array_module", lambda a: host if isinstance(a, DeviceArray) else array_module(a))
-    monkeypatch.setattr(kernels, "cuda_launch", walk)
-    backend = backend_cuda.CupyBackend()
-    backend.xp = host  # the class binds the real cupy module at import
-    return backend
+def cuda(stand_in_cuda):
+    return stand_in_cuda
 
 
 @pytest.fixture
@@ -151,6 +71,21 @@ def test_the_stand_in_keeps_host_and_device_apart(cuda):
     assert isinstance(cuda.xp.empty((2, 2)), DeviceArray) and isinstance(device.T @ device, DeviceArray)
     cuda.synchronize()
     assert cuda.xp.synchronized == 1
+
+
+def test_the_stand_in_refuses_what_cupy_refuses(cuda):
+    device = cuda.xp.ones((2, 2), np.float32)
+    with pytest.raises(AttributeError, match="cupy has no attribute 'errstate'"):
+        cuda.xp.errstate
+    with pytest.raises(AttributeError, match="cupy.ndarray has no attribute 'resize'"):
+        device.resize((4,))
+    with pytest.raises(TypeError, match="does not take"):
+        cuda.xp.sum(device, initial=1.0)  # numpy.sum takes initial=, cupy.sum does not
+    with pytest.raises(TypeError, match=r"cupy.add.__call__ does not take \['where'\]"):
+        cuda.xp.add(device, device, where=device > 0)
+    with pytest.raises(TypeError, match="no __imatmul__"):
+        device @= device
+    np.testing.assert_array_equal(on_host(cuda.xp.sum(device, axis=0, keepdims=True)), [[2, 2]])  # allowed
 
 
 # -- each hot operation: a kernel, equal to the generic operation ------------------------------

@@ -1,9 +1,17 @@
-"""The CUDA backend on a real device (``pytest -m gpu``): skipped, with the reason, where no GPU is usable.
+"""The CUDA backend against the CPU: every kernel, one training step, three epochs.
 
-Every kernel is run on the device and compared with the generic CpuBackend
-operation (the reference); one training step and three epochs on the bundled
-sample agree between the two backends. The backend-generic tests (the
-``backend`` fixture of conftest.py) also run on CuPy where this runs.
+Each test runs twice:
+
+* ``[device]`` (marked ``gpu``): CupyBackend on a real CUDA device; skipped,
+  with the reason, where none is usable. ``pytest -m gpu`` runs these, and the
+  backend-generic tests (the ``backend`` fixture of conftest.py) on CuPy.
+* ``[stand-in]`` (marked ``kernels``): the same CupyBackend code on the CuPy
+  stand-in of tests/cupy_stand_in.py, every kernel walked on the CPU. It shows,
+  on machines without a GPU, that these tests and the code they drive hold
+  up, so a first run on a device tests the device, not the tests.
+
+The operations are compared with the CPU backend (the reference) within
+tolerances from the dtype's eps.
 """
 
 from __future__ import annotations
@@ -13,26 +21,36 @@ import pytest
 
 from gpunet import backend_cuda, kernels
 from gpunet.backend import CpuBackend, get_backend
+from tests.kernel_support import logits, tolerance
 
 REASON = backend_cuda.unavailable_reason()
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(REASON is not None, reason=f"no usable CUDA device: {REASON}"),
-]
+needs_device = pytest.mark.skipif(REASON is not None, reason=f"no usable CUDA device: {REASON}")
 DTYPES = (np.float32, np.float64)
 CPU = CpuBackend()
 
 
-@pytest.fixture(scope="module")
-def cuda():
+@pytest.fixture
+def device():
+    """CupyBackend on the current CUDA device."""
     backend, notice = get_backend("cuda")
     assert notice is None
     return backend
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("device", marks=[pytest.mark.gpu, needs_device]),
+        pytest.param("stand-in", marks=pytest.mark.kernels),
+    ]
+)
+def cuda(request):
+    """CupyBackend on the device, or on the stand-in with its kernels walked on the CPU."""
+    return request.getfixturevalue("device" if request.param == "device" else "stand_in_cuda")
+
+
 @pytest.fixture
-def launched(monkeypatch):
-    """The names of the kernels launched during a test."""
+def launched(cuda, monkeypatch):
+    """The names of the kernels launched during a test (after ``cuda`` has chosen the launcher)."""
     names = []
     real = kernels.cuda_launch
 
@@ -44,26 +62,18 @@ def launched(monkeypatch):
     return names
 
 
-def tolerance(dtype, scale=1.0):
-    eps = float(np.finfo(dtype).eps)
-    return {"rtol": 100 * eps, "atol": 100 * eps * scale}
-
-
-def logits(rng, classes, m, dtype):
-    """Random logits: ordinary columns, wide ones, and columns holding +/-1e4."""
-    Z = rng.standard_normal((classes, m)) * rng.choice([1.0, 30.0, 1e4], size=m)
-    Z[:, ::5] = rng.choice([-1e4, 0.0, 1e4], size=Z[:, ::5].shape)
-    return Z.astype(dtype)
-
-
 # -- the backend ------------------------------------------------------------------
-def test_cuda_backend_is_chosen_and_describes_the_device(cuda):
-    assert cuda.name == "cuda" and cuda.xp is backend_cuda.cupy
-    assert "compute capability" in cuda.describe()
+@pytest.mark.gpu
+@needs_device
+def test_cuda_backend_is_chosen_and_describes_the_device(device):
+    assert device.name == "cuda" and device.xp is backend_cuda.cupy
+    assert "compute capability" in device.describe()
     auto, notice = get_backend("auto")
     assert auto.name == "cuda" and notice is None
 
 
+@pytest.mark.gpu
+@needs_device
 def test_device_report_lists_the_device_and_compiles_for_it():
     lines = backend_cuda.device_report()
     assert any(line.startswith("device 0: ") and "compute capability" in line for line in lines)
@@ -142,7 +152,7 @@ def test_results_written_into_given_arrays(cuda, launched):
     rng = np.random.default_rng(6)
     images = rng.integers(0, 256, size=(100, 784), dtype=np.uint8)
     index = rng.permutation(100)[:64]
-    A0 = cuda.empty_layer(784, 64, np.float32) if hasattr(cuda, "empty_layer") else cuda.xp.empty((784, 64), np.float32)
+    A0 = cuda.empty_batch(784, 64, np.float32)
     got = cuda.gather_scaled(cuda.asarray(images), cuda.asarray(index), np.float32, out=A0)
     assert got is A0
     np.testing.assert_array_equal(cuda.to_numpy(A0), CPU.gather_scaled(images, index, np.float32))

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -25,109 +24,18 @@ import pytest
 
 from gpunet import kernels
 from gpunet.backend import CpuBackend
+from tests.kernel_support import HOST_DIR, logits, tolerance
 
 pytestmark = pytest.mark.kernels
 
-HOST_DIR = Path(__file__).parent / "kernel_host"
 DTYPES = (np.float32, np.float64)
 CPU = CpuBackend()
-
-
-def tolerance(dtype, scale=1.0):
-    """assert_allclose tolerances from the dtype's eps; ``scale`` is the size of the values compared."""
-    eps = float(np.finfo(dtype).eps)
-    return {"rtol": 100 * eps, "atol": 100 * eps * scale}
-
-
-# -- the host walk ------------------------------------------------------------------
-class HostWalk:
-    """A launcher for gpunet.kernels' wrappers that runs the kernel on the CPU.
-
-    ``grid``/``block`` replace the wrapper's launch shape when given (a small
-    grid makes every thread go round its grid-stride loop); ``order`` walks the
-    threads forward or in reverse.
-    """
-
-    def __init__(self, exe: Path, workdir: Path, grid=None, block=None, order="forward"):
-        self.exe, self.workdir = exe, workdir
-        self.grid, self.block, self.order = grid, block, order
-        self.launches: list[kernels.Launch] = []
-
-    def shaped(self, grid=None, block=None, order="forward") -> HostWalk:
-        return HostWalk(self.exe, self.workdir, grid, block, order)
-
-    def command(self, launch: kernels.Launch) -> list[str]:
-        grid = self.grid or launch.grid
-        block = self.block or launch.block
-        argv = [str(self.exe), launch.kernel, launch.ctype, str(grid), str(block), self.order]
-        for k, arg in enumerate(launch.args):
-            code = np.dtype(arg.dtype).str[1:]  # 'f4', 'i8', 'u1', ...
-            if isinstance(arg, np.ndarray):
-                assert arg.flags.c_contiguous, f"argument {k} of {launch.name} is not C-contiguous"
-                path = self.workdir / f"arg{k}.bin"
-                arg.tofile(path)
-                argv.append(f"A:{code}:{arg.size}:{path}")
-            else:
-                assert isinstance(arg, np.generic), f"argument {k} of {launch.name} is a {type(arg)}"
-                argv.append(f"S:{code}:{arg.item()!r}")
-        return argv
-
-    def __call__(self, launch: kernels.Launch) -> None:
-        self.launches.append(launch)
-        argv = self.command(launch)
-        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1")
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-        if done.returncode != 0:
-            raise AssertionError(
-                f"host walk of {launch.name}<<<{argv[3]}, {argv[4]}>>> failed "
-                f"(exit {done.returncode}):\n{done.stderr[-4000:]}"
-            )
-        for k, arg in enumerate(launch.args):
-            if isinstance(arg, np.ndarray):
-                arg[...] = np.fromfile(self.workdir / f"arg{k}.bin", dtype=arg.dtype).reshape(arg.shape)
-
-
-_BUILT = {}  # the walk binary, built once per session even where another module imports this fixture
-
-
-@pytest.fixture(scope="session")
-def walk_exe(tmp_path_factory) -> Path:
-    """tests/kernel_host/walk.cpp + kernels/*.cu built for the host, with AddressSanitizer and UBSan."""
-    if "walk" in _BUILT:
-        return _BUILT["walk"]
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
-    assert cxx, "the host walk needs a C++ compiler: install g++ (apt-get install g++)"
-    exe = tmp_path_factory.mktemp("walk") / "walk"
-    command = [
-        cxx, "-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-ffp-contract=off",
-        "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-        f"-I{kernels.source_dir()}", str(HOST_DIR / "walk.cpp"), "-o", str(exe),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
-    assert done.returncode == 0, f"the kernels do not compile for the host:\n{done.stderr}"
-    _BUILT["walk"] = exe
-    return exe
-
-
-@pytest.fixture
-def walk(walk_exe, tmp_path) -> HostWalk:
-    return HostWalk(walk_exe, tmp_path)
 
 
 # Each kernel is walked with the wrapper's own launch shape, and with a tiny
 # grid walked in reverse, where every thread loops over several items.
 SHAPES = {"package": {}, "strided": {"grid": 3, "block": 32, "order": "reverse"}}
 SAMPLES = (1, 7, 256, 257, 1000)  # 256 = kernels.BLOCK; the others are not multiples of it
-
-
-def logits(rng, classes, m, dtype):
-    """Random logits: ordinary columns, wide ones, and columns holding +/-1e4."""
-    Z = rng.standard_normal((classes, m)) * rng.choice([1.0, 30.0, 1e4], size=m)
-    Z[:, ::5] = rng.choice([-1e4, 0.0, 1e4], size=Z[:, ::5].shape)
-    if m > 2:
-        Z[:, 1] = 1e4  # a column of equal, huge logits
-        Z[:, 2] = -1e4
-    return Z.astype(dtype)
 
 
 # -- 1. NVRTC and nvcc ------------------------------------------------------------------

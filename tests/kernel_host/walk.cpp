@@ -9,8 +9,12 @@
 // AddressSanitizer and UBSan: a read or write outside an array (each array is
 // allocated with exactly its element count) stops the walk with a report.
 //
-// Usage (one launch per process):
-//   walk KERNEL CTYPE GRID BLOCK ORDER ARG...
+// Usage:
+//   walk KERNEL CTYPE GRID BLOCK ORDER ARG...     one launch
+//   walk --serve                                  launches from stdin, one a line, the same
+//                                                 words separated by tabs; after each it
+//                                                 writes "done" to stdout (tests/kernel_support.py
+//                                                 keeps one such process, not one per launch)
 //     KERNEL  e.g. softmax_cross_entropy; CTYPE float or double (the template's T)
 //     ORDER   forward or reverse: the order threads are walked in (a correct
 //             kernel's threads are independent, so both give the same result)
@@ -20,13 +24,14 @@
 //     DTYPE   numpy's code for the element type: f4 f8 i4 i8 u1
 // Each ARG's DTYPE must be the C type of that kernel parameter, so a wrapper
 // that passes, say, int64 labels to an int* parameter fails here.
-// Exit status: 0 done, 2 bad usage or argument types.
+// Exit status: 0 done, 2 bad usage or argument types (a sanitizer's report exits too).
 
 #include "host_compat.h"
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -78,10 +83,10 @@ std::vector<std::string> split(const std::string& text, char sep, size_t parts)
 
 class Args {
 public:
-    Args(int argc, char** argv)
+    explicit Args(const std::vector<std::string>& words)
     {
-        for (int k = 0; k < argc; ++k) {
-            const std::string text = argv[k];
+        for (size_t k = 0; k < words.size(); ++k) {
+            const std::string& text = words[k];
             Arg arg;
             if (text.rfind("A:", 0) == 0) {
                 const auto f = split(text, ':', 4);
@@ -246,22 +251,21 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
     }
 }
 
-}  // namespace
-
-int main(int argc, char** argv)
+// One launch: words = KERNEL CTYPE GRID BLOCK ORDER ARG...
+void launch(const std::vector<std::string>& words)
 {
-    if (argc < 6) {
-        die("usage: walk KERNEL CTYPE GRID BLOCK ORDER ARG...");
+    if (words.size() < 5) {
+        die("usage: walk KERNEL CTYPE GRID BLOCK ORDER ARG...  or  walk --serve");
     }
-    const std::string kernel = argv[1], ctype = argv[2], order = argv[5];
-    const long long grid = std::atoll(argv[3]), block = std::atoll(argv[4]);
+    const std::string &kernel = words[0], &ctype = words[1], &order = words[4];
+    const long long grid = std::atoll(words[2].c_str()), block = std::atoll(words[3].c_str());
     if (grid < 1 || block < 1 || block > 1024 || grid > 2147483647LL) {
-        die("bad launch shape <<<" + std::string(argv[3]) + ", " + argv[4] + ">>>");
+        die("bad launch shape <<<" + words[2] + ", " + words[3] + ">>>");
     }
     if (order != "forward" && order != "reverse") {
         die("ORDER is forward or reverse, not " + order);
     }
-    Args args(argc - 6, argv + 6);
+    Args args(std::vector<std::string>(words.begin() + 5, words.end()));
     const bool reverse = order == "reverse";
     if (ctype == "float") {
         run<float>(kernel, args, (unsigned)grid, (unsigned)block, reverse);
@@ -271,5 +275,23 @@ int main(int argc, char** argv)
         die("CTYPE is float or double, not " + ctype);
     }
     args.write_back();
+}
+
+}  // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc == 2 && std::string(argv[1]) == "--serve") {
+        // A process start under the sanitizers costs ~15 ms; training through the
+        // stand-in launches thousands of kernels.
+        std::string line;
+        while (std::getline(std::cin, line)) {
+            launch(split(line, '\t', (size_t)-1));
+            std::printf("done\n");
+            std::fflush(stdout);
+        }
+        return 0;
+    }
+    launch(std::vector<std::string>(argv + 1, argv + argc));
     return 0;
 }
