@@ -1,6 +1,7 @@
 """Benchmark: gpunet against PyTorch eager on the same device, the same network, optimizer and data.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/bench.py [--repeats 7] [--device all]
+        [--samples 41000] [--batches 32,128,512]
 
 Times, on the CPU and (where gpunet's CUDA backend is usable) on the GPU:
   - one full-batch gradient-descent step, m = 41,000 digits, 784-16-16-10, float32;
@@ -43,10 +44,11 @@ from gpunet.model import Network, init_params, layer_sizes  # noqa: E402
 from gpunet.optimizers import make_optimizer  # noqa: E402
 from gpunet.training import DeviceData, train_epoch  # noqa: E402
 
-M = 41_000
+M = 41_000  # the full-batch step's m: train.csv's 42,000 digits less the 1,000 held out
 HIDDEN = (16, 16)
 LR = 0.1
 BATCHES = (32, 128, 512)
+MATMUL_SIZES = {"cpu": 2048, "cuda": 8192}  # n of the n x n product that measures a device's best FLOP/s
 DATA = ROOT.parent / "shared" / "data" / "train.csv.gz"
 
 
@@ -68,21 +70,22 @@ def read_csv_rows(path: Path, m: int) -> Digits:
     return Digits(np.ascontiguousarray(values[:, 1:]), values[:, 0].copy())
 
 
-def bench_data() -> tuple[Digits, str]:
+def bench_data(m: int = M) -> tuple[Digits, str]:
+    """The first m digits of train.csv.gz where it is, else m synthetic ones."""
     if DATA.is_file():
         try:
             from gpunet.data import load_digits
 
             digits = load_digits(DATA, labeled=True)
-            digits = Digits(np.ascontiguousarray(digits.images[:M]), digits.labels[:M].copy())
+            digits = Digits(np.ascontiguousarray(digits.images[:m]), digits.labels[:m].copy())
         except ImportError:
-            digits = read_csv_rows(DATA, M)
-        if len(digits) == M:
-            return digits, f"real digits: the first {M:,} rows of {DATA.name}"
+            digits = read_csv_rows(DATA, m)
+        if len(digits) == m:
+            return digits, f"real digits: the first {m:,} rows of {DATA.name}"
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(M, 784), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=M).astype(np.uint8)
-    return Digits(images, labels), f"synthetic uint8 digits, {M:,} x 784 ({DATA} not found)"
+    images = rng.integers(0, 256, size=(m, 784), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=m).astype(np.uint8)
+    return Digits(images, labels), f"synthetic uint8 digits, {m:,} x 784 ({DATA} not found)"
 
 
 # -- the two sides ---------------------------------------------------------------------
@@ -129,8 +132,9 @@ class Torch:
         if batch <= 0:
             self.step(self.X, self.y)
         else:
-            order = torch.randperm(M, device=self.device)
-            for start in range(0, M, batch):
+            m = len(self.y)
+            order = torch.randperm(m, device=self.device)
+            for start in range(0, m, batch):
                 index = order[start : start + batch]
                 self.step(self.X[index], self.y[index])
         if self.device == "cuda":
@@ -167,19 +171,30 @@ def compare(sides: dict, batch: int, repeats: int, rounds: int = 3) -> dict:
 
 
 # -- floors ----------------------------------------------------------------------------
-def copy_bandwidth() -> float:
-    """Bytes per second copied by NumPy (each byte read once and written once), median of 7, 256 MB."""
-    src = np.ones(64 * 2**20, dtype=np.float32)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
-    return src.nbytes / statistics.median(seconds(lambda: np.copyto(dst, src)) for _ in range(7))
+def copy_bandwidth(backend) -> float:
+    """Bytes per second copied on the backend's device (each byte read once, written once), median of 7, 256 MB."""
+    xp = backend.xp
+    src = xp.ones(64 * 2**20, dtype=np.float32)
+    dst = xp.empty_like(src)
+
+    def copy():
+        xp.copyto(dst, src)
+        backend.synchronize()
+
+    copy()
+    return src.nbytes / statistics.median(seconds(copy) for _ in range(7))
 
 
-def matmul_rate() -> float:
-    """FLOP/s of a large float32 matrix product (2048^3), median of 5: what BLAS does at its best here."""
-    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
-    a @ a
-    return 2 * 2048**3 / statistics.median(seconds(lambda: a @ a) for _ in range(5))
+def matmul_rate(backend, n: int) -> float:
+    """FLOP/s of an n x n float32 matrix product, median of 5: what the device's BLAS does at its best."""
+    a = backend.asarray(np.random.default_rng(0).random((n, n), dtype=np.float32))
+
+    def product():
+        a @ a
+        backend.synchronize()
+
+    product()
+    return 2 * n**3 / statistics.median(seconds(product) for _ in range(5))
 
 
 def step_flops(m: int) -> int:
@@ -275,44 +290,34 @@ def gpunet_backend(device: str):
     return CupyBackend()
 
 
-def describe_cuda(torch) -> str:
-    import cupy
-
-    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    text = f"GPU: {name}, CuPy {cupy.__version__}"
+def describe_cuda(backend, torch) -> str:
+    text = f"GPU: {backend.describe()}"
     if torch is not None and torch.cuda.is_available():
-        text += f", PyTorch CUDA {torch.version.cuda}"
+        text += f"; PyTorch CUDA {torch.version.cuda}"
     return text
 
 
-def device_copy_bandwidth() -> float:
-    import cupy
-
-    src = cupy.ones(256 * 2**20, dtype=cupy.float32)
-    dst = cupy.empty_like(src)
-    cupy.copyto(dst, src)
-    cupy.cuda.Device().synchronize()
-
-    def copy():
-        cupy.copyto(dst, src)
-        cupy.cuda.Device().synchronize()
-
-    return src.nbytes / statistics.median(seconds(copy) for _ in range(7))
-
-
-def device_matmul_rate() -> float:
-    import cupy
-
-    a = cupy.random.random((8192, 8192), dtype=cupy.float32)
-    a @ a
-    cupy.cuda.Device().synchronize()
-
-    def product():
-        a @ a
-        cupy.cuda.Device().synchronize()
-
-    return 2 * 8192**3 / statistics.median(seconds(product) for _ in range(5))
+def measure(device: str, backend, digits, batches, repeats: int, torch=None) -> list[tuple]:
+    """The table's rows for one device: (device, work, gpunet ms, PyTorch ms, ratio or note)."""
+    sides = {"gpunet": Gpunet(backend, digits)}
+    if torch is not None and (device == "cpu" or torch.cuda.is_available()):
+        sides["pytorch"] = Torch(torch, device, digits)
+    rows = []
+    for batch in [0, *batches]:
+        times = compare(sides, batch, repeats)
+        work = "full-batch GD step" if batch == 0 else f"SGD epoch, batch {batch}"
+        rows.append((device, work, cell(times["gpunet"]),
+                     cell(times["pytorch"]) if "pytorch" in times else "-",
+                     ratio(times["gpunet"], times.get("pytorch"))))
+    bandwidth = copy_bandwidth(backend)
+    rate = matmul_rate(backend, MATMUL_SIZES[device])
+    x_bytes = len(digits) * 784  # uint8
+    rows.append((device, "floor: read X once", f"{1e3 * x_bytes / bandwidth:9.2f}", "",
+                 f"{x_bytes / 1e6:.1f} MB at {bandwidth / 1e9:.1f} GB/s copy"))
+    flops = step_flops(len(digits))
+    rows.append((device, "floor: FLOPs of a step", f"{1e3 * flops / rate:9.2f}", "",
+                 f"{flops / 1e9:.2f} GFLOP at {rate / 1e9:.0f} GFLOP/s (large sgemm)"))
+    return rows
 
 
 # -- the table --------------------------------------------------------------------------
@@ -334,6 +339,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all")
     parser.add_argument("--gpunet-root", help="time the gpunet package of another checkout (before/after)")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="mini-batch sizes, comma-separated")
+    parser.add_argument("--samples", type=int, default=M, help="digits in the full batch and each epoch")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b]
     try:
@@ -345,7 +351,7 @@ def main() -> None:
     import gpunet
 
     print(f"gpunet from {Path(gpunet.__file__).parent}")
-    digits, source = bench_data()
+    digits, source = bench_data(args.samples)
     print(f"Data: {source}")
     print(f"Network 784-16-16-10, float32; full batch: gradient descent, lr {LR}; "
           f"epochs: mini-batch SGD, lr {LR}, reshuffled each epoch")
@@ -353,30 +359,13 @@ def main() -> None:
 
     rows = []
     for device in devices(args.device):
-        if device == "cuda":
-            print(describe_cuda(torch))
-            bandwidth, rate = device_copy_bandwidth(), device_matmul_rate()
-        else:
-            bandwidth, rate = copy_bandwidth(), matmul_rate()
         backend = gpunet_backend(device)
-        if device == "cpu":  # its default path: compiled (numba) where installed, else NumPy array calls
+        if device == "cuda":
+            print(describe_cuda(backend, torch))
+        else:  # its default path: compiled (numba) where installed, else NumPy array calls
             path = backend.cpu_path() if hasattr(backend, "cpu_path") else "NumPy array calls (this checkout has no other)"
             print(f"gpunet on the CPU: {path}")
-        sides = {"gpunet": Gpunet(backend, digits)}
-        if torch is not None and (device == "cpu" or torch.cuda.is_available()):
-            sides["pytorch"] = Torch(torch, device, digits)
-        for batch in [0, *batches]:
-            times = compare(sides, batch, args.repeats)
-            work = "full-batch GD step" if batch == 0 else f"SGD epoch, batch {batch}"
-            rows.append((device, work, cell(times["gpunet"]),
-                         cell(times["pytorch"]) if "pytorch" in times else "-",
-                         ratio(times["gpunet"], times.get("pytorch"))))
-        x_bytes = M * 784  # uint8
-        rows.append((device, "floor: read X once", f"{1e3 * x_bytes / bandwidth:9.2f}", "", 
-                     f"{x_bytes / 1e6:.1f} MB at {bandwidth / 1e9:.1f} GB/s copy"))
-        flops = step_flops(M)
-        rows.append((device, "floor: FLOPs of a step", f"{1e3 * flops / rate:9.2f}", "",
-                     f"{flops / 1e9:.2f} GFLOP at {rate / 1e9:.0f} GFLOP/s (large sgemm)"))
+        rows += measure(device, backend, digits, batches, args.repeats, torch)
 
     reads = read_times()
     if reads is not None:
