@@ -21,10 +21,11 @@ unchanged) with three things swapped in for CuPy and the GPU:
   the wrappers build runs the kernel's .cu source, compiled for the host with
   AddressSanitizer, thread by thread over the launch's grid.
 
-What this cannot show: anything about CuPy itself or a device (streams,
-asynchrony, memory, the real NVRTC code generation, cuBLAS's matmul
-rounding), nor ``describe()``. tests/test_gpu.py runs the same tests on a
-real device where one is.
+Its one "device" has made-up properties (``DEVICE_PROPERTIES``), for
+``describe()``. What this cannot show: anything about CuPy itself or a real
+device (streams, asynchrony, memory, the real NVRTC code generation, cuBLAS's
+matmul rounding). tests/test_gpu.py runs the same tests on a real device where
+one is.
 """
 
 from __future__ import annotations
@@ -103,7 +104,11 @@ class HostCupy:
     """cupy's namespace as NumPy's; every array made here is a DeviceArray."""
 
     __name__ = "cupy"
+    __version__ = real_cupy.__version__
     ndarray = DeviceArray
+    # What cupy.cuda.runtime.getDeviceProperties says of the stand-in's one "device".
+    DEVICE_PROPERTIES = {"name": b"CuPy stand-in (NumPy, kernels walked on the CPU)", "major": 9, "minor": 0,
+                         "totalGlobalMem": 0}
     MAKERS = frozenset({
         "array", "ascontiguousarray", "asfortranarray", "empty", "zeros", "ones", "full",
         "empty_like", "zeros_like", "ones_like", "full_like", "arange",
@@ -112,7 +117,13 @@ class HostCupy:
     def __init__(self):
         self.synchronized = 0
         stream = SimpleNamespace(synchronize=self._synchronize)
-        self.cuda = SimpleNamespace(Device=lambda: SimpleNamespace(id=0), get_current_stream=lambda: stream)
+        runtime = SimpleNamespace(getDeviceProperties=self._device_properties)
+        self.cuda = SimpleNamespace(Device=lambda: SimpleNamespace(id=0), get_current_stream=lambda: stream,
+                                    runtime=runtime)
+
+    def _device_properties(self, device_id: int) -> dict:
+        assert device_id == 0, f"the stand-in has one device, 0, not {device_id}"
+        return dict(self.DEVICE_PROPERTIES)
 
     def _synchronize(self):
         self.synchronized += 1

@@ -289,3 +289,40 @@ def test_full_batch_training_through_the_backend(cuda, launched, digits):
     reference = train(GENERIC, train_digits, val_digits, config)
     np.testing.assert_allclose(_losses(got), _losses(reference), rtol=1024 * float(np.finfo(np.float32).eps))
     assert got.final.val_accuracy == reference.final.val_accuracy
+
+
+def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, monkeypatch, capsys, tmp_path):
+    """`gpunet train/predict/evaluate --device cuda` end to end: the model saved from device arrays loads back."""
+    from gpunet import cli
+    from gpunet.backend import get_backend
+    from tests.conftest import run
+
+    monkeypatch.setattr(cli, "get_backend", lambda device: (cuda, None) if device == "cuda" else get_backend(device))
+    sample = load_sample()
+    data = tmp_path / "digits.npz"
+    np.savez(data, x_train=sample.images[:700], y_train=sample.labels[:700], x_test=sample.images[700:900])
+    model = tmp_path / "model.npz"
+    code, out, err = run(capsys, "train", "--device", "cuda", "--data", str(data), "--val-size", "200",
+                         "--epochs", "2", "--out", str(model))
+    assert code == 0, err
+    assert "CuPy stand-in" in out and launched()  # it ran on the "device", through the kernels
+    from gpunet.checkpoint import load_model
+
+    params, meta = load_model(model)
+    assert meta["training"]["device"] == "cuda" and all(type(p) is np.ndarray for p in params)
+    code, out, err = run(capsys, "evaluate", "--device", "cuda", "--model", str(model), "--data", str(data))
+    assert code == 0, err
+    on_cuda = out
+    assert launched()
+    code, out, err = run(capsys, "evaluate", "--device", "cpu", "--model", str(model), "--data", str(data))
+    assert code == 0, err
+    assert on_cuda == out  # the same model scores the same digits the same on both backends
+    submissions = {}
+    for device in ("cuda", "cpu"):
+        submissions[device] = tmp_path / f"submission-{device}.csv"
+        code, _, err = run(capsys, "predict", "--device", device, "--model", str(model), "--data", str(data),
+                           "--out", str(submissions[device]))
+        assert code == 0, err
+    rows = submissions["cuda"].read_text().splitlines()
+    assert rows[0] == "ImageId,Label" and len(rows) == 201
+    assert rows == submissions["cpu"].read_text().splitlines()
