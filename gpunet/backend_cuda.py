@@ -135,7 +135,8 @@ def _version(number: int) -> str:
 
 
 def device_report() -> list[str]:
-    """Lines for ``gpunet info``: CuPy and CUDA versions, each device, and whether the kernels compile.
+    """Lines for ``gpunet info``, under its line saying whether CUDA is usable and if not, why:
+    CuPy and CUDA versions, each device, and whether the kernels compile.
 
     Works without a GPU or driver: the kernels are compiled with NVRTC for the
     architectures the package claims (and each present device's).
@@ -159,7 +160,7 @@ def device_report() -> list[str]:
     archs = list(kernels.ARCHS)
     reason = unavailable_reason()
     if reason is not None:
-        lines.append(f"CUDA devices: none usable ({reason.split(';')[0]})")
+        lines.append("CUDA devices: none usable")
     else:
         for device_id in range(runtime.getDeviceCount()):
             props = runtime.getDeviceProperties(device_id)

@@ -401,10 +401,8 @@ def info():
     click.echo("  cpu: NumPy (always available)")
     reason = backend_cuda.unavailable_reason()
     click.echo(f"  cuda: {'available' if reason is None else 'not usable: ' + reason}")
-    report = getattr(backend_cuda, "device_report", None)
-    if report is not None:
-        for line in report():
-            click.echo(f"  {line}")
+    for line in backend_cuda.device_report():
+        click.echo(f"  {line}")
 
 
 def main(argv=None) -> None:

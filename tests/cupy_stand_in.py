@@ -106,8 +106,8 @@ class HostCupy:
     __name__ = "cupy"
     __version__ = real_cupy.__version__
     ndarray = DeviceArray
-    # What cupy.cuda.runtime.getDeviceProperties says of the stand-in's one "device".
-    DEVICE_PROPERTIES = {"name": b"CuPy stand-in (NumPy, kernels walked on the CPU)", "major": 9, "minor": 0,
+    # What cupy.cuda.runtime.getDeviceProperties says of the stand-in's one "device" (its driver: "12.9").
+    DEVICE_PROPERTIES = {"name": b"CuPy stand-in (NumPy, kernels walked on the CPU)", "major": 8, "minor": 6,
                          "totalGlobalMem": 0}
     MAKERS = frozenset({
         "array", "ascontiguousarray", "asfortranarray", "empty", "zeros", "ones", "full",
@@ -117,7 +117,10 @@ class HostCupy:
     def __init__(self):
         self.synchronized = 0
         stream = SimpleNamespace(synchronize=self._synchronize)
-        runtime = SimpleNamespace(getDeviceProperties=self._device_properties)
+        runtime = SimpleNamespace(
+            getDeviceProperties=self._device_properties, getDeviceCount=lambda: 1,
+            runtimeGetVersion=real_cupy.cuda.runtime.runtimeGetVersion, driverGetVersion=lambda: 12090,
+        )  # fmt: skip
         self.cuda = SimpleNamespace(Device=lambda: SimpleNamespace(id=0), get_current_stream=lambda: stream,
                                     runtime=runtime)
 

@@ -326,3 +326,19 @@ def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, 
     rows = submissions["cuda"].read_text().splitlines()
     assert rows[0] == "ImageId,Label" and len(rows) == 201
     assert rows == submissions["cpu"].read_text().splitlines()
+
+
+def test_gpunet_info_lists_the_device(cuda, monkeypatch, capsys):
+    """`gpunet info` where a device is usable: its name, compute capability and memory; the kernels compile for it."""
+    from gpunet import backend_cuda
+    from tests.conftest import run
+
+    monkeypatch.setattr(backend_cuda, "unavailable_reason", lambda: None)
+    code, out, err = run(capsys, "info")
+    assert code == 0, err
+    lines = [line.strip() for line in out.splitlines()]
+    assert "cuda: available" in lines
+    assert "CUDA runtime" in out and "driver 12.9" in out
+    assert ("device 0: CuPy stand-in (NumPy, kernels walked on the CPU), compute capability 8.6, 0.0 GiB"
+            in lines)
+    assert lines[-1] == "kernels: compile with NVRTC for sm_70, sm_80, sm_90, sm_86"  # and the device's own
