@@ -1,5 +1,16 @@
-"""``python -m gpunet`` runs the command line."""
+"""``python -m gpunet`` and the ``gpunet`` command: run the command line."""
 
-from gpunet.cli import main
+import sys
 
-main()
+
+def run() -> None:
+    """The entry point: Ctrl-C while the command line is still importing (NumPy, click) exits quietly too."""
+    try:
+        from gpunet.cli import main
+    except KeyboardInterrupt:
+        sys.exit(130)
+    main()
+
+
+if __name__ == "__main__":
+    run()

@@ -41,6 +41,8 @@ def load_model(path) -> tuple[list[np.ndarray], dict]:
     """Return ``(params, metadata)``; ModelFileError with one line for anything wrong."""
     path = Path(path)
     name = str(path)
+    if path.is_dir():
+        raise ModelFileError(f"{name}: is a folder, not a model file")
     if not path.is_file():
         raise ModelFileError(f"{name}: no such model file")
     if not zipfile.is_zipfile(path):  # np.load would take any other bytes for a pickle

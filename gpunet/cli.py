@@ -6,7 +6,10 @@ GpunetError and click's usage errors are caught here, never shown as tracebacks.
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -20,28 +23,45 @@ from gpunet.optimizers import OPTIMIZERS
 from gpunet.training import SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+MAX_UNITS = 100_000  # per hidden layer: larger ones only fail later, allocating gigabytes
 
 
 def parse_hidden(ctx, param, value: str) -> tuple[int, ...]:
-    """'16,16' -> (16, 16); '' or 'none' -> () for a network with no hidden layer."""
+    """'16,16' -> (16, 16); 'none' -> () for a network with no hidden layer."""
     text = value.strip().lower()
-    if text in ("", "none"):
+    if text == "none":
         return ()
+    if not text:  # an unset shell variable, say: not silently a network with no hidden layer
+        raise click.BadParameter("is empty; give layer sizes such as 16,16, or 'none' for no hidden layer")
     try:
         sizes = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of layer sizes such as 16,16") from None
     if any(size <= 0 for size in sizes):
         raise click.BadParameter(f"{value!r}: every layer size must be a positive integer")
+    if any(size > MAX_UNITS for size in sizes):
+        raise click.BadParameter(f"{value!r}: at most {MAX_UNITS:,} units a layer")
     return sizes
 
 
-def check_out_path(option: str, path: Path) -> Path:
-    """Fail before any work if the output cannot be written where asked."""
+def check_out_path(option: str, path: Path, **inputs: Path | None) -> Path:
+    """Fail before any work if the output cannot be written where asked, or would overwrite an input.
+
+    ``inputs``: the command's input files by option name (``data=...``), which
+    the output must not be.
+    """
     if path.is_dir():
         raise GpunetError(f"{option} {path}: is a folder; give a file name")
     if not path.parent.is_dir():
         raise GpunetError(f"{option} {path}: folder '{path.parent}' does not exist")
+    for name, source in inputs.items():
+        if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
+            raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, give another name")
+    try:  # as the real write will: a temporary file beside the target (catches read-only folders before training)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as error:
+        raise GpunetError(f"{option} {path}: cannot write in folder '{path.parent}' ({error.strerror or error})") from None
     return path
 
 
@@ -53,10 +73,26 @@ def choose_backend(device: str):
 
 
 def require_positive(ctx, param, value):
-    """Click callback: reject a value <= 0 (click then names the option)."""
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be positive, got {value}")
+    """Click callback: reject a value <= 0, NaN or infinity (click then names the option)."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise click.BadParameter(f"must be a positive number, got {value}")
     return value
+
+
+def require_finite(ctx, param, value):
+    """Click callback: reject NaN and infinity."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def path_type():
+    """click.Path with no checks of its own: the command reports a missing or unreadable path in its own words."""
+    return click.Path(path_type=Path, readable=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,7 +112,7 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
 
 
 @cli.command()
-@click.option("--data", type=click.Path(path_type=Path), default=None,
+@click.option("--data", type=path_type(), default=None,
               help="Labeled digits: Kaggle train.csv[.gz], MNIST IDX file or folder, or .npz. Default: the bundled sample.")
 @device_option
 @click.option("--hidden", default="16,16", show_default=True, callback=parse_hidden,
@@ -91,19 +127,19 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
               help="gd: the notes' full-batch W <- W - alpha.dW; sgd: the same on mini-batches.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
               help="Learning-rate schedule. [default: cosine; constant with --optimizer gd]")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, callback=require_finite,
               help="Decoupled weight decay lambda: W <- W - alpha.lambda.W each step. [default: 0.1; 0 with --optimizer gd]")
 @click.option("--init", type=click.Choice(INITS), default="he", show_default=True,
               help="he: Normal(0, 2/fan_in); seed: uniform [-0.5, 0.5) as in the notes.")
 @click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Digits held out for validation before training.")
-@click.option("--patience", type=click.IntRange(min=0), default=None,
+@click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after N epochs without a better validation loss and keep the best weights.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the initial weights and the shuffle.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for the split, the initial weights and the shuffle.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True,
+@click.option("--out", type=path_type(), default=Path("model.npz"), show_default=True,
               help="Where to write the model (.npz).")
-@click.option("--plot", "plot_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--plot", "plot_dir", type=path_type(), default=None,
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
 def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size, patience, seed, dtype, out,
           plot_dir):
@@ -111,7 +147,9 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
     from gpunet.data import load_digits, load_sample, split_validation
     from gpunet.training import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
 
-    out = check_out_path("--out", out)
+    if patience is not None and val_size == 0:
+        raise click.UsageError("--patience needs validation digits to watch; it cannot go with --val-size 0")
+    out = check_out_path("--out", out, data=data)
     if plot_dir is not None:  # fail now, not after training
         from gpunet.plots import prepare_out_dir, require_matplotlib
 
@@ -136,7 +174,7 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
                f"{len(val_digits):,} validation")
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
     click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
-               f"{config.epochs} epochs, weight decay {config.weight_decay:g}, {dtype} on {backend.describe()}")
+               f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, {dtype} on {backend.describe()}")
 
     report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:
@@ -147,7 +185,7 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
         saved = save_result(out, exc.result, config, digits, backend) if exc.result.history else None
         kept = f"; kept the weights of epoch {exc.result.best_epoch} in {saved}" if saved else ""
         raise GpunetError(f"training diverged: the loss became {exc.value} in epoch {exc.epoch}; "
-                          f"try a smaller --lr (now {config.lr:g}){kept}") from None
+                          f"{divergence_hint(config)}{kept}") from None
     except TrainingInterrupted as exc:
         report.close()
         if exc.result.history:
@@ -161,7 +199,8 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
     save_result(out, result, config, digits, backend)
     final = result.final
     if result.stop_reason == "early_stopping":
-        click.echo(f"Early stopping: no better validation loss for {patience} epochs; kept epoch {result.best_epoch}")
+        click.echo(f"Early stopping: no better validation loss for {plural(patience, 'epoch')}; "
+                   f"kept epoch {result.best_epoch}")
     if final.val_accuracy is not None:
         click.echo(f"Validation accuracy {100 * final.val_accuracy:.2f}% (epoch {result.best_epoch}); saved {out}")
     else:
@@ -169,7 +208,19 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
     if plot_dir is not None:
         from gpunet.plots import write_plots
 
+        if not len(val_digits):
+            click.echo("Plots: no validation digits (--val-size 0): the confusion matrix and misclassified "
+                       "digits are of the training digits")
         report_plots(write_plots(out, plot_dir, val_digits if len(val_digits) else train_digits))
+
+
+def divergence_hint(config) -> str:
+    """What to change after a diverged run; the weight decay too where it alone makes W grow (lr.lambda >= 1)."""
+    shrink = config.lr * config.weight_decay
+    if shrink >= 1:
+        return (f"try a smaller --lr (now {config.lr:g}) or --weight-decay (now {config.weight_decay:g}): "
+                f"each step scales W by 1 - lr.lambda = {1 - shrink:g}")
+    return f"try a smaller --lr (now {config.lr:g})"
 
 
 def report_plots(paths) -> None:
@@ -255,17 +306,18 @@ def load_network(model_path: Path, backend):
 
 
 @cli.command()
-@click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
-@click.option("--data", type=click.Path(path_type=Path), default=None,
+@click.option("--model", type=path_type(), default=Path("model.npz"), show_default=True)
+@click.option("--data", type=path_type(), default=None,
               help="Digits to label: Kaggle test.csv[.gz] (a train.csv also works; its labels are ignored), IDX or .npz.")
-@click.option("--image", "images", type=click.Path(path_type=Path), multiple=True,
+@click.option("--image", "images", type=path_type(), multiple=True,
               help="Instead of --data: your own images of one digit each, any size (--image a.png b.jpg ...).")
 @click.option("--json", "as_json", is_flag=True, help="With --image: print a JSON list of {file, label, probabilities}.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("submission.csv"), show_default=True,
+@click.option("--out", type=path_type(), default=Path("submission.csv"), show_default=True,
               help="Kaggle submission file: ImageId,Label with ImageId counting from 1.")
 @device_option
-@click.argument("more_images", nargs=-1, type=click.Path(path_type=Path), metavar="")
-def predict(model, data, images, as_json, out, device, more_images):
+@click.argument("more_images", nargs=-1, type=path_type(), metavar="")
+@click.pass_context
+def predict(ctx, model, data, images, as_json, out, device, more_images):
     """Label digits and write a Kaggle 'Digit Recognizer' submission, or label your own images (--image)."""
     from gpunet.atomic_file import write_atomically
     from gpunet.data import load_digits
@@ -275,18 +327,20 @@ def predict(model, data, images, as_json, out, device, more_images):
     if images and data is not None:
         raise click.UsageError("give --data (a digits file) or --image (image files), not both")
     if images:
+        if ctx.get_parameter_source("out") is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--out goes with --data; with --image the labels are printed (--json for JSON)")
         return predict_images(model, images + more_images, as_json, device)
     if data is None:
         raise click.UsageError("give --data FILE (digits to label) or --image FILE... (your own images)")
     if as_json:
         raise click.UsageError("--json goes with --image")
-    out = check_out_path("--out", out)
+    out = check_out_path("--out", out, data=data, model=model)
     network, _ = load_network(model, choose_backend(device))
     digits = load_digits(data, labeled=False)
     labels = network.probabilities(digits.images).argmax(axis=1)
     rows = "".join(f"{i},{label}\n" for i, label in enumerate(labels.tolist(), start=1))
     write_atomically(out, lambda f: f.write(("ImageId,Label\n" + rows).encode()))
-    click.echo(f"Wrote {len(labels):,} predictions to {out}")
+    click.echo(f"Wrote {plural(len(labels), 'prediction')} to {out}")
 
 
 def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
@@ -321,11 +375,11 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
 
 
 @cli.command()
-@click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
-@click.option("--data", type=click.Path(path_type=Path), default=None,
+@click.option("--model", type=path_type(), default=Path("model.npz"), show_default=True)
+@click.option("--data", type=path_type(), default=None,
               help="Labeled digits for the confusion matrix and the misclassified digits. "
                    "[default: the validation digits the model was trained beside]")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("plots"), show_default=True,
+@click.option("--out", "out_dir", type=path_type(), default=Path("plots"), show_default=True,
               help="Folder for the PNG files (created if missing).")
 def plot(model, data, out_dir):
     """Plot learning curves, confusion matrix, misclassified digits and first-layer weights."""
@@ -339,7 +393,7 @@ def plot(model, data, out_dir):
 
 
 @cli.command()
-@click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
+@click.option("--model", type=path_type(), default=Path("model.npz"), show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 lets other machines reach the page.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
@@ -362,8 +416,8 @@ def serve(model, host, port):
 
 
 @cli.command()
-@click.option("--model", type=click.Path(path_type=Path), default=Path("model.npz"), show_default=True)
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labeled digits (same formats as train).")
+@click.option("--model", type=path_type(), default=Path("model.npz"), show_default=True)
+@click.option("--data", type=path_type(), required=True, help="Labeled digits (same formats as train).")
 @device_option
 def evaluate(model, data, device):
     """Score a model on labeled digits: accuracy, per-class accuracy, confusion matrix."""
@@ -375,12 +429,12 @@ def evaluate(model, data, device):
     predicted = network.probabilities(digits.images).argmax(axis=1)
     truth = digits.labels.astype(np.int64)
     confusion = confusion_counts(truth, predicted)
-    click.echo(f"{digits.source}: {len(truth):,} digits, accuracy {100 * np.mean(predicted == truth):.2f}%")
+    click.echo(f"{digits.source}: {plural(len(truth), 'digit')}, accuracy {100 * np.mean(predicted == truth):.2f}%")
     click.echo("\nPer class:")
     for digit in range(10):
         total = confusion[digit].sum()
         accuracy = f"{100 * confusion[digit, digit] / total:6.2f}%" if total else "     -"
-        click.echo(f"  {digit}: {accuracy}  ({total:,} digits)")
+        click.echo(f"  {digit}: {accuracy}  ({plural(total, 'digit')})")
     click.echo("\nConfusion matrix (rows: true digit, columns: predicted):")
     width = max(5, len(str(confusion.max())) + 1)
     click.echo("     " + "".join(f"{d:>{width}}" for d in range(10)))
@@ -423,6 +477,13 @@ def main(argv=None) -> None:
         sys.exit(EXIT_USAGE)
     except GpunetError as exc:
         click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except OSError as exc:  # a path the system refuses (permissions, a name too long, a full disk)
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except MemoryError as exc:
+        click.echo(f"Error: not enough memory ({exc or 'MemoryError'})", err=True)
         sys.exit(EXIT_ERROR)
     except (click.Abort, KeyboardInterrupt):
         click.echo("Aborted.", err=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,12 @@ class NoDigit(ImageError):
 def read_image(source, name: str | None = None, max_pixels: int | None = None):
     """Open an image file (a path, bytes or a binary file) as a Pillow image, fully decoded.
 
-    ``max_pixels`` refuses larger images before decoding them (the server's guard).
-    Every failure is an ImageError naming ``name`` (the path by default).
+    ``max_pixels`` (default: Pillow's decompression-bomb limit) refuses larger
+    images before decoding them. Every failure is an ImageError naming
+    ``name`` (the path by default).
     """
+    if max_pixels is None:
+        max_pixels = Image.MAX_IMAGE_PIXELS
     if name is None:
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image"
     if isinstance(source, (bytes, bytearray)):
@@ -55,12 +59,7 @@ def read_image(source, name: str | None = None, max_pixels: int | None = None):
     elif isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         raise ImageError(f"{name}: is a folder, not an image")
     try:
-        image = Image.open(source)
-        if max_pixels is not None and image.width * image.height > max_pixels:
-            raise ImageTooLarge(f"{name}: {image.width}x{image.height} pixels is too large (at most {max_pixels:,})")
-        if image.format == "JPEG":
-            image.draft("L", (WORK_SIDE, WORK_SIDE))  # let the decoder shrink big photos cheaply
-        image.load()
+        return _open_decoded(source, name, max_pixels)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -70,6 +69,22 @@ def read_image(source, name: str | None = None, max_pixels: int | None = None):
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         detail = " ".join(str(error).split()) or type(error).__name__
         raise ImageError(f"{name}: cannot read the image ({detail})") from None
+
+
+def _open_decoded(source, name: str, max_pixels: int):
+    """Image.open + size check + load; a refused or broken image is closed (its file let go) before raising."""
+    with warnings.catch_warnings():  # Pillow warns above its limit; the check below refuses instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(source)
+    try:
+        if image.width * image.height > max_pixels:
+            raise ImageTooLarge(f"{name}: {image.width}x{image.height} pixels is too large (at most {max_pixels:,})")
+        if image.format == "JPEG":
+            image.draft("L", (WORK_SIDE, WORK_SIDE))  # let the decoder shrink big photos cheaply
+        image.load()
+    except BaseException:
+        image.close()
+        raise
     return image
 
 

@@ -9,6 +9,7 @@ what it shows. matplotlib is the optional extra ``gpunet[plot]``.
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,11 @@ def prepare_out_dir(out_dir: Path, option: str = "--out") -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise GpunetError(f"{option} {out_dir}: cannot create the folder ({error.strerror or error})") from None
+    try:  # a read-only folder fails here, not after training
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".gpunet-", suffix=".check"):
+            pass
+    except OSError as error:
+        raise GpunetError(f"{option} {out_dir}: cannot write in the folder ({error.strerror or error})") from None
     return out_dir
 
 
@@ -145,6 +151,8 @@ def learning_curves(Figure, meta: dict):
             axes.axvline(best, color="gray", linestyle=":", linewidth=1, label=f"kept: epoch {best}")
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(history) == 1:  # one point: matplotlib's own margins would show ticks at 0.95 ... 1.05
+            axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
         if history:

@@ -151,6 +151,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send(status, json.dumps(value).encode(), "application/json")
 
     def send(self, status: HTTPStatus, body: bytes, content_type: str | None) -> None:
+        try:
+            self._send(status, body, content_type)
+        except (BrokenPipeError, ConnectionResetError):  # the client left before its answer: nobody to tell
+            self.close_connection = True
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str | None) -> None:
         self.send_response(status)
         if content_type:
             self.send_header("Content-Type", content_type)

@@ -245,7 +245,7 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
                 since_best += 1
             if on_epoch is not None:
                 on_epoch(metrics)
-            if config.patience is not None and since_best > config.patience:
+            if config.patience is not None and since_best >= config.patience:
                 network.load_params(best_params)
                 result.stop_reason = "early_stopping"
                 return result

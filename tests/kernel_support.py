@@ -60,15 +60,23 @@ class WalkProcess:
         self.process.stdin.flush()
         if self.process.stdout.readline() == "done\n":
             return None
-        code = self.process.wait(timeout=120)
-        self.process = None
+        code = self._end()
         return f"exit {code}:\n{self.stderr_path.read_text(errors='replace')[-4000:]}"
+
+    def _end(self) -> int:
+        """Close the process's input (a served walk then exits), wait for it, close its pipes: its exit status."""
+        process, self.process = self.process, None
+        try:
+            process.stdin.close()
+        except BrokenPipeError:  # it has already died
+            pass
+        code = process.wait(timeout=120)
+        process.stdout.close()
+        return code
 
     def close(self) -> None:
         if self.process is not None:
-            self.process.stdin.close()
-            self.process.wait(timeout=120)
-            self.process = None
+            self._end()
         self._arguments.cleanup()
 
 

@@ -147,7 +147,19 @@ BAD_TRAIN_OPTIONS = [
     (["--optimizer", "rmsprop"], "--optimizer"),
     (["--data", "no/such/file.csv"], "no/such/file.csv"),
     (["--out", "no/such/folder/model.npz"], "does not exist"),
+    (["--seed", "-1"], "--seed"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--weight-decay", "nan"], "--weight-decay"),
+    (["--weight-decay", "inf"], "--weight-decay"),
+    (["--hidden", ""], "--hidden"),  # an unset shell variable is not "no hidden layer"
+    (["--hidden", "100000000"], "--hidden"),  # 584 GiB of weights
+    (["--patience", "0"], "--patience"),
+    (["--patience", "2", "--val-size", "0"], "--patience"),
+    (["--data", "d" * 300 + ".csv"], "File name too long"),  # an OSError: one line, not a traceback
 ]
+if os.path.isdir("/proc"):  # a folder nobody can create files in, root included
+    BAD_TRAIN_OPTIONS.append((["--out", "/proc/gpunet-model.npz"], "cannot write in folder '/proc'"))
 
 
 @pytest.mark.parametrize("args, named", BAD_TRAIN_OPTIONS)
@@ -197,6 +209,40 @@ def test_bad_model_files_for_predict(capsys, tmp_path, digits, kind):
                        "--out", str(submission))
     assert code == 1 and err.startswith("Error:") and err.count("\n") == 1 and "model.npz" in err
     assert submission.read_text() == "keep me"
+
+
+def test_an_output_that_is_an_input_is_refused(capsys, tmp_path, trained, digits):
+    data = write_csv(tmp_path / "train.csv", digits[0], digits[1])
+    original = data.read_bytes()
+    code, _, err = run(capsys, "train", "--device", "cpu", "--data", str(data), "--val-size", "10", "--out", str(data))
+    assert code == 1 and err.count("\n") == 1 and "is the --data file" in err
+    assert data.read_bytes() == original
+    model = tmp_path / "model.npz"
+    model.write_bytes(trained.read_bytes())
+    test_csv = write_csv(tmp_path / "test.csv", digits[0])
+    for out, named in ((model, "--model"), (test_csv, "--data")):
+        before = out.read_bytes()
+        code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(test_csv),
+                           "--out", str(out))
+        assert code == 1 and err.count("\n") == 1 and f"is the {named} file" in err, err
+        assert out.read_bytes() == before
+
+
+def test_out_with_image_is_a_usage_error(capsys, tmp_path, trained):
+    code, _, err = run(capsys, "predict", "--model", str(trained), "--image", "a.png", "--out", "s.csv")
+    assert code == 2 and "--out goes with --data" in err and err.count("\n") == 1
+
+
+def test_a_folder_as_model_is_named(capsys, tmp_path, digits):
+    data = write_csv(tmp_path / "train.csv", digits[0], digits[1])
+    code, _, err = run(capsys, "evaluate", "--device", "cpu", "--model", str(tmp_path), "--data", str(data))
+    assert code == 1 and "is a folder, not a model file" in err and err.count("\n") == 1
+
+
+def test_divergence_from_weight_decay_names_it(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--device", "cpu", "--weight-decay", "1000", "--epochs", "3",
+                       "--out", str(tmp_path / "m.npz"))
+    assert code == 1 and "diverged" in err and "--weight-decay (now 1000)" in err and err.count("\n") == 1
 
 
 def test_divergence_stops_with_a_hint_and_keeps_the_last_good_weights(capsys, tmp_path):

@@ -1,6 +1,7 @@
 """A user's own images: read with Pillow, prepared the MNIST way, labeled by `predict --image`."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -206,6 +207,17 @@ def test_too_many_pixels_refused_before_decoding(tmp_path):
     Image.new("L", (3000, 2000)).save(path)
     with pytest.raises(ImageTooLarge, match="3000x2000"):
         read_image(path, max_pixels=1000 * 1000)
+
+
+def test_past_pillows_limit_refused_without_its_warning(tmp_path, monkeypatch):
+    """Above Pillow's decompression-bomb limit: one ImageError, not Pillow's two-line warning on stderr."""
+    path = tmp_path / "huge.png"
+    Image.new("L", (300, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 200 - 1)  # Pillow warns above this, errors above twice it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageTooLarge, match="300x200 pixels is too large"):
+            read_image(path)
 
 
 # --- gpunet predict --image -----------------------------------------------------------------
