@@ -5,18 +5,19 @@ Arrays hold one sample per column: Z has shape (units, m).
 """
 
 
-def relu(xp, Z):
-    """A = relu(Z) = max(Z, 0)."""
-    return xp.maximum(Z, 0)
+def relu(xp, Z, out=None):
+    """A = relu(Z) = max(Z, 0); ``out=Z`` overwrites Z with A. NaN stays NaN."""
+    return xp.maximum(Z, 0, out=out)
 
 
-def relu_backward(dA, A):
-    """dZ = dA * relu'(Z), where relu'(Z) is 1 for Z > 0, else 0.
+def relu_backward(xp, dA, A, out=None):
+    """dZ = dA * relu'(Z), where relu'(Z) is 1 for Z > 0, else 0; ``out=dA`` overwrites dA.
 
     A = relu(Z) is positive exactly where Z is, so the mask is read from A and
-    Z need not be kept.
+    Z need not be kept. A multiply by 1 or 0, so a NaN or inf in dA shows
+    (as NaN) instead of being zeroed.
     """
-    return dA * (A > 0)
+    return xp.multiply(dA, A > 0, out=out)
 
 
 def softmax(xp, Z):

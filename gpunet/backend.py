@@ -106,12 +106,11 @@ class Backend:
         Z is overwritten with A: the backward pass reads relu'(Z) from A.
         """
         Z += b
-        return self.xp.maximum(Z, 0, out=Z)
+        return activations.relu(self.xp, Z, out=Z)
 
     def relu_backward(self, dA, A):
         """dZ = dA * relu'(Z), with the mask read from A = relu(Z). dA is overwritten."""
-        dA *= A > 0
-        return dA
+        return activations.relu_backward(self.xp, dA, A, out=dA)
 
     def softmax_cross_entropy(self, Z, labels, out=None):
         """(dZ, losses) with dZ = (softmax(Z) - onehot(labels)) / m and per-sample losses (m,).

@@ -17,12 +17,6 @@ one only at (label, sample), so "- Y" subtracts 1 there.
 from gpunet.activations import log_softmax, softmax
 
 
-def cross_entropy_losses(xp, Z, labels):
-    """Per-sample loss -log softmax(Z)[label], shape (m,)."""
-    m = Z.shape[1]
-    return -log_softmax(xp, Z)[labels, xp.arange(m)]
-
-
 def softmax_cross_entropy(xp, Z, labels):
     """Fused forward and backward of softmax + cross-entropy.
 
@@ -41,4 +35,4 @@ def softmax_cross_entropy(xp, Z, labels):
     return dZ, losses
 
 
-__all__ = ["softmax", "cross_entropy_losses", "softmax_cross_entropy"]
+__all__ = ["softmax", "softmax_cross_entropy"]

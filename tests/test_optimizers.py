@@ -1,60 +1,93 @@
-"""Each optimizer's update against its textbook formula, computed independently in float64."""
+"""Each optimizer's update against its textbook formula, computed independently in float64.
+
+Several steps, a learning rate that changes between them (as the schedules
+change it), decoupled weight decay on and off, ordinary gradients and tiny
+ones (|g| ~ 1e-8, where Adam's eps decides the step), in float64 and float32.
+Tolerances come from the parameters' dtype.
+"""
+
+import math
 
 import numpy as np
 import pytest
 
-from gpunet.optimizers import Adam, GradientDescent, Momentum
+from gpunet.optimizers import OPTIMIZERS, Adam, GradientDescent, Momentum, make_optimizer
+
+STEPS = 5
+LRS = [0.01 * (k + 1) for k in range(STEPS)]  # a warm-up-like ramp: every step has its own alpha
+BETA, BETA1, BETA2, EPS = 0.9, 0.9, 0.999, 1e-8  # the classes' defaults
 
 
-def run(optimizer_class, steps, lr, weight_decay, backend, **kwargs):
+def reference(name, start, grads, lrs, weight_decay):
+    """The textbook updates in float64. params alternate W, b; the decay touches the W only.
+
+    gd/sgd:   W <- W - alpha.lambda.W;  W <- W - alpha.dW
+    momentum: the same decay;  v <- beta.v + dW;  W <- W - alpha.v
+    adam:     the same decay;  m <- b1.m + (1-b1).dW;  s <- b2.s + (1-b2).dW^2;
+              W <- W - alpha_t.m / (sqrt(s) + eps),  alpha_t = alpha.sqrt(1-b2^t) / (1-b1^t)
+              (Kingma & Ba, section 2's efficient form of the bias corrections)
+    """
+    params = [p.astype(np.float64) for p in start]
+    state = [[np.zeros_like(p), np.zeros_like(p)] for p in params]
+    for t, (g_all, lr) in enumerate(zip(grads, lrs), start=1):
+        for k, (p, g) in enumerate(zip(params, g_all)):
+            if k % 2 == 0:
+                p = p - lr * weight_decay * p
+            if name in ("gd", "sgd"):
+                p = p - lr * g
+            elif name == "momentum":
+                state[k][0] = BETA * state[k][0] + g
+                p = p - lr * state[k][0]
+            else:
+                m, s = state[k]
+                m, s = BETA1 * m + (1 - BETA1) * g, BETA2 * s + (1 - BETA2) * g * g
+                state[k] = [m, s]
+                alpha_t = lr * math.sqrt(1 - BETA2**t) / (1 - BETA1**t)
+                p = p - alpha_t * m / (np.sqrt(s) + EPS)
+            params[k] = p
+    return params
+
+
+def run(name, backend, dtype, weight_decay, scale):
     rng = np.random.default_rng(0)
-    start = [rng.standard_normal((4, 3)), rng.standard_normal((4, 1))]
-    grads = [[rng.standard_normal(p.shape) for p in start] for _ in range(steps)]
+    start = [rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal((4, 1)).astype(dtype)]
+    grads = [[(scale * rng.standard_normal(p.shape)).astype(dtype) for p in start] for _ in range(STEPS)]
     params = [backend.asarray(p.copy()) for p in start]
-    optimizer = optimizer_class(params, lr, weight_decay, **kwargs)
-    for g in grads:
+    optimizer = make_optimizer(name, params, LRS[0], weight_decay)
+    for g, lr in zip(grads, LRS):
+        optimizer.lr = lr
         optimizer.step([backend.asarray(x.copy()) for x in g])
-    return start, grads, [backend.to_numpy(p) for p in params]
+    expected = reference(name, start, [[x.astype(np.float64) for x in g] for g in grads], LRS, weight_decay)
+    return [backend.to_numpy(p) for p in params], expected
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-8], ids=["g~1", "g~1e-8"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_gradient_descent_is_w_minus_alpha_dw(backend, weight_decay):
-    start, grads, result = run(GradientDescent, 3, 0.5, weight_decay, backend)
-    W, b = start
-    for dW, db in grads:
-        W = W - 0.5 * weight_decay * W - 0.5 * dW  # the decay touches weights, not biases
-        b = b - 0.5 * db
-    np.testing.assert_allclose(result[0], W, rtol=1e-12)
-    np.testing.assert_allclose(result[1], b, rtol=1e-12)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_update_matches_the_textbook_formula(backend, name, dtype, weight_decay, scale):
+    got, expected = run(name, backend, dtype, weight_decay, scale)
+    # Each step rounds a handful of operations in the parameters' dtype: allow 16 eps a step,
+    # relative to the largest parameter (a parameter near zero has no relative precision to keep).
+    tol = 16 * STEPS * float(np.finfo(dtype).eps)
+    for p, want in zip(got, expected):
+        assert p.dtype == dtype
+        np.testing.assert_allclose(p, want, rtol=tol, atol=tol * float(np.abs(want).max()))
 
 
-def test_momentum_matches_heavy_ball_formula(backend):
-    start, grads, result = run(Momentum, 4, 0.1, 0.0, backend, beta=0.9)
-    for k, p in enumerate(start):
-        v = np.zeros_like(p)
-        for g in grads:
-            v = 0.9 * v + g[k]
-            p = p - 0.1 * v
-        np.testing.assert_allclose(result[k], p, rtol=1e-12)
+def test_the_checks_can_tell_the_variants_apart(backend):
+    """The reference cases move the parameters by more than the tolerance: eps and the decay matter."""
+    for name in ("momentum", "adam"):
+        with_decay, _ = run(name, backend, np.float64, 0.1, 1.0)
+        without, _ = run(name, backend, np.float64, 0.0, 1.0)
+        assert np.abs(with_decay[0] - without[0]).max() > 1e-4
+    tiny, expected = run("adam", backend, np.float64, 0.0, 1e-8)
+    start = run("gd", backend, np.float64, 0.0, 0.0)[0]  # no gradient: the parameters as they started
+    step = np.abs(tiny[0] - start[0]).max()
+    assert 1e-3 < step < 0.5 * sum(LRS)  # with |g| ~ eps, sqrt(s) + eps halves Adam's usual step or more
 
 
-def test_adam_matches_kingma_ba(backend):
-    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
-    start, grads, result = run(Adam, 5, lr, 0.0, backend)
-    for k, p in enumerate(start):
-        m = np.zeros_like(p)
-        v = np.zeros_like(p)
-        for t, g in enumerate(grads, start=1):
-            m = b1 * m + (1 - b1) * g[k]
-            v = b2 * v + (1 - b2) * g[k] ** 2
-            m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
-            p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
-        # The folded bias correction moves eps by a factor sqrt(1 - b2^t): a relative change ~eps/|g|.
-        np.testing.assert_allclose(result[k], p, rtol=1e-6)
-
-
-def test_float32_parameters_stay_float32(backend):
-    params = [backend.asarray(np.ones((3, 2), dtype=np.float32))]
-    optimizer = Adam(params, 0.01, 0.1)
-    optimizer.step([backend.asarray(np.ones((3, 2), dtype=np.float32))])
-    assert params[0].dtype == np.float32
+def test_optimizer_names_make_their_classes():
+    params = [np.zeros((2, 2)), np.zeros((2, 1))]
+    kinds = {name: type(make_optimizer(name, params, 0.1)) for name in OPTIMIZERS}
+    assert kinds == {"gd": GradientDescent, "sgd": GradientDescent, "momentum": Momentum, "adam": Adam}

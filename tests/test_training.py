@@ -111,4 +111,7 @@ def test_cosine_schedule_warms_up_for_an_epoch_then_decays_towards_zero():
     assert rates[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
     assert rates[5] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(rates[5:], rates[6:])) and 0 < rates[-1] < 0.001
+    # After the warm-up: lr/2 (1 + cos(pi k/K)) for the k-th of the K = 45 remaining steps, from lr towards 0.
+    expected = [0.05 * (1 + np.cos(np.pi * k / 45)) for k in range(45)]
+    np.testing.assert_allclose(rates[5:], expected, rtol=4 * np.finfo(float).eps, atol=1e-17)
     assert learning_rate(TrainConfig(lr=0.1, epochs=10, schedule="constant"), 7, 5) == 0.1
