@@ -70,22 +70,22 @@ def read_csv_rows(path: Path, m: int) -> Digits:
     return Digits(np.ascontiguousarray(values[:, 1:]), values[:, 0].copy())
 
 
-def bench_data(m: int = M) -> tuple[Digits, str]:
-    """The first m digits of train.csv.gz where it is, else m synthetic ones."""
-    if DATA.is_file():
+def bench_data(m: int = M, data: Path = DATA) -> tuple[Digits, str]:
+    """The first m digits of ``data`` (a train.csv.gz) where it is, else m synthetic ones."""
+    if data.is_file():
         try:
             from gpunet.data import load_digits
 
-            digits = load_digits(DATA, labeled=True)
+            digits = load_digits(data, labeled=True)
             digits = Digits(np.ascontiguousarray(digits.images[:m]), digits.labels[:m].copy())
         except ImportError:
-            digits = read_csv_rows(DATA, m)
+            digits = read_csv_rows(data, m)
         if len(digits) == m:
-            return digits, f"real digits: the first {m:,} rows of {DATA.name}"
+            return digits, f"real digits: the first {m:,} rows of {data.name}"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(m, 784), dtype=np.uint8)
     labels = rng.integers(0, 10, size=m).astype(np.uint8)
-    return Digits(images, labels), f"synthetic uint8 digits, {m:,} x 784 ({DATA} not found)"
+    return Digits(images, labels), f"synthetic uint8 digits, {m:,} x 784 ({data} not found)"
 
 
 # -- the two sides ---------------------------------------------------------------------
@@ -205,20 +205,20 @@ def step_flops(m: int) -> int:
     return 2 * m * (2 * products + back)
 
 
-def read_times() -> tuple[float, float] | None:
+def read_times(data: Path = DATA) -> tuple[float, float] | None:
     """Seconds to read train.csv.gz with gpunet.data: the first time (parsing) and from its cache."""
     try:
         from gpunet.data import load_digits
     except ImportError:
         return None
-    if not DATA.is_file():
+    if not data.is_file():
         return None
     saved = os.environ.get("GPUNET_CACHE_DIR")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["GPUNET_CACHE_DIR"] = cache
         try:
-            first = seconds(lambda: load_digits(DATA, labeled=True))
-            cached = statistics.median(seconds(lambda: load_digits(DATA, labeled=True)) for _ in range(5))
+            first = seconds(lambda: load_digits(data, labeled=True))
+            cached = statistics.median(seconds(lambda: load_digits(data, labeled=True)) for _ in range(5))
         finally:
             if saved is None:
                 os.environ.pop("GPUNET_CACHE_DIR", None)
@@ -340,6 +340,7 @@ def main() -> None:
     parser.add_argument("--gpunet-root", help="time the gpunet package of another checkout (before/after)")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="mini-batch sizes, comma-separated")
     parser.add_argument("--samples", type=int, default=M, help="digits in the full batch and each epoch")
+    parser.add_argument("--data", type=Path, default=DATA, help="a Kaggle train.csv.gz (synthetic digits where missing)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b]
     try:
@@ -351,7 +352,7 @@ def main() -> None:
     import gpunet
 
     print(f"gpunet from {Path(gpunet.__file__).parent}")
-    digits, source = bench_data(args.samples)
+    digits, source = bench_data(args.samples, args.data)
     print(f"Data: {source}")
     print(f"Network 784-16-16-10, float32; full batch: gradient descent, lr {LR}; "
           f"epochs: mini-batch SGD, lr {LR}, reshuffled each epoch")
@@ -367,7 +368,7 @@ def main() -> None:
             print(f"gpunet on the CPU: {path}")
         rows += measure(device, backend, digits, batches, args.repeats, torch)
 
-    reads = read_times()
+    reads = read_times(args.data)
     if reads is not None:
         rows.append(("cpu", "read train.csv.gz, first", f"{1e3 * reads[0]:9.2f}", "", "gpunet.data, parse"))
         rows.append(("cpu", "read train.csv.gz, cached", f"{1e3 * reads[1]:9.2f}", "", "gpunet.data, parse cache"))

@@ -64,6 +64,29 @@ def test_forward_backward_matches_the_numpy_step(dtype, hidden, m):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tied_logits_count_the_first_class_as_numpy_argmax_does(dtype):
+    """Output weights and biases of zero: all ten logits tie, so every sample is predicted 0."""
+    rng = np.random.default_rng(8)
+    m = 300
+    images = rng.integers(0, 256, size=(m, 784), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=m).astype(np.int32)
+    net = network(NUMPY, (16,), dtype)
+    net.params[-2][...] = 0
+    net.params[-1][...] = 0
+    expected = int(np.sum(labels == 0))
+    assert 0 < expected < m and int(NUMPY.count_correct(net.logits(NUMPY.gather_scaled(images, None, dtype)),
+                                                         labels)) == expected
+    bufs = cpu_fused.Buffers(net, 256)
+    index = np.arange(256, dtype=np.int64)
+    correct = cpu_fused._forward_backward(images, index, 0, labels[:256], np.empty(256, dtype), bufs.Ws, bufs.bs,
+                                          bufs.dWs, bufs.dbs, bufs.As, bufs.dZs, bufs.partials)
+    assert correct == int(np.sum(labels[:256] == 0))
+    _, correct = cpu_fused.full_batch_gradients(net, images, labels, np.empty(m, dtype), 128, 2,
+                                                COMPILED.parallel_map)
+    assert correct == expected
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
 def test_optimizer_update_gives_the_same_bits(dtype, name):
     rng = np.random.default_rng(4)

@@ -183,7 +183,8 @@ def test_other_dtypes_and_layouts_take_the_generic_path(cuda, launched):
     labels = np.arange(6) % 10
     dZ, losses = cuda.softmax_cross_entropy(cuda.asarray(Z), cuda.asarray(labels))
     ref_dZ, ref_losses = CPU.softmax_cross_entropy(Z, labels)
-    np.testing.assert_allclose(cuda.to_numpy(dZ), ref_dZ, rtol=1e-2, atol=1e-3)
+    tol = 16 * float(np.finfo(np.float16).eps)  # CuPy's float16 exp and sums may round otherwise than NumPy's
+    np.testing.assert_allclose(cuda.to_numpy(dZ), ref_dZ, rtol=tol, atol=tol / 6)
     F = cuda.xp.asfortranarray(cuda.asarray(rng.standard_normal((16, 6)).astype(np.float32)))
     dA = cuda.xp.ones_like(F)
     cuda.relu_backward(dA, F)

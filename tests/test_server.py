@@ -25,6 +25,11 @@ from gpunet.images import prepare_digit
 from gpunet.server import MAX_BODY, make_server
 from gpunet.training import TrainConfig, train
 
+# The server rounds each probability to 6 decimals: off by at most half of 1e-6 (and a float64 ulp).
+ROUNDED = 0.5e-6 + float(np.finfo(np.float64).eps)
+# Ten of them, computed in float32 (their sum is 1 to ~10 eps) and each rounded.
+SUM_OF_ROUNDED = 10 * (ROUNDED + float(np.finfo(np.float32).eps))
+
 
 @pytest.fixture(scope="module")
 def network():
@@ -90,7 +95,7 @@ def test_predict_a_drawing(server, network):
         assert status == 200
         expected = network.probabilities(prepare_digit(image)[None, :])[0]
         assert answer["label"] == int(expected.argmax())
-        np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
+        np.testing.assert_allclose(answer["probabilities"], expected, atol=ROUNDED, rtol=0)
         assert len(answer["pixels"]) == 784 and max(answer["pixels"]) == 255
 
 
@@ -284,7 +289,7 @@ def test_draw_with_the_mouse_read_the_prediction_clear(browser, server, network)
         page.mouse.up()
         wait_until_answered(page)
         label, probs = shown(page)
-        assert sum(probs) == pytest.approx(1, abs=1e-4)
+        assert sum(probs) == pytest.approx(1, abs=SUM_OF_ROUNDED)
         bar = page.evaluate(f"() => document.querySelector('#prob-{label} .fill').getBoundingClientRect().width")
         track = page.evaluate(f"() => document.querySelector('#prob-{label} .track').getBoundingClientRect().width")
         assert bar == pytest.approx(track * probs[int(label)], abs=2)

@@ -88,7 +88,8 @@ def test_early_stopping_restores_the_best_weights(backend):
     assert result.best_epoch == best.epoch
     assert len(result.history) == best.epoch + 2  # patience 2: stopped after two epochs without improvement
     val_loss, _ = evaluate(result.network, DeviceData(backend, val_digits))
-    assert val_loss == pytest.approx(best.val_loss, rel=1e-5)
+    # the same weights, data and code: the same bits on the CPU; a GPU's BLAS may pick another summation order
+    assert val_loss == pytest.approx(best.val_loss, rel=16 * float(np.finfo(np.float32).eps))
 
 
 def test_ctrl_c_keeps_the_best_weights_so_far(backend):
@@ -102,7 +103,8 @@ def test_ctrl_c_keeps_the_best_weights_so_far(backend):
     result = caught.value.result
     assert result.stop_reason == "interrupted" and len(result.history) == 3
     val_loss, _ = evaluate(result.network, DeviceData(result.network.backend, separable_digits(50, seed=1)))
-    assert val_loss == pytest.approx(result.history[result.best_epoch - 1].val_loss, rel=1e-5)
+    assert val_loss == pytest.approx(result.history[result.best_epoch - 1].val_loss,
+                                     rel=16 * float(np.finfo(np.float32).eps))
 
 
 def test_cosine_schedule_warms_up_for_an_epoch_then_decays_towards_zero():
