@@ -13,6 +13,15 @@ def _umask() -> int:
     return mask
 
 
+def check_writable(folder: Path) -> None:
+    """Raise OSError where ``write_atomically`` could not write into ``folder``: it tries what that does.
+
+    Callers check before long work (training), not after it.
+    """
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".gpunet-", suffix=".check"):
+        pass
+
+
 def write_atomically(path: Path, write) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 import numpy as np
 
 from gpunet import __version__
+from gpunet.atomic_file import check_writable
 from gpunet.backend import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
 from gpunet.model import INITS
@@ -57,9 +57,8 @@ def check_out_path(option: str, path: Path, **inputs: Path | None) -> Path:
     for name, source in inputs.items():
         if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
             raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, give another name")
-    try:  # as the real write will: a temporary file beside the target (catches read-only folders before training)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
-            pass
+    try:
+        check_writable(path.parent)
     except OSError as error:
         raise GpunetError(f"{option} {path}: cannot write in folder '{path.parent}' ({error.strerror or error})") from None
     return path

@@ -9,11 +9,11 @@ what it shows. matplotlib is the optional extra ``gpunet[plot]``.
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from gpunet.atomic_file import check_writable
 from gpunet.errors import GpunetError
 
 DPI = 100
@@ -51,8 +51,7 @@ def prepare_out_dir(out_dir: Path, option: str = "--out") -> Path:
     except OSError as error:
         raise GpunetError(f"{option} {out_dir}: cannot create the folder ({error.strerror or error})") from None
     try:  # a read-only folder fails here, not after training
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".gpunet-", suffix=".check"):
-            pass
+        check_writable(out_dir)
     except OSError as error:
         raise GpunetError(f"{option} {out_dir}: cannot write in the folder ({error.strerror or error})") from None
     return out_dir

@@ -157,7 +157,6 @@ class HostCupy:
         return call
 
 
-
 def stand_in_backend(monkeypatch, launcher) -> backend_cuda.CupyBackend:
     """A real CupyBackend on HostCupy, its kernel launches sent to ``launcher`` (a HostWalk)."""
     host = HostCupy()
