@@ -15,14 +15,14 @@ import click
 import numpy as np
 
 from gpunet import __version__
-from gpunet.atomic_file import check_writable
 from gpunet.backend import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
 from gpunet.model import INITS
 from gpunet.optimizers import OPTIMIZERS
+from gpunet.outputs import MODEL, SUBMISSION, check_out_path, save_without_replacing
 from gpunet.training import SCHEDULES
 
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 MAX_UNITS = 100_000  # per hidden layer: larger ones only fail later, allocating gigabytes
 
 
@@ -44,24 +44,8 @@ def parse_hidden(ctx, param, value: str) -> tuple[int, ...]:
     return sizes
 
 
-def check_out_path(option: str, path: Path, **inputs: Path | None) -> Path:
-    """Fail before any work if the output cannot be written where asked, or would overwrite an input.
-
-    ``inputs``: the command's input files by option name (``data=...``), which
-    the output must not be.
-    """
-    if path.is_dir():
-        raise GpunetError(f"{option} {path}: is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise GpunetError(f"{option} {path}: folder '{path.parent}' does not exist")
-    for name, source in inputs.items():
-        if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
-            raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, give another name")
-    try:
-        check_writable(path.parent)
-    except OSError as error:
-        raise GpunetError(f"{option} {path}: cannot write in folder '{path.parent}' ({error.strerror or error})") from None
-    return path
+class TrainingFailed(GpunetError):
+    """Training ran but gave no usable model (diverged, or no better than chance): exit code 3."""
 
 
 def choose_backend(device: str):
@@ -121,13 +105,14 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
 @click.option("--batch-size", type=click.IntRange(min=0), default=None,
               help="Samples per step; 0 = all of them (full-batch gradient descent). [default: 64; 0 with --optimizer gd]")
 @click.option("--lr", type=float, default=None, callback=require_positive,
-              help="Learning rate alpha. [default: 0.01 for adam, 0.1 for gd/sgd, 0.05 for momentum]")
+              help="Learning rate alpha. [default: 0.01 for adam, 0.05 for momentum, 0.2 for sgd, 0.1 for gd]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
               help="gd: the notes' full-batch W <- W - alpha.dW; sgd: the same on mini-batches.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
               help="Learning-rate schedule. [default: cosine; constant with --optimizer gd]")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None, callback=require_finite,
-              help="Decoupled weight decay lambda: W <- W - alpha.lambda.W each step. [default: 0.1; 0 with --optimizer gd]")
+              help="Decoupled weight decay lambda: W <- W - alpha.lambda.W each step. "
+                   "[default: 0.1 for adam, 0.01 for momentum, 0.002 for sgd, 0 for gd]")
 @click.option("--init", type=click.Choice(INITS), default="he", show_default=True,
               help="he: Normal(0, 2/fan_in); seed: uniform [-0.5, 0.5) as in the notes.")
 @click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -144,27 +129,20 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
           plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.data import load_digits, load_sample, split_validation
+    from gpunet.metrics import better_than_chance, chance_accuracy
     from gpunet.training import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
 
     if patience is not None and val_size == 0:
         raise click.UsageError("--patience needs validation digits to watch; it cannot go with --val-size 0")
-    out = check_out_path("--out", out, data=data)
+    out = check_out_path("--out", out, MODEL, data=data)
     if plot_dir is not None:  # fail now, not after training
         from gpunet.plots import prepare_out_dir, require_matplotlib
 
         require_matplotlib()
         prepare_out_dir(plot_dir, "--plot")
-    full_batch = optimizer == "gd"
-    config = TrainConfig(
-        hidden=hidden,
-        epochs=epochs or (500 if full_batch else TrainConfig.epochs),
-        batch_size=batch_size if batch_size is not None else (0 if full_batch else TrainConfig.batch_size),
-        lr=lr or {"adam": TrainConfig.lr, "momentum": 0.05}.get(optimizer, 0.1),
-        optimizer=optimizer,
-        schedule=schedule or ("constant" if full_batch else TrainConfig.schedule),
-        weight_decay=weight_decay if weight_decay is not None else (0.0 if full_batch else TrainConfig.weight_decay),
-        init=init, val_size=val_size, patience=patience, seed=seed, dtype=dtype,
-    )
+    config = TrainConfig.for_optimizer(
+        optimizer, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
+        weight_decay=weight_decay, init=init, val_size=val_size, patience=patience, seed=seed, dtype=dtype)
     backend = choose_backend(device)
     digits = load_digits(data, labeled=True) if data is not None else load_sample()
     train_digits, val_digits = split_validation(digits, val_size, seed)
@@ -181,29 +159,34 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
                               progress_factory=report.progress_bar if config.batch_size else None)
     except TrainingDiverged as exc:
         report.close()
-        saved = save_result(out, exc.result, config, digits, backend) if exc.result.history else None
+        saved = save_failed_run(out, "diverged", exc.result, config, digits, backend) if exc.result.history else None
         kept = f"; kept the weights of epoch {exc.result.best_epoch} in {saved}" if saved else ""
-        raise GpunetError(f"training diverged: the loss became {exc.value} in epoch {exc.epoch}; "
-                          f"{divergence_hint(config)}{kept}") from None
+        raise TrainingFailed(f"training diverged: the loss became {exc.value} in epoch {exc.epoch}; "
+                             f"{divergence_hint(config)}{kept}") from None
     except TrainingInterrupted as exc:
         report.close()
         if exc.result.history:
-            saved = save_result(out, exc.result, config, digits, backend)
+            saved = save_failed_run(out, "interrupted", exc.result, config, digits, backend)
             click.echo(f"Interrupted in epoch {exc.epoch}: saved the best model so far "
                        f"(epoch {exc.result.best_epoch}) to {saved}", err=True)
         else:
             click.echo(f"Interrupted in epoch {exc.epoch}, before any epoch finished: nothing saved", err=True)
         sys.exit(EXIT_INTERRUPTED)
     report.close()
-    save_result(out, result, config, digits, backend)
     final = result.final
+    scored, accuracy, which = ((val_digits, final.val_accuracy, "Validation") if final.val_accuracy is not None
+                               else (train_digits, final.train_accuracy, "Training"))
+    if not better_than_chance(accuracy, scored.labels):
+        saved = save_failed_run(out, "unlearned", result, config, digits, backend)
+        raise TrainingFailed(f"{which.lower()} accuracy {100 * accuracy:.2f}% is no better than chance "
+                             f"({100 * chance_accuracy(scored.labels):.2f}% by always guessing the most common "
+                             f"digit): the network learned nothing; {learning_hint(config)}; saved it as {saved}")
+    save_result(out, result, config, digits, backend)
     if result.stop_reason == "early_stopping":
         click.echo(f"Early stopping: no better validation loss for {plural(patience, 'epoch')}; "
                    f"kept epoch {result.best_epoch}")
-    if final.val_accuracy is not None:
-        click.echo(f"Validation accuracy {100 * final.val_accuracy:.2f}% (epoch {result.best_epoch}); saved {out}")
-    else:
-        click.echo(f"Training accuracy {100 * final.train_accuracy:.2f}% (no validation digits); saved {out}")
+    click.echo(f"{which} accuracy {100 * accuracy:.2f}% (epoch {result.best_epoch}"
+               f"{'' if final.val_accuracy is not None else '; no validation digits'}); saved {out}")
     if plot_dir is not None:
         from gpunet.plots import write_plots
 
@@ -215,11 +198,17 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
 
 def divergence_hint(config) -> str:
     """What to change after a diverged run; the weight decay too where it alone makes W grow (lr.lambda >= 1)."""
-    shrink = config.lr * config.weight_decay
-    if shrink >= 1:
+    if config.lr * config.weight_decay >= 1:
         return (f"try a smaller --lr (now {config.lr:g}) or --weight-decay (now {config.weight_decay:g}): "
-                f"each step scales W by 1 - lr.lambda = {1 - shrink:g}")
+                f"their product is {config.lr * config.weight_decay:g}, and from 1 up the decay flips the weights' "
+                "sign and makes them grow instead of shrinking them")
     return f"try a smaller --lr (now {config.lr:g})"
+
+
+def learning_hint(config) -> str:
+    """What to change after a run that learned nothing."""
+    other = "" if config.optimizer == "adam" else ", or --optimizer adam"
+    return f"try a smaller --lr (now {config.lr:g}){other}"
 
 
 def report_plots(paths) -> None:
@@ -276,15 +265,21 @@ class ProgressBar:
         self.bar.close()
 
 
+def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Path:
+    """Save a run that did not finish well at ``out`` if nothing is there, else beside it (model.TAG.npz)."""
+    return save_without_replacing(out, tag, lambda path: save_result(path, result, config, digits, backend))
+
+
 def save_result(out: Path, result, config, digits, backend) -> Path:
     from gpunet.checkpoint import save_model
+    from gpunet.training import data_fingerprint
 
     final = result.final
     save_model(out, result.network.host_params(), {
         "classes": list(range(10)),
         "normalization": {"scale": 1 / 255, "offset": 0.0},
         "training": {**config.as_dict(), "hidden": list(config.hidden), "data": digits.source,
-                     "device": backend.name},
+                     "data_sha256": data_fingerprint(digits.images, digits.labels), "device": backend.name},
         "history": [vars(m) for m in result.history],
         "best_epoch": result.best_epoch,
         "stop_reason": result.stop_reason,
@@ -333,10 +328,10 @@ def predict(ctx, model, data, images, as_json, out, device, more_images):
         raise click.UsageError("give --data FILE (digits to label) or --image FILE... (your own images)")
     if as_json:
         raise click.UsageError("--json goes with --image")
-    out = check_out_path("--out", out, data=data, model=model)
+    out = check_out_path("--out", out, SUBMISSION, data=data, model=model)
     network, _ = load_network(model, choose_backend(device))
     digits = load_digits(data, labeled=False)
-    labels = network.probabilities(digits.images).argmax(axis=1)
+    labels = predict_labels(network, digits)
     rows = "".join(f"{i},{label}\n" for i, label in enumerate(labels.tolist(), start=1))
     write_atomically(out, lambda f: f.write(("ImageId,Label\n" + rows).encode()))
     click.echo(f"Wrote {plural(len(labels), 'prediction')} to {out}")
@@ -419,16 +414,56 @@ def serve(model, host, port):
 @click.option("--data", type=path_type(), required=True, help="Labeled digits (same formats as train).")
 @device_option
 def evaluate(model, data, device):
-    """Score a model on labeled digits: accuracy, per-class accuracy, confusion matrix."""
+    """Score a model on labeled digits: accuracy, per-class accuracy, confusion matrix.
+
+    On the very data the model was trained on, the digits it learned from are
+    scored apart from the validation digits it held out, which alone estimate
+    its accuracy on new digits.
+    """
     from gpunet.data import load_digits
+
+    network, meta = load_network(model, choose_backend(device))
+    digits = load_digits(data, labeled=True)
+    held_out, learned_from = split_as_in_training(digits, meta)
+    if learned_from is None:
+        score_digits(network, digits, f"{digits.source}: {plural(len(digits), 'digit')}")
+        return
+    click.echo(f"{digits.source} is the data this model was trained on.")
+    accuracy = 100 * np.mean(predict_labels(network, learned_from) == learned_from.labels)
+    click.echo(f"Training digits (it learned from these; no estimate for new digits): "
+               f"{plural(len(learned_from), 'digit')}, accuracy {accuracy:.2f}%")
+    if not len(held_out):
+        click.echo("No validation digits were held out (--val-size 0): score it on other digits.")
+        return
+    score_digits(network, held_out, f"Validation digits (held out in training): {plural(len(held_out), 'digit')}")
+
+
+def split_as_in_training(digits, meta):
+    """(validation, training) as the model's training run split these digits, or (digits, None) for other data."""
+    from gpunet.data import split_validation
+    from gpunet.training import data_fingerprint
+
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    seed, val_size = training.get("seed"), training.get("val_size")
+    if (training.get("data_sha256") != data_fingerprint(digits.images, digits.labels)
+            or not isinstance(seed, int) or not isinstance(val_size, int) or not 0 <= val_size < len(digits)):
+        return digits, None
+    learned_from, held_out = split_validation(digits, val_size, seed)
+    return held_out, learned_from
+
+
+def predict_labels(network, digits) -> np.ndarray:
+    return network.probabilities(digits.images).argmax(axis=1)
+
+
+def score_digits(network, digits, title: str) -> None:
+    """Accuracy, per-class accuracy and the confusion matrix, under ``title``."""
     from gpunet.metrics import confusion_counts
 
-    network, _ = load_network(model, choose_backend(device))
-    digits = load_digits(data, labeled=True)
-    predicted = network.probabilities(digits.images).argmax(axis=1)
+    predicted = predict_labels(network, digits)
     truth = digits.labels.astype(np.int64)
     confusion = confusion_counts(truth, predicted)
-    click.echo(f"{digits.source}: {plural(len(truth), 'digit')}, accuracy {100 * np.mean(predicted == truth):.2f}%")
+    click.echo(f"{title}, accuracy {100 * np.mean(predicted == truth):.2f}%")
     click.echo("\nPer class:")
     for digit in range(10):
         total = confusion[digit].sum()
@@ -447,11 +482,12 @@ def info():
     from importlib.metadata import version
 
     from gpunet import backend_cuda
+    from gpunet.backend import CpuBackend
 
     click.echo(f"gpunet {__version__}")
     click.echo(f"Python {sys.version.split()[0]}, NumPy {np.__version__}, click {version('click')}")
     click.echo("Backends:")
-    click.echo("  cpu: NumPy (always available)")
+    click.echo(f"  cpu: NumPy (always available); {CpuBackend().cpu_path()}")
     reason = backend_cuda.unavailable_reason()
     click.echo(f"  cuda: {'available' if reason is None else 'not usable: ' + reason}")
     for line in backend_cuda.device_report():
@@ -474,6 +510,9 @@ def main(argv=None) -> None:
     except DeviceError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    except TrainingFailed as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_TRAINING_FAILED)
     except GpunetError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_ERROR)

@@ -12,3 +12,20 @@ def confusion_counts(truth: np.ndarray, predicted: np.ndarray, classes: int = CL
     counts = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(counts, (truth.astype(np.int64), predicted.astype(np.int64)), 1)
     return counts
+
+
+def chance_accuracy(labels: np.ndarray, classes: int = CLASSES) -> float:
+    """The accuracy of the best constant guess: the share of the most common class (1/classes when balanced)."""
+    counts = np.bincount(labels.astype(np.int64), minlength=classes)
+    return float(counts.max() / counts.sum())
+
+
+def better_than_chance(accuracy: float, labels: np.ndarray, classes: int = CLASSES) -> bool:
+    """Is ``accuracy`` on these labels clearly above the best constant guess?
+
+    Clearly: by more than three standard errors of a guesser at that rate
+    (sqrt(p(1-p)/m)), so that luck on a small set does not pass for learning.
+    """
+    chance = chance_accuracy(labels, classes)
+    margin = 3 * (chance * (1 - chance) / len(labels)) ** 0.5
+    return accuracy > chance + margin

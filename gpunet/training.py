@@ -7,6 +7,7 @@ so the same loop trains on NumPy or CuPy. Inside an epoch only a few scalars
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gpunet.model import EVAL_CHUNK, Network, init_params, layer_sizes
-from gpunet.optimizers import make_optimizer
+from gpunet.optimizers import DEFAULTS, make_optimizer
 
 SCHEDULES = ("cosine", "constant")
 
@@ -36,6 +37,20 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def for_optimizer(cls, optimizer: str = "adam", **given) -> "TrainConfig":
+        """The settings given, the rest from the optimizer's defaults (``None`` means not given).
+
+        ``gd`` is the notes' recipe: full batch, constant rate, 500 epochs, no decay.
+        """
+        full_batch = optimizer == "gd"
+        defaults = {**DEFAULTS[optimizer],
+                    "epochs": 500 if full_batch else cls.epochs,
+                    "batch_size": 0 if full_batch else cls.batch_size,
+                    "schedule": "constant" if full_batch else cls.schedule}
+        chosen = {key: value for key, value in given.items() if value is not None}
+        return cls(optimizer=optimizer, **{**defaults, **chosen})
 
 
 @dataclass
@@ -78,6 +93,13 @@ class TrainingInterrupted(Exception):
     def __init__(self, epoch: int, result: TrainResult):
         super().__init__(f"interrupted in epoch {epoch}")
         self.epoch, self.result = epoch, result
+
+
+def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of a labeled data set's arrays: a model records it to know its training data again."""
+    digest = hashlib.sha256(np.ascontiguousarray(images).data)
+    digest.update(np.ascontiguousarray(labels).data)
+    return digest.hexdigest()
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:

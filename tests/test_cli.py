@@ -163,9 +163,10 @@ if os.path.isdir("/proc"):  # a folder nobody can create files in, root included
 
 
 @pytest.mark.parametrize("args, named", BAD_TRAIN_OPTIONS)
-def test_bad_train_input_gets_one_line_and_keeps_the_old_model(capsys, tmp_path, args, named):
+def test_bad_train_input_gets_one_line_and_keeps_the_old_model(capsys, tmp_path, trained, args, named):
     out = tmp_path / "model.npz"
-    out.write_bytes(b"precious")
+    precious = trained.read_bytes()
+    out.write_bytes(precious)
     if "--out" not in args:
         args = args + ["--out", str(out)]
     code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", *args) if "--epochs" not in args \
@@ -173,7 +174,7 @@ def test_bad_train_input_gets_one_line_and_keeps_the_old_model(capsys, tmp_path,
     assert code != 0
     assert err.startswith("Error:") and err.count("\n") == 1 and named in err, err
     assert "Traceback" not in err
-    assert out.read_bytes() == b"precious"
+    assert out.read_bytes() == precious
 
 
 def test_test_file_given_to_train_is_refused(capsys, tmp_path, digits):
@@ -204,11 +205,11 @@ def test_bad_model_files_for_predict(capsys, tmp_path, digits, kind):
         save_model(model, init_params([100, 10], "he", 0, np.float32), {})
     data = write_csv(tmp_path / "test.csv", digits[0])
     submission = tmp_path / "submission.csv"
-    submission.write_text("keep me")
+    submission.write_text("ImageId,Label\n1,7\n")
     code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
                        "--out", str(submission))
     assert code == 1 and err.startswith("Error:") and err.count("\n") == 1 and "model.npz" in err
-    assert submission.read_text() == "keep me"
+    assert submission.read_text() == "ImageId,Label\n1,7\n"
 
 
 def test_an_output_that_is_an_input_is_refused(capsys, tmp_path, trained, digits):
@@ -242,14 +243,14 @@ def test_a_folder_as_model_is_named(capsys, tmp_path, digits):
 def test_divergence_from_weight_decay_names_it(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--device", "cpu", "--weight-decay", "1000", "--epochs", "3",
                        "--out", str(tmp_path / "m.npz"))
-    assert code == 1 and "diverged" in err and "--weight-decay (now 1000)" in err and err.count("\n") == 1
+    assert code == 3 and "diverged" in err and "--weight-decay (now 1000)" in err and err.count("\n") == 1
 
 
 def test_divergence_stops_with_a_hint_and_keeps_the_last_good_weights(capsys, tmp_path):
     out = tmp_path / "m.npz"
     code, stdout, err = run(capsys, "train", "--device", "cpu", "--optimizer", "sgd", "--lr", "1e5",
                             "--epochs", "5", "--out", str(out))
-    assert code == 1
+    assert code == 3
     assert "diverged" in err and "smaller --lr" in err and err.count("\n") == 1
 
 
@@ -272,3 +273,181 @@ def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):
 
     _, meta = load_model(out)
     assert meta["stop_reason"] == "interrupted" and meta["history"]
+
+
+# -- nothing a user made is lost (README: "Your files are safe") -------------------------------------
+def interrupt_after_first_epoch(args):
+    """Run ``gpunet train ARGS`` in a subprocess, press Ctrl-C once an epoch is done; (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "gpunet", "train", "--device", "cpu", "--epochs", "1000", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
+def test_ctrl_c_never_replaces_an_existing_model_and_says_where_it_saved(tmp_path, trained):
+    out = tmp_path / "model.npz"
+    out.write_bytes(trained.read_bytes())
+    before = out.read_bytes()
+    code, err = interrupt_after_first_epoch(["--out", str(out)])
+    assert code == 130, err[-2000:]
+    beside = tmp_path / "model.interrupted.npz"
+    assert out.read_bytes() == before
+    assert str(beside) in err and "Traceback" not in err
+    from gpunet.checkpoint import load_model
+
+    assert load_model(beside)[1]["stop_reason"] == "interrupted"
+    code, err = interrupt_after_first_epoch(["--out", str(out)])  # again: a name beside that is free too
+    assert code == 130 and str(tmp_path / "model.interrupted-2.npz") in err, err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.interrupted-2.npz", "model.interrupted.npz",
+                                                          "model.npz"]
+
+
+def png_bytes():
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["submission", "png", "text", "other npz"])
+def test_train_writes_a_model_over_no_other_kind_of_file(capsys, tmp_path, kind):
+    out = tmp_path / "out.file"
+    content = {"submission": b"ImageId,Label\n1,7\n", "png": png_bytes(), "text": b"my notes\n"}.get(kind)
+    if content is None:
+        np.savez(out.with_suffix(".npz"), weights=np.zeros(3))
+        out.with_suffix(".npz").rename(out)
+        content = out.read_bytes()
+    else:
+        out.write_bytes(content)
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    assert code == 1 and err.count("\n") == 1 and "refusing to replace it" in err and str(out) in err, err
+    assert stdout == "" and out.read_bytes() == content  # refused before any training
+
+
+def test_predict_writes_a_submission_over_no_other_kind_of_file(capsys, tmp_path, trained, digits):
+    data = write_csv(tmp_path / "test.csv", digits[0])
+    other_model = tmp_path / "other.npz"
+    other_model.write_bytes(trained.read_bytes())
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(trained), "--data", str(data),
+                       "--out", str(other_model))
+    assert code == 1 and err.count("\n") == 1 and "holds a gpunet model, not a Kaggle submission" in err, err
+    assert other_model.read_bytes() == trained.read_bytes()
+    old = tmp_path / "submission.csv"  # an older submission is the one kind it replaces
+    old.write_text("ImageId,Label\n1,7\n")
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(trained), "--data", str(data),
+                       "--out", str(old))
+    assert code == 0, err
+    assert old.read_text().splitlines()[0] == "ImageId,Label" and len(old.read_text().splitlines()) == 41
+
+
+def test_a_completed_run_replaces_the_model_at_out(capsys, tmp_path, trained):
+    out = tmp_path / "model.npz"
+    out.write_bytes(trained.read_bytes())
+    code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--seed", "5", "--out", str(out))
+    assert code == 0, err
+    from gpunet.checkpoint import load_model
+
+    assert load_model(out)[1]["training"]["seed"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+def test_two_runs_writing_one_out_at_once_leave_one_complete_model(tmp_path):
+    out = tmp_path / "model.npz"
+    procs = [subprocess.Popen([sys.executable, "-m", "gpunet", "train", "--device", "cpu", "--epochs", "2",
+                               "--seed", str(seed), "--out", str(out)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], errors
+    from gpunet.checkpoint import load_model
+
+    params, meta = load_model(out)  # whole: every array present, shaped and finite
+    assert meta["training"]["seed"] in (1, 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temporary file left behind
+
+
+# -- honest endings ----------------------------------------------------------------------------------
+def test_a_run_that_learned_nothing_exits_3_and_keeps_the_old_model(capsys, tmp_path, trained):
+    out = tmp_path / "model.npz"
+    out.write_bytes(trained.read_bytes())
+    # Full-batch steps of 3 kill every ReLU of the seed init in a few epochs: ~10% from then on.
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--optimizer", "gd", "--lr", "3", "--epochs", "20",
+                            "--out", str(out))
+    assert code == 3, err
+    assert err.startswith("Error: validation accuracy") and err.count("\n") == 1
+    assert "no better than chance" in err and "smaller --lr (now 3)" in err and "--optimizer adam" in err
+    beside = tmp_path / "model.unlearned.npz"
+    assert str(beside) in err and beside.is_file()
+    assert out.read_bytes() == trained.read_bytes()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_sgd_and_momentum_train_well_with_their_defaults(capsys, tmp_path, optimizer):
+    # Before their own defaults they took Adam's weight decay, 0.1: at SGD's lr it shrinks W 1-2% a step.
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--optimizer", optimizer,
+                            "--out", str(tmp_path / "m.npz"))
+    assert code == 0, err
+    from gpunet.checkpoint import load_model
+
+    final = load_model(tmp_path / "m.npz")[1]["final_metrics"]
+    # The bundled sample: 10,000 training digits, 30 epochs. Adam gives ~94% there.
+    assert final["val_accuracy"] >= 0.92, final
+
+
+def test_chance_level_is_the_most_common_class_plus_three_standard_errors():
+    from gpunet.metrics import better_than_chance, chance_accuracy
+
+    balanced = np.repeat(np.arange(10), 100)
+    assert chance_accuracy(balanced) == 0.1
+    margin = 3 * (0.1 * 0.9 / 1000) ** 0.5
+    assert not better_than_chance(0.1 + margin, balanced) and better_than_chance(0.1 + margin + 1e-9, balanced)
+    skewed = np.array([3] * 900 + [5] * 100)
+    assert chance_accuracy(skewed) == 0.9 and not better_than_chance(0.9, skewed)
+
+
+# -- evaluate on the model's own training data -------------------------------------------------------
+def test_evaluate_on_the_training_file_scores_the_held_out_digits_apart(capsys, tmp_path):
+    from gpunet.data import load_sample
+
+    sample = load_sample()
+    data = write_csv(tmp_path / "train.csv", sample.images[:600], sample.labels[:600])
+    model = tmp_path / "m.npz"
+    code, _, err = run(capsys, "train", "--device", "cpu", "--data", str(data), "--val-size", "150",
+                       "--epochs", "3", "--out", str(model))
+    assert code == 0, err
+    code, out, err = run(capsys, "evaluate", "--device", "cpu", "--model", str(model), "--data", str(data))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"{data} is the data this model was trained on."
+    assert lines[1].startswith("Training digits (it learned from these; no estimate for new digits): 450 digits")
+    assert lines[2].startswith("Validation digits (held out in training): 150 digits, accuracy")
+    from gpunet.checkpoint import load_model
+
+    # The same 150 digits training validated on: the accuracy it reported (argmax ties aside, < 1 digit).
+    reported = load_model(model)[1]["final_metrics"]["val_accuracy"]
+    shown = float(lines[2].rsplit(" ", 1)[1].rstrip("%")) / 100
+    assert abs(shown - reported) < 1.5 / 150
+    start = lines.index("Confusion matrix (rows: true digit, columns: predicted):") + 2  # past the header row
+    assert sum(int(n) for line in lines[start:start + 10] for n in line.split()[1:]) == 150
+    other = write_csv(tmp_path / "other.csv", sample.images[600:700], sample.labels[600:700])
+    code, out, err = run(capsys, "evaluate", "--device", "cpu", "--model", str(model), "--data", str(other))
+    assert code == 0 and out.splitlines()[0].startswith(f"{other}: 100 digits, accuracy"), out
+
+
+def test_info_names_the_cpu_path(capsys):
+    from gpunet.backend import CpuBackend
+
+    code, out, _ = run(capsys, "info")
+    assert code == 0
+    cpu_line = next(line for line in out.splitlines() if line.startswith("  cpu:"))
+    assert CpuBackend().cpu_path() in cpu_line and ("numba" in cpu_line or "NumPy array calls" in cpu_line)

@@ -1,0 +1,114 @@
+"""Where the commands write, and what they may replace.
+
+The rules (README, "Your files are safe"):
+
+* A command replaces only a file of the kind it writes: ``train`` a gpunet
+  model, ``predict`` a Kaggle submission. Anything else at ``--out`` (a
+  submission, an image, a model of another program) is refused before any
+  work, as is an ``--out`` that is one of the command's inputs.
+* A run that did not finish well (interrupted, diverged, learned nothing)
+  never replaces a file: it writes ``--out`` only where nothing is there yet,
+  else a free name beside it (``model.interrupted.npz``), and says where.
+* Every file appears whole or not at all (:mod:`gpunet.atomic_file`): two runs
+  writing one ``--out`` at once leave one complete model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+from gpunet.atomic_file import check_writable
+from gpunet.errors import GpunetError
+
+MODEL, SUBMISSION = "a gpunet model", "a Kaggle submission"
+SUBMISSION_HEADER = b"ImageId,Label"
+MAX_BESIDE = 100  # model.interrupted.npz, model.interrupted-2.npz, ...
+
+
+def kind_of(path: Path) -> str | None:
+    """What the file at ``path`` holds, in words; None where it is empty (nothing to lose)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return None
+    if head.startswith(SUBMISSION_HEADER):
+        return SUBMISSION
+    if head.startswith(b"\x89PNG"):
+        return "a PNG image"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return MODEL if "metadata.npy" in archive.namelist() else "a zip archive (.npz) that is not a gpunet model"
+        except (zipfile.BadZipFile, OSError):
+            return "a damaged zip archive"
+    return "another kind of file"
+
+
+def check_out_path(option: str, path: Path, kind: str, **inputs: Path | None) -> Path:
+    """Fail before any work if ``path`` cannot be written, is an input, or holds another kind of file.
+
+    ``kind``: what the command writes (MODEL or SUBMISSION); ``inputs``: the
+    command's input files by option name (``data=...``).
+    """
+    if path.is_dir():
+        raise GpunetError(f"{option} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise GpunetError(f"{option} {path}: folder '{path.parent}' does not exist")
+    for name, source in inputs.items():
+        if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
+            raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, give another name")
+    if path.is_file():
+        found = kind_of(path)
+        if found not in (None, kind):
+            raise GpunetError(f"{option} {path}: holds {found}, not {kind}; refusing to replace it, "
+                              "give another name")
+    try:
+        check_writable(path.parent)
+    except OSError as error:
+        raise GpunetError(f"{option} {path}: cannot write in folder '{path.parent}' ({error.strerror or error})") from None
+    return path
+
+
+def names_beside(path: Path, tag: str):
+    """``path`` itself, then model.TAG.npz, model.TAG-2.npz, ... beside it."""
+    yield path
+    yield path.with_name(f"{path.stem}.{tag}{path.suffix}")
+    for n in range(2, MAX_BESIDE + 1):
+        yield path.with_name(f"{path.stem}.{tag}-{n}{path.suffix}")
+
+
+def save_without_replacing(path: Path, tag: str, save) -> Path:
+    """``save(p)`` writes a complete file at ``p``; publish it at ``path``, or beside it if taken.
+
+    Never replaces a file, not even one another process creates meanwhile: the
+    file is written under a temporary name and hard-linked to a free name
+    (a link fails where the name exists, atomically).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        save(tmp)
+        for candidate in names_beside(path, tag):
+            try:
+                _publish(tmp, candidate)
+                return candidate
+            except FileExistsError:
+                continue
+        raise GpunetError(f"{path}: {MAX_BESIDE} earlier {tag} models are beside it; remove some and run again")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give the complete file ``tmp`` the name ``path``; FileExistsError where that name is taken."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: claim the name first, then fill it
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(tmp, path)
