@@ -9,6 +9,7 @@ what it shows. matplotlib is the optional extra ``gpunet[plot]``.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,19 @@ FILES = {
 # Figure sizes in inches (pixels = inches * DPI); the weights grid grows with the hidden units.
 CURVES_SIZE = (10.0, 4.0)
 CONFUSION_SIZE = (7.0, 6.0)
+CONFUSION_TITLE_WIDTH = 4.5  # inches: the title is centred on the matrix, left of the colour bar
+TITLE_MARGIN = 0.2  # inches kept clear at each side of a title
 MISCLASSIFIED_GRID = (5, 8)  # rows, columns: the most confident mistakes first
 MISCLASSIFIED_SIZE = (10.0, 8.0)
-WEIGHTS_WIDTH = 12.0  # inches across, however many units
+WEIGHTS_WIDTH = 12.0  # inches across the grid, unless the cells would leave these bounds:
 WEIGHTS_CELL_MAX = 1.2  # inches per unit at most (few units)
+WEIGHTS_CELL_MIN = 0.6  # inches per unit at least (many units): room for the label "unit 1023"
+WEIGHTS_MIN_WIDTH = 6.0  # inches: the two title lines fit across
+WEIGHTS_TITLE_BAND = 0.65  # inches above the grid for the two title lines
+WEIGHTS_MARGIN = 0.1  # inches around the figure's contents
+WEIGHTS_GAP = 4  # mosaic pixels between neighbouring units' images
+WEIGHTS_TITLE_SIZE = 11  # points
+WEIGHTS_LABEL_SIZE = 8  # points
 
 
 def require_matplotlib():
@@ -118,6 +128,23 @@ def save(figure, path: Path) -> Path:
     return path
 
 
+def wrap_to_width(text, width: float) -> None:
+    """Break a title's lines until it is at most ``width`` inches across.
+
+    Titles name data files, whose paths can be longer than the figure is wide;
+    a path with no spaces is broken anywhere rather than cut off at the edge.
+    """
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    figure = text.get_figure()
+    renderer = RendererAgg(1, 1, figure.dpi)  # measures text; the figure's own canvas stays as it is
+    lines = text.get_text().split("\n")
+    chars = max(len(line) for line in lines)
+    while text.get_window_extent(renderer).width > width * figure.dpi and chars > 1:
+        chars -= max(1, chars // 10)
+        text.set_text("\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in lines))
+
+
 def describe(meta: dict) -> str:
     sizes = "-".join(str(s) for s in meta.get("layer_sizes", []))
     training = meta.get("training") or {}
@@ -158,7 +185,7 @@ def learning_curves(Figure, meta: dict):
             axes.legend()
     if len(history) > 1:
         loss_axes.set_yscale("log")
-    figure.suptitle(f"Learning curves: {describe(meta)}")
+    wrap_to_width(figure.suptitle(f"Learning curves: {describe(meta)}"), CURVES_SIZE[0] - 2 * TITLE_MARGIN)
     return figure
 
 
@@ -183,7 +210,8 @@ def confusion_matrix(Figure, truth: np.ndarray, predicted: np.ndarray, source: s
     axes.set_ylabel("true digit")
     figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true digit's row")
     accuracy = 100 * np.trace(counts) / max(counts.sum(), 1)
-    axes.set_title(f"{source}\n{len(truth):,} digits, accuracy {accuracy:.2f}%", fontsize=10)
+    title = axes.set_title(f"{source}\n{len(truth):,} digits, accuracy {accuracy:.2f}%", fontsize=10)
+    wrap_to_width(title, CONFUSION_TITLE_WIDTH)
     return figure
 
 
@@ -213,45 +241,120 @@ def misclassified(Figure, images: np.ndarray, truth: np.ndarray, probs: np.ndarr
     if not len(wrong):
         axes.text(0.5, 0.5, "no misclassified digits", fontsize=16, ha="center", transform=axes.transAxes)
     more = f" (the {len(shown)} most confident shown)" if len(wrong) > len(shown) else ""
-    figure.suptitle(f"Misclassified: {len(wrong):,} of {len(truth):,} digits of {source}{more}")
+    title = figure.suptitle(f"Misclassified: {len(wrong):,} of {len(truth):,} digits of {source}{more}")
+    wrap_to_width(title, MISCLASSIFIED_SIZE[0] - 2 * TITLE_MARGIN)
     return figure
 
 
 def weights_grid(units: int) -> tuple[int, int]:
-    """(rows, columns) of the weights figure: near square."""
-    columns = max(1, math.ceil(math.sqrt(units)))
+    """(rows, columns) of the weights figure: near square, with the fewest empty cells (10 digits: 2 x 5)."""
+    squarest = max(1, math.ceil(math.sqrt(units)))
+    widest = max(squarest, math.ceil(math.sqrt(2 * units)))  # at most about twice as wide as tall
+    columns = min(range(squarest, widest + 1), key=lambda c: math.ceil(units / c) * c - units)
     return math.ceil(units / columns), columns
 
 
-def weights_size(units: int) -> tuple[float, float]:
-    """The weights figure's size in inches: each unit a square cell, plus room for the title."""
+def weights_cell(units: int) -> float:
+    """Inches across one unit's cell: the grid fills WEIGHTS_WIDTH, within readable bounds."""
+    columns = weights_grid(units)[1]
+    return min(WEIGHTS_CELL_MAX, max(WEIGHTS_CELL_MIN, WEIGHTS_WIDTH / columns))
+
+
+def weights_cell_pixels(units: int) -> tuple[int, int]:
+    """(caption, step): mosaic pixels above each 28x28 image for its label, and between cells.
+
+    A cell is ``step`` mosaic pixels across and ``weights_cell`` inches, so the caption
+    gets as many mosaic pixels as its line of text needs at that scale.
+    """
+    step = 28 + WEIGHTS_GAP
+    scale = weights_cell(units) * DPI / step  # figure pixels per mosaic pixel
+    caption = math.ceil(1.5 * WEIGHTS_LABEL_SIZE * DPI / 72 / scale)  # a line of text, with room under it
+    return caption, step
+
+
+def weights_mosaic_inches(units: int) -> tuple[float, float]:
     rows, columns = weights_grid(units)
-    cell = min(WEIGHTS_CELL_MAX, WEIGHTS_WIDTH / columns)
-    return round(columns * cell, 2), round(rows * cell + 0.6, 2)
+    caption, step = weights_cell_pixels(units)
+    cell = weights_cell(units)
+    return columns * cell, rows * (caption + step) * cell / step
+
+
+def weights_size(units: int) -> tuple[float, float]:
+    """The weights figure's size in inches (whole pixels): the mosaic, margins and the title's band."""
+    mosaic_width, mosaic_height = weights_mosaic_inches(units)
+    width = max(WEIGHTS_MIN_WIDTH, mosaic_width + 2 * WEIGHTS_MARGIN)
+    height = WEIGHTS_TITLE_BAND + mosaic_height + WEIGHTS_MARGIN
+    return whole_pixels(width), whole_pixels(height)
+
+
+def whole_pixels(inches: float) -> float:
+    """Inches rounded up to a whole pixel (ignoring float noise below a millionth of one)."""
+    return math.ceil(round(inches * DPI, 6)) / DPI
+
+
+def weights_mosaic(W1: np.ndarray) -> np.ndarray:
+    """Each row of W1 as a 28x28 image scaled by its own largest weight, under a blank caption band.
+
+    Between images is NaN (drawn white).
+    """
+    units = W1.shape[0]
+    rows, columns = weights_grid(units)
+    caption, step = weights_cell_pixels(units)
+    mosaic = np.full((rows * (caption + step), columns * step), np.nan)
+    for unit in range(units):
+        top, left = weights_image_corner(unit, columns, caption, step)
+        weights = W1[unit].reshape(28, 28).astype(np.float64)
+        mosaic[top : top + 28, left : left + 28] = weights / (np.abs(weights).max() or 1.0)
+    return mosaic
+
+
+def weights_image_corner(unit: int, columns: int, caption: int, step: int) -> tuple[int, int]:
+    """(top row, left column) of a unit's image in the mosaic: its cell, less the caption and half a gap."""
+    row, col = divmod(unit, columns)
+    return row * (caption + step) + caption, col * step + WEIGHTS_GAP // 2
+
+
+def weights_titles(units: int, hidden: bool) -> tuple[str, str]:
+    """The figure's two title lines, each short enough for the narrowest weights figure."""
+    if hidden:
+        units_named = f"{units} hidden unit" + ("s" if units != 1 else "")
+        return (f"First-layer weights of the {units_named} (unit k: row k of W1)",
+                "red pixels excite a unit, blue ones inhibit it")
+    return ("First-layer weights: one template per digit (no hidden layer)",
+            "red pixels vote for the digit, blue ones against it")
 
 
 def first_layer_weights(Figure, W1: np.ndarray, hidden: bool):
-    """Each row of W1 as a 28x28 image, tiled: red pixels excite the unit, blue ones inhibit it.
+    """Each row of W1 as a 28x28 image, tiled and labelled: red pixels excite the unit, blue ones inhibit it.
 
+    Without a hidden layer the rows are the ten digits' templates, labelled by digit.
     Each unit is scaled by its own largest weight, so faint units show their pattern too.
+    The tiles are one picture (one imshow, not one axes per unit: hundreds of units stay fast),
+    placed at exact inches so each label's band fits its text.
     """
     from matplotlib import colormaps
 
     units = W1.shape[0]
-    rows, columns = weights_grid(units)
-    gap = 2
-    step = 28 + gap
-    mosaic = np.full((rows * step - gap, columns * step - gap), np.nan)
-    for unit in range(units):
-        row, col = divmod(unit, columns)
-        weights = W1[unit].reshape(28, 28).astype(np.float64)
-        mosaic[row * step : row * step + 28, col * step : col * step + 28] = weights / (np.abs(weights).max() or 1.0)
     width, height = weights_size(units)
+    mosaic_width, mosaic_height = weights_mosaic_inches(units)
     figure = Figure(figsize=(width, height), dpi=DPI)
-    axes = figure.add_axes((0.01, 0.01, 0.98, 1 - 0.6 / height - 0.01))
+    axes = figure.add_axes(((width - mosaic_width) / 2 / width, WEIGHTS_MARGIN / height,
+                            mosaic_width / width, mosaic_height / height))
     cmap = colormaps["RdBu_r"].with_extremes(bad="white")
-    axes.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    axes.imshow(weights_mosaic(W1), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     axes.set_axis_off()
-    what = f"each of the {units} hidden units" if hidden else f"each of the {units} classes (no hidden layer)"
-    figure.suptitle(f"First layer: the 784 weights into {what}; red excites, blue inhibits", fontsize=11)
+    label_weights(axes, units, hidden)
+    figure.suptitle("\n".join(weights_titles(units, hidden)), fontsize=WEIGHTS_TITLE_SIZE,
+                    y=1 - WEIGHTS_MARGIN / height, va="top")
     return figure
+
+
+def label_weights(axes, units: int, hidden: bool) -> None:
+    """Each image's label just above it: the digit it votes for, or the hidden unit's number."""
+    columns = weights_grid(units)[1]
+    caption, step = weights_cell_pixels(units)
+    for unit in range(units):
+        top, left = weights_image_corner(unit, columns, caption, step)
+        label = f"unit {unit}" if hidden else f"digit {unit}"
+        # pixel centres are whole numbers: the image's top edge is at top - 0.5
+        axes.text(left + 13.5, top - 1, label, ha="center", va="bottom", fontsize=WEIGHTS_LABEL_SIZE)

@@ -1,4 +1,5 @@
-"""`gpunet plot` and `gpunet train --plot`: four PNG files, each of the expected size and not blank."""
+"""`gpunet plot` and `gpunet train --plot`: four PNG files, each of the expected size and not blank,
+with every title and label inside the picture, and each first-layer image labelled."""
 
 import sys
 
@@ -90,12 +91,19 @@ def test_plot_on_given_labeled_data(capsys, trained, tmp_path):
     check_pngs(tmp_path)
 
 
-def test_without_hidden_layer_the_weights_are_the_class_templates(capsys, tmp_path, small_data):
+def test_without_hidden_layer_the_weights_are_the_class_templates(capsys, monkeypatch, tmp_path, small_data):
+    """The saved weights figure shows W1's ten rows, each under its digit, nothing cut off."""
+    from gpunet.checkpoint import load_model
+
+    figures = record_saved_figures(monkeypatch)
     model = tmp_path / "linear.npz"
     code, _, err = run(capsys, *TRAIN, "--hidden", "none", "--data", str(small_data), "--out", str(model),
                        "--plot", str(tmp_path / "plots"))
     assert code == 0, err
     check_pngs(tmp_path / "plots", units=10)
+    weights_figure = figures[plots.FILES["weights"]]
+    check_labels_above_templates(weights_figure, load_model(model)[0][0], [f"digit {d}" for d in range(10)])
+    assert texts_outside(weights_figure) == []
 
 
 def test_no_validation_digits_train_plots_the_training_digits_and_plot_asks_for_data(capsys, tmp_path, small_data):
@@ -151,3 +159,203 @@ def test_missing_matplotlib_names_the_extra(capsys, monkeypatch, tmp_path, train
     code, out, err = run(capsys, *TRAIN, "--out", str(tmp_path / "model.npz"), "--plot", str(tmp_path / "p"))
     assert code == 1 and "pip install 'gpunet[plot]'" in err
     assert not (tmp_path / "model.npz").exists() and "epoch" not in out
+
+
+# Readability: every text inside the figure, every first-layer image under its own label.
+
+LONG_SOURCE = "/data/" + "a-folder-name-longer-than-some-figures-are-wide/" * 3 + "train.csv.gz"
+HALF_PIXEL = 0.5  # extents are floats; less than half a pixel out is nothing a PNG shows
+
+
+def record_saved_figures(monkeypatch) -> dict:
+    """{file name: figure} for each figure plots.save writes from now on (it still writes them)."""
+    figures, save = {}, plots.save
+
+    def recording_save(figure, path):
+        figures[path.name] = figure
+        return save(figure, path)
+
+    monkeypatch.setattr(plots, "save", recording_save)
+    return figures
+
+
+def drawn_texts(figure):
+    """Draw the figure as savefig does (layout included); returns (the renderer, the texts it drew).
+
+    The texts are those whose draw ran with something to show: a figure also holds texts
+    that are never drawn (tick labels outside the axes' view keep stale strings).
+    """
+    from unittest import mock
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    drawn, draw = [], Text.draw
+
+    def recording_draw(text, renderer):
+        if text.get_visible() and text.get_text():
+            drawn.append(text)
+        return draw(text, renderer)
+
+    canvas = FigureCanvasAgg(figure)
+    with mock.patch.object(Text, "draw", autospec=True, side_effect=recording_draw):
+        canvas.draw()
+    return canvas.get_renderer(), drawn
+
+
+def texts_outside(figure) -> list[str]:
+    """The texts whose drawn extent reaches past an edge of the figure: cut off in the PNG."""
+    renderer, texts = drawn_texts(figure)
+    assert texts, "no text drawn: nothing checked"
+    page = figure.bbox
+    outside = []
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        if (box.x0 < page.x0 - HALF_PIXEL or box.x1 > page.x1 + HALF_PIXEL
+                or box.y0 < page.y0 - HALF_PIXEL or box.y1 > page.y1 + HALF_PIXEL):
+            outside.append(text.get_text())
+    return outside
+
+
+def runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) index of each stretch of True."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1))
+
+
+def template_boxes(figure, W1: np.ndarray) -> dict:
+    """{unit: its 28x28 image's extent in figure pixels}, found by content in the drawn images.
+
+    Each unit's image is its row of W1 scaled by its largest |weight|; blank (NaN) pixels separate them.
+    """
+    from matplotlib.image import AxesImage
+    from matplotlib.transforms import Bbox
+
+    W1 = W1.astype(np.float64)  # as the figure scales it: elementwise, so equal far inside allclose's tolerance
+    scaled = W1.reshape(-1, 28, 28) / np.abs(W1).max(axis=1).reshape(-1, 1, 1)
+    projection = np.random.default_rng(0).normal(size=(28, 28, 4))  # a short fingerprint of each image
+    fingerprints = np.einsum("uij,ijk->uk", scaled, projection)
+    boxes = {}
+    for image in figure.findobj(AxesImage):
+        assert image.origin == "upper"
+        pixels = np.ma.filled(np.ma.masked_invalid(np.ma.asarray(image.get_array(), dtype=float)), np.nan)
+        shown = np.isfinite(pixels)
+        (left, right, bottom, top), (height, width) = image.get_extent(), pixels.shape
+        for r0, r1 in runs(shown.any(axis=1)):
+            for c0, c1 in runs(shown.any(axis=0)):
+                block = pixels[r0 : r1 + 1, c0 : c1 + 1]
+                if block.shape != (28, 28) or not np.isfinite(block).all():
+                    continue
+                # the nearest fingerprint names the candidate; the whole image must then match it
+                unit = int(np.abs(fingerprints - np.einsum("ij,ijk->k", block, projection)).sum(axis=1).argmin())
+                if not np.allclose(block, scaled[unit]):
+                    continue
+                assert unit not in boxes, f"unit {unit} shown twice"
+                corners = [(left + c * (right - left) / width, top + r * (bottom - top) / height)
+                           for r, c in ((r0, c0), (r1 + 1, c1 + 1))]
+                boxes[unit] = Bbox(image.axes.transData.transform(corners))
+    assert sorted(boxes) == list(range(len(W1))), "not every row of W1 is shown"
+    return boxes
+
+
+def check_labels_above_templates(figure, W1: np.ndarray, labels: list[str]) -> None:
+    """Label k sits just above unit k's image, and no label covers an image or another label."""
+    renderer, texts = drawn_texts(figure)
+    images = template_boxes(figure, W1)
+    captions = [t for t in texts if t not in figure.texts]  # figure.texts: the title
+    assert sorted(t.get_text() for t in captions) == sorted(labels)
+    boxes = {labels.index(t.get_text()): t.get_window_extent(renderer) for t in captions}
+    for unit, caption in boxes.items():
+        image = images[unit]  # display y grows upward: above is a larger y
+        assert image.xmin <= (caption.xmin + caption.xmax) / 2 <= image.xmax, f"{labels[unit]} is not over its image"
+        gap = caption.ymin - image.ymax
+        assert -HALF_PIXEL <= gap < caption.height, f"{labels[unit]} is not just above its image"
+    titles = [t.get_window_extent(renderer) for t in texts if t in figure.texts]
+    labels_and_titles = list(boxes.values()) + titles
+    assert not overlaps(labels_and_titles, labels_and_titles + list(images.values())).any(), (
+        "a label or the title covers an image or another label")
+
+
+def overlaps(boxes: list, others: list) -> np.ndarray:
+    """[i, j]: boxes[i] and others[j] share more than half a pixel each way (a box never overlaps itself)."""
+    def sides(bboxes):
+        return np.array([[b.xmin, b.xmax, b.ymin, b.ymax] for b in bboxes]).reshape(-1, 4).T
+
+    ax0, ax1, ay0, ay1 = sides(boxes)[:, :, None]
+    bx0, bx1, by0, by1 = sides(others)[:, None, :]
+    result = (ax0 + HALF_PIXEL < bx1) & (bx0 + HALF_PIXEL < ax1) & (ay0 + HALF_PIXEL < by1) & (by0 + HALF_PIXEL < ay1)
+    same = np.array([[a is b for b in others] for a in boxes], dtype=bool).reshape(result.shape)
+    return result & ~same
+
+
+def random_weights(units: int) -> np.ndarray:
+    return np.random.default_rng(units).normal(size=(units, 784))
+
+
+def history_meta(source: str, epochs: int) -> dict:
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_accuracy": 1 - 0.5 / e,
+                "val_accuracy": 1 - 0.6 / e} for e in range(1, epochs + 1)]
+    training = {"optimizer": "adam", "lr": 0.01, "data": source}
+    return {"layer_sizes": [784, 16, 16, 10], "training": training, "history": history, "best_epoch": epochs - 1}
+
+
+def predictions(count: int = 1000):
+    """(images, truth, probabilities) with about a tenth misclassified."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 10, count)
+    logits = rng.normal(size=(count, 10))
+    logits[np.arange(count), truth] += 4
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return rng.integers(0, 256, (count, 784), dtype=np.uint8), truth, probs
+
+
+FIGURES = {
+    "learning curves, long data path": lambda F: plots.learning_curves(F, history_meta(LONG_SOURCE, 30)),
+    "learning curves, no history": lambda F: plots.learning_curves(F, {}),
+    "confusion matrix, long data path": lambda F: plots.confusion_matrix(
+        F, predictions()[1], predictions()[2].argmax(axis=1), LONG_SOURCE + " (validation part)"),
+    "misclassified, long data path": lambda F: plots.misclassified(F, *predictions(), LONG_SOURCE),
+    "weights, 1 unit": lambda F: plots.first_layer_weights(F, random_weights(1), hidden=True),
+    "weights, 10 classes": lambda F: plots.first_layer_weights(F, random_weights(10), hidden=False),
+    "weights, 16 units": lambda F: plots.first_layer_weights(F, random_weights(16), hidden=True),
+    "weights, 128 units": lambda F: plots.first_layer_weights(F, random_weights(128), hidden=True),
+    "weights, 1024 units": lambda F: plots.first_layer_weights(F, random_weights(1024), hidden=True),
+}
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_every_text_is_inside_the_figure(name):
+    """No title, label or caption is cut off at the figure's edge, however long the data path."""
+    figure = FIGURES[name](plots.require_matplotlib())
+    assert texts_outside(figure) == []
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_no_text_covers_another(name):
+    """Titles, tick labels, legends and captions each stand clear of the others."""
+    figure = FIGURES[name](plots.require_matplotlib())
+    renderer, texts = drawn_texts(figure)
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    crossing = overlaps(boxes, boxes)
+    assert [(texts[i].get_text(), texts[j].get_text()) for i, j in zip(*np.nonzero(np.triu(crossing)))] == []
+
+
+@pytest.mark.parametrize("units", [1, 16, 128, 1024])
+def test_hidden_units_are_labelled_by_number(units):
+    W1 = random_weights(units)
+    figure = plots.first_layer_weights(plots.require_matplotlib(), W1, hidden=True)
+    check_labels_above_templates(figure, W1, [f"unit {u}" for u in range(units)])
+
+
+def test_class_templates_are_labelled_by_digit():
+    W1 = random_weights(10)
+    figure = plots.first_layer_weights(plots.require_matplotlib(), W1, hidden=False)
+    check_labels_above_templates(figure, W1, [f"digit {d}" for d in range(10)])
+
+
+def test_wrapped_titles_keep_every_character():
+    """A title broken onto more lines still says all it said: only spaces and line breaks change."""
+    figure = plots.misclassified(plots.require_matplotlib(), *predictions(), LONG_SOURCE)
+    title = figure.texts[0].get_text()
+    assert "\n" in title
+    assert LONG_SOURCE in "".join(title.split())
