@@ -275,7 +275,9 @@ def get_backend(device: str):
     """Return ``(backend, notice)`` for ``--device auto|cpu|cuda``.
 
     ``cuda`` that cannot be used raises DeviceError naming what is missing;
-    ``auto`` falls back to the CPU and returns a one-line notice saying why.
+    ``auto`` falls back to the CPU and returns a one-line notice saying why,
+    where CuPy is installed (whoever installed it expects the GPU); without
+    CuPy, ``auto`` is the CPU and there is nothing to say.
     """
     if device not in DEVICES:
         raise DeviceError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
@@ -283,7 +285,9 @@ def get_backend(device: str):
         return CpuBackend(), None
     from gpunet import backend_cuda
 
-    reason = backend_cuda.unavailable_reason()
+    if device == "auto" and backend_cuda.cupy is None:
+        return CpuBackend(), None
+    reason = backend_cuda.unavailable_reason()  # probed once per process: a device, NVRTC, cuBLAS, the kernels
     if reason is None:
         return backend_cuda.CupyBackend(), None
     if device == "cuda":

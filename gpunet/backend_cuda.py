@@ -24,27 +24,87 @@ except ImportError:
 
 INSTALL_HINT = "install CuPy with: pip install 'gpunet[cuda12]' (or 'gpunet[cuda13]')"
 DRIVER_HINT = "install the NVIDIA driver for the GPU (CUDA 12 or newer), or use --device cpu"
+LIBRARY_HINT = "install CuPy with its CUDA libraries: pip install 'gpunet[cuda12]' (or 'gpunet[cuda13]'), or use --device cpu"
+# The probe's inputs: two samples' logits, their labels, and one image row (pixels 0 and 255).
+PROBE_Z = np.array([[1.0, 0.0, 3.0], [2.0, 0.0, -1.0]], np.float32)  # largest: row 1, row 0 (a tie), row 0
+PROBE_LABELS = np.array([1, 0, 1], np.int32)  # two right
+PROBE_PIXELS = np.array([[0, 255]], np.uint8)
 
 
 @lru_cache(maxsize=1)
 def unavailable_reason() -> str | None:
-    """None when a CUDA device is usable, else one line saying what is missing.
+    """None when CUDA is usable, else one line saying what is missing.
 
-    Asked once per process, by actually asking the driver for a device, because
-    CuPy can be installed where no usable GPU exists.
+    Asked once per process, by doing what training needs before choosing CUDA:
+    CuPy can be installed where no usable GPU exists, and it loads NVRTC and
+    cuBLAS only at the first kernel and the first matrix product, so a device
+    count alone would choose CUDA and fail mid-run. Each check below runs only
+    where the ones before it passed.
     """
     if cupy is None:
         return f"CuPy is not installed; {INSTALL_HINT}"
+    for check in (_driver_problem, _nvrtc_problem, _cublas_problem, _kernel_problem):
+        reason = check()
+        if reason is not None:
+            return reason
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
+def _driver_problem() -> str | None:
+    """The driver answers and has a device."""
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # the driver library is missing or refuses: say which
-        return (
-            f"no usable CUDA driver ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            f"{DRIVER_HINT}"
-        )
+        return f"no usable CUDA driver ({_first_line(exc)}); {DRIVER_HINT}"
     if count == 0:
         return f"no CUDA device found; {DRIVER_HINT}"
     return None
+
+
+def _nvrtc_problem() -> str | None:
+    """NVRTC, which compiles the kernels at their first launch, loads."""
+    try:
+        cupy.cuda.nvrtc.getVersion()
+    except Exception as exc:
+        return f"CUDA's run-time compiler NVRTC cannot be loaded ({_first_line(exc)}); {LIBRARY_HINT}"
+    return None
+
+
+def _cublas_problem() -> str | None:
+    """cuBLAS, which does every matrix product, loads and gives a handle on the current device."""
+    try:
+        cupy.cuda.device.get_cublas_handle()
+    except Exception as exc:
+        return f"cuBLAS cannot be loaded ({_first_line(exc)}); {LIBRARY_HINT}"
+    return None
+
+
+def _kernel_problem() -> str | None:
+    """Every kernels/*.cu module compiles for the current device, loads, and computes a known answer."""
+    try:
+        right = _kernels_answer()
+    except Exception as exc:  # NVRTC refuses the architecture, the driver refuses the cubin, ...
+        return f"the gpunet kernels do not run on this device ({_first_line(exc)}); use --device cpu"
+    if not right:
+        return "the gpunet kernels run on this device but give wrong results; use --device cpu"
+    return None
+
+
+def _kernels_answer() -> bool:
+    """Launch one kernel of each module on a few numbers; whether each gives the known answer."""
+    Z = cupy.asarray(PROBE_Z)
+    count = kernels.count_correct(Z, cupy.asarray(PROBE_LABELS))  # loss.cu
+    mask = kernels.relu_backward(cupy.ones(PROBE_Z.shape, np.float32), Z)  # layers.cu
+    pixels = kernels.gather_scaled(cupy.asarray(PROBE_PIXELS), None, np.float32)  # data.cu
+    return (
+        int(count) == 2
+        and cupy.asnumpy(mask).tolist() == (PROBE_Z > 0).astype(np.float32).tolist()
+        and cupy.asnumpy(pixels).tolist() == [[0.0], [1.0]]
+    )
 
 
 def _on_device(*arrays) -> bool:
@@ -64,6 +124,7 @@ class CupyBackend(Backend):
     def __init__(self):
         if cupy is None:
             raise RuntimeError(f"CuPy is not installed; {INSTALL_HINT}")
+        self.xp = cupy  # the module as it is now (the tests' CuPy stand-in replaces it after import)
         self.device = cupy.cuda.Device()
 
     def describe(self) -> str:
@@ -139,12 +200,26 @@ def device_report() -> list[str]:
     CuPy and CUDA versions, each device, and whether the kernels compile.
 
     Works without a GPU or driver: the kernels are compiled with NVRTC for the
-    architectures the package claims (and each present device's).
+    architectures the package claims that NVRTC supports (and each present device's).
     """
     if cupy is None:
         return [f"CuPy: not installed; {INSTALL_HINT}"]
+    lines = [f"CuPy {cupy.__version__}", "CUDA " + ", ".join(_versions())]
+    device_archs = []
+    if unavailable_reason() is not None:
+        lines.append("CUDA devices: none usable")
+    else:
+        for device_id in range(cupy.cuda.runtime.getDeviceCount()):
+            line, arch = _device_line(device_id)
+            lines.append(line)
+            device_archs.append(arch)
+    lines.append(_kernels_line(device_archs))
+    return lines
+
+
+def _versions() -> list[str]:
+    """CUDA runtime, driver and NVRTC versions, each 'missing' or 'unknown' where it cannot be asked."""
     runtime = cupy.cuda.runtime
-    lines = [f"CuPy {cupy.__version__}"]
     versions = []
     for what, ask in (("runtime", runtime.runtimeGetVersion), ("driver", runtime.driverGetVersion)):
         try:
@@ -155,30 +230,32 @@ def device_report() -> list[str]:
     try:
         versions.append("NVRTC {}.{}".format(*kernels.nvrtc_version()))
     except Exception as exc:
-        versions.append(f"NVRTC missing ({type(exc).__name__}: {str(exc).splitlines()[0]})")
-    lines.append("CUDA " + ", ".join(versions))
-    archs = list(kernels.ARCHS)
-    reason = unavailable_reason()
-    if reason is not None:
-        lines.append("CUDA devices: none usable")
-    else:
-        for device_id in range(runtime.getDeviceCount()):
-            props = runtime.getDeviceProperties(device_id)
-            major, minor = props["major"], props["minor"]
-            lines.append(
-                f"device {device_id}: {_text(props['name'])}, compute capability {major}.{minor}, "
-                f"{props['totalGlobalMem'] / 2**30:.1f} GiB"
-            )
-            try:
-                arch = kernels.nvrtc_arch(10 * major + minor)
-            except Exception:  # NVRTC missing: compile_check below says so
-                arch = 10 * major + minor
-            if arch not in archs:
-                archs.append(arch)
-    targets = ", ".join(f"sm_{arch}" for arch in archs)
+        versions.append(f"NVRTC missing ({_first_line(exc)})")
+    return versions
+
+
+def _device_line(device_id: int) -> tuple[str, int]:
+    """A device's line (name, compute capability, memory) and the architecture CuPy compiles for on it."""
+    props = cupy.cuda.runtime.getDeviceProperties(device_id)
+    major, minor = props["major"], props["minor"]
+    line = (f"device {device_id}: {_text(props['name'])}, compute capability {major}.{minor}, "
+            f"{props['totalGlobalMem'] / 2**30:.1f} GiB")
+    return line, kernels.nvrtc_arch(10 * major + minor)
+
+
+def _kernels_line(device_archs) -> str:
+    """Whether the kernels compile for the claimed architectures NVRTC supports, and for each device's."""
+    try:
+        archs = list(kernels.compile_archs())
+    except kernels.KernelCompileError as exc:
+        return f"kernels: do NOT compile: {str(exc).splitlines()[0]}"
+    dropped = [arch for arch in kernels.ARCHS if arch not in archs]
+    archs += [arch for arch in device_archs if arch not in archs]
     failure = kernels.compile_check(archs)
-    if failure is None:
-        lines.append(f"kernels: compile with NVRTC for {targets}")
-    else:
-        lines.append(f"kernels: do NOT compile for {targets}: {failure}")
-    return lines
+    targets = ", ".join(f"sm_{arch}" for arch in archs)
+    if failure is not None:
+        return f"kernels: do NOT compile{' for ' + targets if targets else ''}: {failure}"
+    line = f"kernels: compile with NVRTC for {targets}"
+    if dropped:
+        line += f" (this NVRTC does not support {', '.join(f'sm_{arch}' for arch in dropped)})"
+    return line

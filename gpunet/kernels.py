@@ -18,7 +18,9 @@ wrappers' argument passing is checked without a GPU too.
 
 :func:`compile_for_arch` compiles the sources with NVRTC for an explicit GPU
 architecture without touching a device or driver: the tests and
-``gpunet info`` use it to tell whether the kernels compile.
+``gpunet info`` use it to tell whether the kernels compile, for the
+architectures of :func:`compile_archs` (those the package claims that the
+installed NVRTC supports).
 """
 
 from __future__ import annotations
@@ -37,13 +39,25 @@ MODULES: dict[str, tuple[str, ...]] = {
 }
 # NumPy dtype -> the kernel templates' T. Other dtypes use the generic xp code.
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-# GPU architectures the package claims: the tests compile every kernel for each.
+# GPU architectures the package claims. The kernels are compiled, tested and reported for
+# those of them the installed NVRTC supports (compile_archs): NVRTC 13 dropped sm_70.
 ARCHS = (70, 80, 90)
 # Our NVRTC options. CuPy's RawModule adds the target architecture and the two
 # options of CUPY_ADDED_OPTIONS; compile_for_arch adds the same, so the tests
 # compile exactly what a GPU would.
 NVRTC_OPTIONS = ("--std=c++17",)
 CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+# Each kernel's array parameters that it writes (the non-const pointers of its C signature).
+# No other array argument of a launch may overlap one of them: a thread reads its inputs
+# while other threads write, so an aliased launch gives a result that depends on timing.
+WRITES: dict[str, tuple[int, ...]] = {
+    "softmax_cross_entropy": (2, 3),
+    "count_correct": (2,),
+    "bias_relu": (0,),
+    "relu_backward": (0,),
+    "gather_scaled": (2,),
+    "transpose_scaled": (1,),
+}
 # Threads per block; a grid of at most MAX_BLOCKS blocks covers any size with
 # its grid-stride loop.
 BLOCK = 256
@@ -117,39 +131,66 @@ class Compiled:
         ]
 
 
-def nvrtc_version() -> tuple[int, int]:
-    from cupy_backends.cuda.libs import nvrtc
+def _nvrtc():
+    """CuPy's NVRTC bindings, or KernelCompileError saying why there are none."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+    except ImportError as exc:
+        raise KernelCompileError(f"NVRTC is not available: CuPy is not installed ({exc})") from None
+    return nvrtc
 
-    return tuple(nvrtc.getVersion())
+
+def _ask_nvrtc(question: str):
+    """``nvrtc.<question>()``; KernelCompileError where CuPy or libnvrtc itself is missing or unloadable."""
+    nvrtc = _nvrtc()
+    try:
+        return getattr(nvrtc, question)()
+    except Exception as exc:
+        raise KernelCompileError(f"NVRTC is not usable: {type(exc).__name__}: {exc}") from None
+
+
+def nvrtc_version() -> tuple[int, int]:
+    return tuple(_ask_nvrtc("getVersion"))
+
+
+def supported_archs() -> tuple[int, ...]:
+    """The GPU architectures the installed NVRTC compiles for (nvrtcGetSupportedArchs), e.g. (75, 80, ...)."""
+    return tuple(int(arch) for arch in _ask_nvrtc("getSupportedArchs"))
+
+
+def compile_archs(claimed=ARCHS) -> tuple[int, ...]:
+    """The ``claimed`` architectures that the installed NVRTC supports: those the kernels are compiled for."""
+    supported = supported_archs()
+    return tuple(arch for arch in claimed if arch in supported)
 
 
 def nvrtc_arch(capability: int) -> int:
-    """The architecture to compile for on a device of compute capability ``capability`` (e.g. 86).
+    """The architecture CuPy compiles for on a device of compute capability ``capability`` (e.g. 86).
 
-    As CuPy does: the device's own where NVRTC knows it, else the newest one
-    NVRTC knows below it (a newer device runs that code).
+    As CuPy does (cupy/cuda/compiler.py): the device's own, capped at the
+    newest architecture NVRTC knows, as a cubin (``-arch=sm_XX``). A cubin is
+    machine code that runs only on its own major architecture, at its minor
+    version or above: sm_86 code runs on 8.6 and 8.9, never on 9.0. So on a
+    device of a newer major architecture than NVRTC knows the kernels do not
+    load (PTX, ``-arch=compute_XX``, would be JIT-compiled forward by the
+    driver, but CuPy builds PTX only with CUPY_COMPILE_WITH_PTX=1); the device
+    probe of gpunet.backend_cuda launches the kernels and so finds out.
     """
-    from cupy_backends.cuda.libs import nvrtc
-
-    known = [arch for arch in nvrtc.getSupportedArchs() if arch <= capability]
-    return max(known) if known else capability
+    return min(capability, max(supported_archs()))
 
 
 def compile_for_arch(arch: int, modules=None, target: str = "cubin") -> list[Compiled]:
     """Compile ``modules`` (default: all) with NVRTC for GPU architecture ``arch`` (e.g. 80).
 
-    ``target="cubin"`` passes ``-arch=sm_<arch>`` (what CuPy does where NVRTC
-    knows the device), ``"ptx"`` passes ``-arch=compute_<arch>``. Calls NVRTC
+    ``target="cubin"`` passes ``-arch=sm_<arch>`` (what CuPy builds, see
+    :func:`nvrtc_arch`), ``"ptx"`` passes ``-arch=compute_<arch>``. Calls NVRTC
     directly through CuPy's bindings: CuPy's own compile helpers ask the device
     for its architecture, this never touches a device or driver. Raises
     KernelCompileError with NVRTC's log when a source does not compile.
     """
     if target not in ("cubin", "ptx"):
         raise ValueError(f"target is 'cubin' or 'ptx', not {target!r}")
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-    except ImportError as exc:
-        raise KernelCompileError(f"NVRTC is not available: CuPy is not installed ({exc})") from None
+    nvrtc = _nvrtc()
     arch_option = f"-arch={'sm' if target == 'cubin' else 'compute'}_{int(arch)}"
     options = [*NVRTC_OPTIONS, *CUPY_ADDED_OPTIONS, arch_option]
     results = []
@@ -178,9 +219,17 @@ def compile_for_arch(arch: int, modules=None, target: str = "cubin") -> list[Com
     return results
 
 
-def compile_check(archs=ARCHS) -> str | None:
-    """None when every kernel compiles for every arch in ``archs``, else the first failure in one line."""
+def compile_check(archs=None) -> str | None:
+    """None when every kernel compiles for every arch in ``archs``, else the first failure in one line.
+
+    ``archs``: by default :func:`compile_archs`, the claimed ones the installed NVRTC supports.
+    """
     try:
+        if archs is None:
+            archs = compile_archs()
+        if not archs:
+            version = ".".join(map(str, nvrtc_version()))
+            return f"NVRTC {version} supports none of {', '.join(f'sm_{arch}' for arch in ARCHS)}"
         for arch in archs:
             compile_for_arch(arch)
     except (KernelCompileError, FileNotFoundError) as exc:

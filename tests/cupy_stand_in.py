@@ -4,33 +4,53 @@
 unchanged) with three things swapped in for CuPy and the GPU:
 
 * ``backend_cuda.cupy`` is ``HostCupy``: NumPy's functions, except that every
-  array it makes is a ``DeviceArray``, the stand-in for ``cupy.ndarray`` (a
-  NumPy array with ``.get()``). A DeviceArray mixed with a plain NumPy array in
-  a ufunc (arithmetic, matmul, reductions) raises TypeError, as CuPy does, so
-  host arrays that leak into device arithmetic are caught (not those used as
-  an index or by copyto), and ``isinstance(a, cupy.ndarray)`` means something.
+  array it makes is a ``DeviceArray``, the stand-in for ``cupy.ndarray``. A
+  DeviceArray holds its NumPy memory privately and is no ``numpy.ndarray``:
+  ``isinstance(x, np.ndarray)`` is false and ``np.asarray(x)`` raises CuPy's
+  TypeError, so only CuPy's API reaches the data. As on CuPy, a host array
+  mixed into device arithmetic raises TypeError (a host array used as an index
+  is copied over, as CuPy does), reductions and scalar indexing give 0-d device
+  arrays, and NumPy's ufuncs with ``out=`` device arrays (``np.multiply(g, lr,
+  out=tmp)``) run through ``__array_ufunc__``.
 * Both keep to CuPy's real API, read from the installed ``cupy`` package
   (importable without a driver): a ``cupy.<name>`` or ``ndarray.<name>`` that
-  CuPy lacks raises AttributeError, a call whose arguments CuPy's function
-  would not take raises TypeError, and a ufunc keyword CuPy's ufuncs refuse
-  (``where=``, ``order=``, ...) raises TypeError; so code that NumPy runs but
-  CuPy would refuse on a GPU fails here too.
+  CuPy lacks raises AttributeError; a call whose arguments CuPy's function or
+  ndarray method would not take raises TypeError (the methods' signatures are
+  read from the docstrings Cython embeds, the one place CuPy states them); a
+  ufunc keyword CuPy's ufuncs refuse (``where=``, ``order=``, ...) raises
+  TypeError; so code that NumPy runs but CuPy would refuse fails here too.
 * ``kernels._array_module`` maps a DeviceArray to HostCupy, as it maps a
-  cupy.ndarray to cupy, so the wrappers allocate their results "on the device".
-* ``kernels.cuda_launch`` is ``HostWalk`` (tests/kernel_support.py): each launch
-  the wrappers build runs the kernel's .cu source, compiled for the host with
-  AddressSanitizer, thread by thread over the launch's grid.
+  cupy.ndarray to cupy, so the wrappers allocate their results "on the device";
+  ``kernels.cuda_launch`` is a :class:`DeviceLauncher`, which refuses a host
+  array among a launch's arguments and hands the device arrays' memory to a
+  ``HostWalk`` (tests/kernel_support.py): the kernel's .cu source, compiled for
+  the host with AddressSanitizer, walked thread by thread over the launch's
+  grid. The walk refuses a launch where an array the kernel writes overlaps
+  another argument (``kernels.WRITES``).
+
+Every device-to-host transfer is recorded in ``HostCupy.transfers`` with the
+line that asked for it: ``.get()``, ``cupy.asnumpy``, ``float()``/``int()``/
+``bool()``/``complex()`` of a device array, ``.item()``/``.tolist()``, printing
+one, and the reads CuPy makes itself to size a result (boolean-mask indexing,
+``nonzero``). So a test can assert that a training epoch waits for the device
+only where the loop says it does.
 
 Its one "device" has made-up properties (``DEVICE_PROPERTIES``), for
-``describe()``. What this cannot show: anything about CuPy itself or a real
-device (streams, asynchrony, memory, the real NVRTC code generation, cuBLAS's
-matmul rounding). tests/test_gpu.py runs the same tests on a real device where
-one is.
+``describe()``, and made-up NVRTC and cuBLAS handles that a test can make fail.
+What this cannot show: anything about CuPy itself or a real device (streams,
+asynchrony, memory, the real NVRTC code generation, cuBLAS's matmul rounding).
+tests/test_gpu.py runs the same tests on a real device where one is.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
 from types import SimpleNamespace
 
 import cupy as real_cupy  # the API the stand-in keeps to; importing it needs no driver
@@ -48,58 +68,322 @@ CUPY_UFUNC_KEYWORDS = {
     "at": set(),
 }
 CUPY_NDARRAY_ATTRIBUTES = frozenset(dir(real_cupy.ndarray))
+# cupy.ndarray attributes the stand-in does not model (each would hand out host memory or CuPy internals).
+UNMODELLED = frozenset({"data", "flat", "cstruct", "mdspan", "reduced_view", "toDlpack", "device", "dump", "dumps"})
+# CuPy's own words for np.asarray(device_array) (cupy/_core/core.pyx: __array__).
+IMPLICIT_CONVERSION = (
+    "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly."
+)
+# cupy functions and ndarray methods that take host arrays (data, or indices) and copy them to the device.
+FROM_HOST = frozenset({"array", "asarray", "asanyarray", "take", "put", "compress"})
+# cupy functions whose result size depends on the data: CuPy reads a count back from the device first.
+SIZED_BY_DATA = frozenset({"nonzero", "argwhere", "flatnonzero", "compress", "unique", "extract"})
+# cupy functions that give a 0-d device array where NumPy gives a Python bool.
+DEVICE_BOOL = frozenset({"array_equal", "array_equiv", "allclose"})
+STAND_IN_FILE = str(Path(__file__).resolve())
 
 
-class DeviceArray(np.ndarray):
-    """A NumPy array standing for a ``cupy.ndarray``: on the "device", read back with ``.get()``."""
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+    """One device-to-host transfer: what did it (``float()``, ``.get()``, ...) and the line that asked."""
 
-    def get(self) -> np.ndarray:
-        return np.array(self)  # a plain ndarray copy, as cupy.ndarray.get()
+    what: str
+    where: str
 
-    def __getattribute__(self, name):
-        if not name.startswith("_") and name not in CUPY_NDARRAY_ATTRIBUTES:
+    def __str__(self) -> str:
+        return f"{self.what} at {self.where}"
+
+
+def _caller() -> str:
+    """file:line of the innermost frame outside this file and outside NumPy."""
+    frame = sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename == STAND_IN_FILE or "/numpy/" in frame.f_code.co_filename
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    return f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} ({frame.f_code.co_name})"
+
+
+# -- CuPy's signatures ---------------------------------------------------------------------------------
+_C_TYPES = r"(?:_ndarray_base|ndarray|Py_ssize_t|Py_ssize_t\[\]|bint|int|double|float|str|tuple|list|dict|object)"
+
+
+@lru_cache(maxsize=None)
+def cupy_method_signature(name: str) -> inspect.Signature | None:
+    """The signature of ``cupy.ndarray.<name>``, self included, or None where CuPy does not state it.
+
+    Cython methods have no introspectable signature; CuPy's are embedded as the
+    docstring's first line, e.g. ``_ndarray_base.sum(self, axis=None, dtype=None,
+    out=None, keepdims=False) -> _ndarray_base``, with C types before some names.
+    """
+    method = getattr(real_cupy.ndarray, name, None)
+    if method is None:
+        return None
+    try:
+        return inspect.signature(method)
+    except (TypeError, ValueError):
+        pass
+    first = (method.__doc__ or "").strip().splitlines()[:1]
+    match = re.match(rf"[\w.]*\b{re.escape(name)}\((.*)\)", first[0]) if first else None
+    if match is None:
+        return None
+    parameters = re.sub(rf"\b{_C_TYPES}\s+(?=\w)", "", match.group(1))
+    namespace = {}
+    try:
+        exec(f"def stated({parameters}): pass", namespace)  # noqa: S102 - CuPy's own stated parameter list
+    except Exception:  # a default that names something (dtype=numpy.float64): not checked
+        return None
+    return inspect.signature(namespace["stated"])
+
+
+def _check_call(what: str, signature: inspect.Signature | None, args, kwargs) -> None:
+    if signature is None:
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{what}{signature} does not take this call: {exc}") from None
+
+
+# -- the device array -------------------------------------------------------------------------------
+class DeviceArray:
+    """Stands for a ``cupy.ndarray``: NumPy memory on the "device", reached only through CuPy's API."""
+
+    __slots__ = ("_host", "_device")
+    __hash__ = None
+    __array_priority__ = 100  # CuPy's
+
+    def __init__(self, host: np.ndarray, device: HostCupy):
+        assert type(host) is np.ndarray, type(host)
+        self._host = host
+        self._device = device
+
+    # -- what CuPy has: NumPy's attribute, checked against CuPy's signature, on the device memory --
+    def __getattr__(self, name):
+        if name not in CUPY_NDARRAY_ATTRIBUTES:
             raise AttributeError(f"cupy.ndarray has no attribute {name!r}: this would fail on a GPU")
-        return super().__getattribute__(name)
+        if name.startswith("_") or name in UNMODELLED:
+            raise AttributeError(f"the CuPy stand-in does not model cupy.ndarray.{name}")
+        value = getattr(self._host, name)
+        if not callable(value):
+            return self._device._result(value)  # T, real, imag: device arrays; shape, dtype, flags: host values
+        return self._device._method(self, name, value)
 
+    def __dir__(self):
+        return sorted(CUPY_NDARRAY_ATTRIBUTES)
+
+    # -- the ways back to the host, each recorded -------------------------------------------------------
+    def get(self, stream=None, order="C", out=None, blocking=True) -> np.ndarray:
+        """A NumPy copy, as cupy.ndarray.get()."""
+        self._device._transferred(".get()")
+        if out is not None:
+            np.copyto(out, self._host)
+            return out
+        return np.array(self._host, order=order)
+
+    def set(self, arr, stream=None) -> None:
+        """Copy a host array of the same shape and dtype in (host to device: nothing to record)."""
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"Only numpy.ndarray can be set to cupy.ndarray, not {type(arr).__name__}")
+        if arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError(f"Shape or dtype mismatch: {arr.shape} {arr.dtype} vs {self.shape} {self.dtype}")
+        np.copyto(self._host, arr)
+
+    def item(self):
+        self._device._transferred(".item()")
+        return self._host.item()
+
+    def tolist(self):
+        self._device._transferred(".tolist()")
+        return self._host.tolist()
+
+    def tobytes(self, order="C") -> bytes:
+        self._device._transferred(".tobytes()")
+        return self._host.tobytes(order)
+
+    def tofile(self, fid, sep="", format="%s") -> None:
+        self._device._transferred(".tofile()")
+        self._host.tofile(fid, sep, format)
+
+    def __float__(self):
+        self._device._transferred("float()")
+        return float(self._host)
+
+    def __int__(self):
+        self._device._transferred("int()")
+        return int(self._host)
+
+    def __complex__(self):
+        self._device._transferred("complex()")
+        return complex(self._host)
+
+    def __bool__(self):
+        self._device._transferred("bool()")
+        return bool(self._host)
+
+    def __bytes__(self):
+        self._device._transferred("bytes()")
+        return bytes(self._host)
+
+    def __repr__(self):
+        self._device._transferred("repr()")
+        return repr(self._host)
+
+    def __str__(self):
+        self._device._transferred("str()")
+        return str(self._host)
+
+    def __format__(self, spec):
+        self._device._transferred("format()")
+        return format(self._host.item() if self._host.ndim == 0 else self._host, spec)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(IMPLICIT_CONVERSION)
+
+    def __reduce__(self):
+        raise TypeError("the CuPy stand-in does not model pickling a cupy.ndarray")
+
+    # -- containers and indexing -----------------------------------------------------------------------
+    def __len__(self):
+        return len(self._host)
+
+    def __iter__(self):
+        if self._host.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(len(self._host)))
+
+    def __getitem__(self, key):
+        host_key = self._device._index(key)
+        result = self._host[host_key]
+        if isinstance(result, np.generic):  # an element: CuPy gives a 0-d view of it
+            result = self._host[_with_ellipsis(host_key)]
+        return self._device._result(result)
+
+    def __setitem__(self, key, value):
+        host_key = self._device._index(key)
+        if isinstance(value, np.ndarray) and value.ndim and not _advanced(key):
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")  # CuPy's fill of a view
+        self._host[host_key] = value._host if isinstance(value, DeviceArray) else value
+
+    def __copy__(self):
+        return self._device._result(self._host.copy())
+
+    def __deepcopy__(self, memo):
+        return self._device._result(copy.deepcopy(self._host, memo))
+
+    # -- arithmetic: NumPy's ufuncs, through __array_ufunc__ as CuPy's -----------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         """As CuPy: no implicit mixing with host arrays (NumPy scalars are fine), only CuPy's keywords."""
-        if kwargs.get("where", False) is True:  # NumPy's array methods pass the default where=True
+        if kwargs.get("where", False) is True:  # NumPy's default, passed on by some callers
             del kwargs["where"]
         refused = set(kwargs) - CUPY_UFUNC_KEYWORDS.get(method, set())
         if refused or not hasattr(getattr(real_cupy, ufunc.__name__, None), method):
             raise TypeError(f"cupy.{ufunc.__name__}.{method} does not take {sorted(refused) or 'this call'}")
         operands = inputs + (out or ())
-        if any(type(x) is np.ndarray for x in operands):
+        if any(isinstance(x, np.ndarray) for x in operands):
             raise TypeError(f"{ufunc.__name__}: a host numpy.ndarray mixed with device arrays")
-        inputs = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
+        host_inputs = tuple(_unwrap(x) for x in inputs)
         if out is not None:
-            kwargs["out"] = tuple(x.view(np.ndarray) for x in out)
-        result = getattr(ufunc, method)(*inputs, **kwargs)
+            kwargs["out"] = tuple(_unwrap(x) for x in out)
+        result = getattr(ufunc, method)(*host_inputs, **kwargs)
         if out is not None:
             return out[0] if len(out) == 1 else out
-        return _device(result)
+        return self._device._result(result)
+
+    def __array_function__(self, func, types, args, kwargs):
+        """``np.<function>(device_array)`` runs CuPy's function of that name, as CuPy does; others are refused."""
+        if func.__module__ != "numpy" or not inspect.isfunction(getattr(real_cupy, func.__name__, None)):
+            return NotImplemented
+        return getattr(self._device, func.__name__)(*args, **kwargs)
 
 
-def _refused_operator(name):
-    def refused(self, *args):
-        raise TypeError(f"cupy.ndarray has no {name}: this would fail on a GPU")
-
-    return refused
-
-
-# Operators NumPy arrays have and CuPy's lack (``@=``, ``in``, use as an index); Python looks
-# them up on the type, past __getattribute__. NumPy's own protocol hooks are left alone.
-for _name in set(dir(np.ndarray)) - set(dir(real_cupy.ndarray)):
-    if _name.startswith("__") and not _name.startswith(("__array", "__setstate")):
-        setattr(DeviceArray, _name, _refused_operator(_name))
+def _operator(ufunc, reflected=False, in_place=False):
+    if in_place:
+        return lambda self, other: ufunc(self, other, out=(self,))
+    if reflected:
+        return lambda self, other: ufunc(other, self)
+    return lambda self, other: ufunc(self, other)
 
 
-def _device(result):
-    if isinstance(result, tuple):
-        return tuple(_device(r) for r in result)
-    return result.view(DeviceArray) if type(result) is np.ndarray else result
+_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "truediv": np.true_divide,
+    "floordiv": np.floor_divide, "mod": np.remainder, "pow": np.power, "matmul": np.matmul,
+    "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
+    "lshift": np.left_shift, "rshift": np.right_shift, "divmod": np.divmod,
+}  # fmt: skip
+_COMPARISONS = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
+                "gt": np.greater, "ge": np.greater_equal}
+_UNARY = {"neg": np.negative, "pos": np.positive, "abs": np.absolute, "invert": np.invert}
 
 
+def _define_operators() -> None:
+    """The operators cupy.ndarray has, each as NumPy's ufunc on DeviceArrays (so through __array_ufunc__).
+
+    One CuPy lacks (``__imatmul__``, ``__index__``, ``__contains__``) is left out, so
+    Python does what it does on CuPy: ``a @= b`` rebinds a to a new array, ``range(a)`` fails.
+    """
+    for name, ufunc in {**_BINARY, **_COMPARISONS}.items():
+        for dunder, kind in ((f"__{name}__", {}), (f"__r{name}__", {"reflected": True}),
+                             (f"__i{name}__", {"in_place": True})):
+            if dunder in CUPY_NDARRAY_ATTRIBUTES:
+                setattr(DeviceArray, dunder, _operator(ufunc, **kind))
+    for name, ufunc in _UNARY.items():
+        if f"__{name}__" in CUPY_NDARRAY_ATTRIBUTES:
+            setattr(DeviceArray, f"__{name}__", lambda self, ufunc=ufunc: ufunc(self))
+
+
+_define_operators()
+
+
+def _unwrap(value):
+    """A DeviceArray's memory (for NumPy to work on), lists and tuples of them too; anything else as it is."""
+    if isinstance(value, DeviceArray):
+        return value._host
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap(v) for v in value)
+    return value
+
+
+def _holds_host_array(value) -> bool:
+    if isinstance(value, np.ndarray):
+        return True
+    return isinstance(value, (list, tuple)) and any(_holds_host_array(v) for v in value)
+
+
+def _key_parts(key) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
+
+
+def _advanced(key) -> bool:
+    """Whether an index is advanced (arrays or lists in it): CuPy then copies a host value over."""
+    return any(isinstance(k, (DeviceArray, np.ndarray, list)) for k in _key_parts(key))
+
+
+def _with_ellipsis(key):
+    """The key with a trailing ``...``: NumPy then gives a 0-d view instead of a scalar."""
+    parts = _key_parts(key)
+    return parts if any(k is Ellipsis for k in parts) else (*parts, Ellipsis)
+
+
+class DeviceLauncher:
+    """``kernels.cuda_launch`` on the stand-in: a launch's device arrays handed to ``walk`` as their memory.
+
+    A host NumPy array among the arguments is refused, as CuPy's RawKernel refuses one.
+    """
+
+    def __init__(self, walk):
+        self.walk = walk
+
+    def __call__(self, launch: kernels.Launch) -> None:
+        for k, arg in enumerate(launch.args):
+            if isinstance(arg, np.ndarray):
+                raise TypeError(f"argument {k} of {launch.name} is a host numpy.ndarray: a kernel takes device arrays")
+        self.walk(dataclasses.replace(launch, args=tuple(_unwrap(arg) for arg in launch.args)))
+
+
+# -- the namespace --------------------------------------------------------------------------------------
 class HostCupy:
     """cupy's namespace as NumPy's; every array made here is a DeviceArray."""
 
@@ -109,20 +393,20 @@ class HostCupy:
     # What cupy.cuda.runtime.getDeviceProperties says of the stand-in's one "device" (its driver: "12.9").
     DEVICE_PROPERTIES = {"name": b"CuPy stand-in (NumPy, kernels walked on the CPU)", "major": 8, "minor": 6,
                          "totalGlobalMem": 0}
-    MAKERS = frozenset({
-        "array", "ascontiguousarray", "asfortranarray", "empty", "zeros", "ones", "full",
-        "empty_like", "zeros_like", "ones_like", "full_like", "arange",
-    })  # fmt: skip
 
     def __init__(self):
         self.synchronized = 0
+        self.transfers: list[Transfer] = []
         stream = SimpleNamespace(synchronize=self._synchronize)
         runtime = SimpleNamespace(
             getDeviceProperties=self._device_properties, getDeviceCount=lambda: 1,
             runtimeGetVersion=real_cupy.cuda.runtime.runtimeGetVersion, driverGetVersion=lambda: 12090,
         )  # fmt: skip
-        self.cuda = SimpleNamespace(Device=lambda: SimpleNamespace(id=0), get_current_stream=lambda: stream,
-                                    runtime=runtime)
+        self.cuda = SimpleNamespace(
+            Device=lambda: SimpleNamespace(id=0), get_current_stream=lambda: stream, runtime=runtime,
+            nvrtc=SimpleNamespace(getVersion=lambda: (12, 9)),  # NVRTC loads (the kernels are walked, not compiled)
+            device=SimpleNamespace(get_cublas_handle=lambda: 1),  # so does cuBLAS
+        )  # fmt: skip
 
     def _device_properties(self, device_id: int) -> dict:
         assert device_id == 0, f"the stand-in has one device, 0, not {device_id}"
@@ -131,30 +415,84 @@ class HostCupy:
     def _synchronize(self):
         self.synchronized += 1
 
-    def asarray(self, a, dtype=None):
+    def _transferred(self, what: str) -> None:
+        self.transfers.append(Transfer(what, _caller()))
+
+    # -- moving data ------------------------------------------------------------------------------------
+    def asarray(self, a, dtype=None, order=None, *, blocking=False):
         """A device array as it is (cast if asked); a host array copied over, as cupy.asarray does."""
         if isinstance(a, DeviceArray):
-            return _device(np.asarray(a.view(np.ndarray), dtype=dtype))
-        return _device(np.array(a, dtype=dtype))
+            return self._result(np.asarray(a._host, dtype=dtype, order=order), (a,))
+        return self._result(np.array(a, dtype=dtype, order=order))
 
+    def asnumpy(self, a, stream=None, order="C", out=None, *, blocking=True):
+        """A NumPy copy of a device array (recorded); a host array as it is."""
+        if isinstance(a, DeviceArray):
+            return a.get(order=order, out=out)
+        return np.asarray(a, order=order)
+
+    # -- every other function: NumPy's, held to CuPy's signature, on device memory -------------------------
     def __getattr__(self, name):
         real = getattr(real_cupy, name, None)
         if real is None:
             raise AttributeError(f"cupy has no attribute {name!r}: this would fail on a GPU")
+        if not hasattr(np, name):
+            raise AttributeError(f"the CuPy stand-in does not model cupy.{name}")
         attr = getattr(np, name)
         if not inspect.isfunction(real):  # ufuncs (checked by DeviceArray), dtypes, constants
             return attr
         signature = inspect.signature(real)
 
         def call(*args, **kwargs):
-            try:
-                signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"cupy.{name}{signature} does not take this call: {exc}") from None
-            result = attr(*args, **kwargs)
-            return _device(result) if name in self.MAKERS else result
+            _check_call(f"cupy.{name}", signature, args, kwargs)
+            if name not in FROM_HOST and (_holds_host_array(args) or _holds_host_array(tuple(kwargs.values()))):
+                raise TypeError(f"cupy.{name}: a host numpy.ndarray among its arguments (this would fail on a GPU)")
+            if name in SIZED_BY_DATA:
+                self._transferred(f"cupy.{name} (reads its result's size back)")
+            result = attr(*_unwrap(args), **{key: _unwrap(value) for key, value in kwargs.items()})
+            if name in DEVICE_BOOL:
+                result = np.asarray(result)
+            return self._result(result, (*args, *kwargs.values()))
 
         return call
+
+    # -- shared by DeviceArray -----------------------------------------------------------------------------
+    def _method(self, array: DeviceArray, name: str, method):
+        """``array.<name>`` bound: CuPy's signature checked, NumPy's method run on the memory."""
+        signature = cupy_method_signature(name)
+
+        def call(*args, **kwargs):
+            _check_call(f"cupy.ndarray.{name}", signature, (array, *args), kwargs)
+            if name not in FROM_HOST and (_holds_host_array(args) or _holds_host_array(tuple(kwargs.values()))):
+                raise TypeError(f"cupy.ndarray.{name}: a host numpy.ndarray among its arguments")
+            if name in SIZED_BY_DATA:
+                self._transferred(f"cupy.ndarray.{name} (reads its result's size back)")
+            result = method(*_unwrap(args), **{key: _unwrap(value) for key, value in kwargs.items()})
+            return self._result(result, (array, *args, *kwargs.values()))
+
+        return call
+
+    def _index(self, key):
+        """An index for the memory: device arrays in it unwrapped; a boolean mask recorded (CuPy counts it)."""
+        parts = _key_parts(key)
+        for part in parts:
+            if isinstance(part, (DeviceArray, np.ndarray)) and part.dtype == np.bool_:
+                self._transferred("boolean-mask index (CuPy reads the mask's count back)")
+        host = tuple(_unwrap(part) for part in parts)
+        return host if isinstance(key, tuple) else host[0]
+
+    def _result(self, value, given=()):
+        """NumPy's result as CuPy's: arrays and scalars on the device; a given array returned as itself."""
+        if isinstance(value, tuple):
+            return tuple(self._result(v, given) for v in value)
+        for arg in given:  # out=, astype(copy=False), asarray of a device array: the same array, as CuPy
+            if isinstance(arg, DeviceArray) and arg._host is value:
+                return arg
+        if isinstance(value, np.generic):
+            value = np.asarray(value)
+        if type(value) is np.ndarray:
+            return DeviceArray(value, self)
+        return value
 
 
 def stand_in_backend(monkeypatch, launcher) -> backend_cuda.CupyBackend:
@@ -163,7 +501,5 @@ def stand_in_backend(monkeypatch, launcher) -> backend_cuda.CupyBackend:
     monkeypatch.setattr(backend_cuda, "cupy", host)
     array_module = kernels._array_module
     monkeypatch.setattr(kernels, "_array_module", lambda a: host if isinstance(a, DeviceArray) else array_module(a))
-    monkeypatch.setattr(kernels, "cuda_launch", launcher)
-    backend = backend_cuda.CupyBackend()
-    backend.xp = host  # the class binds the real cupy module at import
-    return backend
+    monkeypatch.setattr(kernels, "cuda_launch", DeviceLauncher(launcher))
+    return backend_cuda.CupyBackend()

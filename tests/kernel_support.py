@@ -85,7 +85,9 @@ class HostWalk:
 
     ``grid``/``block`` replace the wrapper's launch shape when given (a small
     grid makes every thread go round its grid-stride loop); ``order`` walks the
-    threads forward or in reverse. Every launch is recorded in ``launches``.
+    threads forward or in reverse. Every launch is recorded in ``launches``; a
+    launch where an array the kernel writes overlaps another argument is refused
+    (AssertionError), unrecorded.
     """
 
     def __init__(self, process: WalkProcess, grid=None, block=None, order="forward"):
@@ -114,6 +116,10 @@ class HostWalk:
         return words
 
     def __call__(self, launch: kernels.Launch) -> None:
+        overlaps = overlapping_arguments(launch)
+        assert not overlaps, f"{launch.name}: " + "; ".join(
+            f"argument {w}, which the kernel writes, overlaps argument {k}" for w, k in overlaps
+        )  # the walk copies each argument, so an aliased launch would pass here and race on a GPU
         self.launches.append(launch)
         words = self.words(launch)
         failure = self.process.run(words)
@@ -122,6 +128,17 @@ class HostWalk:
         for k, arg in enumerate(launch.args):
             if isinstance(arg, np.ndarray):
                 arg[...] = np.fromfile(self.process.workdir / f"arg{k}.bin", dtype=arg.dtype).reshape(arg.shape)
+
+
+def overlapping_arguments(launch: kernels.Launch) -> list[tuple[int, int]]:
+    """(written, other) argument pairs of a launch whose memory overlaps (kernels.WRITES says which are written)."""
+    arrays = {k: arg for k, arg in enumerate(launch.args) if isinstance(arg, np.ndarray)}
+    return [
+        (w, k)
+        for w in kernels.WRITES[launch.kernel]
+        for k in arrays
+        if k != w and w in arrays and np.shares_memory(arrays[w], arrays[k])
+    ]
 
 
 def build_walk(folder: Path) -> Path:

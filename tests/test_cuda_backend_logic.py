@@ -12,15 +12,19 @@ thread by thread on the CPU. tests/test_gpu.py's own tests also run on it.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 
-from gpunet import kernels
-from gpunet.backend import Backend, CpuBackend
+from gpunet import backend_cuda, kernels
+from gpunet.backend import Backend, CpuBackend, get_backend
 from gpunet.data import Digits, load_sample, split_validation
-from gpunet.training import TrainConfig, train
-from tests.cupy_stand_in import DeviceArray
+from gpunet.errors import DeviceError
+from gpunet.model import Network, init_params, layer_sizes
+from gpunet.optimizers import make_optimizer
+from gpunet.training import DeviceData, TrainConfig, evaluate, train, train_epoch
+from tests.cupy_stand_in import IMPLICIT_CONVERSION, DeviceArray, cupy_method_signature
 from tests.kernel_support import logits, tolerance
 
 pytestmark = pytest.mark.kernels
@@ -83,9 +87,132 @@ def test_the_stand_in_refuses_what_cupy_refuses(cuda):
         cuda.xp.sum(device, initial=1.0)  # numpy.sum takes initial=, cupy.sum does not
     with pytest.raises(TypeError, match=r"cupy.add.__call__ does not take \['where'\]"):
         cuda.xp.add(device, device, where=device > 0)
-    with pytest.raises(TypeError, match="no __imatmul__"):
-        device @= device
     np.testing.assert_array_equal(on_host(cuda.xp.sum(device, axis=0, keepdims=True)), [[2, 2]])  # allowed
+    before = device
+    device @= device  # cupy.ndarray has no __imatmul__: Python rebinds to a new product, in place of nothing
+    assert device is not before
+    np.testing.assert_array_equal(on_host(before), np.ones((2, 2)))
+    np.testing.assert_array_equal(on_host(device), np.full((2, 2), 2))
+
+
+def test_device_arrays_are_not_numpy_arrays(cuda):
+    """As CuPy's: not an np.ndarray, and NumPy cannot read one without an explicit .get()."""
+    device = cuda.asarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert not isinstance(device, np.ndarray)
+    for convert in (np.asarray, np.array, np.ascontiguousarray):
+        with pytest.raises(TypeError, match=re.escape(IMPLICIT_CONVERSION)):
+            convert(device)
+    with pytest.raises(TypeError, match=re.escape(IMPLICIT_CONVERSION)):
+        np.testing.assert_array_equal(device, np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="host numpy.ndarray"):
+        np.ones((2, 3), np.float32) * device  # NumPy's operator, refused by the device array's __array_ufunc__
+    with pytest.raises(TypeError, match="host numpy.ndarray"):
+        cuda.xp.maximum(device, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):
+        device[...] = np.zeros((2, 3), np.float32)  # CuPy fills a view only from a scalar or a device array
+    device[np.array([1])] = np.full((1, 3), 7, np.float32)  # an advanced index: CuPy copies the value over
+    np.testing.assert_array_equal(on_host(device), [[0, 1, 2], [7, 7, 7]])
+
+
+def test_numpy_ufuncs_write_into_device_arrays_as_on_cupy(cuda):
+    """gpunet/optimizers.py's np.multiply(g, lr, out=tmp) on device arrays: CuPy runs it through __array_ufunc__."""
+    g = cuda.asarray(np.array([1.0, -2.0, 3.0], np.float32))
+    tmp = cuda.xp.empty(3, np.float32)
+    assert np.multiply(g, np.float32(0.5), out=tmp) is tmp
+    np.testing.assert_array_equal(on_host(tmp), [0.5, -1.0, 1.5])  # one multiply each: exact
+    assert np.sqrt(g * g, out=tmp) is tmp
+    np.testing.assert_array_equal(on_host(tmp), [1.0, 2.0, 3.0])
+    assert isinstance(np.add(g, 1), DeviceArray)
+    with pytest.raises(TypeError, match="host numpy.ndarray"):
+        np.multiply(g, np.float32(2), out=np.empty(3, np.float32))
+
+
+def test_reductions_and_elements_are_0d_device_arrays(cuda):
+    """CuPy gives 0-d device arrays where NumPy gives host scalars: reading one is a transfer."""
+    device = cuda.asarray(np.array([[1, 5, 2], [4, 0, 3]], np.int32))
+    for value, expected in (
+        (device.sum(), 15), (cuda.xp.sum(device), 15), (device.max(), 5), (device.argmax(), 1),
+        (device[1, 0], 4), ((device > 2).sum(), 3), (device.sum(axis=0)[2], 5),
+    ):  # fmt: skip
+        assert isinstance(value, DeviceArray) and value.shape == (), type(value)
+        assert int(value) == expected
+    element = device[0, 1]
+    element += 10  # a 0-d view, as CuPy's: the array changes
+    assert on_host(device)[0, 1] == 15
+    count = kernels.count_correct(cuda.asarray(np.eye(3, dtype=np.float32)), cuda.asarray(np.arange(3)))
+    assert isinstance(count, DeviceArray) and count.shape == ()
+
+
+def test_every_read_back_to_the_host_is_recorded(cuda):
+    """Each way CuPy copies device data to the host is counted, with the line that asked."""
+    xp = cuda.xp
+    device = cuda.asarray(np.array([1.5, -2.0], np.float32))
+    total = device.sum()
+    xp.transfers.clear()
+    reads = [
+        lambda: device.get(), lambda: cuda.to_numpy(device), lambda: xp.asnumpy(device),
+        lambda: float(total), lambda: int(total), lambda: bool(total), lambda: total.item(),
+        lambda: device.tolist(), lambda: str(device), lambda: f"{total:.2f}", lambda: device[device > 0],
+    ]  # fmt: skip
+    for read in reads:
+        read()
+    assert len(xp.transfers) == len(reads), "\n".join(map(str, xp.transfers))
+    files = [t.where.split(":")[0] for t in xp.transfers]
+    assert files == ["test_cuda_backend_logic.py", "backend_cuda.py"] + ["test_cuda_backend_logic.py"] * 9  # to_numpy
+    xp.transfers.clear()
+    device * 2 + total  # device work only
+    device[0] = total
+    xp.sum(device, keepdims=True)
+    assert xp.transfers == []
+
+
+def test_ndarray_methods_are_held_to_cupys_signatures(cuda):
+    """NumPy's methods take what CuPy's do not: CuPy's own stated signatures decide."""
+    signature = cupy_method_signature("sum")
+    assert list(signature.parameters) == ["self", "axis", "dtype", "out", "keepdims"]
+    assert list(cupy_method_signature("swapaxes").parameters) == ["self", "axis1", "axis2"]  # C types dropped
+    for name in ("sum", "max", "argmax", "astype", "reshape", "copy", "take", "transpose", "ravel", "mean"):
+        assert cupy_method_signature(name) is not None, name
+    device = cuda.asarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    refused = [
+        lambda: device.sum(initial=1.0),  # numpy: initial=; cupy: no
+        lambda: device.max(where=device > 0),
+        lambda: device.std(mean=device.mean()),
+        lambda: device.argmax(0, None, None, False, 1),
+    ]
+    for call in refused:
+        with pytest.raises(TypeError, match="cupy.ndarray.[a-z]+.* does not take this call"):
+            call()
+    assert device.astype(np.float32, copy=False) is device  # as CuPy: no copy where none is needed
+    assert on_host(device.argmax(axis=1, keepdims=True)).tolist() == [[2], [2]]
+    assert on_host(device.reshape(3, 2, order="F")).shape == (3, 2)
+
+
+# -- kernel launches: what the kernels cannot take --------------------------------------------------
+def test_a_launch_whose_output_overlaps_an_input_is_refused(cuda, launched):
+    """Each kernel's threads read their inputs while others write: an aliased launch would race on a GPU."""
+    xp = cuda.xp
+    A = cuda.asarray(np.array([[1.0, -1.0], [0.5, 2.0]], np.float32))
+    with pytest.raises(AssertionError, match="argument 0, which the kernel writes, overlaps argument 1"):
+        kernels.relu_backward(A, A)
+    Z = cuda.asarray(logits(np.random.default_rng(0), 10, 4, np.float32))
+    labels = cuda.asarray(np.arange(4))
+    with pytest.raises(AssertionError, match="argument 2, which the kernel writes, overlaps argument 0"):
+        kernels.softmax_cross_entropy(Z, labels, out=(Z, xp.empty(4, np.float32)))
+    flat = xp.empty(44, np.float32)
+    with pytest.raises(AssertionError, match="argument 3, which the kernel writes, overlaps argument 2"):
+        kernels.softmax_cross_entropy(Z, labels, out=(flat[:40].reshape(10, 4), flat[38:42]))
+    assert launched() == []
+    kernels.relu_backward(xp.ones((2, 2), np.float32), A)  # separate arrays: launched
+    assert launched() == ["relu_backward<float>"]
+
+
+def test_a_launch_with_a_host_array_is_refused(cuda, launched):
+    Z = cuda.asarray(np.zeros((2, 3), np.float32))
+    launch = kernels.Launch("layers", "relu_backward", "float", 1, 32, (Z, np.zeros((2, 3), np.float32), np.int64(6)))
+    with pytest.raises(TypeError, match="argument 1 of relu_backward<float> is a host numpy.ndarray"):
+        kernels.cuda_launch(launch)
+    assert launched() == []
 
 
 # -- each hot operation: a kernel, equal to the generic operation ------------------------------
@@ -291,6 +418,39 @@ def test_full_batch_training_through_the_backend(cuda, launched, digits):
     assert got.final.val_accuracy == reference.final.val_accuracy
 
 
+def _train_one_epoch(cuda, train_digits, batch_size):
+    network = Network(cuda, init_params(layer_sizes((16,)), "he", 0, np.float32))
+    optimizer = make_optimizer("adam", network.groups, 0.01, 0.1)
+    data = DeviceData(cuda, train_digits)
+    cuda.xp.transfers.clear()
+    train_epoch(network, optimizer, data, batch_size, np.random.default_rng(0))
+    return network
+
+
+@pytest.mark.parametrize("batch_size", [64, 0])  # 7 mini-batch steps; one full-batch step
+def test_a_training_epoch_reads_the_device_only_at_its_end(cuda, digits, batch_size):
+    """training.py: inside an epoch only the loss sum and the correct count cross to the host, once each."""
+    train_digits, val_digits = digits
+    network = _train_one_epoch(cuda, train_digits, batch_size)
+    transfers = cuda.xp.transfers
+    assert [t.what for t in transfers] == ["float()", "int()"], "\n".join(map(str, transfers))
+    assert all("(train_epoch)" in t.where for t in transfers), "\n".join(map(str, transfers))
+    transfers.clear()
+    evaluate(network, DeviceData(cuda, val_digits))
+    assert [t.what for t in transfers] == ["float()", "int()"], "\n".join(map(str, transfers))
+    assert all("(evaluate)" in t.where for t in transfers)
+
+
+def test_the_transfer_count_catches_a_read_in_every_step(cuda, digits, monkeypatch):
+    """The check above can fail: a count_correct that reads its count back makes one transfer per step."""
+    train_digits, _ = digits
+    on_device = cuda.count_correct
+    monkeypatch.setattr(cuda, "count_correct", lambda Z, labels: int(on_device(Z, labels)))
+    _train_one_epoch(cuda, train_digits, 64)
+    steps = math.ceil(len(train_digits) / 64)
+    assert [t.what for t in cuda.xp.transfers] == ["int()"] * steps + ["float()"]  # the total is a host int
+
+
 def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, monkeypatch, capsys, tmp_path):
     """`gpunet train/predict/evaluate --device cuda` end to end: the model saved from device arrays loads back."""
     from gpunet import cli
@@ -341,4 +501,106 @@ def test_gpunet_info_lists_the_device(cuda, monkeypatch, capsys):
     assert "CUDA runtime" in out and "driver 12.9" in out
     assert ("device 0: CuPy stand-in (NumPy, kernels walked on the CPU), compute capability 8.6, 0.0 GiB"
             in lines)
-    assert lines[-1] == "kernels: compile with NVRTC for sm_70, sm_80, sm_90, sm_86"  # and the device's own
+    claimed = ", ".join(f"sm_{arch}" for arch in kernels.compile_archs())
+    assert lines[-1].startswith(f"kernels: compile with NVRTC for {claimed}, sm_86")  # and the device's own
+
+
+# -- choosing the device: a probe of every piece training needs -------------------------------------
+@pytest.fixture
+def probe(cuda):
+    """The stand-in's namespace, with get_backend's once-per-process probe forgotten before and after."""
+    backend_cuda.unavailable_reason.cache_clear()
+    yield cuda.xp
+    backend_cuda.unavailable_reason.cache_clear()
+
+
+def _raises(exc):
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
+def _break_driver(probe, monkeypatch):
+    monkeypatch.setattr(probe.cuda.runtime, "getDeviceCount", _raises(RuntimeError("cudaErrorInsufficientDriver")))
+
+
+def _no_device(probe, monkeypatch):
+    monkeypatch.setattr(probe.cuda.runtime, "getDeviceCount", lambda: 0)
+
+
+def _break_nvrtc(probe, monkeypatch):
+    monkeypatch.setattr(probe.cuda.nvrtc, "getVersion", _raises(OSError('Failure finding "libnvrtc.so.12"')))
+
+
+def _break_cublas(probe, monkeypatch):
+    monkeypatch.setattr(probe.cuda.device, "get_cublas_handle",
+                        _raises(ImportError('Failure finding "libcublasLt.so.12"')))
+
+
+def _break_kernels(probe, monkeypatch):  # what CuPy raises where the driver cannot load the cubin
+    monkeypatch.setattr(kernels, "cuda_launch", _raises(RuntimeError("CUDA_ERROR_NO_BINARY_FOR_GPU")))
+
+
+def _wrong_kernels(probe, monkeypatch):  # launches that do nothing: the outputs keep their initial values
+    monkeypatch.setattr(kernels, "cuda_launch", lambda launch: None)
+
+
+BROKEN = {
+    "driver": (_break_driver, "no usable CUDA driver (RuntimeError: cudaErrorInsufficientDriver)", "NVIDIA driver"),
+    "device": (_no_device, "no CUDA device found", "NVIDIA driver"),
+    "nvrtc": (_break_nvrtc, "CUDA's run-time compiler NVRTC cannot be loaded", "libnvrtc.so.12"),
+    "cublas": (_break_cublas, "cuBLAS cannot be loaded", "libcublasLt.so.12"),
+    "kernels": (_break_kernels, "the gpunet kernels do not run on this device", "CUDA_ERROR_NO_BINARY_FOR_GPU"),
+    "wrong": (_wrong_kernels, "the gpunet kernels run on this device but give wrong results", "--device cpu"),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN)
+def test_device_auto_falls_back_when_any_piece_is_missing(probe, monkeypatch, broken):
+    """CuPy and a device are not enough: NVRTC, cuBLAS and the kernels on the device are probed first."""
+    breaks, gist, detail = BROKEN[broken]
+    breaks(probe, monkeypatch)
+    backend, notice = get_backend("auto")
+    assert isinstance(backend, CpuBackend)
+    assert notice == f"CUDA is not usable ({gist.split(' (')[0]}); running on the CPU"
+    with pytest.raises(DeviceError) as refused:
+        get_backend("cuda")
+    message = str(refused.value)
+    assert message.startswith(f"--device cuda: {gist}") and detail in message and "\n" not in message
+
+
+def test_device_auto_chooses_cuda_once_every_piece_works(probe, launched):
+    backend, notice = get_backend("auto")
+    assert backend.name == "cuda" and backend.xp is probe and notice is None
+    assert launched() == ["count_correct<float>", "relu_backward<float>", "transpose_scaled<float>"]  # each .cu
+    assert get_backend("cuda")[0].name == "cuda" and get_backend("auto")[0].name == "cuda"
+    assert launched() == []  # probed once per process
+
+
+def test_device_cuda_with_a_missing_library_exits_2_with_one_line(probe, monkeypatch, capsys, tmp_path):
+    from tests.conftest import run
+
+    _break_cublas(probe, monkeypatch)
+    code, out, err = run(capsys, "train", "--device", "cuda", "--epochs", "1", "--out", str(tmp_path / "m.npz"))
+    assert code == 2 and out == ""
+    assert err.startswith("Error: --device cuda: cuBLAS cannot be loaded (ImportError: ") and err.count("\n") == 1
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_without_cupy_device_auto_is_the_cpu_without_a_notice(monkeypatch, capsys, tmp_path):
+    """Only where CuPy is installed does anyone expect the GPU; without it --device auto says nothing."""
+    from tests.conftest import run
+
+    monkeypatch.setattr(backend_cuda, "cupy", None)
+    backend_cuda.unavailable_reason.cache_clear()
+    try:
+        backend, notice = get_backend("auto")
+        assert isinstance(backend, CpuBackend) and notice is None
+        with pytest.raises(DeviceError, match="--device cuda: CuPy is not installed; install CuPy with"):
+            get_backend("cuda")
+        code, out, err = run(capsys, "train", "--epochs", "1", "--hidden", "8", "--val-size", "500",
+                             "--out", str(tmp_path / "m.npz"))
+        assert code == 0 and err == "" and "CPU (NumPy" in out
+    finally:
+        backend_cuda.unavailable_reason.cache_clear()

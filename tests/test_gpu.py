@@ -77,7 +77,8 @@ def test_cuda_backend_is_chosen_and_describes_the_device(device):
 def test_device_report_lists_the_device_and_compiles_for_it():
     lines = backend_cuda.device_report()
     assert any(line.startswith("device 0: ") and "compute capability" in line for line in lines)
-    assert lines[-1].startswith("kernels: compile with NVRTC for sm_70, sm_80, sm_90")
+    targets = ", ".join(f"sm_{arch}" for arch in kernels.compile_archs())
+    assert lines[-1].startswith(f"kernels: compile with NVRTC for {targets}")
 
 
 def test_moving_data(cuda):

@@ -2,8 +2,10 @@
 
 1. Every kernels/*.cu file, with every template instantiation the package
    launches, compiles with NVRTC (CuPy's run-time compiler, called directly so
-   no driver is needed) for each architecture the package claims; nvcc, where
-   installed, agrees on the symbols.
+   no driver is needed) for each architecture the package claims that the
+   installed NVRTC supports (NVRTC 13 dropped sm_70: that one is skipped, with
+   the reason); nvcc, where installed, agrees on the symbols.
+   scripts/check_kernels_nvrtc.py runs these with NVRTC 12 and NVRTC 13.
 2. Every kernel's arithmetic runs on the CPU: the same .cu source is compiled
    with g++ (kernels/host_compat.h) into tests/kernel_host/walk.cpp, which walks
    a launch's grid thread by thread under AddressSanitizer and UBSan. The
@@ -50,6 +52,9 @@ def test_sources_are_found():
 @pytest.mark.parametrize("arch", kernels.ARCHS)
 def test_nvrtc_compiles_every_instantiation(arch, target):
     """Each module, with all its name expressions, compiles for sm_XX (cubin) and compute_XX (PTX)."""
+    if arch not in kernels.compile_archs():
+        version = "{}.{}".format(*kernels.nvrtc_version())
+        pytest.skip(f"NVRTC {version} does not support sm_{arch} (its architectures: {kernels.supported_archs()})")
     compiled = kernels.compile_for_arch(arch, target=target)
     assert [c.module for c in compiled] == list(kernels.MODULES)
     for c in compiled:
@@ -68,7 +73,60 @@ def test_device_report_says_whether_the_kernels_compile():
     assert lines[0].startswith("CuPy ") and lines[1].startswith("CUDA runtime ")
     if backend_cuda.unavailable_reason() is not None:
         assert any(line.startswith("CUDA devices: none usable") for line in lines)
-    assert lines[-1].startswith("kernels: compile with NVRTC for sm_70, sm_80, sm_90")
+    targets = ", ".join(f"sm_{arch}" for arch in kernels.compile_archs())
+    assert lines[-1].startswith(f"kernels: compile with NVRTC for {targets}")
+
+
+def test_the_architectures_nvrtc_lists_are_the_ones_it_compiles_for():
+    """nvrtcGetSupportedArchs is what NVRTC enforces: an architecture it leaves out is an invalid option."""
+    supported = kernels.supported_archs()
+    assert supported == tuple(sorted(supported)) and len(supported) >= 3
+    unlisted = min(supported) - 1  # e.g. sm_49 for NVRTC 12, sm_74 for NVRTC 13
+    with pytest.raises(kernels.KernelCompileError, match="NVRTC_ERROR_INVALID_OPTION"):
+        kernels.compile_for_arch(unlisted, modules=["layers"])
+    kernels.compile_for_arch(min(supported), modules=["layers"])
+    kernels.compile_for_arch(max(supported), modules=["layers"])
+
+
+NVRTC_13_ARCHS = (75, 80, 86, 87, 88, 89, 90, 100, 103, 107, 110, 120, 121)  # nvidia-cuda-nvrtc 13.5's list
+
+
+def test_the_claimed_architectures_an_nvrtc_lacks_are_left_out(monkeypatch):
+    """With NVRTC 13's list (no sm_70): the kernels compile, and `gpunet info` says so, for sm_80 and sm_90."""
+    from gpunet import backend_cuda
+
+    monkeypatch.setattr(kernels, "supported_archs", lambda: NVRTC_13_ARCHS)
+    assert kernels.compile_archs() == (80, 90)
+    assert kernels.compile_archs((70,)) == ()
+    compiled = []
+    monkeypatch.setattr(kernels, "compile_for_arch", lambda arch, *rest, **options: compiled.append(arch) or [])
+    assert kernels.compile_check() is None and compiled == [80, 90]
+    line = backend_cuda._kernels_line([])
+    assert line == "kernels: compile with NVRTC for sm_80, sm_90 (this NVRTC does not support sm_70)"
+    monkeypatch.setattr(kernels, "supported_archs", lambda: (100, 120))
+    failure = kernels.compile_check()
+    assert failure.startswith("NVRTC ") and failure.endswith(" supports none of sm_70, sm_80, sm_90")
+
+
+@pytest.mark.parametrize("capability", [75, 86, 87, 88, 89, 90, 100, 120, 121, 130])
+def test_nvrtc_arch_is_the_architecture_cupy_compiles_for(capability):
+    """CuPy compiles a cubin for the device's own architecture, capped at NVRTC's newest (cupy/cuda/compiler.py)."""
+    from cupy.cuda import compiler  # needs no device: the cap comes from NVRTC's version
+
+    assert kernels.nvrtc_arch(capability) == min(capability, int(compiler._get_max_compute_capability()))
+
+
+def test_kernel_writes_are_the_non_const_pointers_of_each_signature():
+    """kernels.WRITES (which arguments a launch may not alias) is read off the C signatures."""
+    found = {}
+    for module, names in kernels.MODULES.items():
+        source = kernels.read_source(module)
+        for name in names:
+            parameters = re.search(rf"__global__ void {name}\(([^)]*)\)", source).group(1).split(",")
+            found[name] = tuple(
+                k for k, parameter in enumerate(parameters) if "*" in parameter and "const" not in parameter
+            )
+    assert found == kernels.WRITES
 
 
 def test_each_kernel_has_float_and_double():
@@ -128,6 +186,20 @@ class Recorder:
 
     def __call__(self, launch):
         self.launches.append(launch)
+
+
+def test_walk_refuses_a_launch_whose_output_overlaps_an_input(walk):
+    """The walk copies each argument, so an aliased launch would pass there and race on a GPU: it is refused."""
+    A = np.array([[1.0, -1.0], [0.5, 2.0]], np.float32)
+    with pytest.raises(AssertionError, match="relu_backward<float>: argument 0, which the kernel writes"):
+        kernels.relu_backward(A, A, launcher=walk)
+    Z = np.zeros((10, 4), np.float32)
+    buffer = np.zeros(44, np.float32)
+    with pytest.raises(AssertionError, match="argument 3, which the kernel writes, overlaps argument 2"):
+        kernels.softmax_cross_entropy(Z, np.arange(4), out=(buffer[:40].reshape(10, 4), buffer[36:40]), launcher=walk)
+    assert walk.launches == []
+    kernels.softmax_cross_entropy(Z, np.arange(4), out=(buffer[:40].reshape(10, 4), buffer[40:]), launcher=walk)
+    assert [launch.name for launch in walk.launches] == ["softmax_cross_entropy<float>"]  # adjacent, not overlapping
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
