@@ -3,7 +3,7 @@
 Layout: ``W1, b1, W2, b2, ...`` as float arrays shaped as in the notes, and
 ``metadata``: a 0-d unicode array holding JSON (format, version, architecture,
 normalization, classes, training settings, history, final metrics). Loading
-uses ``allow_pickle=False``, so a file holding Python objects is refused, not run.
+reads the .npy headers itself and refuses object arrays, so nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import numpy as np
 
 from gpunet import __version__
 from gpunet.atomic_file import write_atomically
+from gpunet.data import NpyHeader, npy_header, npz_members, read_npy
 from gpunet.errors import ModelFileError
 
 FORMAT = "gpunet-model"
 FORMAT_VERSION = 1
+# The JSON metadata, stored as UTF-32: ~800 bytes an epoch of history, so some 80,000 epochs.
+METADATA_LIMIT = 64 << 20
 
 
 def save_model(path, params: list[np.ndarray], metadata: dict) -> None:
@@ -38,43 +41,84 @@ def save_model(path, params: list[np.ndarray], metadata: dict) -> None:
 
 
 def load_model(path) -> tuple[list[np.ndarray], dict]:
-    """Return ``(params, metadata)``; ModelFileError with one line for anything wrong."""
+    """Return ``(params, metadata)``; ModelFileError with one line for anything wrong.
+
+    Every member's .npy header is read first, then the metadata (size-bounded); names, shapes and
+    dtypes are checked against the metadata before any array data is inflated, and each array is
+    read no further than its header says. A file built to inflate to gigabytes costs its headers.
+    """
     path = Path(path)
     name = str(path)
     if path.is_dir():
         raise ModelFileError(f"{name}: is a folder, not a model file")
     if not path.is_file():
         raise ModelFileError(f"{name}: no such model file")
-    if not zipfile.is_zipfile(path):  # np.load would take any other bytes for a pickle
+    if not zipfile.is_zipfile(path):  # a plainer message than zipfile's own
         raise ModelFileError(f"{name}: not a readable .npz model file (not a zip archive)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            files = {key: npz[key] for key in npz.files}
+        with zipfile.ZipFile(path) as archive:
+            members = _member_headers(archive, name)
+            meta = parse_metadata(name, _read_metadata(archive, members.pop("metadata", None), name))
+            shapes = _param_shapes(meta, name)
+            _check_members(members, shapes, name)
+            params = [_read_param(archive, key, *members[key], name) for key in shapes]
     except ValueError as exc:
-        if "pickle" in str(exc):
-            raise ModelFileError(f"{name}: holds pickled Python objects; gpunet model files never do, refusing to load it") from None
         raise ModelFileError(f"{name}: not a gpunet model file ({exc})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ModelFileError(f"{name}: not a readable .npz model file ({type(exc).__name__})") from None
+    return params, meta
 
-    meta = parse_metadata(name, files.pop("metadata", None))
+
+def _member_headers(archive: zipfile.ZipFile, name: str) -> dict[str, tuple[zipfile.ZipInfo, NpyHeader]]:
+    """Every member with its .npy header; no array data is read."""
+    members = {key: (info, npy_header(archive, info)) for key, info in npz_members(archive).items()}
+    if any(header.dtype.hasobject for _, header in members.values()):
+        raise ModelFileError(f"{name}: holds pickled Python objects; gpunet model files never do, refusing to load it")
+    return members
+
+
+def _read_metadata(archive: zipfile.ZipFile, member: tuple[zipfile.ZipInfo, NpyHeader] | None, name: str):
+    """The metadata as a 0-d string array, or None when there is none; read only when it is small."""
+    if member is None:
+        return None
+    info, header = member
+    size = max(info.file_size, header.nbytes)  # read_npy also holds the zip's size to the header's
+    if size > METADATA_LIMIT:
+        raise ModelFileError(f"{name}: metadata is {size:,} bytes; gpunet reads at most {METADATA_LIMIT:,}")
+    if header.dtype.kind != "U" or header.shape != ():
+        raise ModelFileError(f"{name}: metadata is not valid JSON (it is a {header.dtype} array of shape {header.shape})")
+    return read_npy(archive, info, header)
+
+
+def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, int]]:
+    """W1, b1, W2, b2, ... in order, with the shapes the metadata's layer_sizes give them."""
     sizes = meta.get("layer_sizes")
     if not (isinstance(sizes, list) and len(sizes) >= 2 and all(isinstance(s, int) and s > 0 for s in sizes)):
         raise ModelFileError(f"{name}: metadata has no valid layer_sizes")
-    params = []
+    shapes = {}
     for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        for key, shape in ((f"W{k}", (fan_out, fan_in)), (f"b{k}", (fan_out, 1))):
-            array = files.pop(key, None)
-            if array is None:
-                raise ModelFileError(f"{name}: missing {key}")
-            if array.shape != shape or array.dtype.kind != "f":
-                raise ModelFileError(f"{name}: {key} has shape {array.shape} and dtype {array.dtype}, expected {shape} floats")
-            if not np.isfinite(array).all():
-                raise ModelFileError(f"{name}: {key} holds NaN or infinite values")
-            params.append(array)
-    if files:
-        raise ModelFileError(f"{name}: unexpected arrays {sorted(files)}")
-    return params, meta
+        shapes[f"W{k}"] = (fan_out, fan_in)
+        shapes[f"b{k}"] = (fan_out, 1)
+    return shapes
+
+
+def _check_members(members: dict[str, tuple[zipfile.ZipInfo, NpyHeader]], shapes: dict, name: str) -> None:
+    """Every array the metadata names, with its shape and a float dtype, and nothing else: from headers only."""
+    for key, shape in shapes.items():
+        if key not in members:
+            raise ModelFileError(f"{name}: missing {key}")
+        header = members[key][1]
+        if header.shape != shape or header.dtype.kind != "f":
+            raise ModelFileError(f"{name}: {key} has shape {header.shape} and dtype {header.dtype}, expected {shape} floats")
+    if unexpected := sorted(set(members) - set(shapes)):
+        raise ModelFileError(f"{name}: unexpected arrays {unexpected}")
+
+
+def _read_param(archive: zipfile.ZipFile, key: str, info: zipfile.ZipInfo, header: NpyHeader, name: str) -> np.ndarray:
+    array = read_npy(archive, info, header)
+    if not np.isfinite(array).all():
+        raise ModelFileError(f"{name}: {key} holds NaN or infinite values")
+    return array
 
 
 def parse_metadata(name: str, raw) -> dict:

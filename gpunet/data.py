@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import re
 import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,6 +38,10 @@ SAMPLE_NAME = "bundled sample"
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ_BLOCK = 1 << 18  # compressed bytes per read: ~2 MB of CSV text, small enough to stay in cache
+# The most one inflating step may give: zeros compress 1000:1, so without it one read could give 256 MB.
+_INFLATED_BLOCK = 1 << 22
+# A Kaggle row is at most 785 x "255," = 3,140 bytes; 20 times that still allows spaces and zero padding.
+_MAX_LINE = 1 << 16
 _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
 # "train-images-idx3-ubyte" as published by LeCun; some copies use "train-images.idx3-ubyte".
@@ -203,27 +209,37 @@ def _byte_blocks(path: Path, name: str) -> Iterator[bytes]:
 
 
 def _gunzip(first: bytes, file: BinaryIO, name: str) -> Iterator[bytes]:
+    """Inflated blocks of at most _INFLATED_BLOCK bytes, however well the input compresses."""
     inflater = zlib.decompressobj(wbits=31)
-    block = first
+    packed = first
     try:
-        while block:
+        while packed or (packed := file.read(_READ_BLOCK)):
             if inflater.eof:
                 # Another member follows (gzip allows several back to back), or zero padding.
-                block = block.lstrip(b"\0")
-                if not block:
-                    block = file.read(_READ_BLOCK)
+                packed = packed.lstrip(b"\0")
+                if not packed:
                     continue
                 inflater = zlib.decompressobj(wbits=31)
-            yield inflater.decompress(block)
-            block = inflater.unused_data or file.read(_READ_BLOCK)
+            inflated = inflater.decompress(packed, _INFLATED_BLOCK)
+            packed = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+            if inflated:
+                yield inflated
+        # Output zlib held back when the last input inflated past the limit.
+        while not inflater.eof and (inflated := inflater.decompress(b"", _INFLATED_BLOCK)):
+            yield inflated
     except zlib.error as error:
         raise DataError(f"{name}: corrupt gzip data ({error})") from None
     if not inflater.eof:
         raise DataError(f"{name}: truncated gzip file (it ends before the compressed data does)")
 
 
-def _read_all(path: Path, name: str) -> bytes:
-    return b"".join(_byte_blocks(path, name))
+def _take(blocks: Iterator[bytes], size: int, start: bytes = b"") -> bytes:
+    """start and then blocks until there are `size` bytes or the blocks end: at most one block more than asked."""
+    parts, held = [start], len(start)
+    while held < size and (block := next(blocks, None)) is not None:
+        parts.append(block)
+        held += len(block)
+    return b"".join(parts)
 
 
 # --- Kaggle CSV ----------------------------------------------------------------------------------
@@ -234,18 +250,18 @@ class _Irregular(Exception):
 
 
 def _read_csv(path: Path, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    blocks = _line_blocks(_byte_blocks(path, name))
-    first = next(blocks, b"")
+    blocks = _line_blocks(_byte_blocks(path, name), name)
+    _, first = next(blocks, (1, b""))
     if not first.strip():
         raise DataError(f"{name}: file is empty")
     cut = first.index(b"\n")
+    if cut > _MAX_LINE:
+        raise _line_too_long(name, 1)
     columns = _check_header(first[:cut], name)
     labeled = columns[0] == "label"
-    line_no = 2  # line 1 is the header
     images, labels = [], []
-    for block in itertools.chain([first[cut + 1 :]], blocks):
+    for line_no, block in itertools.chain([(2, first[cut + 1 :])], blocks):  # line 1 is the header
         table = _parse_lines(block, line_no, columns, name)
-        line_no += block.count(b"\n")
         # Split each block while it is small, so the whole set is copied only once (by concatenate).
         images.append(np.ascontiguousarray(table[:, 1:]) if labeled else table)
         labels.append(table[:, 0].copy() if labeled else None)
@@ -254,18 +270,37 @@ def _read_csv(path: Path, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     return np.concatenate(images), np.concatenate(labels) if labeled else None
 
 
-def _line_blocks(blocks: Iterator[bytes]) -> Iterator[bytes]:
-    """Re-cuts byte blocks so that each ends with a newline (one is added to a last unfinished line)."""
-    tail = b""
+def _line_blocks(blocks: Iterator[bytes], name: str) -> Iterator[tuple[int, bytes]]:
+    """(number of its first line, block) re-cut so each block ends with a newline (added to a last unfinished line).
+
+    A line still unfinished after _MAX_LINE bytes is refused there: a file without line ends (a
+    decompression bomb, a binary file) costs a block or two of memory, not its size. Any reader of
+    text rows can sit on top of this.
+    """
+    line_no, tail = 1, b""
     for block in blocks:
         cut = block.rfind(b"\n")
         if cut < 0:
             tail += block
-            continue
-        yield tail + block[: cut + 1]
-        tail = block[cut + 1 :]
+        else:
+            whole = tail + block[: cut + 1]
+            yield line_no, whole
+            line_no += whole.count(b"\n")
+            tail = block[cut + 1 :]
+        if len(tail) > _MAX_LINE:
+            raise _line_too_long(name, line_no)
     if tail:
-        yield tail + b"\n"
+        yield line_no, tail + b"\n"
+
+
+def _line_too_long(name: str, line_no: int) -> DataError:
+    return DataError(f"{name}: line {line_no} is longer than {_MAX_LINE:,} bytes; a row of digits is a few kilobytes")
+
+
+def _check_line_lengths(lines: list[bytes], line_no: int, name: str) -> None:
+    if max(map(len, lines), default=0) > _MAX_LINE:
+        first = next(i for i, line in enumerate(lines) if len(line) > _MAX_LINE)
+        raise _line_too_long(name, line_no + first)
 
 
 def _check_header(line: bytes, name: str) -> tuple[str, ...]:
@@ -292,11 +327,14 @@ def _check_header(line: bytes, name: str) -> tuple[str, ...]:
 def _parse_lines(block: bytes, line_no: int, columns: tuple[str, ...], name: str) -> np.ndarray:
     """Rows of a block of whole lines: vectorized, and where that fails, halves down to the bad line."""
     labeled = columns[0] == "label"
+    if not block.strip():  # blank lines only: halving them down to single lines would take minutes
+        return np.empty((0, len(columns)), np.uint8)
     try:
         return _parse_plain(block, len(columns), labeled)
     except _Irregular:
         pass
     lines = block.split(b"\n")[:-1]
+    _check_line_lengths(lines, line_no, name)  # the plain pass above only takes short lines
     lenient = _parse_lenient(lines, len(columns), labeled)
     if lenient is not None:
         return lenient
@@ -412,24 +450,40 @@ def _read_idx_cached(
 def _read_idx(
     images_path: Path, images_name: str, labels_path: Path | None, labels_name: str | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    data = _read_all(images_path, images_name)
-    count, rows, cols = _idx_header(data, _IDX_IMAGES_MAGIC, 3, images_name)
-    if (rows, cols) != (SIDE, SIDE):
-        raise DataError(f"{images_name}: images are {rows}x{cols}; gpunet reads {SIDE}x{SIDE} digits")
-    _check_idx_size(data, 16, count * PIXELS, f"{count} images", images_name)
-    images = np.frombuffer(data, np.uint8, offset=16).reshape(count, PIXELS).copy()
+    images = _read_idx_images(images_path, images_name)
     if labels_path is None:
         return images, None
-    data = _read_all(labels_path, labels_name)
-    (label_count,) = _idx_header(data, _IDX_LABELS_MAGIC, 1, labels_name)
-    _check_idx_size(data, 8, label_count, f"{label_count} labels", labels_name)
-    labels = np.frombuffer(data, np.uint8, offset=8).copy()
-    if label_count != count:
-        raise DataError(f"{labels_name}: has {label_count} labels but {images_name} has {count} images")
+    labels = _read_idx_labels(labels_path, labels_name)
+    if len(labels) != len(images):
+        raise DataError(f"{labels_name}: has {len(labels)} labels but {images_name} has {len(images)} images")
     bad = np.flatnonzero(labels > 9)
     if bad.size:
         raise DataError(f"{labels_name}: label {bad[0]} is {labels[bad[0]]}; labels must be 0-9")
     return images, labels
+
+
+# Each IDX reader takes the header first and then no more of the file than the header promises (and
+# a block to see that the file goes on), so a header that lies about a huge body costs nothing.
+
+
+def _read_idx_images(path: Path, name: str) -> np.ndarray:
+    with closing(_byte_blocks(path, name)) as blocks:
+        data = _take(blocks, 16)
+        count, rows, cols = _idx_header(data, _IDX_IMAGES_MAGIC, 3, name)
+        if (rows, cols) != (SIDE, SIDE):
+            raise DataError(f"{name}: images are {rows}x{cols}; gpunet reads {SIDE}x{SIDE} digits")
+        data = _take(blocks, 16 + count * PIXELS + 1, data)
+    _check_idx_size(data, 16, count * PIXELS, f"{count} images", name)
+    return np.frombuffer(data, np.uint8, offset=16).reshape(count, PIXELS).copy()
+
+
+def _read_idx_labels(path: Path, name: str) -> np.ndarray:
+    with closing(_byte_blocks(path, name)) as blocks:
+        data = _take(blocks, 8)
+        (count,) = _idx_header(data, _IDX_LABELS_MAGIC, 1, name)
+        data = _take(blocks, 8 + count + 1, data)
+    _check_idx_size(data, 8, count, f"{count} labels", name)
+    return np.frombuffer(data, np.uint8, offset=8).copy()
 
 
 def _idx_header(data: bytes, magic: int, dims: int, name: str) -> tuple[int, ...]:
@@ -449,33 +503,47 @@ def _idx_header(data: bytes, magic: int, dims: int, name: str) -> tuple[int, ...
 
 
 def _check_idx_size(data: bytes, header: int, body: int, what: str, name: str) -> None:
-    if len(data) != header + body:
-        problem = "truncated" if len(data) < header + body else "has extra bytes at the end"
-        raise DataError(
-            f"{name}: {problem}: {len(data)} bytes, but its header promises {what} ({header + body} bytes)"
-        )
+    """data: the file, or its first bytes past what the header promises (the rest is never read)."""
+    promised = f"its header promises {what} ({header + body} bytes)"
+    if len(data) < header + body:
+        raise DataError(f"{name}: truncated: {len(data)} bytes, but {promised}")
+    if len(data) > header + body:
+        raise DataError(f"{name}: has extra bytes at the end: {promised}, and the file goes on")
 
 
 # --- .npz ----------------------------------------------------------------------------------------
 
 
 def _read_npz(path: Path, name: str, labeled: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Our layout (images, optional labels) or Keras's mnist.npz (x_train, y_train, x_test, y_test)."""
+    """Our layout (images, optional labels) or Keras's mnist.npz (x_train, y_train, x_test, y_test).
+
+    Both arrays' headers are checked before either is read, and each is read no further than its
+    header says: a member that inflates to gigabytes, or claims to, is refused for the cost of its header.
+    """
     try:
-        with path.open("rb") as file:
-            archive = np.load(file, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise DataError(f"{name}: is a single .npy array, not an .npz archive of images and labels")
-            with archive:
-                images_key, labels_key = _npz_keys(set(archive.files), labeled, name)
-                images = _npz_array(archive, images_key, name)
-                labels = _npz_array(archive, labels_key, name) if labels_key in archive.files else None
+        _refuse_bare_npy(path, name)
+        with zipfile.ZipFile(path) as archive:
+            members = npz_members(archive)
+            images_key, labels_key = _npz_keys(set(members), labeled, name)
+            images_header = npy_header(archive, members[images_key])
+            count = _npz_images_header(images_header, images_key, name)
+            labels_header = npy_header(archive, members[labels_key]) if labels_key in members else None
+            if labels_header is not None:
+                _npz_labels_header(labels_header, labels_key, count, name)
+            images = read_npy(archive, members[images_key], images_header)
+            labels = None if labels_header is None else read_npy(archive, members[labels_key], labels_header)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{name}: cannot read as .npz ({_one_line(error)})") from None
-    images = _npz_images(images, images_key, name)
+    images = np.ascontiguousarray(_as_uint8(images.reshape(count, PIXELS), 255, images_key, name))
     if labels is not None:
-        labels = _npz_labels(labels, labels_key, len(images), name)
+        labels = _as_uint8(labels, 9, labels_key, name)
     return images, labels
+
+
+def _refuse_bare_npy(path: Path, name: str) -> None:
+    with path.open("rb") as file:
+        if file.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+            raise DataError(f"{name}: is a single .npy array, not an .npz archive of images and labels")
 
 
 def _npz_keys(keys: set[str], labeled: bool, name: str) -> tuple[str, str]:
@@ -491,38 +559,35 @@ def _npz_keys(keys: set[str], labeled: bool, name: str) -> tuple[str, str]:
     raise DataError(f"{name}: no 'images' array (nor Keras's x_train/y_train); it holds {found}")
 
 
-def _npz_array(archive: np.lib.npyio.NpzFile, key: str, name: str) -> np.ndarray:
-    try:
-        return archive[key]
-    except ValueError as error:
-        if "allow_pickle" in str(error):
-            raise DataError(f"{name}: '{key}' holds Python objects; only numeric arrays are read") from None
-        raise
-
-
-def _npz_images(images: np.ndarray, key: str, name: str) -> np.ndarray:
-    if images.ndim == 3 and images.shape[1:] == (SIDE, SIDE):
-        images = images.reshape(len(images), PIXELS)
-    if images.ndim != 2 or images.shape[1] != PIXELS:
+def _npz_images_header(header: NpyHeader, key: str, name: str) -> int:
+    """The number of digits the images array declares, after checking its dtype and shape."""
+    _check_numeric(header, 255, key, name)
+    shape = header.shape
+    if shape[1:] not in ((PIXELS,), (SIDE, SIDE)):
         expected = f"(n, {PIXELS}) or (n, {SIDE}, {SIDE})"
-        raise DataError(f"{name}: '{key}' has shape {images.shape}; expected {expected}")
-    if len(images) == 0:
+        raise DataError(f"{name}: '{key}' has shape {shape}; expected {expected}")
+    if shape[0] == 0:
         raise DataError(f"{name}: '{key}' holds no digits")
-    return np.ascontiguousarray(_as_uint8(images, 255, key, name))
+    return shape[0]
 
 
-def _npz_labels(labels: np.ndarray, key: str, count: int, name: str) -> np.ndarray:
-    if labels.shape != (count,):
-        raise DataError(f"{name}: '{key}' has shape {labels.shape}; expected ({count},), one label per image")
-    return _as_uint8(labels, 9, key, name)
+def _npz_labels_header(header: NpyHeader, key: str, count: int, name: str) -> None:
+    _check_numeric(header, 9, key, name)
+    if header.shape != (count,):
+        raise DataError(f"{name}: '{key}' has shape {header.shape}; expected ({count},), one label per image")
+
+
+def _check_numeric(header: NpyHeader, top: int, key: str, name: str) -> None:
+    if header.dtype.hasobject:
+        raise DataError(f"{name}: '{key}' holds Python objects; only numeric arrays are read")
+    if header.dtype.kind not in "iuf":
+        raise DataError(f"{name}: '{key}' has dtype {header.dtype}; expected whole numbers 0-{top}")
 
 
 def _as_uint8(array: np.ndarray, top: int, key: str, name: str) -> np.ndarray:
     """Whole numbers 0-top of any integer or float dtype, as uint8."""
     if array.dtype == np.uint8 and (top == 255 or array.max() <= top):
         return array
-    if array.dtype.kind not in "iuf":
-        raise DataError(f"{name}: '{key}' has dtype {array.dtype}; expected whole numbers 0-{top}")
     bad = (array < 0) | (array > top)
     if array.dtype.kind == "f":
         bad |= array != np.round(array)  # fractions, and NaN
@@ -530,6 +595,90 @@ def _as_uint8(array: np.ndarray, top: int, key: str, name: str) -> np.ndarray:
         value = array[bad].flat[0].item()
         raise DataError(f"{name}: '{key}' holds {value!r}; expected whole numbers 0-{top}")
     return array.astype(np.uint8)
+
+
+# --- .npy arrays in a zip archive, read no further than their headers say -----------------------
+# Shared with model files (gpunet.checkpoint). Problems are ValueErrors for the caller to name its file.
+
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_CHUNK = 1 << 18  # bytes per read of an array: larger reads only add transient copies
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What an .npy member declares about its array, read without touching the array's data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    size: int  # bytes of the header itself; the data follows
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def npz_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The archive's members by array name ('.npy' dropped, as np.load names them).
+
+    Only stored and deflated members are taken: zipfile inflates bzip2 and lzma without a size limit.
+    """
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        key = info.filename.removesuffix(".npy")
+        if key in members:
+            raise ValueError(f"two members are named '{info.filename}'")
+        if info.flag_bits & 0x1:
+            raise ValueError(f"'{info.filename}' is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ValueError(f"'{info.filename}' is compressed with method {info.compress_type}; "
+                             "only stored or deflated members are read")
+        members[key] = info
+    return members
+
+
+def npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> NpyHeader:
+    """The member's .npy header (numpy bounds its length), read without any of the array's data."""
+    with archive.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            if version not in _NPY_HEADER_READERS:
+                raise ValueError(f"format version {version[0]}.{version[1]} is not read")
+            shape, fortran_order, dtype = _NPY_HEADER_READERS[version](member)
+        except ValueError as error:
+            raise ValueError(f"'{info.filename}' is not a readable .npy array ({_one_line(error)})") from None
+        return NpyHeader(shape, dtype, fortran_order, member.tell())
+
+
+def read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, header: NpyHeader) -> np.ndarray:
+    """The member's array: exactly the bytes its header declares, which the zip's own size must match.
+
+    Neither number is trusted to allocate: the data grows as it is read, so a member that claims
+    more than it holds costs what it holds.
+    """
+    if header.dtype.hasobject:
+        raise ValueError(f"'{info.filename}' holds Python objects (pickled); they are never loaded")
+    if info.file_size != header.size + header.nbytes:
+        raise ValueError(f"'{info.filename}' is {info.file_size:,} bytes, but its header declares "
+                         f"{header.size + header.nbytes:,} ({header.dtype} {header.shape})")
+    with archive.open(info) as member:
+        member.read(header.size)
+        data = _read_at_most(member, header.nbytes)
+    if len(data) != header.nbytes:
+        raise ValueError(f"'{info.filename}' ends after {len(data):,} of its {header.nbytes:,} bytes of data")
+    order = "F" if header.fortran_order else "C"
+    return np.frombuffer(data, header.dtype).reshape(header.shape, order=order)
+
+
+def _read_at_most(file: BinaryIO, size: int) -> bytearray:
+    data = bytearray()  # grown in place (realloc moves no data), so it never needs a second copy
+    while len(data) < size and (chunk := file.read(min(size - len(data), _NPY_CHUNK))):
+        data += chunk
+    return data
 
 
 def _one_line(error: BaseException) -> str:

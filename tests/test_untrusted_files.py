@@ -1,0 +1,368 @@
+"""Hostile files, small on disk and huge inflated: each is refused with one line, in bounded memory.
+
+Every hostile file here inflates to HUGE bytes (or, for the plain CSV, holds a 64 MiB line). The
+command runs in a subprocess that reports its own peak resident memory, and that peak must stay
+within ALLOWANCE of the same command's peak when its file is missing (which imports the same code
+and reads nothing). A reader that holds what it inflates is over that by hundreds of MiB.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpunet import data
+from gpunet.checkpoint import load_model
+from gpunet.errors import DataError, ModelFileError
+
+HUGE = 400 << 20
+# Bounded readers hold a few inflated blocks (4 MiB each) and a 64 KiB line at most.
+ALLOWANCE = 32 << 20
+HEADER = "label," + ",".join(f"pixel{i}" for i in range(784))
+ZERO_MIB = bytes(1 << 20)
+
+# Runs `gpunet ARGS...` and writes its peak resident memory (bytes) as the last line of stderr.
+PEAK_REPORTER = """
+import resource, runpy, sys
+sys.argv = ["gpunet", *sys.argv[1:]]
+try:
+    runpy.run_module("gpunet", run_name="__main__")
+    code = 0
+except SystemExit as exit:
+    code = exit.code
+unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+print(f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+# --- building hostile files without ever holding them -------------------------------------------
+
+
+def deflate_repeated(head: bytes, unit: bytes, size: int) -> bytes:
+    """Raw deflate of head + `size` bytes of unit repeated, from one compressed copy of unit.
+
+    A full flush resets the compressor, so every copy of unit after one compresses to the same bytes.
+    """
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    start = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+    copy = packer.compress(unit) + packer.flush(zlib.Z_FULL_FLUSH)
+    count, rest = divmod(size, len(unit))
+    return start + copy * count + packer.compress(unit[:rest]) + packer.flush()
+
+
+def crc_repeated(head: bytes, unit: bytes, size: int) -> int:
+    count, rest = divmod(size, len(unit))
+    crc = zlib.crc32(head)
+    for _ in range(count):
+        crc = zlib.crc32(unit, crc)
+    return zlib.crc32(unit[:rest], crc)
+
+
+def gzip_repeated(head: bytes, unit: bytes, size: int) -> bytes:
+    """A .gz file (RFC 1952) of head + `size` bytes of unit repeated."""
+    header = b"\x1f\x8b\x08\x00" + bytes(4) + b"\x00\xff"
+    total = len(head) + size
+    trailer = struct.pack("<II", crc_repeated(head, unit, size), total & 0xFFFFFFFF)
+    return header + deflate_repeated(head, unit, size) + trailer
+
+
+def member(head: bytes, zeros: int = 0, method: int = zipfile.ZIP_DEFLATED, flags: int = 0) -> dict:
+    """A zip member holding head and then `zeros` zero bytes, deflated (or bzip2-compressed)."""
+    if method == zipfile.ZIP_BZIP2:
+        packed = bz2.compress(head + bytes(zeros))
+    else:
+        packed = deflate_repeated(head, ZERO_MIB, zeros)
+    return {"packed": packed, "crc": crc_repeated(head, ZERO_MIB, zeros), "size": len(head) + zeros,
+            "method": method, "flags": flags}
+
+
+def zip_archive(members: dict[str, dict]) -> bytes:
+    """A zip file (no zip64: every size under 4 GiB) from already-compressed members."""
+    local, central = io.BytesIO(), io.BytesIO()
+    for name, entry in members.items():
+        offset = local.tell()
+        sizes = (entry["crc"], len(entry["packed"]), entry["size"], len(name.encode()))
+        common = (20, entry["flags"], entry["method"], 0, 0x21, *sizes)  # version, flags, method, time, date
+        local.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", *common, 0) + name.encode() + entry["packed"])
+        central.write(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, *common, 0, 0, 0, 0, 0, offset) + name.encode())
+    directory = central.getvalue()
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(directory), local.tell(), 0)
+    return local.getvalue() + directory + end
+
+
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def npy_head(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """An .npy header alone, declaring an array that need not exist."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return out.getvalue()
+
+
+def model_members(layer_sizes=(784, 4, 10), **metadata) -> dict[str, dict]:
+    """The members of a small valid model file."""
+    rng = np.random.default_rng(0)
+    members = {}
+    for k, (fan_in, fan_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:]), start=1):
+        members[f"W{k}.npy"] = member(npy(rng.standard_normal((fan_out, fan_in)).astype(np.float32)))
+        members[f"b{k}.npy"] = member(npy(np.zeros((fan_out, 1), np.float32)))
+    meta = {"format": "gpunet-model", "format_version": 1, "layer_sizes": list(layer_sizes), **metadata}
+    members["metadata.npy"] = member(npy(np.array(json.dumps(meta))))
+    return members
+
+
+# --- running a command and measuring its peak ----------------------------------------------------
+
+
+def run_gpunet(tmp_path: Path, *args: str) -> tuple[int, str, int]:
+    """(exit code, stderr without the peak line, peak resident bytes) of `gpunet ARGS` in a fresh process."""
+    env = {**os.environ, "GPUNET_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", PEAK_REPORTER, *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    *lines, last = done.stderr.rstrip("\n").split("\n")
+    assert last.startswith("peak "), done.stderr
+    return done.returncode, "\n".join(lines), int(last.split()[1])
+
+
+@pytest.fixture(scope="module")
+def baseline_peak(tmp_path_factory: pytest.TempPathFactory):
+    """The peak of each command run on a missing file: everything imported, nothing read."""
+    peaks: dict[str, int] = {}
+
+    def peak_of(command: str) -> int:
+        if command not in peaks:
+            folder = tmp_path_factory.mktemp("baseline")
+            args = {"train": ["train", "--device", "cpu", "--data", "missing.csv", "--out", "m.npz"],
+                    "predict": ["predict", "--device", "cpu", "--model", "missing.npz", "--data", "x.csv"]}[command]
+            code, err, peaks[command] = run_gpunet(folder, *args)
+            assert code == 1 and "missing" in err, err
+        return peaks[command]
+
+    return peak_of
+
+
+def assert_refused_in_bounded_memory(tmp_path: Path, baseline_peak, path: Path, expected: str, *args: str) -> None:
+    code, err, peak = run_gpunet(tmp_path, *args)
+    assert code == 1, err
+    assert re.fullmatch(r"Error: [^\n]+", err), err  # one line, no traceback
+    assert str(path) in err and expected in err, err
+    bound = baseline_peak(args[0]) + ALLOWANCE
+    assert peak <= bound, f"peak {peak >> 20} MiB > bound {bound >> 20} MiB"
+
+
+def train_on(tmp_path: Path, path: Path) -> list[str]:
+    return ["train", "--device", "cpu", "--epochs", "1", "--data", str(path), "--out", str(tmp_path / "m.npz")]
+
+
+def predict_with(tmp_path: Path, model: Path) -> list[str]:
+    digits = tmp_path / "test.csv"
+    digits.write_text(HEADER.removeprefix("label,") + "\n" + ",".join(["0"] * 784) + "\n")
+    return ["predict", "--device", "cpu", "--model", str(model), "--data", str(digits),
+            "--out", str(tmp_path / "submission.csv")]
+
+
+def test_the_builders_make_the_files_they_describe(tmp_path: Path) -> None:
+    unit = b"0,1,"
+    content = b"head" + (unit * 100)[:398]
+    assert zlib.decompress(deflate_repeated(b"head", unit, 398), -15) == content
+    assert gzip.decompress(gzip_repeated(b"head", unit, 398)) == content
+    path = tmp_path / "z.npz"
+    path.write_bytes(zip_archive({"a.npy": member(npy(np.arange(5)), zeros=3), "b": member(b"xyz")}))
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read("a.npy") == npy(np.arange(5)) + bytes(3)
+        assert archive.read("b") == b"xyz"
+
+
+# --- data files ----------------------------------------------------------------------------------
+
+
+def test_csv_gz_line_without_an_end_is_refused_in_bounded_memory(tmp_path: Path, baseline_peak) -> None:
+    path = tmp_path / "train.csv.gz"
+    path.write_bytes(gzip_repeated(f"{HEADER}\n1,".encode(), b"0," * (1 << 19), HUGE))
+    expected = f"line 2 is longer than {data._MAX_LINE:,} bytes"
+    assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, expected, *train_on(tmp_path, path))
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_csv_line_without_an_end_is_refused_in_bounded_memory(tmp_path: Path, baseline_peak) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text(f"{HEADER}\n1,")
+    with path.open("r+b") as file:
+        file.truncate(64 << 20)  # a hole: 64 MiB of zero bytes that take no disk
+    expected = f"line 2 is longer than {data._MAX_LINE:,} bytes"
+    assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, expected, *train_on(tmp_path, path))
+
+
+@pytest.mark.parametrize("liar", ["images", "labels"])
+def test_idx_header_promising_less_than_the_file_holds(tmp_path: Path, baseline_peak, liar: str) -> None:
+    images_head = struct.pack(">4I", 2051, 10, 28, 28)
+    labels_head = struct.pack(">2I", 2049, 10)
+    images = gzip_repeated(images_head, ZERO_MIB, HUGE if liar == "images" else 10 * 784)
+    labels = gzip_repeated(labels_head, ZERO_MIB, HUGE if liar == "labels" else 10)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(images)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(labels)
+    path = tmp_path / f"train-{liar}-idx{3 if liar == 'images' else 1}-ubyte.gz"
+    args = train_on(tmp_path, tmp_path / "train-images-idx3-ubyte.gz")
+    assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, "has extra bytes at the end", *args)
+
+
+def test_npz_data_with_a_huge_labels_member(tmp_path: Path, baseline_peak) -> None:
+    path = tmp_path / "digits.npz"
+    path.write_bytes(zip_archive({
+        "images.npy": member(npy(np.zeros((10, 784), np.uint8))),
+        "labels.npy": member(npy_head("|u1", (HUGE,)), zeros=HUGE),
+    }))
+    expected = f"'labels' has shape ({HUGE},); expected (10,)"
+    assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, expected, *train_on(tmp_path, path))
+
+
+def test_npz_data_header_that_disagrees_with_the_member_size(tmp_path: Path) -> None:
+    path = tmp_path / "digits.npz"
+    path.write_bytes(zip_archive({
+        "images.npy": member(npy(np.zeros((10, 784), np.uint8)), zeros=1000),  # np.load ignored those
+        "labels.npy": member(npy(np.zeros(10, np.uint8))),
+    }))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: cannot read as .npz \('images.npy' is "):
+        data.load_digits(path, labeled=True)
+
+
+def test_gunzip_gives_bounded_blocks_of_a_bomb(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.gz"
+    size = 40 << 20
+    path.write_bytes(gzip_repeated(b"", ZERO_MIB, size))
+    blocks = [len(block) for block in data._byte_blocks(path, "zeros.gz")]
+    assert sum(blocks) == size and max(blocks) <= data._INFLATED_BLOCK
+
+
+@pytest.mark.parametrize("where", ["header", "row"])
+def test_long_complete_line_is_refused_by_number(tmp_path: Path, where: str) -> None:
+    """A long line that does end is refused too, wherever it falls in a block."""
+    row = "1," + ",".join(["0"] * 784)
+    long_row = "1," + " " * (data._MAX_LINE + 1) + ",".join(["0"] * 784)
+    lines = [HEADER, row, row, long_row, row] if where == "row" else [HEADER + " " * (data._MAX_LINE + 1), row]
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(lines) + "\n")
+    line = 4 if where == "row" else 1
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: line {line} is longer than "):
+        data.load_digits(path, labeled=True)
+
+
+def test_blank_stretches_are_skipped_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of nothing but line ends (cheap to pack) are not halved down to single lines."""
+    row = "1," + ",".join(["0"] * 784)
+    path = tmp_path / "train.csv"
+    path.write_text(f"{HEADER}\n{row}\n" + "\n" * (1 << 19) + f"{row}\n")
+
+    def line_by_line(*args: object) -> None:
+        raise AssertionError("a blank line was parsed on its own")
+
+    monkeypatch.setattr(data, "_parse_row", line_by_line)
+    digits = data.load_digits(path, labeled=True)
+    assert len(digits) == 2
+
+
+# --- model files ---------------------------------------------------------------------------------
+
+
+def test_model_with_an_extra_huge_member(tmp_path: Path, baseline_peak) -> None:
+    members = model_members()
+    members["junk.npy"] = member(npy_head("|u1", (HUGE,)), zeros=HUGE)
+    path = tmp_path / "model.npz"
+    path.write_bytes(zip_archive(members))
+    assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, "unexpected arrays ['junk']",
+                                     *predict_with(tmp_path, path))
+
+
+def test_model_member_whose_header_disagrees_with_the_metadata(tmp_path: Path, baseline_peak) -> None:
+    members = model_members()
+    rows = HUGE // (784 * 4)
+    members["W1.npy"] = member(npy_head("<f4", (rows, 784)), zeros=rows * 784 * 4)
+    path = tmp_path / "model.npz"
+    path.write_bytes(zip_archive(members))
+    expected = f"W1 has shape ({rows}, 784) and dtype float32, expected (4, 784) floats"
+    assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, expected, *predict_with(tmp_path, path))
+
+
+def test_model_with_huge_metadata(tmp_path: Path, baseline_peak) -> None:
+    """Valid JSON padded with NULs (which numpy strips) to 400 MiB: read in full, it would load."""
+    members = model_members()
+    meta = json.dumps({"format": "gpunet-model", "format_version": 1, "layer_sizes": [784, 4, 10]})
+    chars = HUGE // 4
+    text = meta.encode("utf-32-le")
+    members["metadata.npy"] = member(npy_head(f"<U{chars}", ()) + text, zeros=chars * 4 - len(text))
+    path = tmp_path / "model.npz"
+    path.write_bytes(zip_archive(members))
+    expected = f"metadata is {chars * 4 + len(npy_head(f'<U{chars}', ())):,} bytes"
+    assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, expected, *predict_with(tmp_path, path))
+
+
+def model_error(tmp_path: Path, members: dict[str, dict]) -> str:
+    path = tmp_path / "model.npz"
+    path.write_bytes(zip_archive(members))
+    with pytest.raises(ModelFileError) as caught:
+        load_model(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    return message
+
+
+def test_valid_model_from_the_hand_made_zip_loads(tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    members = model_members()
+    path.write_bytes(zip_archive(members))
+    params, meta = load_model(path)
+    with np.load(path, allow_pickle=False) as reference:
+        for key, array in zip(["W1", "b1", "W2", "b2"], params):
+            np.testing.assert_array_equal(array, reference[key])
+    assert meta["layer_sizes"] == [784, 4, 10]
+
+
+def test_model_member_whose_zip_size_disagrees_with_its_header(tmp_path: Path) -> None:
+    members = model_members()
+    members["W2.npy"] = member(npy(np.zeros((10, 4), np.float32)), zeros=1000)
+    assert "'W2.npy' is " in model_error(tmp_path, members)
+
+
+@pytest.mark.parametrize("trouble", ["bzip2", "encrypted", "duplicate", "not npy"])
+def test_model_members_that_cannot_be_read_safely(tmp_path: Path, trouble: str) -> None:
+    members = model_members()
+    raw = npy(np.zeros((10, 1), np.float32))
+    if trouble == "bzip2":  # zipfile inflates bzip2 without a bound
+        members["b2.npy"] = member(raw, method=zipfile.ZIP_BZIP2)
+    elif trouble == "encrypted":  # zipfile would raise RuntimeError asking for a password
+        members["b2.npy"] = member(raw, flags=0x1)
+    elif trouble == "duplicate":
+        members = {**members, "b2": member(raw)}
+    else:
+        members["notes.txt"] = member(b"hello")
+    expected = {"bzip2": "compressed with method 12", "encrypted": "'b2.npy' is encrypted",
+                "duplicate": "two members are named 'b2'", "not npy": "'notes.txt' is not a readable .npy array"}
+    assert expected[trouble] in model_error(tmp_path, members)
+
+
+def test_data_npz_member_compressed_with_bzip2_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "digits.npz"
+    path.write_bytes(zip_archive({
+        "images.npy": member(npy(np.zeros((10, 784), np.uint8)), method=zipfile.ZIP_BZIP2),
+        "labels.npy": member(npy(np.zeros(10, np.uint8))),
+    }))
+    with pytest.raises(DataError, match=r"'images.npy' is compressed with method 12"):
+        data.load_digits(path, labeled=True)
