@@ -16,7 +16,7 @@ import numpy as np
 
 from gpunet import __version__
 from gpunet.atomic_file import write_atomically
-from gpunet.data import NpyHeader, npy_header, npz_members, read_npy
+from gpunet.data import ZIP_ERRORS, NpyHeader, npy_header, npz_members, one_line, read_npy
 from gpunet.errors import ModelFileError
 
 FORMAT = "gpunet-model"
@@ -63,9 +63,9 @@ def load_model(path) -> tuple[list[np.ndarray], dict]:
             _check_members(members, shapes, name)
             params = [_read_param(archive, key, *members[key], name) for key in shapes]
     except ValueError as exc:
-        raise ModelFileError(f"{name}: not a gpunet model file ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelFileError(f"{name}: not a readable .npz model file ({type(exc).__name__})") from None
+        raise ModelFileError(f"{name}: not a gpunet model file ({one_line(exc)})") from None
+    except ZIP_ERRORS as exc:
+        raise ModelFileError(f"{name}: not a readable .npz model file ({type(exc).__name__}: {one_line(exc)})") from None
     return params, meta
 
 

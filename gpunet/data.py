@@ -532,8 +532,8 @@ def _read_npz(path: Path, name: str, labeled: bool) -> tuple[np.ndarray, np.ndar
                 _npz_labels_header(labels_header, labels_key, count, name)
             images = read_npy(archive, members[images_key], images_header)
             labels = None if labels_header is None else read_npy(archive, members[labels_key], labels_header)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise DataError(f"{name}: cannot read as .npz ({_one_line(error)})") from None
+    except (ValueError, *ZIP_ERRORS) as error:
+        raise DataError(f"{name}: cannot read as .npz ({one_line(error)})") from None
     images = np.ascontiguousarray(_as_uint8(images.reshape(count, PIXELS), 255, images_key, name))
     if labels is not None:
         labels = _as_uint8(labels, 9, labels_key, name)
@@ -600,6 +600,9 @@ def _as_uint8(array: np.ndarray, top: int, key: str, name: str) -> np.ndarray:
 # --- .npy arrays in a zip archive, read no further than their headers say -----------------------
 # Shared with model files (gpunet.checkpoint). Problems are ValueErrors for the caller to name its file.
 
+# What zipfile raises on a damaged archive: a bad CRC or directory, corrupt deflate data, an
+# unsupported zip version or feature, a file that ends early.
+ZIP_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_CHUNK = 1 << 18  # bytes per read of an array: larger reads only add transient copies
 _NPY_HEADER_READERS = {
@@ -649,8 +652,8 @@ def npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> NpyHeader:
             if version not in _NPY_HEADER_READERS:
                 raise ValueError(f"format version {version[0]}.{version[1]} is not read")
             shape, fortran_order, dtype = _NPY_HEADER_READERS[version](member)
-        except ValueError as error:
-            raise ValueError(f"'{info.filename}' is not a readable .npy array ({_one_line(error)})") from None
+        except Exception as error:  # numpy's header parser raises several kinds on bad bytes, as does zipfile
+            raise ValueError(f"'{info.filename}' is not a readable .npy array ({one_line(error)})") from None
         return NpyHeader(shape, dtype, fortran_order, member.tell())
 
 
@@ -675,13 +678,13 @@ def read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, header: NpyHeader)
 
 
 def _read_at_most(file: BinaryIO, size: int) -> bytearray:
-    data = bytearray()  # grown in place (realloc moves no data), so it never needs a second copy
+    data = bytearray()  # grows in place, and np.frombuffer takes it as it is: the data is held once
     while len(data) < size and (chunk := file.read(min(size - len(data), _NPY_CHUNK))):
         data += chunk
     return data
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
