@@ -43,6 +43,21 @@ def test_failed_write_leaves_the_old_file_untouched(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temporary file left behind
 
 
+def test_models_written_by_numpy_otherwise_load_as_numpy_reads_them(tmp_path):
+    """Deflated members, Fortran order, big-endian floats: the header-checked reader gives np.load's arrays."""
+    arrays = good_arrays()
+    arrays["W1"] = np.asfortranarray(arrays["W1"])
+    arrays["W2"] = arrays["W2"].astype(">f8")
+    path = tmp_path / "m.npz"
+    np.savez_compressed(path, **arrays)
+    params, meta = load_model(path)
+    with np.load(path, allow_pickle=False) as reference:
+        for key, array in zip(["W1", "b1", "W2", "b2"], params):
+            assert array.dtype == reference[key].dtype and array.shape == reference[key].shape
+            np.testing.assert_array_equal(array, reference[key])
+    assert meta["layer_sizes"] == [784, 4, 10]
+
+
 def write_npz(path, **arrays):
     np.savez(path, **arrays)
     return path

@@ -216,6 +216,13 @@ def test_npz_of_wider_integer_dtypes_round_trips(tmp_path: Path) -> None:
     assert_same(load_digits(path, labeled=True), images, labels)
 
 
+def test_npz_in_fortran_order_and_big_endian_round_trips(tmp_path: Path) -> None:
+    images, labels = make_digits()
+    path = tmp_path / "fortran.npz"
+    np.savez_compressed(path, images=np.asfortranarray(images.reshape(-1, 28, 28)), labels=labels.astype(">i4"))
+    assert_same(load_digits(path, labeled=True), images, labels)
+
+
 def test_npz_without_labels_serves_prediction_only(tmp_path: Path) -> None:
     images, _ = make_digits()
     path = tmp_path / "unlabeled.npz"
