@@ -6,11 +6,16 @@ shown, where no usable GPU exists; the CPU backend runs everywhere.
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from gpunet.backend import get_backend
 from gpunet.cli import main
+
+
+def pytest_configure(config):
+    # .ci/run runs these a second time under another BLAS kernel (OPENBLAS_CORETYPE): `pytest -m paths`
+    config.addinivalue_line("markers", "paths: compares results of two computation paths or runs (layouts, threads, "
+                                       "compiled or not, devices), which BLAS's kernel choice can change")
 
 
 def cuda_skip_reason():
@@ -36,11 +41,6 @@ def backend(request):
         if reason is not None:
             pytest.skip(f"CUDA backend: {reason}")
     return get_backend(request.param)[0]
-
-
-def tolerance(dtype) -> float:
-    """A relative tolerance from the dtype: a few hundred ulps, room for sums over ~1000 terms."""
-    return float(np.finfo(dtype).eps) * 256
 
 
 @pytest.fixture(autouse=True)

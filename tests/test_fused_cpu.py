@@ -11,11 +11,12 @@ from gpunet.backend import CpuBackend
 from gpunet.model import Network, init_params, layer_sizes
 from gpunet.optimizers import make_optimizer
 from gpunet.training import DeviceData, TrainConfig, learning_rate, train_epoch
-from tests.conftest import tolerance
 from tests.test_training import separable_digits
+from tests.tolerances import assert_counts_within, assert_within, pass_bounds, training_bounds
 
 cpu_fused = backend_module._cpu_fused()
-pytestmark = pytest.mark.skipif(cpu_fused is None, reason="numba or scipy is not installed: no compiled CPU path")
+pytestmark = [pytest.mark.skipif(cpu_fused is None, reason="numba or scipy is not installed: no compiled CPU path"),
+              pytest.mark.paths]
 
 NUMPY = CpuBackend(compiled=False)
 COMPILED = CpuBackend(compiled=True)
@@ -28,11 +29,6 @@ def network(backend, hidden, dtype, seed=3):
     for b in net.biases:  # non-zero biases, so that db and relu' are exercised
         b[...] = (rng.standard_normal(b.shape) * 0.1).astype(dtype)
     return net
-
-
-def close(got, want, dtype):
-    rtol = tolerance(dtype)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(float(np.abs(want).max()), 1e-30))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -53,14 +49,16 @@ def test_forward_backward_matches_the_numpy_step(dtype, hidden, m):
     losses = np.empty(m, dtype)
     correct = cpu_fused._forward_backward(images, index.astype(np.int64), 0, labels, losses, bufs.Ws, bufs.bs,
                                           bufs.dWs, bufs.dbs, bufs.As, bufs.dZs, bufs.partials)
-    close(bufs.As[-1][:m].T, Z, dtype)  # the logits, sample-major
-    for k, A in enumerate(activations):
-        close(bufs.As[k][:m].T, A, dtype)
-    close(losses, want_losses, dtype)
-    for got, want in zip(net.views_of(bufs.grad_flat), want_grads):
+    # Blocks of BLOCK samples, another layout: the same sums in another order, within the bounds of their lengths.
+    bounds = pass_bounds(net.host_params(), images[index], labels, dtype)
+    assert_within(bufs.As[-1][:m].T, Z, bounds.logits, "logits")  # sample-major there
+    for k, (A, bound) in enumerate(zip(activations, bounds.activations)):
+        assert_within(bufs.As[k][:m].T, A, bound, f"A{k}")
+    assert_within(losses, want_losses, bounds.losses, "losses")
+    for k, (got, want, bound) in enumerate(zip(net.views_of(bufs.grad_flat), want_grads, bounds.grads)):
         assert got.dtype == dtype
-        close(got, want, dtype)
-    assert correct == want_correct
+        assert_within(got, want, bound, f"gradient {k}")
+    assert_counts_within(correct, want_correct, bounds.ambiguous)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -105,33 +103,63 @@ def test_optimizer_update_gives_the_same_bits(dtype, name):
     np.testing.assert_array_equal(nets[1].flat, nets[0].flat)
 
 
+LR, WEIGHT_DECAY = 0.01, 0.1
+
+
 def run_epochs(backend, hidden, dtype, name, batch, m=300, epochs=2, schedule="cosine"):
     net = network(backend, hidden, dtype)
-    optimizer = make_optimizer(name, net.groups, 0.01, 0.1)
+    optimizer = make_optimizer(name, net.groups, LR, WEIGHT_DECAY)
     data = DeviceData(backend, separable_digits(m))
     rng = np.random.default_rng(1)
-    config = TrainConfig(epochs=epochs, schedule=schedule, lr=0.01)
+    config = TrainConfig(epochs=epochs, schedule=schedule, lr=LR)
     steps = 1 if batch <= 0 else -(-m // batch)
     results = [train_epoch(net, optimizer, data, batch, rng,
                            rate=lambda k, e=e: learning_rate(config, e * steps + k, steps)) for e in range(epochs)]
     return net, optimizer, results
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
-@pytest.mark.parametrize("batch", [32, 70])  # 300 = 9 x 32 + 12 and 4 x 70 + 20: a last partial batch
-def test_epochs_match_the_numpy_loop(dtype, hidden, name, batch):
-    want_net, want_opt, want = run_epochs(NUMPY, hidden, dtype, name, batch)
-    got_net, got_opt, got = run_epochs(COMPILED, hidden, dtype, name, batch)
-    # A few steps, each summing in another order: the weights drift apart by a few ulps a step.
-    rtol = tolerance(dtype) * (100 if dtype == np.float32 else 1)
-    np.testing.assert_allclose(got_net.flat, want_net.flat, rtol=rtol, atol=rtol * float(np.abs(want_net.flat).max()))
-    for (got_loss, got_acc), (want_loss, want_acc) in zip(got, want):
-        assert got_loss == pytest.approx(want_loss, rel=rtol)
-        assert got_acc == want_acc
+def epoch_plan(m, batch, epochs, schedule="cosine"):
+    """run_epochs' steps as [(samples, learning rate), ...]: train_epoch draws one shuffle an epoch (mini-batches)."""
+    rng = np.random.default_rng(1)
+    config = TrainConfig(epochs=epochs, schedule=schedule, lr=LR)
+    size = m if batch <= 0 else batch
+    steps = -(-m // size)
+    plan = []
+    for epoch in range(epochs):
+        order = np.arange(m) if batch <= 0 else rng.permutation(m)
+        plan += [(order[k * size:(k + 1) * size], learning_rate(config, epoch * steps + k, steps))
+                 for k in range(steps)]
+    return plan
+
+
+def assert_runs_within(got_run, want_run, hidden, dtype, name, batch, m=300, epochs=2):
+    """Two run_epochs runs of the same steps, summed in other orders: apart by no more than their bounds."""
+    (got_net, got_opt, got), (want_net, want_opt, want) = got_run, want_run
+    digits = separable_digits(m)
+    plan = epoch_plan(m, batch, epochs)
+    bounds = training_bounds(network(NUMPY, hidden, dtype).host_params(), digits.images, digits.labels, plan, name,
+                             WEIGHT_DECAY, dtype)
+    for k, (g, w, bound) in enumerate(zip(got_net.host_params(), want_net.host_params(), bounds.params)):
+        assert_within(g, w, bound, f"parameter {k}")
+    per_epoch = len(plan) // epochs
+    for epoch, ((got_loss, got_acc), (want_loss, want_acc)) in enumerate(zip(got, want)):
+        steps = slice(epoch * per_epoch, (epoch + 1) * per_epoch)
+        assert_within(got_loss, want_loss, sum(bounds.losses[steps]) / m, f"epoch {epoch} loss")
+        assert_counts_within(round(got_acc * m), round(want_acc * m), sum(bounds.ambiguous[steps]))
     assert got_opt.lr == want_opt.lr
     assert getattr(got_opt, "t", None) == getattr(want_opt, "t", None)
+
+
+# float32 Adam is left out: a gradient entry within rounding of 0 may step by +alpha in one run and
+# -alpha in the other (m / sqrt(s) is its sign), so nothing short of the steps' size bounds the drift.
+@pytest.mark.parametrize("dtype, name", [(np.float64, "sgd"), (np.float64, "momentum"), (np.float64, "adam"),
+                                         (np.float32, "sgd"), (np.float32, "momentum")])
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("batch", [32, 70])  # 300 = 9 x 32 + 12 and 4 x 70 + 20: a last partial batch
+def test_epochs_match_the_numpy_loop(dtype, hidden, name, batch):
+    want = run_epochs(NUMPY, hidden, dtype, name, batch)
+    got = run_epochs(COMPILED, hidden, dtype, name, batch)
+    assert_runs_within(got, want, hidden, dtype, name, batch)
 
 
 def test_training_uses_the_compiled_path_and_is_deterministic():
@@ -171,13 +199,20 @@ def test_full_batch_gradients_match_the_numpy_step(dtype, hidden, m, chunk, part
     want_grads, want_losses = net.backward(Z, activations, labels)
     losses = np.empty(m, dtype)
     groups, correct = cpu_fused.full_batch_gradients(net, images, labels, losses, chunk, parts, COMPILED.parallel_map)
-    for got, want in zip(net.views_of(np.concatenate(groups)), want_grads):
-        close(got, want, dtype)
-    close(losses, want_losses, dtype)
-    assert correct == int(NUMPY.count_correct(Z, labels))
+    # Chunks and parts against one pass: the same sums of m terms in another order, each chunk's rescaled.
+    bounds = pass_bounds(net.host_params(), images, labels, dtype, chunked=True)
+    for k, (got, want, bound) in enumerate(zip(net.views_of(np.concatenate(groups)), want_grads, bounds.grads)):
+        assert_within(got, want, bound, f"gradient {k}")
+    assert_within(losses, want_losses, bounds.losses, "losses")
+    assert_counts_within(correct, NUMPY.count_correct(Z, labels), bounds.ambiguous)
 
 
-def test_full_batch_parts_in_parallel_give_the_same_bits_as_one_after_another():
+def test_full_batch_parts_in_parallel_give_the_bits_of_one_after_another_on_one_blas_thread():
+    """parallel_map holds BLAS to one thread; so does this serial run: the same BLAS calls on the same buffers.
+
+    (Against BLAS on its default threads, another split of each product, the parts agree within the
+    bounds of their sums: test_full_batch_gradients_match_the_numpy_step.)
+    """
     rng = np.random.default_rng(5)
     images = rng.integers(0, 256, size=(2000, 784), dtype=np.uint8)
     labels = rng.integers(0, 10, size=2000).astype(np.int32)
@@ -185,32 +220,44 @@ def test_full_batch_parts_in_parallel_give_the_same_bits_as_one_after_another():
     losses = np.empty(2000, np.float32)
     parallel = np.concatenate(cpu_fused.full_batch_gradients(net, images, labels, losses, 256, 2,
                                                              COMPILED.parallel_map)[0])
-    serial = np.concatenate(cpu_fused.full_batch_gradients(net, images, labels, losses, 256, 2,
-                                                           lambda fn, items: [fn(i) for i in items])[0])
+    with backend_module._blas_threads().limit(limits=1):
+        serial = np.concatenate(cpu_fused.full_batch_gradients(net, images, labels, losses, 256, 2,
+                                                               lambda fn, items: [fn(i) for i in items])[0])
     np.testing.assert_array_equal(parallel, serial)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_full_batch_epochs_match_the_numpy_path(name):
-    want_net, _, want = run_epochs(NUMPY, (16, 16), np.float64, name, 0)
-    got_net, _, got = run_epochs(COMPILED, (16, 16), np.float64, name, 0)
-    rtol = tolerance(np.float64)
-    np.testing.assert_allclose(got_net.flat, want_net.flat, rtol=rtol, atol=rtol * float(np.abs(want_net.flat).max()))
-    assert [acc for _, acc in got] == [acc for _, acc in want]
+    want = run_epochs(NUMPY, (16, 16), np.float64, name, 0)
+    got = run_epochs(COMPILED, (16, 16), np.float64, name, 0)
+    assert_runs_within(got, want, (16, 16), np.float64, name, 0)
 
 
 # -- the parallel mini-batch epoch: each step's blocks of BLOCK samples on numba's threads -----------------
-def epoch_once(images, labels, order, dtype, name, batch, parallel, hidden=(16, 16), epochs=2):
+def epoch_runner(dtype, hidden=(16, 16)):
+    """run(images, labels, order, name, batch, parallel): two epochs on one network, reset before each run.
+
+    The same network each run, so the same buffers (cpu_fused keeps them per network), and BLAS on
+    one thread as training holds it (``compute_threads``): every run makes the same BLAS calls on the
+    same memory, whichever numba thread runs which block. So parallel or not, the same bits.
+    """
     net = network(COMPILED, hidden, dtype)
-    optimizer = make_optimizer(name, net.groups, 0.01, 0.1)
-    losses = np.empty(len(order), dtype)
-    steps = -(-len(order) // batch)
-    corrects = []
-    for epoch in range(epochs):
-        rates = [0.01 * (epoch * steps + k + 1) / (epochs * steps) for k in range(steps)]
-        corrects.append(cpu_fused.minibatch_epoch(net, optimizer, images, order, labels[order], losses, batch, rates,
-                                                  parallel=parallel))
-    return net.flat.copy(), losses, corrects, getattr(optimizer, "t", None)
+    start = net.flat.copy()
+
+    def run(images, labels, order, name, batch, parallel, epochs=2):
+        net.flat[...] = start
+        optimizer = make_optimizer(name, net.groups, 0.01, 0.1)
+        losses = np.empty(len(order), dtype)
+        steps = -(-len(order) // batch)
+        corrects = []
+        with COMPILED.compute_threads():
+            for epoch in range(epochs):
+                rates = [0.01 * (epoch * steps + k + 1) / (epochs * steps) for k in range(steps)]
+                corrects.append(cpu_fused.minibatch_epoch(net, optimizer, images, order, labels[order], losses, batch,
+                                                          rates, parallel=parallel))
+        return net.flat.copy(), losses, corrects, getattr(optimizer, "t", None)
+
+    return run
 
 
 def epoch_data(m, seed=7):
@@ -225,8 +272,9 @@ def epoch_data(m, seed=7):
 @pytest.mark.parametrize("batch", [70, 128, 200, 512])  # 2, 2, 4 and 8 blocks; 600 samples: short last batches
 def test_parallel_epoch_gives_the_bits_of_one_thread(dtype, name, batch):
     images, labels, order = epoch_data(600)
-    serial = epoch_once(images, labels, order, dtype, name, batch, parallel=False)
-    parallel = epoch_once(images, labels, order, dtype, name, batch, parallel=True)
+    run = epoch_runner(dtype)
+    serial = run(images, labels, order, name, batch, parallel=False)
+    parallel = run(images, labels, order, name, batch, parallel=True)
     np.testing.assert_array_equal(parallel[0], serial[0])
     np.testing.assert_array_equal(parallel[1], serial[1])
     assert parallel[2:] == serial[2:]
@@ -235,19 +283,21 @@ def test_parallel_epoch_gives_the_bits_of_one_thread(dtype, name, batch):
 def test_parallel_epoch_with_other_layers_gives_the_bits_of_one_thread():
     images, labels, order = epoch_data(300)
     for hidden in [(), (20, 12, 8)]:
-        serial = epoch_once(images, labels, order, np.float32, "adam", 128, False, hidden)
-        parallel = epoch_once(images, labels, order, np.float32, "adam", 128, True, hidden)
+        run = epoch_runner(np.float32, hidden)
+        serial = run(images, labels, order, "adam", 128, parallel=False)
+        parallel = run(images, labels, order, "adam", 128, parallel=True)
         np.testing.assert_array_equal(parallel[0], serial[0])
 
 
 def test_switching_ways_within_an_epoch_gives_the_same_bits(monkeypatch):
     """The default picks parallel or one thread per call of SLICE_SAMPLES by timing: the pick must not show."""
     images, labels, order = epoch_data(1000)
-    serial = epoch_once(images, labels, order, np.float32, "adam", 128, parallel=False)
+    run = epoch_runner(np.float32)
+    serial = run(images, labels, order, "adam", 128, parallel=False)
     monkeypatch.setattr(cpu_fused, "SLICE_SAMPLES", 1024)  # calls of 8 steps, probes of 1
     picks = iter([(True, False), (False, False), (False, True), (True, True)] * 100)
     monkeypatch.setattr(cpu_fused, "_pick", lambda batch: next(picks))
-    switched = epoch_once(images, labels, order, np.float32, "adam", 128, parallel=None)
+    switched = run(images, labels, order, "adam", 128, parallel=None)
     np.testing.assert_array_equal(switched[0], serial[0])
     np.testing.assert_array_equal(switched[1], serial[1])
     assert switched[2:] == serial[2:]
@@ -255,10 +305,11 @@ def test_switching_ways_within_an_epoch_gives_the_same_bits(monkeypatch):
 
 def test_default_epoch_is_deterministic_and_a_held_pool_falls_back_to_one_thread():
     images, labels, order = epoch_data(700)
-    want = epoch_once(images, labels, order, np.float32, "sgd", 128, parallel=False)
-    assert np.array_equal(epoch_once(images, labels, order, np.float32, "sgd", 128, parallel=None)[0], want[0])
+    run = epoch_runner(np.float32)
+    want = run(images, labels, order, "sgd", 128, parallel=False)
+    np.testing.assert_array_equal(run(images, labels, order, "sgd", 128, parallel=None)[0], want[0])
     with cpu_fused._parallel_lock:  # as while another thread's epoch runs parallel
-        held = epoch_once(images, labels, order, np.float32, "sgd", 128, parallel=None)
+        held = run(images, labels, order, "sgd", 128, parallel=None)
     np.testing.assert_array_equal(held[0], want[0])
     assert not cpu_fused._parallel_lock.locked()
 
