@@ -17,31 +17,20 @@ import numpy as np
 from gpunet import __version__
 from gpunet.backend import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
-from gpunet.model import INITS
+from gpunet.model import INITS, parse_hidden_text
 from gpunet.optimizers import OPTIMIZERS
 from gpunet.outputs import MODEL, SUBMISSION, check_out_path, save_without_replacing
 from gpunet.training import SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
-MAX_UNITS = 100_000  # per hidden layer: larger ones only fail later, allocating gigabytes
 
 
 def parse_hidden(ctx, param, value: str) -> tuple[int, ...]:
-    """'16,16' -> (16, 16); 'none' -> () for a network with no hidden layer."""
-    text = value.strip().lower()
-    if text == "none":
-        return ()
-    if not text:  # an unset shell variable, say: not silently a network with no hidden layer
-        raise click.BadParameter("is empty; give layer sizes such as 16,16, or 'none' for no hidden layer")
+    """Click callback for --hidden (click names the option in the error)."""
     try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of layer sizes such as 16,16") from None
-    if any(size <= 0 for size in sizes):
-        raise click.BadParameter(f"{value!r}: every layer size must be a positive integer")
-    if any(size > MAX_UNITS for size in sizes):
-        raise click.BadParameter(f"{value!r}: at most {MAX_UNITS:,} units a layer")
-    return sizes
+        return parse_hidden_text(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 class TrainingFailed(GpunetError):

@@ -20,12 +20,31 @@ import numpy as np
 INPUTS = 784
 CLASSES = 10
 INITS = ("he", "seed")
+MAX_UNITS = 100_000  # per hidden layer: larger ones only fail later, allocating gigabytes
 EVAL_CHUNK = 8192  # digits per forward pass when scoring or predicting: bounds memory, keeps BLAS busy
 
 
-def layer_sizes(hidden: tuple[int, ...]) -> list[int]:
-    """[784, *hidden, 10]."""
-    return [INPUTS, *hidden, CLASSES]
+def parse_hidden_text(value: str) -> tuple[int, ...]:
+    """'16,16' -> (16, 16); 'none' -> () for a network with no hidden layer; ValueError saying what is wrong."""
+    text = value.strip().lower()
+    if text == "none":
+        return ()
+    if not text:  # an unset shell variable, say: not silently a network with no hidden layer
+        raise ValueError("is empty; give layer sizes such as 16,16, or 'none' for no hidden layer")
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a comma-separated list of layer sizes such as 16,16") from None
+    if any(size <= 0 for size in sizes):
+        raise ValueError(f"{value!r}: every layer size must be a positive integer")
+    if any(size > MAX_UNITS for size in sizes):
+        raise ValueError(f"{value!r}: at most {MAX_UNITS:,} units a layer")
+    return sizes
+
+
+def layer_sizes(hidden: tuple[int, ...], inputs: int = INPUTS, classes: int = CLASSES) -> list[int]:
+    """[784, *hidden, 10] for digits; other data sets have other inputs and classes."""
+    return [inputs, *hidden, classes]
 
 
 def init_params(sizes: list[int], init: str, seed: int, dtype) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from gpunet.atomic_file import check_writable
+from gpunet.data import ZIP_ERRORS
 from gpunet.errors import GpunetError
 
 MODEL, SUBMISSION = "a gpunet model", "a Kaggle submission"
@@ -42,8 +43,8 @@ def kind_of(path: Path) -> str | None:
         try:
             with zipfile.ZipFile(path) as archive:
                 return MODEL if "metadata.npy" in archive.namelist() else "a zip archive (.npz) that is not a gpunet model"
-        except (zipfile.BadZipFile, OSError):
-            return "a damaged zip archive"
+        except ZIP_ERRORS:
+            return "a zip archive gpunet cannot read"
     return "another kind of file"
 
 

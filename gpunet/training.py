@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gpunet.model import EVAL_CHUNK, Network, init_params, layer_sizes
+from gpunet.model import CLASSES, EVAL_CHUNK, Network, init_params, layer_sizes
 from gpunet.optimizers import DEFAULTS, make_optimizer
 
 SCHEDULES = ("cosine", "constant")
@@ -210,8 +210,13 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
     return correct
 
 
-def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None, progress_factory=None):
-    """Train a fresh network; returns a TrainResult.
+def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None, progress_factory=None,
+          classes: int = CLASSES):
+    """Train a fresh network on labels 0..classes-1; returns a TrainResult.
+
+    ``train_digits`` and ``val_digits`` hold ``images`` (m, features) and
+    ``labels`` (m,): uint8 pixels, scaled by 1/255 a batch at a time, or float
+    features used as they are. The first layer takes as many inputs as there are features.
 
     ``on_epoch(metrics)`` is called after each epoch. ``progress_factory(total)``
     may return a callable advanced by the number of samples after each batch
@@ -221,7 +226,8 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
     in both cases the network already holds the weights to keep.
     """
     dtype = np.dtype(config.dtype)
-    network = Network(backend, init_params(layer_sizes(config.hidden), config.init, config.seed, dtype))
+    sizes = layer_sizes(config.hidden, inputs=train_digits.images.shape[1], classes=classes)
+    network = Network(backend, init_params(sizes, config.init, config.seed, dtype))
     optimizer = make_optimizer(config.optimizer, network.groups, config.lr, config.weight_decay)
     train_data = DeviceData(backend, train_digits)
     val_data = DeviceData(backend, val_digits) if len(val_digits) else None

@@ -451,3 +451,14 @@ def test_info_names_the_cpu_path(capsys):
     assert code == 0
     cpu_line = next(line for line in out.splitlines() if line.startswith("  cpu:"))
     assert CpuBackend().cpu_path() in cpu_line and ("numba" in cpu_line or "NumPy array calls" in cpu_line)
+
+
+def test_an_unreadable_zip_at_out_is_refused_in_one_line(capsys, tmp_path):
+    from tests.test_untrusted_files import member, zip_archive
+
+    out = tmp_path / "odd.npz"
+    out.write_bytes(zip_archive({"metadata.npy": {**member(b"x" * 10), "version": 99}}))  # needs zip 9.9
+    before = out.read_bytes()
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    assert code == 1 and err.count("\n") == 1 and "a zip archive gpunet cannot read" in err, err
+    assert out.read_bytes() == before
