@@ -24,7 +24,8 @@ except ImportError:
 
 INSTALL_HINT = "install CuPy with: pip install 'gpunet[cuda12]' (or 'gpunet[cuda13]')"
 DRIVER_HINT = "install the NVIDIA driver for the GPU (CUDA 12 or newer), or use --device cpu"
-LIBRARY_HINT = "install CuPy with its CUDA libraries: pip install 'gpunet[cuda12]' (or 'gpunet[cuda13]'), or use --device cpu"
+LIBRARY_HINT = ("install CuPy with its CUDA libraries: pip install 'gpunet[cuda12]' (or 'gpunet[cuda13]'), "
+                "or use --device cpu")
 # The probe's inputs: two samples' logits, their labels, and one image row (pixels 0 and 255).
 PROBE_Z = np.array([[1.0, 0.0, 3.0], [2.0, 0.0, -1.0]], np.float32)  # largest: row 1, row 0 (a tie), row 0
 PROBE_LABELS = np.array([1, 0, 1], np.int32)  # two right

@@ -116,7 +116,8 @@ def check_in_new_environment(major: int, folder: Path) -> int:
     python = folder / f"cuda{major}" / "bin" / "python"
     print(f"\n== NVRTC {major}: {' '.join(packages)} in a temporary environment", flush=True)
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
-    install = [str(python), "-m", "pip", "install", "--quiet", *packages, *(["pytest", *test_packages] if test_packages else [])]
+    install = [str(python), "-m", "pip", "install", "--quiet", *packages]
+    install += ["pytest", *test_packages] if test_packages else []
     for command in ([sys.executable, "-m", "venv", str(python.parent.parent)], install):
         done = subprocess.run(command, stdout=subprocess.DEVNULL, env=env)
         if done.returncode != 0:
@@ -127,7 +128,8 @@ def check_in_new_environment(major: int, folder: Path) -> int:
     if test_packages is None:
         print("(tests/test_kernels.py not run with this NVRTC: reading pyproject.toml needs Python 3.11)")
         return status
-    tests = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "kernels", "-rs", "tests/test_kernels.py"]
+    tests = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "kernels", "-rs",
+             "tests/test_kernels.py"]
     print(f"== {' '.join(tests[1:])}", flush=True)
     return max(status, subprocess.run(tests, cwd=ROOT, env=env).returncode and 1)
 
