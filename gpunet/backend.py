@@ -87,17 +87,21 @@ class Backend:
         uint8; only the batch is ever converted to floating point. ``index`` is
         an integer array of sample numbers, or None for all samples in order.
         ``out``: a (784, batch) array to write A0 into (see ``empty_batch``).
+        Float ``images`` (m, features) are features already scaled: cast, not divided.
         """
         xp = self.xp
+        pixels = images.dtype == np.uint8
         scale = xp.asarray(1.0 / 255.0, dtype=dtype)
         if out is None:
             batch = images if index is None else images[index]
             A0 = batch.T.astype(dtype)
-            A0 *= scale
+            if pixels:
+                A0 *= scale
             return A0
         batch = images if index is None else xp.take(images, index, axis=0)
         xp.copyto(out, batch.T)  # uint8 -> dtype: a plain cast, twice as fast as a casting multiply
-        out *= scale
+        if pixels:
+            out *= scale
         return out
 
     def bias_relu(self, Z, b):

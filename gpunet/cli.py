@@ -318,9 +318,9 @@ def predict(ctx, model, data, images, as_json, out, device, more_images):
     if as_json:
         raise click.UsageError("--json goes with --image")
     out = check_out_path("--out", out, SUBMISSION, data=data, model=model)
-    network, _ = load_network(model, choose_backend(device))
+    network, meta = load_network(model, choose_backend(device))
     digits = load_digits(data, labeled=False)
-    labels = predict_labels(network, digits)
+    labels = class_labels(meta, network)[predict_labels(network, digits)]
     rows = "".join(f"{i},{label}\n" for i, label in enumerate(labels.tolist(), start=1))
     write_atomically(out, lambda f: f.write(("ImageId,Label\n" + rows).encode()))
     click.echo(f"Wrote {plural(len(labels), 'prediction')} to {out}")
@@ -442,7 +442,18 @@ def split_as_in_training(digits, meta):
 
 
 def predict_labels(network, digits) -> np.ndarray:
+    """The index of each digit's most probable class."""
     return network.probabilities(digits.images).argmax(axis=1)
+
+
+def class_labels(meta: dict, network) -> np.ndarray:
+    """What each output means: the model's ``classes`` (digits 0-9 for ``gpunet train``; any labels from Python)."""
+    classes = meta.get("classes")
+    count = network.sizes[-1]
+    if not (isinstance(classes, list) and len(classes) == count
+            and all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes)):
+        return np.arange(count)
+    return np.asarray(classes)
 
 
 def score_digits(network, digits, title: str) -> None:

@@ -1,0 +1,253 @@
+"""gpunet from Python: a scikit-learn classifier around the same network, training loop and model files.
+
+    >>> import pandas as pd, gpunet
+    >>> df = pd.read_csv("train.csv.gz")
+    >>> clf = gpunet.Classifier(epochs=5).fit(df.drop(columns="label"), df.label)
+    >>> clf.score(X_test, y_test); clf.save("model.npz")   # gpunet predict --model model.npz reads it
+
+It keeps scikit-learn's conventions (its developer guide, "Developing
+scikit-learn estimators"): ``__init__`` stores the training options unchanged,
+with the command line's defaults; ``fit`` validates and learns and sets the
+attributes that end in ``_``; labels of any kind are mapped through ``classes_``.
+
+Inputs are scaled the way they were at fit, by a rule fixed there: integer
+pixels 0-255 (uint8, or the int64 columns pandas reads from a Kaggle CSV) are
+divided by 255, as the command line does; floats are used as they are (already
+scaled pixels, or any real features). A model fitted on pixels takes pixels.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from gpunet.model import INPUTS, parse_hidden_text
+
+PIXEL_SCALE = 1 / 255
+IMAGE_SIDE = 28
+
+
+class Samples:
+    """What the training loop reads of a data set: ``images`` (m, features) and ``labels`` (m,)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class Classifier(ClassifierMixin, BaseEstimator):
+    """The network of the design notes (784 -> 16 ReLU -> 16 ReLU -> 10 softmax by default) as an estimator.
+
+    Parameters are the options of ``gpunet train``, with its defaults; ``None``
+    means the optimizer's own default (README's table).
+
+    hidden : tuple of int or str, default (16, 16)
+        Hidden layer sizes; ``()`` or ``"none"`` for softmax regression.
+    epochs, batch_size, lr, weight_decay, schedule : default None (the optimizer's)
+    optimizer : {"adam", "momentum", "sgd", "gd"}, default "adam"
+    init : {"he", "seed"}, default "he"
+    val_size : int, default 1000
+        Samples held out (a seeded shuffle) for the per-epoch validation in
+        ``history_`` and early stopping; 0 trains on all of them.
+    patience : int or None, default None
+        Early stopping on validation loss, keeping the best weights.
+    seed : int, default 0
+        The split, the initial weights and the shuffle.
+    device : {"auto", "cpu", "cuda"}, default "auto"
+    dtype : {"float32", "float64"}, default "float32"
+    verbose : bool, default False
+        Print one line per epoch.
+
+    Attributes
+    ----------
+    classes_ : ndarray, the labels seen in ``fit``, in sorted order.
+    n_features_in_ : int; ``feature_names_in_`` : the DataFrame's columns, if fitted on one.
+    history_ : list of dict, per-epoch ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ...
+    best_epoch_ : int, the epoch whose weights the model holds.
+    params_ : list of ndarray, [W1, b1, W2, b2, ...] as in the notes (W_k is (out, in)).
+    input_scale_ : float, 1/255 for pixels, 1.0 for float features.
+    """
+
+    def __init__(self, hidden=(16, 16), epochs=None, batch_size=None, lr=None, optimizer="adam", schedule=None,
+                 weight_decay=None, init="he", val_size=1000, patience=None, seed=0, device="auto", dtype="float32",
+                 verbose=False):
+        self.hidden = hidden
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.weight_decay = weight_decay
+        self.init = init
+        self.val_size = val_size
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+
+    # -- learning --------------------------------------------------------------
+    def fit(self, X, y):
+        """Train a fresh network on X (m, features) or (m, 28, 28) and labels y; returns self."""
+        from gpunet.training import TrainingDiverged, train
+
+        X = _flatten_images(X)
+        X, y = validate_data(self, X, y, dtype=None, ensure_all_finite=True, ensure_min_samples=2)
+        check_classification_targets(y)
+        self.classes_, encoded = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"Classifier needs at least two classes to learn; y holds one: {self.classes_[0]!r}")
+        images, self.input_scale_ = _inputs_for_fit(X)
+        config = self._config()
+        if not 0 <= config.val_size < len(images) - 1:
+            raise ValueError(f"val_size={self.val_size} leaves too few of the {len(images)} samples to train on")
+        order = np.random.default_rng(config.seed).permutation(len(images))  # as gpunet.data.split_validation
+        held_out, learned_from = order[: config.val_size], order[config.val_size :]
+        train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
+        val_set = Samples(images[held_out], encoded[held_out].astype(train_set.labels.dtype))
+        backend = self._backend()
+        try:
+            result = train(backend, train_set, val_set, config, on_epoch=self._report if self.verbose else None,
+                           classes=len(self.classes_))
+        except TrainingDiverged as exc:
+            if not exc.result.history:
+                raise ValueError(f"training diverged in its first epoch (loss {exc.value}); use a smaller lr") from None
+            warnings.warn(f"training diverged in epoch {exc.epoch} (loss {exc.value}); kept the weights of epoch "
+                          f"{exc.result.best_epoch}; a smaller lr may help", RuntimeWarning, stacklevel=2)
+            result = exc.result
+        self.params_ = result.network.host_params()
+        self.history_ = [vars(m) for m in result.history]
+        self.best_epoch_ = result.best_epoch
+        self.config_ = config
+        return self
+
+    def _config(self):
+        from gpunet.training import TrainConfig
+
+        hidden = parse_hidden_text(self.hidden) if isinstance(self.hidden, str) else tuple(int(h) for h in self.hidden)
+        return TrainConfig.for_optimizer(
+            self.optimizer, hidden=hidden, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            schedule=self.schedule, weight_decay=self.weight_decay, init=self.init, val_size=int(self.val_size),
+            patience=self.patience, seed=int(self.seed), dtype=self.dtype)
+
+    def _backend(self):
+        from gpunet.backend import get_backend
+
+        backend, notice = get_backend(self.device)
+        if notice:
+            warnings.warn(notice, RuntimeWarning, stacklevel=3)
+        return backend
+
+    @staticmethod
+    def _report(m) -> None:
+        val = f"  val_loss {m.val_loss:.4f}  val_acc {100 * m.val_accuracy:6.2f}%" if m.val_loss is not None else ""
+        print(f"epoch {m.epoch}  loss {m.train_loss:.4f}  acc {100 * m.train_accuracy:6.2f}%{val}")
+
+    # -- using it --------------------------------------------------------------
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, (m, n_classes), columns in the order of ``classes_``; rows sum to 1."""
+        check_is_fitted(self, "params_")
+        X = validate_data(self, _flatten_images(X), reset=False, dtype=None, ensure_all_finite=True)
+        return self.network().probabilities(_inputs_for_predict(X, self.input_scale_))
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable class of each sample, from ``classes_``."""
+        best = self.predict_proba(X).argmax(axis=1)
+        return self.classes_[best]
+
+    def network(self):
+        """The trained :class:`gpunet.model.Network` on the estimator's device, made from ``params_``."""
+        from gpunet.model import Network
+
+        check_is_fitted(self, "params_")
+        return Network(self._backend(), self.params_)
+
+    # -- model files -------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the model as a gpunet ``.npz`` (no pickle), readable by ``gpunet.load`` and ``gpunet predict``."""
+        from gpunet.checkpoint import save_model
+
+        check_is_fitted(self, "params_")
+        final = self.history_[self.best_epoch_ - 1] if self.history_ else None
+        names = getattr(self, "feature_names_in_", None)
+        save_model(path, self.params_, {
+            "classes": [_json_label(c) for c in self.classes_],
+            "normalization": {"scale": self.input_scale_, "offset": 0.0},
+            "feature_names": None if names is None else [str(n) for n in names],
+            "training": {**self.config_.as_dict(), "hidden": list(self.config_.hidden), "data": "Python arrays",
+                         "device": self.device},
+            "estimator": self.get_params(),
+            "history": self.history_,
+            "best_epoch": self.best_epoch_,
+            "stop_reason": "completed",
+            "final_metrics": final,
+        })
+
+    # -- scikit-learn's tags -------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def load(path) -> Classifier:
+    """A fitted :class:`Classifier` from a gpunet model file, whether ``gpunet train`` or ``Classifier.save`` wrote it."""
+    from gpunet.checkpoint import load_model
+
+    params, meta = load_model(path)
+    given = meta.get("estimator") if isinstance(meta.get("estimator"), dict) else {}
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    known = Classifier().get_params()
+    options = {key: training[key] for key in known if key in training and key != "device"}
+    clf = Classifier(**{**options, **{k: v for k, v in given.items() if k in known}})
+    if isinstance(clf.hidden, list):
+        clf.hidden = tuple(clf.hidden)
+    clf.params_ = params
+    clf.classes_ = np.asarray(meta.get("classes", list(range(params[-1].shape[0]))))
+    clf.n_features_in_ = int(params[0].shape[1])
+    if meta.get("feature_names"):
+        clf.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
+    clf.input_scale_ = float(meta.get("normalization", {}).get("scale", PIXEL_SCALE))
+    clf.history_ = meta.get("history", [])
+    clf.best_epoch_ = meta.get("best_epoch")
+    clf.config_ = clf._config()
+    return clf
+
+
+def _flatten_images(X):
+    """(m, 28, 28) image arrays -> (m, 784); anything else as it is (validate_data checks it)."""
+    if isinstance(X, np.ndarray) and X.ndim == 3 and X.shape[1:] == (IMAGE_SIDE, IMAGE_SIDE):
+        return X.reshape(len(X), INPUTS)
+    return X
+
+
+def _is_pixels(X: np.ndarray) -> bool:
+    """Integer values 0-255 in an integer array: pixels, to be scaled by 1/255."""
+    return X.dtype.kind in "ui" and (X.size == 0 or (X.min() >= 0 and X.max() <= 255))
+
+
+def _inputs_for_fit(X: np.ndarray) -> tuple[np.ndarray, float]:
+    """(the array the network reads, its scale): uint8 pixels and 1/255, or float features and 1."""
+    if _is_pixels(X):
+        return np.ascontiguousarray(X, dtype=np.uint8), PIXEL_SCALE
+    return np.ascontiguousarray(X, dtype=np.float64), 1.0
+
+
+def _inputs_for_predict(X: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return np.ascontiguousarray(X, dtype=np.float64)
+    if not (_is_pixels(X) or (X.dtype.kind == "f" and np.all((X >= 0) & (X <= 255) & (X == np.round(X))))):
+        raise ValueError("this model was fitted on pixels 0-255 and takes pixels 0-255 (integers); "
+                         "scale floats back, or fit the model on floats")
+    return np.ascontiguousarray(X, dtype=np.uint8)
+
+
+def _json_label(label):
+    """A class label as JSON holds it (NumPy scalars -> Python ones)."""
+    return label.item() if isinstance(label, np.generic) else label
