@@ -36,6 +36,7 @@ class Backend:
     xp = np
 
     def describe(self) -> str:
+        """The backend in a few words, for the training banner and `gpunet info`."""
         return f"{self.name} ({self.xp.__name__})"
 
     # -- moving data ---------------------------------------------------------
@@ -164,6 +165,7 @@ class CpuBackend(Backend):
         self.compiled = compiled
 
     def describe(self) -> str:
+        """NumPy's version and the CPU path the steps take."""
         return f"CPU (NumPy {np.__version__}; {self.cpu_path()})"
 
     def cpu_path(self) -> str:

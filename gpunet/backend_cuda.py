@@ -129,6 +129,7 @@ class CupyBackend(Backend):
         self.device = cupy.cuda.Device()
 
     def describe(self) -> str:
+        """The device's name, compute capability and memory."""
         props = cupy.cuda.runtime.getDeviceProperties(self.device.id)
         major, minor = props["major"], props["minor"]
         return (
@@ -138,18 +139,22 @@ class CupyBackend(Backend):
 
     # -- moving data ---------------------------------------------------------
     def asarray(self, array, dtype=None):
+        """Host array -> device array (one copy to the GPU)."""
         return cupy.asarray(array, dtype=dtype)
 
     def to_numpy(self, array) -> np.ndarray:
+        """Device array -> NumPy array (one copy back to the host)."""
         if isinstance(array, cupy.ndarray):
             return array.get()
         return np.asarray(array)
 
     def synchronize(self) -> None:
+        """Wait for the device's queued work (for timings)."""
         cupy.cuda.get_current_stream().synchronize()
 
     # -- hot operations: kernels for float32/float64, the generic path otherwise --
     def gather_scaled(self, images, index, dtype, out=None):
+        """The data.cu kernel for uint8 images on the device; the generic code otherwise."""
         if (
             kernels.supports(dtype)
             and isinstance(images, cupy.ndarray)
@@ -165,16 +170,19 @@ class CupyBackend(Backend):
 
     def bias_relu(self, Z, b):
         # Only b (units, 1): a (units,) or (1, units) b broadcasts along the samples in Z + b, not the units.
+        """The layers.cu kernel for Z (units, m) and b (units, 1); the generic code otherwise."""
         if _on_device(Z, b) and Z.ndim == 2 and b.shape == (Z.shape[0], 1):
             return kernels.bias_relu(Z, b)
         return super().bias_relu(Z, b)
 
     def relu_backward(self, dA, A):
+        """The layers.cu kernel for same-shaped device arrays; the generic code otherwise."""
         if _on_device(dA, A) and dA.shape == A.shape:
             return kernels.relu_backward(dA, A)
         return super().relu_backward(dA, A)
 
     def softmax_cross_entropy(self, Z, labels, out=None):
+        """The fused loss.cu kernel where it applies; the generic code otherwise."""
         if _on_device(Z, *(out or ())) and Z.ndim == 2:
             return kernels.softmax_cross_entropy(Z, labels, out)
         if out is None:
@@ -182,6 +190,7 @@ class CupyBackend(Backend):
         return super().softmax_cross_entropy(Z, labels, out=out)
 
     def count_correct(self, Z, labels):
+        """The loss.cu counting kernel where it applies; the count stays on the device."""
         if _on_device(Z) and Z.ndim == 2:
             return kernels.count_correct(Z, labels)
         return super().count_correct(Z, labels)

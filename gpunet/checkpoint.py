@@ -122,6 +122,7 @@ def _read_param(archive: zipfile.ZipFile, key: str, info: zipfile.ZipInfo, heade
 
 
 def parse_metadata(name: str, raw) -> dict:
+    """The metadata member's JSON as a dict, or ModelFileError naming what is wrong."""
     if raw is None:
         raise ModelFileError(f"{name}: not a gpunet model (no metadata)")
     try:

@@ -38,6 +38,7 @@ class TrainingFailed(GpunetError):
 
 
 def choose_backend(device: str):
+    """The backend for --device, printing the fallback notice if there is one."""
     backend, notice = get_backend(device)
     if notice:
         click.echo(f"Note: {notice}", err=True)
@@ -59,6 +60,7 @@ def require_finite(ctx, param, value):
 
 
 def plural(n: int, word: str) -> str:
+    """'1 digit', '2 digits', with thousands separators."""
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
@@ -201,6 +203,7 @@ def learning_hint(config) -> str:
 
 
 def report_plots(paths) -> None:
+    """One line listing the plot files written."""
     click.echo("Plots: " + ", ".join(str(p) for p in paths))
 
 
@@ -233,17 +236,20 @@ class EpochReporter:
             tqdm.write(line)
 
     def progress_bar(self, total: int):
+        """A bar over one mini-batch epoch's digits (tqdm; hidden when not on a terminal)."""
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="digit", unit_scale=True, leave=False, disable=None, mininterval=0.5)
         return ProgressBar(bar)
 
     def close(self) -> None:
+        """Close the epochs bar of a full-batch run."""
         if self.epoch_bar is not None:
             self.epoch_bar.close()
 
 
 class ProgressBar:
+    """The training loop's progress callable over a tqdm bar: advanced by the digits of each step."""
     def __init__(self, bar):
         self.bar = bar
 
@@ -251,6 +257,7 @@ class ProgressBar:
         self.bar.update(n)
 
     def close(self) -> None:
+        """Close the bar at the end of the epoch."""
         self.bar.close()
 
 
@@ -260,6 +267,7 @@ def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Pat
 
 
 def save_result(out: Path, result, config, digits, backend) -> Path:
+    """Write the trained network and its metadata (settings, data fingerprint, history) to ``out``."""
     from gpunet.checkpoint import save_model
     from gpunet.training import data_fingerprint
 
@@ -278,6 +286,7 @@ def save_result(out: Path, result, config, digits, backend) -> Path:
 
 
 def load_network(model_path: Path, backend):
+    """(Network, metadata) from a model file, refused in one line unless it takes 784-pixel digits."""
     from gpunet.checkpoint import load_model
     from gpunet.model import INPUTS, Network
 

@@ -64,10 +64,12 @@ except ImportError as error:
 
 
 def available() -> bool:
+    """Whether the compiled loops can run here: numba and SciPy (whose BLAS its np.dot calls) imported."""
     return numba is not None
 
 
 def unavailable_reason() -> str | None:
+    """Why the compiled loops cannot run here, or None."""
     return None if numba is not None else f"numba or scipy is not installed ({_IMPORT_ERROR})"
 
 
@@ -321,6 +323,7 @@ _buffers: dict = {}  # (id(network), batch, key) -> (weakref to network, Buffers
 
 
 def buffers(network, batch: int, key=0) -> Buffers:
+    """The compiled path's work buffers for this network and batch size (made once, reused)."""
     entry = _buffers.get((id(network), batch, key))
     if entry is None or entry[0]() is not network:
         for stale in [k for k, (ref, _) in _buffers.items() if ref() is None]:

@@ -88,12 +88,14 @@ def source_dir() -> Path:
 
 
 def source_path(module: str) -> Path:
+    """The path of kernels/<module>.cu."""
     if module not in MODULES:
         raise KeyError(f"no kernel module {module!r}; there are {', '.join(MODULES)}")
     return source_dir() / f"{module}.cu"
 
 
 def read_source(module: str) -> str:
+    """The CUDA source of kernels/<module>.cu."""
     return source_path(module).read_text(encoding="utf-8")
 
 
@@ -150,6 +152,7 @@ def _ask_nvrtc(question: str):
 
 
 def nvrtc_version() -> tuple[int, int]:
+    """The installed NVRTC's (major, minor)."""
     return tuple(_ask_nvrtc("getVersion"))
 
 
@@ -255,6 +258,7 @@ class Launch:
 
     @property
     def name(self) -> str:
+        """The kernel's name expression, e.g. 'bias_relu<float>'."""
         return f"{self.kernel}<{self.ctype}>"
 
 
@@ -272,6 +276,7 @@ class _LazyModule:
         self._functions = {}
 
     def function(self, name: str):
+        """The compiled kernel for a name expression (the module compiles on first use)."""
         fn = self._functions.get(name)
         if fn is None:
             if name not in name_expressions(self.module):

@@ -134,18 +134,22 @@ class Network:
 
     @property
     def weights(self):
+        """[W1, W2, ...]: views of ``flat``."""
         return self.params[0::2]
 
     @property
     def biases(self):
+        """[b1, b2, ...]: views of ``flat``."""
         return self.params[1::2]
 
     @property
     def sizes(self) -> list[int]:
+        """Units per layer, inputs first: [784, 16, 16, 10] for the notes' network."""
         return [self.params[0].shape[1]] + [W.shape[0] for W in self.weights]
 
     @property
     def dtype(self):
+        """The parameters' floating-point type."""
         return self.params[0].dtype
 
     def workspace(self, m: int, key=0) -> Workspace:

@@ -47,6 +47,7 @@ class GradientDescent:
                 W *= W.dtype.type(1 - self.lr * self.weight_decay)
 
     def step(self, grads) -> None:
+        """W <- W - alpha.dW for every parameter (after the weight decay); ``grads`` are overwritten."""
         self.decay_weights()
         for p, g in zip(self.params, grads):
             g *= p.dtype.type(self.lr)
@@ -63,6 +64,7 @@ class Momentum(GradientDescent):
         self.scratch = [p * 0 for p in params]
 
     def step(self, grads) -> None:
+        """v <- beta.v + dW; W <- W - alpha.v (after the weight decay)."""
         self.decay_weights()
         for p, g, v, tmp in zip(self.params, grads, self.velocity, self.scratch):
             v *= p.dtype.type(self.beta)
@@ -88,6 +90,7 @@ class Adam(GradientDescent):
         self.t = 0
 
     def step(self, grads) -> None:
+        """One Adam step on every parameter (after the weight decay); ``grads`` are not changed."""
         self.t += 1
         self.decay_weights()
         # Fold both bias corrections into one step size: alpha.sqrt(1-b2^t)/(1-b1^t).
@@ -108,6 +111,7 @@ class Adam(GradientDescent):
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
+    """The optimizer called ``name`` (one of OPTIMIZERS) over ``params``."""
     if name in ("gd", "sgd"):
         return GradientDescent(params, lr, weight_decay)
     if name == "momentum":

@@ -122,6 +122,7 @@ def write_plots(model_path, out_dir, digits=None) -> list[Path]:
 
 
 def save(figure, path: Path) -> Path:
+    """Write a figure as a PNG, atomically."""
     from gpunet.atomic_file import write_atomically
 
     write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
@@ -146,6 +147,7 @@ def wrap_to_width(text, width: float) -> None:
 
 
 def describe(meta: dict) -> str:
+    """The model in a few words (layer sizes, optimizer and rate, training data), for plot titles."""
     sizes = "-".join(str(s) for s in meta.get("layer_sizes", []))
     training = meta.get("training") or {}
     optimizer, lr = training.get("optimizer"), training.get("lr")
@@ -273,6 +275,7 @@ def weights_cell_pixels(units: int) -> tuple[int, int]:
 
 
 def weights_mosaic_inches(units: int) -> tuple[float, float]:
+    """The weights figure's size in inches for a grid of images."""
     rows, columns = weights_grid(units)
     caption, step = weights_cell_pixels(units)
     cell = weights_cell(units)

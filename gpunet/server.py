@@ -33,12 +33,14 @@ SOCKET_TIMEOUT = 10  # seconds a client may stall mid-request
 
 
 class RequestError(Exception):
+    """A request the page cannot answer: sent back as a JSON error with its HTTP status."""
     def __init__(self, status: HTTPStatus, message: str):
         super().__init__(message)
         self.status = status
 
 
 def page() -> bytes:
+    """The drawing page's HTML (gpunet/static/draw.html)."""
     return (resources.files("gpunet") / "static" / "draw.html").read_bytes()
 
 
@@ -75,11 +77,13 @@ def decode_data_url(text: str) -> bytes:
 
 
 class Handler(BaseHTTPRequestHandler):
+    """Answers GET / (the page) and POST /predict (a drawing -> probabilities)."""
     server_version = "gpunet"
     timeout = SOCKET_TIMEOUT
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
+        """The drawing page, or 404."""
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             self.send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
@@ -89,6 +93,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no page {path}"})
 
     def do_POST(self) -> None:
+        """A drawn digit in, the network's label and probabilities out (JSON)."""
         try:
             if self.path.split("?", 1)[0] != "/predict":
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no endpoint {self.path}; POST to /predict")
@@ -109,6 +114,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(HTTPStatus.OK, answer)
 
     def read_body(self) -> bytes:
+        """The request body, refused (RequestError) if missing or larger than the limit."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not accepted; send Content-Length")
@@ -148,9 +154,11 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def send_json(self, status: HTTPStatus, value) -> None:
+        """Send an object as a JSON response."""
         self.send(status, json.dumps(value).encode(), "application/json")
 
     def send(self, status: HTTPStatus, body: bytes, content_type: str | None) -> None:
+        """Send a response with a body and its content type."""
         try:
             self._send(status, body, content_type)
         except (BrokenPipeError, ConnectionResetError):  # the client left before its answer: nobody to tell
@@ -188,12 +196,14 @@ class DigitServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The page's address, e.g. http://127.0.0.1:8000/."""
         host, port = self.server_address[:2]
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/"
 
 
 class DigitServer6(DigitServer):
+    """The same server on an IPv6 address."""
     address_family = socket.AF_INET6
 
 

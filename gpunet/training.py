@@ -22,6 +22,7 @@ SCHEDULES = ("cosine", "constant")
 
 @dataclass
 class TrainConfig:
+    """The settings of one training run: the options of ``gpunet train`` and of ``gpunet.Classifier``."""
     hidden: tuple[int, ...] = (16, 16)
     epochs: int = 30
     batch_size: int = 64  # 0: the whole training set in one batch (the notes' gradient descent)
@@ -36,6 +37,7 @@ class TrainConfig:
     dtype: str = "float32"
 
     def as_dict(self) -> dict:
+        """The settings as plain values, for a model's metadata."""
         return asdict(self)
 
     @classmethod
@@ -55,6 +57,7 @@ class TrainConfig:
 
 @dataclass
 class EpochMetrics:
+    """What one epoch measured: mean loss and accuracy while training and on the validation digits."""
     epoch: int
     lr: float
     train_loss: float
@@ -66,6 +69,7 @@ class EpochMetrics:
 
 @dataclass
 class TrainResult:
+    """A run's network, its per-epoch history, and which epoch's weights the network holds."""
     network: Network
     history: list[EpochMetrics] = field(default_factory=list)
     best_epoch: int | None = None
@@ -147,6 +151,7 @@ def evaluate(network: Network, data: DeviceData) -> tuple[float, float]:
 
 
 def steps_per_epoch(m: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over m samples (1 for a full batch)."""
     return 1 if batch_size <= 0 else -(-m // batch_size)
 
 
