@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from gpunet.model import INPUTS, parse_hidden_text
 
 PIXEL_SCALE = 1 / 255
+_NOTICES_GIVEN: set[str] = set()
 IMAGE_SIDE = 28
 
 
@@ -70,6 +71,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
     n_features_in_ : int; ``feature_names_in_`` : the DataFrame's columns, if fitted on one.
     history_ : list of dict, per-epoch ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ...
     best_epoch_ : int, the epoch whose weights the model holds.
+    validation_indices_ : ndarray, the rows of X that ``fit`` held out for validation (``val_size`` of them).
     params_ : list of ndarray, [W1, b1, W2, b2, ...] as in the notes (W_k is (out, in)).
     input_scale_ : float, 1/255 for pixels, 1.0 for float features.
     """
@@ -121,6 +123,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
             warnings.warn(f"training diverged in epoch {exc.epoch} (loss {exc.value}); kept the weights of epoch "
                           f"{exc.result.best_epoch}; a smaller lr may help", RuntimeWarning, stacklevel=2)
             result = exc.result
+        self.validation_indices_ = held_out
         self.params_ = result.network.host_params()
         self.history_ = [vars(m) for m in result.history]
         self.best_epoch_ = result.best_epoch
@@ -140,7 +143,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
         from gpunet.backend import get_backend
 
         backend, notice = get_backend(self.device)
-        if notice:
+        if notice and notice not in _NOTICES_GIVEN:  # once a process, not at every fit and predict
+            _NOTICES_GIVEN.add(notice)
             warnings.warn(notice, RuntimeWarning, stacklevel=3)
         return backend
 

@@ -61,6 +61,15 @@ def test_fit_on_a_dataframe_learns_the_digits(fitted, sample_frame):
     assert fitted.input_scale_ == 1 / 255
 
 
+def test_the_validation_rows_are_the_ones_history_scored(fitted, sample_frame):
+    rows = fitted.validation_indices_
+    assert len(rows) == 1000 and len(set(rows)) == 1000 and rows.max() < 6000
+    held_out = sample_frame.iloc[:6000].iloc[rows]
+    accuracy = fitted.score(held_out.drop(columns="label"), held_out.label)
+    # The loop scored them in chunks, predict_proba at once: argmax ties aside, the same count.
+    assert abs(accuracy - fitted.history_[-1]["val_accuracy"]) <= 1.5 / 1000
+
+
 def test_probabilities_are_the_networks_and_sum_to_one(fitted, sample_frame):
     X = sample_frame.drop(columns="label").iloc[9000:9100]
     probs = fitted.predict_proba(X)
