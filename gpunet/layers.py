@@ -112,10 +112,12 @@ class _Affine(Layer):
 
 
 class Dense(_Affine):
-    """The notes' layer: Z = W . A + b, W (units, inputs), b (units, 1); A_out = relu(Z) if ``relu``.
+    """The notes' layer, W (units, inputs) and b (units, 1), on A (inputs, m):
 
+        Z = W . A + b            A_out = relu(Z) if ``relu``
+    Backward (``affine_backward``), from dA_out:
+        dZ = dA_out * relu'(Z)   dW = dZ . A^T   db = sum of dZ over samples   dA = W^T . dZ
     Hidden layers have ``relu``; the output layer does not (softmax is inside the loss).
-    Backward: ``affine_backward``.
     """
 
     def __init__(self, units: int, relu: bool = True):
@@ -260,24 +262,36 @@ class Conv2D(_Affine):
 def max_pool(xp, x, size: int):
     """(y, argmax) of size x size windows, stride ``size``, of maps x (C, H, W, m).
 
-    y[c, y, x, s] is the largest of the window's entries; argmax (uint8) says which: entry q = i.size + j
-    for the one at row i, column j of the window, the first in that order on a tie (NaN counts as
-    largest). A map whose height or width is not a multiple of ``size`` is floored, as Keras's and
-    PyTorch's defaults: its last rows or columns, in no whole window, are not read.
+    y[c, y, x, s] is the largest of the window's entries (NaN where one is NaN); argmax (uint8) says which:
+    entry q = i.size + j for the one at row i, column j of the window, the first in that order on a tie
+    (the last entry where y is NaN). A map whose height or width is not a multiple of ``size`` is floored,
+    as Keras's and PyTorch's defaults: its last rows or columns, in no whole window, are not read.
     """
     H_out, W_out = x.shape[1] // size, x.shape[2] // size
-    windows = xp.stack([x[:, i:size * H_out:size, j:size * W_out:size] for i in range(size) for j in range(size)])
-    return windows.max(axis=0), windows.argmax(axis=0).astype(xp.uint8)
+    windows = [x[:, i:size * H_out:size, j:size * W_out:size] for i in range(size) for j in range(size)]
+    y = windows[0]
+    for entry in windows[1:]:
+        y = xp.maximum(y, entry)
+    # The first entry equal to y is at q = how many entries come before it: the sum over q of
+    # "entries 0..q all differ from y". (Elementwise work: xp.argmax across the entries is 10x slower.)
+    unmatched = windows[0] != y
+    argmax = unmatched.astype(xp.uint8)
+    for entry in windows[1:-1]:
+        unmatched &= entry != y
+        argmax += unmatched
+    return y, argmax
 
 
 def max_pool_backward(xp, dy, argmax, input_shape, size: int):
-    """dx (C, H, W, m): each window's dy goes to its argmax entry, 0 elsewhere (and on the floored rows/columns)."""
-    C, H, W, m = input_shape
+    """dx (C, H, W, m): each window's dy goes to its argmax entry, 0 elsewhere (and on the floored rows/columns).
+
+    A multiply by the 0/1 mask, as relu_backward: a NaN or inf in dy shows instead of being zeroed.
+    """
     H_out, W_out = dy.shape[1], dy.shape[2]
     dx = xp.zeros(input_shape, dtype=dy.dtype)
     for i in range(size):
         for j in range(size):
-            dx[:, i:size * H_out:size, j:size * W_out:size] = xp.where(argmax == i * size + j, dy, 0)
+            xp.multiply(dy, argmax == i * size + j, out=dx[:, i:size * H_out:size, j:size * W_out:size])
     return dx
 
 

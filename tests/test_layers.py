@@ -376,6 +376,18 @@ def test_pool_ties_go_to_the_first_entry_of_the_window():
     np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 5, 7, 0], [0, 0, 0, 0]])
 
 
+def test_pool_keeps_a_nan_in_sight():
+    """A window holding NaN pools to NaN (its gradient to its last entry); a NaN gradient is not zeroed away."""
+    layer = MaxPool2D(2)
+    layer.build((1, 2, 4), BACKEND)
+    x = np.array([[np.nan, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0]]).reshape(1, 2, 4, 1)
+    y, saved = layer.forward(x)
+    np.testing.assert_array_equal(y.reshape(-1), [np.nan, 3.0])
+    dx, _ = layer.backward(np.array([5.0, 7.0]).reshape(1, 1, 2, 1), saved)
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 0, 0, 7], [0, 5, 0, 0]])
+    dx, _ = layer.backward(np.array([np.nan, 7.0]).reshape(1, 1, 2, 1), saved)
+    assert np.isnan(dx[0, :, :2, 0]).all()
+
 # -- Dropout -------------------------------------------------------------------------------------------
 def test_splitmix64_gives_the_published_reference_outputs():
     """The first outputs of SplitMix64 seeded 1234567 (Rosetta Code, "Pseudo-random numbers/Splitmix64")."""
