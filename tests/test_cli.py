@@ -11,6 +11,7 @@ import pytest
 
 from gpunet.cli import main
 from tests.conftest import run
+from tests.tolerances import assert_counts_within, pass_bounds
 
 
 def write_csv(path, images, labels=None):
@@ -109,7 +110,9 @@ def test_predict_agrees_with_the_network(capsys, tmp_path, trained, digits):
     params, _ = load_model(trained)
     Z = params[0] @ (images.T / 255.0) + params[1]
     Z = params[2] @ np.maximum(Z, 0) + params[3]
-    np.testing.assert_array_equal(predicted, Z.argmax(axis=0))
+    # float32 against this float64 reference: only digits whose top two logits are within rounding may differ.
+    near_ties = pass_bounds(params, images, np.zeros(len(images)), np.float32, other_dtype=np.float64).ambiguous
+    assert np.sum(predicted != Z.argmax(axis=0)) <= near_ties
 
 
 def test_evaluate_prints_accuracy_per_class_and_confusion_matrix(capsys, tmp_path, trained, digits):
@@ -433,10 +436,16 @@ def test_evaluate_on_the_training_file_scores_the_held_out_digits_apart(capsys, 
     assert lines[2].startswith("Validation digits (held out in training): 150 digits, accuracy")
     from gpunet.checkpoint import load_model
 
-    # The same 150 digits training validated on: the accuracy it reported (argmax ties aside, < 1 digit).
-    reported = load_model(model)[1]["final_metrics"]["val_accuracy"]
+    # The same 150 digits training validated on: the accuracy it reported, but for digits whose top two
+    # logits are within rounding (training validates on one BLAS thread, evaluate on all).
+    params, meta = load_model(model)
+    reported = meta["final_metrics"]["val_accuracy"]
     shown = float(lines[2].rsplit(" ", 1)[1].rstrip("%")) / 100
-    assert abs(shown - reported) < 1.5 / 150
+    from gpunet.data import load_digits, split_validation
+
+    _, held_out = split_validation(load_digits(data, labeled=True), 150, 0)
+    assert_counts_within(round(shown * 150), round(reported * 150),
+                         pass_bounds(params, held_out.images, held_out.labels, np.float32).ambiguous)
     start = lines.index("Confusion matrix (rows: true digit, columns: predicted):") + 2  # past the header row
     assert sum(int(n) for line in lines[start:start + 10] for n in line.split()[1:]) == 150
     other = write_csv(tmp_path / "other.csv", sample.images[600:700], sample.labels[600:700])
