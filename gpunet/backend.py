@@ -218,8 +218,9 @@ class CpuBackend(Backend):
     def parallel_map(self, fn, items) -> list:
         """[fn(item) for item in items], on a pool of threads, one per core, with BLAS held to one thread.
 
-        NumPy and BLAS release the GIL while they work. The results are the
-        same as one after another. Without threadpoolctl: one after another.
+        NumPy and BLAS release the GIL while they work. The results have the
+        bits of one after another with BLAS on one thread (not of BLAS on several
+        threads, which sums in another order). Without threadpoolctl: one after another.
         """
         items = list(items)
         blas = _blas_threads()

@@ -23,7 +23,9 @@ A block's work (gather, forward, softmax, backward, its share of dW) does not
 depend on the other blocks of its batch, so at batch 128 and more the blocks of
 a step run on numba's threads, one per core (``_epoch_steps_parallel``), and
 the sums over blocks run afterwards on one thread in block order: the same
-bits as one thread, whichever thread ran which block. Where another program
+bits as one thread, whichever thread ran which block, as long as BLAS runs on one
+thread both ways (as training holds it: BLAS's own thread split changes the order
+of its sums). Where another program
 holds a core the threads wait for it; each epoch then runs in timed calls, and
 the way (parallel or one thread) timed faster lately runs (``_pick``).
 
@@ -384,7 +386,7 @@ _warm = {True: False, False: False}  # whether each way has run in this process
 def _pick(batch: int) -> tuple[bool, bool]:
     """(parallel, probe) for the next call: the way faster lately, and now and then the other, to time it again.
 
-    Both ways give the same bits, so the pick changes only the speed. On an idle machine
+    Both ways give the same bits (BLAS on one thread), so the pick changes only the speed. On an idle machine
     the parallel steps win; where another program holds a core, numba's threads wait
     for it, and one thread is faster. probe: the call times the way that lost (a short call).
     """
@@ -426,7 +428,7 @@ def minibatch_epoch(network, optimizer, images, order, labels, losses, batch: in
 
     ``parallel``: True shares each step's blocks of BLOCK samples among numba's threads
     (``_epoch_steps_parallel``), False runs them on this thread (``_epoch_steps``); both give
-    the same bits. None: where a batch has more than one block and there is more than one
+    the same bits with BLAS on one thread. None: where a batch has more than one block and there is more than one
     core, calls of about SLICE_SAMPLES samples, each the way timed faster lately (``_pick``).
     Only one epoch at a time runs parallel (numba's thread pool takes one parallel call at a
     time); another thread's epoch meanwhile runs on its own thread.
