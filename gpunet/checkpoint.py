@@ -4,6 +4,12 @@ Layout: ``W1, b1, W2, b2, ...`` as float arrays shaped as in the notes, and
 ``metadata``: a 0-d unicode array holding JSON (format, version, architecture,
 normalization, classes, training settings, history, final metrics). Loading
 reads the .npy headers itself and refuses object arrays, so nothing is ever unpickled.
+
+Two versions: 1, the notes' dense network, its architecture ``layer_sizes`` ([784, 16, 16, 10]);
+2, a stack of layers (``--arch``), its architecture ``architecture`` (the spec, e.g.
+"conv32k5,pool2,dense256"), ``input_shape`` ([1, 28, 28]) and ``outputs``, with W_k and b_k the
+parameters of the k-th layer that has any (a convolution's W is (filters, channels.k.k)). Dense networks
+are still written as version 1, so that every gpunet reads them.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from gpunet.data import ZIP_ERRORS, NpyHeader, npy_header, npz_members, one_line
 from gpunet.errors import ModelFileError
 
 FORMAT = "gpunet-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the notes' dense network
+STACK_FORMAT_VERSION = 2  # a stack of layers: the architecture is the spec
+MAX_INPUT_SIDE = 100_000  # a version 2 model's input shape, per axis
 # The JSON metadata, stored as UTF-32: ~800 bytes an epoch of history, so some 80,000 epochs.
 METADATA_LIMIT = 64 << 20
 
@@ -29,11 +37,15 @@ def save_model(path, params: list[np.ndarray], metadata: dict) -> None:
     """Write the model atomically: a temporary file in the same folder, then a rename.
 
     A crash or an error midway leaves any existing file at ``path`` untouched.
+    ``metadata`` with an ``architecture`` (see the module's docstring) makes a version 2 file.
     """
     path = Path(path)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "gpunet_version": __version__,
-            "layer_sizes": [int(params[0].shape[1])] + [int(W.shape[0]) for W in params[0::2]],
-            **metadata}
+    if "architecture" in metadata:
+        architecture = {"format_version": STACK_FORMAT_VERSION}
+    else:
+        architecture = {"format_version": FORMAT_VERSION,
+                        "layer_sizes": [int(params[0].shape[1])] + [int(W.shape[0]) for W in params[0::2]]}
+    meta = {"format": FORMAT, **architecture, "gpunet_version": __version__, **metadata}
     arrays = {f"{kind}{k + 1}": np.asarray(p) for k, pair in enumerate(zip(params[0::2], params[1::2]))
               for kind, p in zip("Wb", pair)}
     arrays["metadata"] = np.array(json.dumps(meta))
@@ -90,8 +102,36 @@ def _read_metadata(archive: zipfile.ZipFile, member: tuple[zipfile.ZipInfo, NpyH
     return read_npy(archive, info, header)
 
 
-def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, int]]:
-    """W1, b1, W2, b2, ... in order, with the shapes the metadata's layer_sizes give them."""
+def stack_architecture(meta: dict, name: str):
+    """(spec parts, input shape, outputs) of a version 2 model's metadata; None for a version 1 (dense) one.
+
+    ModelFileError naming what is wrong: a spec --arch would refuse, or one that does not fit its input.
+    """
+    if meta.get("format_version") != STACK_FORMAT_VERSION:
+        return None
+    from gpunet.model import MAX_UNITS, build_layers, parse_arch_text
+
+    spec, input_shape, outputs = meta.get("architecture"), meta.get("input_shape"), meta.get("outputs")
+    if not isinstance(spec, str):
+        raise ModelFileError(f"{name}: metadata has no valid architecture")
+    if not (isinstance(input_shape, list) and len(input_shape) in (1, 3)
+            and all(type(n) is int and 0 < n <= MAX_INPUT_SIDE for n in input_shape)):
+        raise ModelFileError(f"{name}: metadata has no valid input_shape")
+    if not (type(outputs) is int and 0 < outputs <= MAX_UNITS):
+        raise ModelFileError(f"{name}: metadata has no valid outputs")
+    try:
+        arch = parse_arch_text(spec)
+        build_layers(arch, tuple(input_shape), outputs)
+    except ValueError as error:
+        raise ModelFileError(f"{name}: metadata's architecture {spec!r}: {one_line(error)}") from None
+    return arch, tuple(input_shape), outputs
+
+
+def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, ...]]:
+    """W1, b1, W2, b2, ... in order, with the shapes the metadata's architecture gives them."""
+    stack = stack_architecture(meta, name)
+    if stack is not None:
+        return _stack_param_shapes(*stack)
     sizes = meta.get("layer_sizes")
     if not (isinstance(sizes, list) and len(sizes) >= 2 and all(isinstance(s, int) and s > 0 for s in sizes)):
         raise ModelFileError(f"{name}: metadata has no valid layer_sizes")
@@ -100,6 +140,14 @@ def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, int]]:
         shapes[f"W{k}"] = (fan_out, fan_in)
         shapes[f"b{k}"] = (fan_out, 1)
     return shapes
+
+
+def _stack_param_shapes(arch, input_shape, outputs) -> dict[str, tuple[int, ...]]:
+    """W_k and b_k of each layer that has parameters, k counting those layers from 1."""
+    from gpunet.model import build_layers
+
+    shaped = [layer.param_shapes() for layer in build_layers(arch, input_shape, outputs) if layer.param_shapes()]
+    return {f"{kind}{k}": tuple(shape) for k, shapes in enumerate(shaped, start=1) for kind, shape in zip("Wb", shapes)}
 
 
 def _check_members(members: dict[str, tuple[zipfile.ZipInfo, NpyHeader]], shapes: dict, name: str) -> None:
@@ -131,7 +179,7 @@ def parse_metadata(name: str, raw) -> dict:
         raise ModelFileError(f"{name}: metadata is not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{name}: not a gpunet model (format is not {FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in (FORMAT_VERSION, STACK_FORMAT_VERSION):
         raise ModelFileError(f"{name}: model format version {meta.get('format_version')!r} is not supported "
-                             f"(this gpunet reads version {FORMAT_VERSION})")
+                             f"(this gpunet reads versions {FORMAT_VERSION} and {STACK_FORMAT_VERSION})")
     return meta

@@ -17,7 +17,7 @@ import numpy as np
 from gpunet import __version__
 from gpunet.backend import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
-from gpunet.model import INITS, parse_hidden_text
+from gpunet.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.optimizers import OPTIMIZERS
 from gpunet.outputs import MODEL, SUBMISSION, check_out_path, save_without_replacing
 from gpunet.training import SCHEDULES
@@ -31,6 +31,18 @@ def parse_hidden(ctx, param, value: str) -> tuple[int, ...]:
         return parse_hidden_text(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+
+
+def parse_arch(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    """Click callback for --arch: the spec's parts, each checked, and checked to fit a 28 x 28 digit."""
+    if value is None:
+        return None
+    try:
+        arch = parse_arch_text(value)
+        check_arch(arch)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return arch
 
 
 class TrainingFailed(GpunetError):
@@ -85,12 +97,14 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
                              help="auto: a usable CUDA GPU, else the CPU.")
 
 
-@cli.command()
+@cli.command(epilog="\b\n--arch SPEC: " + ARCH_HELP)
 @click.option("--data", type=path_type(), default=None,
               help="Labeled digits: Kaggle train.csv[.gz], MNIST IDX file or folder, or .npz. Default: the bundled sample.")
 @device_option
 @click.option("--hidden", default="16,16", show_default=True, callback=parse_hidden,
-              help="Hidden layer sizes, comma-separated; 'none' for no hidden layer.")
+              help="Hidden layer sizes, comma-separated; 'none' for no hidden layer. The same as --arch dense16,dense16.")
+@click.option("--arch", default=None, callback=parse_arch, metavar="SPEC",
+              help="Instead of --hidden, any layers, e.g. conv32k5,pool2,dense128,dropout0.5 (grammar below).")
 @click.option("--epochs", type=int, default=None, callback=require_positive,
               help="Passes over the training data. [default: 30; 500 with --optimizer gd]")
 @click.option("--batch-size", type=click.IntRange(min=0), default=None,
@@ -116,13 +130,17 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
               help="Where to write the model (.npz).")
 @click.option("--plot", "plot_dir", type=path_type(), default=None,
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
-def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size, patience, seed, dtype, out,
-          plot_dir):
+@click.pass_context
+def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size, patience,
+          seed, dtype, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.data import load_digits, load_sample, split_validation
     from gpunet.metrics import better_than_chance, chance_accuracy
     from gpunet.training import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
 
+    if arch is not None and ctx.get_parameter_source("hidden") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
+    hidden, arch = network_shape(hidden, arch)
     if patience is not None and val_size == 0:
         raise click.UsageError("--patience needs validation digits to watch; it cannot go with --val-size 0")
     out = check_out_path("--out", out, MODEL, data=data)
@@ -132,12 +150,12 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
         require_matplotlib()
         prepare_out_dir(plot_dir, "--plot")
     config = TrainConfig.for_optimizer(
-        optimizer, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
+        optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
         weight_decay=weight_decay, init=init, val_size=val_size, patience=patience, seed=seed, dtype=dtype)
     backend = choose_backend(device)
     digits = load_digits(data, labeled=True) if data is not None else load_sample()
     train_digits, val_digits = split_validation(digits, val_size, seed)
-    sizes = "-".join(str(s) for s in (784, *hidden, 10))
+    sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
     click.echo(f"Data: {digits.source}: {len(digits):,} digits -> {len(train_digits):,} training, "
                f"{len(val_digits):,} validation")
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
@@ -185,6 +203,15 @@ def train(data, device, hidden, epochs, batch_size, lr, optimizer, schedule, wei
             click.echo("Plots: no validation digits (--val-size 0): the confusion matrix and misclassified "
                        "digits are of the training digits")
         report_plots(write_plots(out, plot_dir, val_digits if len(val_digits) else train_digits))
+
+
+def network_shape(hidden: tuple[int, ...], arch: tuple[str, ...] | None) -> tuple[tuple[int, ...], str | None]:
+    """(hidden sizes, spec or None) for the training settings: a spec of dense layers alone is the notes'
+    network, as --hidden gives it (the compiled CPU path, version 1 model files)."""
+    if arch is None:
+        return hidden, None
+    sizes = dense_sizes(arch)
+    return (sizes, None) if sizes is not None else ((), arch_text(arch))
 
 
 def divergence_hint(config) -> str:
@@ -273,6 +300,7 @@ def save_result(out: Path, result, config, digits, backend) -> Path:
 
     final = result.final
     save_model(out, result.network.host_params(), {
+        **result.network.architecture(),
         "classes": list(range(10)),
         "normalization": {"scale": 1 / 255, "offset": 0.0},
         "training": {**config.as_dict(), "hidden": list(config.hidden), "data": digits.source,
@@ -286,15 +314,19 @@ def save_result(out: Path, result, config, digits, backend) -> Path:
 
 
 def load_network(model_path: Path, backend):
-    """(Network, metadata) from a model file, refused in one line unless it takes 784-pixel digits."""
-    from gpunet.checkpoint import load_model
-    from gpunet.model import INPUTS, Network
+    """(Network or LayerStack, metadata) from a model file, refused in one line unless it takes 784-pixel digits."""
+    from gpunet.checkpoint import load_model, stack_architecture
+    from gpunet.model import INPUTS, LayerStack, Network
 
     params, meta = load_model(model_path)
-    if params[0].shape[1] != INPUTS:
-        raise GpunetError(f"{model_path}: model expects {params[0].shape[1]} inputs per digit, "
-                          f"but digits have {INPUTS} pixels")
-    return Network(backend, params), meta
+    stack = stack_architecture(meta, str(model_path))
+    inputs = params[0].shape[1] if stack is None else math.prod(stack[1])
+    if inputs != INPUTS:
+        raise GpunetError(f"{model_path}: model expects {inputs} inputs per digit, but digits have {INPUTS} pixels")
+    if stack is None:
+        return Network(backend, params), meta
+    arch, input_shape, outputs = stack
+    return LayerStack(backend, arch, params, input_shape, outputs), meta
 
 
 @cli.command()
@@ -458,7 +490,7 @@ def predict_labels(network, digits) -> np.ndarray:
 def class_labels(meta: dict, network) -> np.ndarray:
     """What each output means: the model's ``classes`` (digits 0-9 for ``gpunet train``; any labels from Python)."""
     classes = meta.get("classes")
-    count = network.sizes[-1]
+    count = network.classes
     if not (isinstance(classes, list) and len(classes) == count
             and all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes)):
         return np.arange(count)

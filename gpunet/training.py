@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gpunet.model import CLASSES, EVAL_CHUNK, Network, init_params, layer_sizes
+from gpunet.model import (CLASSES, LayerStack, Network, arch_input_shape, build_layers, init_params,
+                          init_stack_params, layer_sizes, parse_arch_text)
 from gpunet.optimizers import DEFAULTS, make_optimizer
 
 SCHEDULES = ("cosine", "constant")
@@ -24,6 +25,7 @@ SCHEDULES = ("cosine", "constant")
 class TrainConfig:
     """The settings of one training run: the options of ``gpunet train`` and of ``gpunet.Classifier``."""
     hidden: tuple[int, ...] = (16, 16)
+    arch: str | None = None  # --arch's layers (model.ARCH_HELP), convolution or dropout among them; None: ``hidden``
     epochs: int = 30
     batch_size: int = 64  # 0: the whole training set in one batch (the notes' gradient descent)
     lr: float = 0.01
@@ -70,7 +72,7 @@ class EpochMetrics:
 @dataclass
 class TrainResult:
     """A run's network, its per-epoch history, and which epoch's weights the network holds."""
-    network: Network
+    network: Network | LayerStack
     history: list[EpochMetrics] = field(default_factory=list)
     best_epoch: int | None = None
     stop_reason: str = "completed"  # completed | early_stopping | diverged | interrupted
@@ -140,8 +142,8 @@ def evaluate(network: Network, data: DeviceData) -> tuple[float, float]:
     m = len(data)
     loss_sum = xp.zeros((), dtype=xp.float64)
     correct = 0
-    for start in range(0, m, EVAL_CHUNK):
-        index = xp.arange(start, min(start + EVAL_CHUNK, m))
+    for start in range(0, m, network.eval_chunk):
+        index = xp.arange(start, min(start + network.eval_chunk, m))
         Z = network.logits(ops.gather_scaled(data.images, index, network.dtype))
         labels = data.labels[index]
         _, losses = ops.softmax_cross_entropy(Z, labels)
@@ -155,10 +157,11 @@ def steps_per_epoch(m: int, batch_size: int) -> int:
     return 1 if batch_size <= 0 else -(-m // batch_size)
 
 
-def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, progress=None, rate=None):
+def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, progress=None, rate=None, first_step=0):
     """One pass over the shuffled training data; returns (mean loss, accuracy) seen while training.
 
-    ``rate(k)``, if given, is the learning rate for the epoch's k-th step.
+    ``rate(k)``, if given, is the learning rate for the epoch's k-th step; ``first_step`` is the run's
+    count of steps before this epoch (``network.step`` during each step: dropout's masks depend on it).
 
     Each step writes into the network's preallocated workspace for its batch
     size; the per-sample losses go into one array for the epoch, summed once at
@@ -171,7 +174,8 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
     if batch_size <= 0 or batch_size >= m:
         if rate is not None:
             optimizer.lr = rate(0)
-        compiled = ops.compiled_path(network)
+        network.step = first_step
+        compiled = compiled_path(network)
         result = None if compiled is None else compiled.full_batch_gradients(
             network, data.images, data.labels, losses, ops.full_batch_chunk(m), ops.parallel_parts(), ops.parallel_map)
         if result is None:
@@ -183,16 +187,23 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
             progress(m)
     else:
         with ops.compute_threads():
-            correct = _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate)
+            correct = _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate, first_step)
     return float(losses.sum(dtype=xp.float64)) / m, int(correct) / m
 
 
-def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate) -> int:
+def compiled_path(network, optimizer=None):
+    """The backend's compiled loops for this network, or None: they run the notes' dense ``Network`` only."""
+    if not isinstance(network, Network):
+        return None
+    return network.backend.compiled_path(network, optimizer)
+
+
+def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate, first_step) -> int:
     ops, xp = network.backend, network.backend.xp
     m = len(data)
     order = xp.asarray(rng.permutation(m))  # reshuffle every epoch
     labels = data.labels[order]  # the epoch's labels in visiting order: each batch's are a slice
-    compiled = ops.compiled_path(network, optimizer)
+    compiled = compiled_path(network, optimizer)
     if compiled is not None:  # the same steps as the loop below, as compiled code
         rates = [optimizer.lr if rate is None else rate(k) for k in range(steps_per_epoch(m, batch_size))]
         correct = compiled.minibatch_epoch(network, optimizer, data.images, order, labels, losses, batch_size, rates,
@@ -203,6 +214,7 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
     for step, start in enumerate(range(0, m, batch_size)):
         if rate is not None:
             optimizer.lr = rate(step)
+        network.step = first_step + step
         stop = min(start + batch_size, m)
         ws = network.workspace(stop - start)
         A0 = ops.gather_scaled(data.images, order[start:stop], network.dtype, out=ws.A0)
@@ -213,6 +225,19 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
         if progress is not None:
             progress(stop - start)
     return correct
+
+
+def new_network(backend, config: TrainConfig, inputs: int, classes: int = CLASSES):
+    """A freshly initialised network for the run: the notes' ``Network`` of ``config.hidden``, or the
+    ``LayerStack`` of ``config.arch`` (ValueError naming a layer that does not fit the inputs)."""
+    dtype = np.dtype(config.dtype)
+    if config.arch is None:
+        sizes = layer_sizes(config.hidden, inputs=inputs, classes=classes)
+        return Network(backend, init_params(sizes, config.init, config.seed, dtype))
+    arch = parse_arch_text(config.arch)
+    input_shape = arch_input_shape(arch, inputs)
+    params = init_stack_params(build_layers(arch, input_shape, classes), config.init, config.seed, dtype)
+    return LayerStack(backend, arch, params, input_shape, classes, seed=config.seed)
 
 
 def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None, progress_factory=None,
@@ -230,9 +255,7 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
     Raises TrainingDiverged or TrainingInterrupted carrying the result so far;
     in both cases the network already holds the weights to keep.
     """
-    dtype = np.dtype(config.dtype)
-    sizes = layer_sizes(config.hidden, inputs=train_digits.images.shape[1], classes=classes)
-    network = Network(backend, init_params(sizes, config.init, config.seed, dtype))
+    network = new_network(backend, config, train_digits.images.shape[1], classes)
     optimizer = make_optimizer(config.optimizer, network.groups, config.lr, config.weight_decay)
     train_data = DeviceData(backend, train_digits)
     val_data = DeviceData(backend, val_digits) if len(val_digits) else None
@@ -252,7 +275,8 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
                 # A diverging run is reported below, once, rather than warned about at every overflow.
                 with np.errstate(over="ignore", invalid="ignore"):
                     train_loss, train_acc = train_epoch(network, optimizer, train_data, config.batch_size, rng, bar,
-                                                        rate=lambda k: learning_rate(config, first_step + k, steps))
+                                                        rate=lambda k: learning_rate(config, first_step + k, steps),
+                                                        first_step=first_step)
                     with backend.compute_threads():  # BLAS threads left spinning would slow the next epoch
                         val_loss, val_acc = evaluate(network, val_data) if val_data else (None, None)
             finally:
