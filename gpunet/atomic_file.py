@@ -13,12 +13,13 @@ def _umask() -> int:
     return mask
 
 
-def check_writable(folder: Path) -> None:
-    """Raise OSError where ``write_atomically`` could not write into ``folder``: it tries what that does.
+def check_writable(folder: Path, name: str = "gpunet") -> None:
+    """Raise OSError where ``write_atomically`` could not write ``name`` into ``folder``: it tries what that does.
 
-    Callers check before long work (training), not after it.
+    The trial file's name is as long as the temporary file's would be (a name too long for the
+    file system fails here, not after the work). Callers check before long work (training).
     """
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".gpunet-", suffix=".check"):
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".tmp"):
         pass
 
 

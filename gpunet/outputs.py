@@ -16,6 +16,7 @@ The rules (README, "Your files are safe"):
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -42,7 +43,7 @@ def kind_of(path: Path) -> str | None:
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as archive:
-                return MODEL if "metadata.npy" in archive.namelist() else "a zip archive (.npz) that is not a gpunet model"
+                return MODEL if "metadata.npy" in archive.namelist() else "a zip archive that is not a gpunet model"
         except ZIP_ERRORS:
             return "a zip archive gpunet cannot read"
     return "another kind of file"
@@ -61,13 +62,21 @@ def check_out_path(option: str, path: Path, kind: str, **inputs: Path | None) ->
     for name, source in inputs.items():
         if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
             raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, give another name")
-    if path.is_file():
+    if path.is_symlink():  # replacing it would replace the link, not the file it points to: say so instead
+        raise GpunetError(f"{option} {path}: is a symbolic link; give the name of a file, not a link")
+    if path.exists():
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # a device, a FIFO, a socket: never replaced by a file
+            raise GpunetError(f"{option} {path}: is not a regular file; refusing to replace it, give another name")
+        if not mode & 0o222:  # root could replace it anyway; the user marked it read-only
+            raise GpunetError(f"{option} {path}: is write-protected; refusing to replace it, give another name")
         found = kind_of(path)
         if found not in (None, kind):
             raise GpunetError(f"{option} {path}: holds {found}, not {kind}; refusing to replace it, "
                               "give another name")
     try:
-        check_writable(path.parent)
+        # As long a name as the longest that may be written: a failed run's model.interrupted-100.npz.
+        check_writable(path.parent, f"{path.stem}.interrupted-{MAX_BESIDE}{path.suffix}")
     except OSError as error:
         raise GpunetError(f"{option} {path}: cannot write in folder '{path.parent}' ({error.strerror or error})") from None
     return path
@@ -112,4 +121,8 @@ def _publish(tmp: Path, path: Path) -> None:
         raise
     except OSError:  # a file system without hard links: claim the name first, then fill it
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            path.unlink(missing_ok=True)  # the empty placeholder is ours: leave nothing behind
+            raise

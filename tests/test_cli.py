@@ -471,3 +471,26 @@ def test_an_unreadable_zip_at_out_is_refused_in_one_line(capsys, tmp_path):
     code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
     assert code == 1 and err.count("\n") == 1 and "a zip archive gpunet cannot read" in err, err
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "read-only", "name too long"])
+def test_out_that_is_no_plain_writable_file_is_refused_before_training(capsys, tmp_path, trained, kind):
+    out = tmp_path / "model.npz"
+    if kind == "fifo":
+        os.mkfifo(out)
+    elif kind == "symlink":
+        target = tmp_path / "real.npz"
+        target.write_bytes(trained.read_bytes())
+        out.symlink_to(target)
+    elif kind == "read-only":
+        out.write_bytes(trained.read_bytes())
+        out.chmod(0o444)
+    else:  # fits the file system's 255 bytes, but not with the temporary file's prefix and suffix
+        out = tmp_path / ("m" * 245 + ".npz")
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    assert code == 1 and err.count("\n") == 1 and "--out" in err and "Traceback" not in err, err
+    assert stdout == ""  # refused before any training
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"fifo": ["model.npz"], "symlink": ["model.npz", "real.npz"],
+                                                                  "read-only": ["model.npz"], "name too long": []}[kind])
+    if kind == "read-only":
+        assert out.read_bytes() == trained.read_bytes()
