@@ -142,6 +142,17 @@ def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def network_from_file(params: list[np.ndarray], meta: dict, backend, name: str):
+    """The network a loaded model file holds: the notes' ``Network`` (version 1) or a ``LayerStack`` (version 2)."""
+    from gpunet.model import LayerStack, Network
+
+    stack = stack_architecture(meta, name)
+    if stack is None:
+        return Network(backend, params)
+    arch, input_shape, outputs = stack
+    return LayerStack(backend, arch, params, input_shape, outputs)
+
+
 def _stack_param_shapes(arch, input_shape, outputs) -> dict[str, tuple[int, ...]]:
     """W_k and b_k of each layer that has parameters, k counting those layers from 1."""
     from gpunet.model import build_layers

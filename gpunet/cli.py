@@ -160,7 +160,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
                f"{len(val_digits):,} validation")
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
     click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
-               f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, {dtype} on {backend.describe()}")
+               f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, {dtype} on {device_text(backend, arch)}")
 
     report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:
@@ -212,6 +212,14 @@ def network_shape(hidden: tuple[int, ...], arch: tuple[str, ...] | None) -> tupl
         return hidden, None
     sizes = dense_sizes(arch)
     return (sizes, None) if sizes is not None else ((), arch_text(arch))
+
+
+def device_text(backend, arch: str | None) -> str:
+    """The backend in the banner: layers other than dense ones run as NumPy array calls on the CPU, compiled
+    loops or not (those run the notes' network only)."""
+    if arch is not None and backend.name == "cpu":
+        return f"CPU (NumPy {np.__version__}; layers as NumPy array calls)"
+    return backend.describe()
 
 
 def divergence_hint(config) -> str:
@@ -315,18 +323,15 @@ def save_result(out: Path, result, config, digits, backend) -> Path:
 
 def load_network(model_path: Path, backend):
     """(Network or LayerStack, metadata) from a model file, refused in one line unless it takes 784-pixel digits."""
-    from gpunet.checkpoint import load_model, stack_architecture
-    from gpunet.model import INPUTS, LayerStack, Network
+    from gpunet.checkpoint import load_model, network_from_file, stack_architecture
+    from gpunet.model import INPUTS
 
     params, meta = load_model(model_path)
     stack = stack_architecture(meta, str(model_path))
     inputs = params[0].shape[1] if stack is None else math.prod(stack[1])
     if inputs != INPUTS:
         raise GpunetError(f"{model_path}: model expects {inputs} inputs per digit, but digits have {INPUTS} pixels")
-    if stack is None:
-        return Network(backend, params), meta
-    arch, input_shape, outputs = stack
-    return LayerStack(backend, arch, params, input_shape, outputs), meta
+    return network_from_file(params, meta, backend, str(model_path)), meta
 
 
 @cli.command()

@@ -98,8 +98,7 @@ def write_plots(model_path, out_dir, digits=None) -> list[Path]:
     by default the model's own validation digits.
     """
     from gpunet.backend import CpuBackend
-    from gpunet.checkpoint import load_model
-    from gpunet.model import Network
+    from gpunet.checkpoint import load_model, network_from_file
 
     Figure = require_matplotlib()
     out_dir = prepare_out_dir(out_dir)
@@ -108,17 +107,38 @@ def write_plots(model_path, out_dir, digits=None) -> list[Path]:
         digits = training_validation_digits(meta, model_path)
     if digits.labels is None:
         raise GpunetError(f"{digits.source}: holds no labels; the confusion matrix needs labeled digits")
-    network = Network(CpuBackend(), params)
+    network = network_from_file(params, meta, CpuBackend(), str(model_path))
     probs = network.probabilities(digits.images)
+    kernel = first_kernel(network)
 
     figures = {
         "learning_curves": learning_curves(Figure, meta),
         "confusion_matrix": confusion_matrix(Figure, digits.labels, probs.argmax(axis=1), digits.source),
         "misclassified": misclassified(Figure, digits.images, digits.labels, probs, digits.source),
-        "weights": first_layer_weights(Figure, params[0], hidden=len(params) > 2),
+        "weights": first_layer_weights(Figure, params[0], hidden=len(params) > 2, kernel=kernel),
     }
     return [save(figure, out_dir / FILES[name]) for name, figure in figures.items()]
 
+
+
+def first_kernel(network) -> int | None:
+    """The kernel size k where the first layer with weights is a convolution (W1 rows are k x k filters), else None."""
+    from gpunet.layers import Conv2D
+
+    first = next((layer for layer in getattr(network, "layers", []) if layer.param_shapes()), None)
+    return first.k if isinstance(first, Conv2D) else None
+
+
+def filter_images(W1: np.ndarray, k: int) -> np.ndarray:
+    """A one-channel convolution's filters W1 (filters, k.k) as 28x28 images: each k x k filter enlarged by a
+    whole factor (nearest neighbour) and centred, NaN (drawn white) around it."""
+    scale = max(1, 28 // k)
+    side = min(28, k * scale)
+    images = np.full((W1.shape[0], 28, 28), np.nan)
+    start = (28 - side) // 2
+    enlarged = W1.reshape(-1, k, k).repeat(scale, axis=1).repeat(scale, axis=2)[:, :side, :side]
+    images[:, start:start + side, start:start + side] = enlarged
+    return images.reshape(W1.shape[0], 784)
 
 
 def save(figure, path: Path) -> Path:
@@ -307,7 +327,7 @@ def weights_mosaic(W1: np.ndarray) -> np.ndarray:
     for unit in range(units):
         top, left = weights_image_corner(unit, columns, caption, step)
         weights = W1[unit].reshape(28, 28).astype(np.float64)
-        mosaic[top : top + 28, left : left + 28] = weights / (np.abs(weights).max() or 1.0)
+        mosaic[top : top + 28, left : left + 28] = weights / (np.nanmax(np.abs(weights)) or 1.0)
     return mosaic
 
 
@@ -317,8 +337,12 @@ def weights_image_corner(unit: int, columns: int, caption: int, step: int) -> tu
     return row * (caption + step) + caption, col * step + WEIGHTS_GAP // 2
 
 
-def weights_titles(units: int, hidden: bool) -> tuple[str, str]:
+def weights_titles(units: int, hidden: bool, kernel: int | None = None) -> tuple[str, str]:
     """The figure's two title lines, each short enough for the narrowest weights figure."""
+    if kernel is not None:
+        filters_named = f"{units} first-layer filter" + ("s" if units != 1 else "")
+        return (f"The {filters_named}, {kernel}x{kernel} (filter k: row k of W1)",
+                "red pixels excite a filter, blue ones inhibit it")
     if hidden:
         units_named = f"{units} hidden unit" + ("s" if units != 1 else "")
         return (f"First-layer weights of the {units_named} (unit k: row k of W1)",
@@ -327,10 +351,11 @@ def weights_titles(units: int, hidden: bool) -> tuple[str, str]:
             "red pixels vote for the digit, blue ones against it")
 
 
-def first_layer_weights(Figure, W1: np.ndarray, hidden: bool):
+def first_layer_weights(Figure, W1: np.ndarray, hidden: bool, kernel: int | None = None):
     """Each row of W1 as a 28x28 image, tiled and labelled: red pixels excite the unit, blue ones inhibit it.
 
-    Without a hidden layer the rows are the ten digits' templates, labelled by digit.
+    Without a hidden layer the rows are the ten digits' templates, labelled by digit. A first layer that
+    is a convolution (``kernel``: its size) has its filters shown instead, enlarged (``filter_images``).
     Each unit is scaled by its own largest weight, so faint units show their pattern too.
     The tiles are one picture (one imshow, not one axes per unit: hundreds of units stay fast),
     placed at exact inches so each label's band fits its text.
@@ -344,20 +369,21 @@ def first_layer_weights(Figure, W1: np.ndarray, hidden: bool):
     axes = figure.add_axes(((width - mosaic_width) / 2 / width, WEIGHTS_MARGIN / height,
                             mosaic_width / width, mosaic_height / height))
     cmap = colormaps["RdBu_r"].with_extremes(bad="white")
-    axes.imshow(weights_mosaic(W1), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    images = W1 if kernel is None else filter_images(W1, kernel)
+    axes.imshow(weights_mosaic(images), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     axes.set_axis_off()
-    label_weights(axes, units, hidden)
-    figure.suptitle("\n".join(weights_titles(units, hidden)), fontsize=WEIGHTS_TITLE_SIZE,
+    label_weights(axes, units, "filter" if kernel is not None else "unit" if hidden else "digit")
+    figure.suptitle("\n".join(weights_titles(units, hidden, kernel)), fontsize=WEIGHTS_TITLE_SIZE,
                     y=1 - WEIGHTS_MARGIN / height, va="top")
     return figure
 
 
-def label_weights(axes, units: int, hidden: bool) -> None:
-    """Each image's label just above it: the digit it votes for, or the hidden unit's number."""
+def label_weights(axes, units: int, kind: str) -> None:
+    """Each image's label just above it: the digit it votes for, or the hidden unit's or filter's number."""
     columns = weights_grid(units)[1]
     caption, step = weights_cell_pixels(units)
     for unit in range(units):
         top, left = weights_image_corner(unit, columns, caption, step)
-        label = f"unit {unit}" if hidden else f"digit {unit}"
+        label = f"{kind} {unit}"
         # pixel centres are whole numbers: the image's top edge is at top - 0.5
         axes.text(left + 13.5, top - 1, label, ha="center", va="bottom", fontsize=WEIGHTS_LABEL_SIZE)

@@ -331,3 +331,75 @@ def test_model_file_bytes_hold_no_pickle(cnn_model):
     with zipfile.ZipFile(cnn_model) as archive:
         meta = json.loads(str(np.load(archive.open("metadata.npy"), allow_pickle=False)))
     assert meta["architecture"] == CNN
+
+
+def test_filters_are_drawn_enlarged_and_centred():
+    from gpunet.plots import filter_images
+
+    W1 = np.arange(2 * 25, dtype=np.float32).reshape(2, 25)
+    images = filter_images(W1, 5).reshape(2, 28, 28)
+    # 5 x 5 enlarged 5 times is 25 x 25, from row and column 1: the rest is blank (NaN)
+    np.testing.assert_array_equal(images[1, 1:26, 1:26], np.kron(W1[1].reshape(5, 5), np.ones((5, 5))))
+    assert np.isnan(images[:, 0]).all() and np.isnan(images[:, 26:]).all() and np.isnan(images[:, :, 27]).all()
+
+
+def test_plot_of_a_cnn_shows_its_first_layer_filters(tmp_path, cnn_model):
+    pytest.importorskip("matplotlib")
+    from gpunet.plots import FILES, first_kernel, write_plots
+
+    paths = write_plots(cnn_model, tmp_path / "plots")
+    assert [p.name for p in paths] == list(FILES.values()) and all(p.stat().st_size > 0 for p in paths)
+    from gpunet.cli import load_network
+
+    assert first_kernel(load_network(cnn_model, CpuBackend())[0]) == 5
+
+
+def test_the_drawing_page_answers_with_a_cnn(cnn_model):
+    """serve's answer to a drawing: the CNN's probabilities of the prepared digit."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from gpunet.cli import load_network
+    from gpunet.data import load_sample
+    from gpunet.server import predict_drawing
+
+    network, _ = load_network(cnn_model, CpuBackend())
+    digit = load_sample().images[0].reshape(28, 28)
+    canvas = Image.fromarray(255 - np.kron(digit, np.ones((10, 10), np.uint8)))  # dark ink on white, as drawn
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    answer = predict_drawing(network, {"image": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()})
+    probabilities = network.probabilities(np.asarray(answer["pixels"], np.uint8)[None, :])[0]
+    assert answer["label"] == int(probabilities.argmax())
+    assert_within(answer["probabilities"], probabilities, 5e-7, "probabilities")  # rounded to 6 places
+
+
+@pytest.mark.kernels
+def test_a_cnn_trains_on_the_cuda_backend_through_its_kernels(stand_in_cuda, walk):
+    """The CUDA backend (on the CuPy stand-in, its kernels walked on the CPU): the layers' generic xp code
+    with the backend's kernels for the batch, ReLU and the loss; the trained network predicts as the CPU's."""
+    from gpunet.data import Digits, load_sample, split_validation
+    from gpunet.training import TrainConfig, train
+    from tests.cupy_stand_in import DeviceArray
+
+    sample = load_sample()
+    train_digits, val_digits = split_validation(Digits(sample.images[:600], sample.labels[:600], "600"), 200, 0)
+    config = TrainConfig(hidden=(), arch="conv4k3,pool2,dense16,dropout0.25", epochs=2, seed=0, dtype="float64")
+    result = train(stand_in_cuda, train_digits, val_digits, config)
+    launched = {launch.name for launch in walk.launches}
+    assert {"gather_scaled<double>", "bias_relu<double>", "relu_backward<double>",
+            "softmax_cross_entropy<double>"} <= launched, launched
+    assert all(isinstance(p, DeviceArray) for p in result.network.params)
+    assert result.final.val_accuracy > 0.3  # ten classes, 400 digits, two short epochs: it learned something
+
+    on_cpu = LayerStack(CpuBackend(), result.network.arch, result.network.host_params(), (1, 28, 28))
+    images = val_digits.images[:50]
+    got, want = result.network.probabilities(images), on_cpu.probabilities(images)
+    # The same float64 formulas, summed in any order: each logit within gamma_n of its sum of |terms|
+    # on each side, a logit error d moves a probability by at most 2d, and softmax's own roundings.
+    x = as_maps(images.T / 255.0, (1, 28, 28))
+    logit_bounds = gamma(sum_length(on_cpu.layers) + 2, np.float64) * abs_forward(on_cpu.layers, x)
+    bound = 2 * (2 * logit_bounds.max(axis=0) + gamma(10 + 2 * TRANSCENDENTAL_ULPS, np.float64))
+    assert_within(got, want, bound[:, None], "probabilities")
