@@ -7,15 +7,17 @@ with a file is a `DataError` with a one-line message that names the file and the
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import itertools
 import math
 import os
 import re
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from importlib import resources
@@ -37,11 +39,15 @@ CACHE_VERSION = 1
 SAMPLE_NAME = "bundled sample"
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_READ_BLOCK = 1 << 18  # compressed bytes per read: ~2 MB of CSV text, small enough to stay in cache
+_READ_BLOCK = 1 << 18  # compressed bytes per read: ~2 MB of CSV text
 # The most one inflating step may give: zeros compress 1000:1, so without it one read could give 256 MB.
-_INFLATED_BLOCK = 1 << 22
+# The CSV reader holds a few of these besides the text pandas parses.
+_INFLATED_BLOCK = 1 << 20
 # A Kaggle row is at most 785 x "255," = 3,140 bytes; 20 times that still allows spaces and zero padding.
 _MAX_LINE = 1 << 16
+# The most CSV text one pandas call is given (see _sized).
+_PARSE_BLOCK = 1 << 21
+_Block = tuple[int, bytes]  # (number of its first line, whole lines of text)
 _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
 # "train-images-idx3-ubyte" as published by LeCun; some copies use "train-images.idx3-ubyte".
@@ -245,37 +251,46 @@ def _take(blocks: Iterator[bytes], size: int, start: bytes = b"") -> bytes:
 # --- Kaggle CSV ----------------------------------------------------------------------------------
 
 
-class _Irregular(Exception):
-    """A block the vectorized pass cannot read as plain numbers; it is re-read line by line."""
-
-
 def _read_csv(path: Path, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    blocks = _line_blocks(_byte_blocks(path, name), name)
-    _, first = next(blocks, (1, b""))
-    if not first.strip():
-        raise DataError(f"{name}: file is empty")
-    cut = first.index(b"\n")
-    if cut > _MAX_LINE:
-        raise _line_too_long(name, 1)
-    columns = _check_header(first[:cut], name)
-    labeled = columns[0] == "label"
-    images, labels = [], []
-    for line_no, block in itertools.chain([(2, first[cut + 1 :])], blocks):  # line 1 is the header
-        table = _parse_lines(block, line_no, columns, name)
-        # Split each block while it is small, so the whole set is copied only once (by concatenate).
-        images.append(np.ascontiguousarray(table[:, 1:]) if labeled else table)
-        labels.append(table[:, 0].copy() if labeled else None)
+    line_blocks = _sized(_line_blocks(_byte_blocks(path, name), name), _PARSE_BLOCK)
+    with closing(_read_ahead(line_blocks)) as blocks:
+        _, first = next(blocks, (1, b""))
+        if _is_blank(first):
+            raise DataError(f"{name}: file is empty")
+        cut = first.index(b"\n")
+        columns = _check_header(first[:cut], name)
+        labeled = columns[0] == "label"
+        images, labels = [], []
+        for line_no, block in itertools.chain([(2, first[cut + 1 :])], blocks):  # line 1 is the header
+            table = _parse_block(block, line_no, columns, name)
+            # Split each block while it is small, so the whole set is copied only once (by concatenate).
+            images.append(np.ascontiguousarray(table[:, 1:] if labeled else table))
+            labels.append(table[:, 0].copy() if labeled else None)
     if sum(map(len, images)) == 0:
         raise DataError(f"{name}: has a header but no digits")
     return np.concatenate(images), np.concatenate(labels) if labeled else None
 
 
-def _line_blocks(blocks: Iterator[bytes], name: str) -> Iterator[tuple[int, bytes]]:
+def _read_ahead(blocks: Iterator[_Block]) -> Iterator[_Block]:
+    """blocks, each taken by a second thread while the one before is used: the next block inflates
+    while pandas parses this one (zlib and pandas' parser both let go of the GIL). Errors come in order."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpunet-csv") as reader:
+        coming = reader.submit(next, blocks, None)
+        while (block := coming.result()) is not None:
+            coming = reader.submit(next, blocks, None)
+            yield block
+
+
+def _is_blank(text: bytes) -> bool:
+    return not text or text.isspace()  # without the copy text.strip() makes
+
+
+def _line_blocks(blocks: Iterator[bytes], name: str) -> Iterator[_Block]:
     """(number of its first line, block) re-cut so each block ends with a newline (added to a last unfinished line).
 
-    A line still unfinished after _MAX_LINE bytes is refused there: a file without line ends (a
-    decompression bomb, a binary file) costs a block or two of memory, not its size. Any reader of
-    text rows can sit on top of this.
+    No line of a block is longer than _MAX_LINE bytes. A line still unfinished after _MAX_LINE
+    bytes is refused there: a file without line ends (a decompression bomb, a binary file) costs a
+    block or two of memory, not its size. Any reader of text rows can sit on top of this.
     """
     line_no, tail = 1, b""
     for block in blocks:
@@ -283,7 +298,8 @@ def _line_blocks(blocks: Iterator[bytes], name: str) -> Iterator[tuple[int, byte
         if cut < 0:
             tail += block
         else:
-            whole = tail + block[: cut + 1]
+            whole = b"".join((tail, memoryview(block)[: cut + 1]))  # one copy, where + and a slice make two
+            _check_line_lengths(whole, line_no, name)
             yield line_no, whole
             line_no += whole.count(b"\n")
             tail = block[cut + 1 :]
@@ -293,14 +309,51 @@ def _line_blocks(blocks: Iterator[bytes], name: str) -> Iterator[tuple[int, byte
         yield line_no, tail + b"\n"
 
 
+def _sized(blocks: Iterator[_Block], size: int) -> Iterator[_Block]:
+    """Blocks of whole lines re-cut to at most `size` bytes: small ones joined, large ones cut at a line end.
+
+    A pandas call costs ~3 ms whatever its length, and holds up to 9 bytes per byte of text it
+    parses (its tokens, the int64 columns, their copy as one array): its blocks are neither small
+    nor large. A line longer than `size` (none is, with size > _MAX_LINE) would be a block alone.
+    """
+    line_no, pending = 1, b""
+    for start, block in blocks:
+        if not pending:
+            line_no = start
+        pending += block
+        while len(pending) > size:
+            cut = (pending.rfind(b"\n", 0, size) + 1) or (pending.index(b"\n") + 1)
+            piece, pending = pending[:cut], pending[cut:]
+            yield line_no, piece
+            line_no += piece.count(b"\n")
+    if pending:
+        yield line_no, pending
+
+
+def _check_line_lengths(block: bytes, line_no: int, name: str) -> None:
+    """Refuses a block holding a line longer than _MAX_LINE bytes, naming the first such line.
+
+    Such a line covers a whole stretch of _MAX_LINE // 2 bytes aligned to that size, so a block
+    where every stretch holds a newline (one short find each) is let through without splitting it.
+    """
+    stretch = _MAX_LINE // 2
+    if all(block.find(b"\n", start, start + stretch) >= 0 for start in range(0, len(block), stretch)):
+        return
+    for index, line in enumerate(_lines(block)):
+        if len(line) > _MAX_LINE:
+            raise _line_too_long(name, line_no + index)
+
+
+def _lines(block: bytes) -> Iterator[bytes]:
+    """The lines of a block that ends with a newline, one at a time (a list of them all would copy the block)."""
+    start = 0
+    while (end := block.find(b"\n", start)) >= 0:
+        yield block[start:end]
+        start = end + 1
+
+
 def _line_too_long(name: str, line_no: int) -> DataError:
     return DataError(f"{name}: line {line_no} is longer than {_MAX_LINE:,} bytes; a row of digits is a few kilobytes")
-
-
-def _check_line_lengths(lines: list[bytes], line_no: int, name: str) -> None:
-    if max(map(len, lines), default=0) > _MAX_LINE:
-        first = next(i for i, line in enumerate(lines) if len(line) > _MAX_LINE)
-        raise _line_too_long(name, line_no + first)
 
 
 def _check_header(line: bytes, name: str) -> tuple[str, ...]:
@@ -324,88 +377,77 @@ def _check_header(line: bytes, name: str) -> tuple[str, ...]:
     return expected
 
 
-def _parse_lines(block: bytes, line_no: int, columns: tuple[str, ...], name: str) -> np.ndarray:
-    """Rows of a block of whole lines: vectorized, and where that fails, halves down to the bad line."""
-    labeled = columns[0] == "label"
-    if not block.strip():  # blank lines only: halving them down to single lines would take minutes
+def _parse_block(block: bytes, line_no: int, columns: tuple[str, ...], name: str) -> np.ndarray:
+    """Rows of a block of whole lines: by pandas, and where pandas refuses, by the exact pass that names why."""
+    if _is_blank(block):
         return np.empty((0, len(columns)), np.uint8)
-    try:
-        return _parse_plain(block, len(columns), labeled)
-    except _Irregular:
-        pass
-    lines = block.split(b"\n")[:-1]
-    _check_line_lengths(lines, line_no, name)  # the plain pass above only takes short lines
-    lenient = _parse_lenient(lines, len(columns), labeled)
-    if lenient is not None:
-        return lenient
-    if len(lines) == 1:
-        return _parse_row(lines[0], line_no, columns, name)
-    half = b"\n".join(lines[: len(lines) // 2]) + b"\n"
-    rest = block[len(half) :]
-    top = _parse_lines(half, line_no, columns, name)
-    return np.concatenate([top, _parse_lines(rest, line_no + len(lines) // 2, columns, name)])
+    table = _parse_with_pandas(block, len(columns))
+    if table is None or not _in_range(table, labeled=columns[0] == "label"):
+        return _parse_exactly(block, line_no, columns, name)
+    return table.astype(np.uint8)
 
 
-def _parse_plain(block: bytes, width: int, labeled: bool) -> np.ndarray:
-    """Rows of `width` comma-separated numbers of 1-3 digits, 0-255, in lines each ending with '\\n'.
+# pandas' C parser, told to take nothing but plain numbers: quotes are characters, every cell is
+# converted (no NA strings), only "\n" ends a line (a lone "\r" would start a row the line count misses).
+_PANDAS_OPTIONS = {
+    "header": None,
+    "engine": "c",
+    "lineterminator": "\n",
+    "quoting": csv.QUOTE_NONE,
+    "na_filter": False,
+    "encoding": "latin-1",  # any byte decodes, so a stray one is a cell that is not a number
+    "low_memory": False,  # one pass per block: no chunked type guessing
+}
+_NOT_SPACE = re.compile(rb"\S")
 
-    Anything else (blank lines, signs, spaces, a bad value, a wrong count) raises _Irregular.
-    It works on all characters at once; a number's value is formed at its last digit.
+
+def _parse_with_pandas(block: bytes, width: int) -> np.ndarray | None:
+    """The block's rows as int64, or None where pandas cannot read them all as whole numbers in `width` columns.
+
+    pandas takes blank and whitespace-only lines (skipped), spaces around numbers, signs and zero
+    padding, as the exact pass does; every other cell (fractions, "1e2", NaN, quotes, empty cells)
+    turns its column to floats or strings, and a long row is a ParserError. The first row's width
+    is checked here, so that a line of 20,000 cells is never a table of 20,000 columns.
     """
-    block = block.replace(b"\r\n", b"\n") if b"\r" in block else block
-    chars = np.frombuffer(block, np.uint8)
-    digits = chars - np.uint8(ord("0"))
-    is_digit = digits < 10
-    digits *= is_digit  # a separator counts as a 0 digit, so it adds nothing to its neighbours
-    # value[i] = d[i] + 10 d[i-1] + 100 d[i-2], the last term only when i-1 is a digit too
-    value = digits.astype(np.uint16)
-    value[1:] += digits[:-1] * np.uint8(10)
-    hundreds = digits[:-2] * is_digit[1:-1]
-    value[2:] += hundreds.astype(np.uint16) * np.uint16(100)
-    four = is_digit[3:] & is_digit[2:-1]
-    four &= is_digit[1:-2]
-    four &= is_digit[:-3]
-    if four.any():
-        raise _Irregular
-    ends = np.flatnonzero(is_digit[:-1] & ~is_digit[1:])
-    separators = len(chars) - np.count_nonzero(is_digit)
-    newlines = np.count_nonzero(chars == ord("\n"))
-    commas = np.count_nonzero(chars == ord(","))
-    # Every separator right after a number, only commas and newlines, `width` numbers per line.
-    if len(ends) != separators or commas + newlines != separators or len(ends) != newlines * width:
-        raise _Irregular
-    row_ends = ends.reshape(newlines, width)[:, -1] + 1
-    if not np.all(chars[row_ends] == ord("\n")):
-        raise _Irregular
-    numbers = value[ends]
-    if numbers.size and numbers.max() > 255:
-        raise _Irregular
-    rows = numbers.astype(np.uint8).reshape(newlines, width)
-    if labeled and rows.size and rows[:, 0].max() > 9:
-        raise _Irregular
-    return rows
+    import pandas as pd  # 0.2 s to import, and only CSV files need it
 
-
-def _parse_lenient(lines: list[bytes], width: int, labeled: bool) -> np.ndarray | None:
-    """Rows read by NumPy's C parser, which also takes spaces, signs, zero padding and blank lines.
-
-    None when it fails or a value is out of range: only the line-by-line reader names the problem.
-    """
+    if _first_row_width(block) != width:
+        return None
+    if b"\r" in block:
+        block = block.replace(b"\r\n", b"\n")  # Windows line ends: blank lines stay blank
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "input contained no data" for blank lines only
-            rows = np.loadtxt(lines, dtype=np.int16, delimiter=",", comments=None, ndmin=2)
-    except (ValueError, OverflowError):
+        table = pd.read_csv(io.BytesIO(block), **_PANDAS_OPTIONS).to_numpy()
+    except (ValueError, OverflowError):  # pandas' ParserError is a ValueError
         return None
-    if rows.shape[1:] != (width,) or rows.min(initial=0) < 0 or rows.max(initial=0) > 255:
+    if table.dtype != np.int64 or table.shape[1] != width:
         return None
-    if labeled and rows[:, 0].max(initial=0) > 9:
-        return None
-    return rows.astype(np.uint8)
+    return table
+
+
+def _first_row_width(block: bytes) -> int:
+    """The number of cells in the block's first line that is not blank: pandas sizes its table by it."""
+    text = _NOT_SPACE.search(block)
+    if text is None:
+        return 0
+    start = block.rfind(b"\n", 0, text.start()) + 1
+    return block.count(b",", start, block.find(b"\n", text.start())) + 1
+
+
+def _in_range(table: np.ndarray, labeled: bool) -> bool:
+    """Whether every pixel is 0-255 and every label 0-9 (negative numbers, seen unsigned, are huge)."""
+    if table.view(np.uint64).max(initial=0) > 255:
+        return False
+    return not labeled or table[:, 0].max(initial=0) <= 9
+
+
+def _parse_exactly(block: bytes, line_no: int, columns: tuple[str, ...], name: str) -> np.ndarray:
+    """The block read cell by cell: slow, for blocks pandas refused; raises on the first bad cell or line."""
+    rows = [_parse_row(line, line_no + index, columns, name) for index, line in enumerate(_lines(block))]
+    return np.concatenate(rows)
 
 
 def _parse_row(line: bytes, line_no: int, columns: tuple[str, ...], name: str) -> np.ndarray:
-    """One line read cell by cell: the slow path that accepts spaces and signs and names what is wrong."""
+    """One line read cell by cell: accepts spaces and signs, and names what is wrong."""
     if not line.strip():
         return np.empty((0, len(columns)), np.uint8)  # blank lines are skipped
     cells = line.rstrip(b"\r").split(b",")

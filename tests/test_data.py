@@ -326,6 +326,49 @@ def test_pixel_out_of_range_names_line_and_column(tmp_path: Path) -> None:
     assert message == f"{tmp_path / 'train.csv'}: line 18, column pixel5: '300' is outside 0-255"
 
 
+def exact_reader_spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The numbers of the lines the cell-by-cell reader is given, from now on."""
+    seen: list[int] = []
+    read_row = data._parse_row
+
+    def spy(line: bytes, line_no: int, *args: object) -> np.ndarray:
+        seen.append(line_no)
+        return read_row(line, line_no, *args)
+
+    monkeypatch.setattr(data, "_parse_row", spy)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["odd.csv", "odd.csv.gz"])
+def test_valid_files_are_read_by_pandas_alone(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several parse blocks of Windows line ends, blank and whitespace-only lines, signs, spaces and padding."""
+    monkeypatch.setattr(data, "_PARSE_BLOCK", 1 << 16)
+    images, labels = make_digits(200, seed=5)
+    rows = [",".join(map(str, [label, *row])) for label, row in zip(labels, images)]
+    for index in range(0, len(rows), 7):
+        rows[index] = "+" + rows[index].replace(",", " , 00", 3) + " "
+        rows.insert(index, " \t" if index % 2 else "")
+    text = "\r\n".join([HEADER, *rows]) + "\r\n"
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    exact = exact_reader_spy(monkeypatch)
+    assert_same(load_digits(path, labeled=True), images, labels)
+    assert exact == []
+
+
+def test_bad_cell_is_found_reading_only_its_block_cell_by_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "_READ_BLOCK", 1 << 14)
+    monkeypatch.setattr(data, "_PARSE_BLOCK", 1 << 16)
+    lines = rows_with("300", row=249, count=300)  # line 251
+    exact = exact_reader_spy(monkeypatch)
+    message = data_error(write_lines(tmp_path / "train.csv", lines))
+    assert message.endswith("line 251, column pixel5: '300' is outside 0-255")
+    # The lines of its block up to the bad one, one by one; the blocks before went through pandas alone.
+    assert exact == list(range(exact[0], 252)) and exact[0] > 2
+    block_lines = ((1 << 14) + (1 << 16)) // (len(lines[2]) + 1) + 1  # a parse block: 64 KiB and one read
+    assert len(exact) <= block_lines
+
+
 def test_bad_cell_is_found_deep_in_a_large_gzip(tmp_path: Path) -> None:
     images, labels = make_digits(300, seed=3)
     text = csv_text(images, labels).split("\n")
@@ -369,6 +412,77 @@ def test_row_with_wrong_column_count(tmp_path: Path, delta: int, found: int) -> 
     lines[7] = lines[7] + ",0" if delta > 0 else lines[7].rsplit(",", 1)[0]
     message = data_error(write_lines(tmp_path / "train.csv", lines))
     assert message.endswith(f"line 8 has {found} columns; the header has 785")
+
+
+# A cell and what it is: the number it reads as, or the end of the message refusing it (top: 9 or 255).
+# pandas reads the plain ones and some odd ones (spaces, signs, zero padding, a "\r"); each must come
+# out exactly as the cell-by-cell reader says, in a label and in a pixel, never as pandas alone would.
+CELLS = [
+    ("7", 7), (" 7 ", 7), ("\t7", 7), ("+7", 7), ("-0", 0), ("007", 7), ("0" * 30 + "7", 7),
+    ("7\r", 7), ("7\x0b", 7), ("7\x0c", 7),
+    ("7.0", "is not a whole number 0-{top}"), ("7.", "is not a whole number 0-{top}"),
+    (".7", "is not a whole number 0-{top}"), ("1e0", "is not a whole number 0-{top}"),
+    ("0x7", "is not a whole number 0-{top}"), ("1_0", "is not a whole number 0-{top}"),
+    ('"7"', "is not a whole number 0-{top}"), ("'7'", "is not a whole number 0-{top}"),
+    ("nan", "is not a whole number 0-{top}"), ("NA", "is not a whole number 0-{top}"),
+    ("inf", "is not a whole number 0-{top}"), ("- 7", "is not a whole number 0-{top}"),
+    ("+-7", "is not a whole number 0-{top}"), ("7 7", "is not a whole number 0-{top}"),
+    ("7\x00", "is not a whole number 0-{top}"), ("\xa07", "is not a whole number 0-{top}"),
+    ("", "empty cell"), ("\t", "empty cell"),
+    ("9223372036854775807", "is outside 0-{top}"), ("9223372036854775808", "is outside 0-{top}"),
+    ("-9223372036854775809", "is outside 0-{top}"), ("18446744073709551623", "is outside 0-{top}"),
+]
+
+
+def write_latin1(path: Path, lines: list[str]) -> Path:
+    """The lines as one byte per character, so that a test names every byte of the file."""
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    return path
+
+
+@pytest.mark.parametrize("column", [0, 400])
+@pytest.mark.parametrize(("cell", "meaning"), CELLS)
+def test_every_cell_reads_as_the_exact_reader_says(tmp_path: Path, cell: str, meaning: int | str, column: int) -> None:
+    path = write_latin1(tmp_path / "train.csv", rows_with(cell, row=3, column=column))
+    if isinstance(meaning, str):
+        name, top = ("label", 9) if column == 0 else (f"pixel{column - 1}", 255)
+        message = data_error(path)
+        assert message.startswith(f"{path}: line 5, column {name}: ")
+        assert message.endswith(meaning.format(top=top))
+        return
+    expected = np.zeros((20, 785), np.uint8)
+    expected[:, 0] = 1
+    expected[3, column] = meaning
+    assert_same(load_digits(path, labeled=True), expected[:, 1:], expected[:, 0])
+
+
+ROW = ",".join(["1"] + ["0"] * 784)
+
+
+# A line put among rows of digits and what it is: skipped (None) when blank, else how its refusal ends.
+LINES = [
+    ("", None), ("   ", None), ("\t", None), ("\r", None), ("\x0b", None), (" \t \r", None),
+    (ROW.replace(",", "\r", 1), " has 784 columns; the header has 785"),  # a lone "\r" does not end a line
+    (ROW + "\r" + ROW, " has 1569 columns; the header has 785"),
+    (ROW + ",", " has 786 columns; the header has 785"),
+    (ROW.rsplit(",", 1)[0], " has 784 columns; the header has 785"),
+    (",".join(["0"] * 20_000), " has 20000 columns; the header has 785"),
+    ("7", " has 1 columns; the header has 785"),
+    ("#" + ROW, ", column label: '#1' is not a whole number 0-9"),  # no comment lines
+]
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first row", "later row"])
+@pytest.mark.parametrize(("line", "refusal"), LINES)
+def test_every_line_reads_as_the_exact_reader_says(tmp_path: Path, line: str, refusal: str | None, first: bool) -> None:
+    lines = rows_with("0")
+    where = 1 if first else 9
+    lines.insert(where, line)
+    path = write_latin1(tmp_path / "train.csv", lines)
+    if refusal is None:
+        assert_same(load_digits(path, labeled=True), np.zeros((20, 784), np.uint8), np.ones(20, np.uint8))
+    else:
+        assert data_error(path) == f"{path}: line {where + 1}{refusal}"
 
 
 @pytest.mark.parametrize(

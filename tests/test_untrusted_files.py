@@ -36,8 +36,11 @@ HEADER = "label," + ",".join(f"pixel{i}" for i in range(784))
 ZERO_MIB = bytes(1 << 20)
 
 # Runs `gpunet ARGS...` and writes its peak resident memory (bytes) as the last line of stderr.
+# pandas (the CSV reader's, imported on first use: ~35 MiB) is imported first, in the baseline too,
+# so that what is measured is what reading costs, wherever the reader first needs pandas.
 PEAK_REPORTER = """
 import resource, runpy, sys
+import pandas
 sys.argv = ["gpunet", *sys.argv[1:]]
 try:
     runpy.run_module("gpunet", run_name="__main__")
@@ -203,10 +206,13 @@ def test_the_builders_make_the_files_they_describe(tmp_path: Path) -> None:
 # --- data files ----------------------------------------------------------------------------------
 
 
-def test_csv_gz_line_without_an_end_is_refused_in_bounded_memory(tmp_path: Path, baseline_peak) -> None:
+@pytest.mark.parametrize("rows", [0, 2000], ids=["after the header", "after rows of digits"])
+def test_csv_gz_line_without_an_end_is_refused_in_bounded_memory(tmp_path: Path, baseline_peak, rows: int) -> None:
+    """With rows before it, pandas has parsed blocks of them when the endless line comes."""
     path = tmp_path / "train.csv.gz"
-    path.write_bytes(gzip_repeated(f"{HEADER}\n1,".encode(), b"0," * (1 << 19), HUGE))
-    expected = f"line 2 is longer than {data._MAX_LINE:,} bytes"
+    head = f"{HEADER}\n" + ("1," + ",".join(["0"] * 784) + "\n") * rows + "1,"
+    path.write_bytes(gzip_repeated(head.encode(), b"0," * (1 << 19), HUGE))
+    expected = f"line {rows + 2} is longer than {data._MAX_LINE:,} bytes"
     assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, expected, *train_on(tmp_path, path))
     assert not (tmp_path / "m.npz").exists()
 
@@ -217,6 +223,15 @@ def test_csv_line_without_an_end_is_refused_in_bounded_memory(tmp_path: Path, ba
     with path.open("r+b") as file:
         file.truncate(64 << 20)  # a hole: 64 MiB of zero bytes that take no disk
     expected = f"line 2 is longer than {data._MAX_LINE:,} bytes"
+    assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, expected, *train_on(tmp_path, path))
+
+
+def test_csv_gz_of_wide_rows_is_refused_in_bounded_memory(tmp_path: Path, baseline_peak) -> None:
+    """Rows of 32,768 cells, each within the line limit: refused by their width, never a 32,768-column table."""
+    path = tmp_path / "train.csv.gz"
+    wide = ("0," * (1 << 15))[:-1].encode() + b"\n"
+    path.write_bytes(gzip_repeated(f"{HEADER}\n".encode(), wide, HUGE))
+    expected = "line 2 has 32768 columns; the header has 785"
     assert_refused_in_bounded_memory(tmp_path, baseline_peak, path, expected, *train_on(tmp_path, path))
 
 
@@ -283,6 +298,22 @@ def test_long_complete_line_is_refused_by_number(tmp_path: Path, where: str) -> 
     line = 4 if where == "row" else 1
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: line {line} is longer than "):
         data.load_digits(path, labeled=True)
+
+
+@pytest.mark.parametrize("shift", [0, 1, 5000, (1 << 15) - 1, 1 << 15])
+@pytest.mark.parametrize("extra", [0, 1], ids=["at the limit", "one byte over"])
+def test_line_limit_is_exact_wherever_the_line_falls(tmp_path: Path, shift: int, extra: int) -> None:
+    """A valid row padded with spaces to exactly _MAX_LINE bytes is read; one byte more is refused, at any offset."""
+    row = "1," + ",".join(["0"] * 784)
+    padded = "1," + " " * (data._MAX_LINE + extra - len(row)) + row[2:]
+    lines = [HEADER, "1," + " " * shift + row[2:], row, padded, row]
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(lines) + "\n")
+    if extra:
+        with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: line 4 is longer than "):
+            data.load_digits(path, labeled=True)
+    else:
+        assert len(data.load_digits(path, labeled=True)) == 4
 
 
 def test_blank_stretches_are_skipped_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
