@@ -22,10 +22,11 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from gpunet.model import INPUTS, parse_hidden_text
+from gpunet.model import INPUTS, MAX_UNITS, parse_hidden_text
 
 PIXEL_SCALE = 1 / 255
 _NOTICES_GIVEN: set[str] = set()
@@ -53,9 +54,11 @@ class Classifier(ClassifierMixin, BaseEstimator):
     epochs, batch_size, lr, weight_decay, schedule : default None (the optimizer's)
     optimizer : {"adam", "momentum", "sgd", "gd"}, default "adam"
     init : {"he", "seed"}, default "he"
-    val_size : int, default 1000
+    val_size : "auto", int or float, default "auto"
         Samples held out (a seeded shuffle) for the per-epoch validation in
-        ``history_`` and early stopping; 0 trains on all of them.
+        ``history_`` and early stopping: a count, a fraction in (0, 1), or
+        "auto": 1,000 as ``gpunet train`` holds out, or a tenth of smaller data
+        sets; 0 trains on all of them.
     patience : int or None, default None
         Early stopping on validation loss, keeping the best weights.
     seed : int, default 0
@@ -77,7 +80,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, hidden=(16, 16), epochs=None, batch_size=None, lr=None, optimizer="adam", schedule=None,
-                 weight_decay=None, init="he", val_size=1000, patience=None, seed=0, device="auto", dtype="float32",
+                 weight_decay=None, init="he", val_size="auto", patience=None, seed=0, device="auto", dtype="float32",
                  verbose=False):
         self.hidden = hidden
         self.epochs = epochs
@@ -97,7 +100,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
     # -- learning --------------------------------------------------------------
     def fit(self, X, y):
         """Train a fresh network on X (m, features) or (m, 28, 28) and labels y; returns self."""
-        from gpunet.training import TrainingDiverged, train
+        from gpunet.metrics import better_than_chance, scored_on
+        from gpunet.training import TrainingDiverged, TrainingInterrupted, train
 
         X = _flatten_images(X)
         X, y = validate_data(self, X, y, dtype=None, ensure_all_finite=True, ensure_min_samples=2)
@@ -106,9 +110,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"Classifier needs at least two classes to learn; y holds one: {self.classes_[0]!r}")
         images, self.input_scale_ = _inputs_for_fit(X)
-        config = self._config()
-        if not 0 <= config.val_size < len(images) - 1:
-            raise ValueError(f"val_size={self.val_size} leaves too few of the {len(images)} samples to train on")
+        config = self._config(len(images))
+        if config.val_size > len(images) - 2:
+            raise ValueError(f"val_size={self.val_size!r} leaves too few of the {len(images)} samples to train on")
         order = np.random.default_rng(config.seed).permutation(len(images))  # as gpunet.data.split_validation
         held_out, learned_from = order[: config.val_size], order[config.val_size :]
         train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
@@ -117,6 +121,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
         try:
             result = train(backend, train_set, val_set, config, on_epoch=self._report if self.verbose else None,
                            classes=len(self.classes_))
+        except TrainingInterrupted:
+            raise KeyboardInterrupt from None  # a search or a notebook must stop, not record a failed fit
         except TrainingDiverged as exc:
             if not exc.result.history:
                 raise ValueError(f"training diverged in its first epoch (loss {exc.value}); use a smaller lr") from None
@@ -128,16 +134,25 @@ class Classifier(ClassifierMixin, BaseEstimator):
         self.history_ = [vars(m) for m in result.history]
         self.best_epoch_ = result.best_epoch
         self.config_ = config
+        final = result.final
+        which, accuracy, labels = scored_on(final.val_accuracy, val_set.labels, final.train_accuracy, train_set.labels)
+        if not better_than_chance(accuracy, labels, len(self.classes_)):
+            warnings.warn(f"the network learned nothing: its {which} accuracy {100 * accuracy:.2f}% is no better than "
+                          "always guessing the most common class; a smaller lr, another optimizer, or inputs "
+                          "scaled to about 0-1 may help", ConvergenceWarning, stacklevel=2)
         return self
 
-    def _config(self):
+    def _config(self, samples: int | None = None):
+        """The TrainConfig of these parameters (ValueError naming a bad one) for ``samples`` samples."""
         from gpunet.training import TrainConfig
 
+        _check_params(self)
         hidden = parse_hidden_text(self.hidden) if isinstance(self.hidden, str) else tuple(int(h) for h in self.hidden)
         return TrainConfig.for_optimizer(
             self.optimizer, hidden=hidden, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            schedule=self.schedule, weight_decay=self.weight_decay, init=self.init, val_size=int(self.val_size),
-            patience=self.patience, seed=int(self.seed), dtype=self.dtype)
+            schedule=self.schedule, weight_decay=self.weight_decay, init=self.init,
+            val_size=_validation_count(self.val_size, samples), patience=self.patience, seed=int(self.seed),
+            dtype=self.dtype)
 
     def _backend(self):
         from gpunet.backend import get_backend
@@ -255,3 +270,58 @@ def _inputs_for_predict(X: np.ndarray, scale: float) -> np.ndarray:
 def _json_label(label):
     """A class label as JSON holds it (NumPy scalars -> Python ones)."""
     return label.item() if isinstance(label, np.generic) else label
+
+
+def _validation_count(val_size, samples: int | None) -> int:
+    """How many of ``samples`` to hold out for ``val_size`` ("auto", a count or a fraction)."""
+    if isinstance(val_size, str):
+        return 1000 if samples is None else min(1000, samples // 10)
+    if isinstance(val_size, float):
+        return 0 if samples is None else int(val_size * samples)
+    return int(val_size)
+
+
+def _check_params(clf) -> None:
+    """ValueError naming the first parameter that cannot be trained with, as the CLI refuses its options."""
+    from gpunet.backend import DEVICES
+    from gpunet.model import INITS
+    from gpunet.optimizers import OPTIMIZERS
+    from gpunet.training import SCHEDULES
+
+    def is_int(v, low):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+
+    def is_real(v, positive):
+        return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+                and (v > 0 if positive else v >= 0))
+
+    choices = {"optimizer": OPTIMIZERS, "schedule": (None, *SCHEDULES), "init": INITS, "device": DEVICES,
+               "dtype": ("float32", "float64")}
+    for name, allowed in choices.items():
+        if getattr(clf, name) not in allowed:
+            raise ValueError(f"{name}={getattr(clf, name)!r}: must be one of {', '.join(map(repr, allowed))}")
+    checks = {
+        "epochs": (clf.epochs is None or is_int(clf.epochs, 1), "a whole number of at least 1, or None"),
+        "batch_size": (clf.batch_size is None or is_int(clf.batch_size, 0), "a whole number >= 0 (0: full batch), or None"),
+        "lr": (clf.lr is None or is_real(clf.lr, positive=True), "a positive number, or None"),
+        "weight_decay": (clf.weight_decay is None or is_real(clf.weight_decay, positive=False), "a number >= 0, or None"),
+        "patience": (clf.patience is None or is_int(clf.patience, 1), "a whole number of at least 1, or None"),
+        "seed": (is_int(clf.seed, 0), "a whole number >= 0"),
+        "val_size": (clf.val_size == "auto" or is_int(clf.val_size, 0)
+                     or (isinstance(clf.val_size, float) and 0 < clf.val_size < 1),
+                     '"auto", a count >= 0, or a fraction between 0 and 1'),
+    }
+    for name, (ok, what) in checks.items():
+        if not ok:
+            raise ValueError(f"{name}={getattr(clf, name)!r}: must be {what}")
+    if clf.patience is not None and clf.val_size == 0:
+        raise ValueError("patience needs validation samples to watch; it cannot go with val_size=0")
+    hidden = clf.hidden
+    if isinstance(hidden, str):
+        try:
+            parse_hidden_text(hidden)
+        except ValueError as error:
+            raise ValueError(f"hidden={hidden!r}: {error}") from None
+    elif not (isinstance(hidden, (tuple, list)) and all(is_int(h, 1) and h <= MAX_UNITS for h in hidden)):
+        raise ValueError(f"hidden={hidden!r}: must be layer sizes such as (16, 16) (at most {MAX_UNITS:,} each), "
+                         "or 'none'")

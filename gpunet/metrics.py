@@ -29,3 +29,16 @@ def better_than_chance(accuracy: float, labels: np.ndarray, classes: int = CLASS
     chance = chance_accuracy(labels, classes)
     margin = 3 * (chance * (1 - chance) / len(labels)) ** 0.5
     return accuracy > chance + margin
+
+
+def too_few_to_tell(labels: np.ndarray, classes: int = CLASSES) -> bool:
+    """Whether these labels are too few for ``better_than_chance`` to say anything: not even a perfect score would pass."""
+    chance = chance_accuracy(labels, classes)
+    return chance + 3 * (chance * (1 - chance) / len(labels)) ** 0.5 >= 1
+
+
+def scored_on(val_accuracy, val_labels, train_accuracy, train_labels):
+    """(which, accuracy, labels) a run is judged on: its validation digits, unless they are too few to tell."""
+    if val_accuracy is not None and len(val_labels) and not too_few_to_tell(val_labels):
+        return "validation", val_accuracy, val_labels
+    return "training", train_accuracy, train_labels

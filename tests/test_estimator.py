@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -18,28 +19,29 @@ from gpunet.data import load_sample
 from gpunet.estimator import Classifier
 from tests.conftest import run
 from tests.test_cli import write_csv
+from tests.tolerances import assert_counts_within, pass_bounds
 
 PIXEL_COLUMNS = [f"pixel{i}" for i in range(784)]
 
-# scikit-learn's data sets are a few hundred samples: no validation split (val_size counts samples).
-# Every check applies; none is declared as not applying (see test_every_sklearn_check_applies).
-# float64: the checks compare predict_proba on a subset, or in another order, against the whole at
-# rtol 1e-7; BLAS sums other batch shapes in other orders, which float32 (eps 1.2e-7) cannot hold to.
-CHECKED = [Classifier(val_size=0, device="cpu", dtype="float64"),
-           Classifier(val_size=0, device="cpu", dtype="float64", hidden="none", optimizer="sgd")]
+# Every check runs on the default estimator, on float64 and on softmax regression with SGD.
+CHECKED = [Classifier(device="cpu"), Classifier(device="cpu", dtype="float64"),
+           Classifier(device="cpu", dtype="float64", hidden="none", optimizer="sgd")]
+# The two checks that do not apply, and why (scikit-learn's way to declare them).
+FLOAT32_ORDER = ("predict_proba of a subset, or of the samples in another order, is held to rtol 1e-7; BLAS "
+                 "may sum another batch shape in another order, and float32 (eps 1.2e-7) then differs in its last "
+                 "bit (seen with OpenBLAS's Haswell kernel); the float64 estimator passes both")
+NOT_APPLYING = {"check_methods_subset_invariance": FLOAT32_ORDER, "check_methods_sample_order_invariance": FLOAT32_ORDER}
 
 
-@parametrize_with_checks(CHECKED)
+def expected_failures(estimator):
+    return NOT_APPLYING if estimator.dtype == "float32" else {}
+
+
+@parametrize_with_checks(CHECKED, expected_failed_checks=expected_failures)
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         check(estimator)
-
-
-def test_every_sklearn_check_applies():
-    tags = Classifier().__sklearn_tags__()
-    assert tags.estimator_type == "classifier" and not tags.input_tags.allow_nan
-    assert not getattr(tags, "_xfail_checks", None)
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +70,13 @@ def test_fit_on_a_dataframe_learns_the_digits(fitted, sample_frame):
 
 def test_the_validation_rows_are_the_ones_history_scored(fitted, sample_frame):
     rows = fitted.validation_indices_
-    assert len(rows) == 1000 and len(set(rows)) == 1000 and rows.max() < 6000
+    assert len(rows) == 600 and len(set(rows)) == 600 and rows.max() < 6000  # "auto": a tenth of 6,000
     held_out = sample_frame.iloc[:6000].iloc[rows]
-    accuracy = fitted.score(held_out.drop(columns="label"), held_out.label)
-    # The loop scored them in chunks, predict_proba at once: argmax ties aside, the same count.
-    assert abs(accuracy - fitted.history_[-1]["val_accuracy"]) <= 1.5 / 1000
+    correct = round(fitted.score(held_out.drop(columns="label"), held_out.label) * 600)
+    # The loop validated on one BLAS thread, predict_proba on all: the same count but for near-ties.
+    near_ties = pass_bounds(fitted.params_, held_out.drop(columns="label").to_numpy(), held_out.label.to_numpy(),
+                            np.float32).ambiguous
+    assert_counts_within(correct, round(fitted.history_[-1]["val_accuracy"] * 600), near_ties)
 
 
 def test_probabilities_are_the_networks_and_sum_to_one(fitted, sample_frame):
@@ -122,7 +126,7 @@ def test_options_are_the_command_lines_defaults():
     clf = Classifier()
     assert clf.get_params() == {"hidden": (16, 16), "epochs": None, "batch_size": None, "lr": None,
                                 "optimizer": "adam", "schedule": None, "weight_decay": None, "init": "he",
-                                "val_size": 1000, "patience": None, "seed": 0, "device": "auto",
+                                "val_size": "auto", "patience": None, "seed": 0, "device": "auto",
                                 "dtype": "float32", "verbose": False}
     assert clf._config() == TrainConfig.for_optimizer("adam")
     assert Classifier(optimizer="sgd", hidden="32")._config() == TrainConfig.for_optimizer("sgd", hidden=(32,))
@@ -228,3 +232,51 @@ def test_the_package_face():
         assert getattr(gpunet, name).__doc__, name
     with pytest.raises(AttributeError):
         gpunet.nothing_here  # noqa: B018
+
+
+@pytest.mark.parametrize("samples, val_size, held_out", [(20_000, "auto", 1000), (600, "auto", 60), (30, "auto", 3),
+                                                         (600, 0.25, 150), (600, 7, 7), (600, 0, 0)])
+def test_val_size_holds_out_what_it_says(samples, val_size, held_out):
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(samples, 2)), np.arange(samples) % 2
+    clf = Classifier(val_size=val_size, epochs=1, device="cpu").fit(X, y)
+    assert len(clf.validation_indices_) == held_out
+    assert (clf.history_[0]["val_accuracy"] is None) == (held_out == 0)
+
+
+BAD_PARAMS = [("optimizer", "foo"), ("hidden", 16), ("hidden", (0,)), ("hidden", "16,x"), ("schedule", "foo"),
+              ("lr", -1.0), ("lr", float("nan")), ("batch_size", -5), ("epochs", 0), ("epochs", 2.5),
+              ("val_size", 1.5), ("val_size", -1), ("patience", 0), ("dtype", "float16"), ("device", "tpu"),
+              ("weight_decay", -0.1), ("seed", True), ("init", "zeros")]
+
+
+@pytest.mark.parametrize("name, value", BAD_PARAMS)
+def test_a_bad_parameter_is_named_before_any_work(name, value):
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    with pytest.raises(ValueError, match=f"^{name}="):
+        Classifier(**{"device": "cpu", name: value}).fit(X, y)
+
+
+def test_patience_without_validation_is_refused():
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    with pytest.raises(ValueError, match="patience"):
+        Classifier(patience=2, val_size=0, device="cpu").fit(X, y)
+
+
+def test_a_fit_that_learned_nothing_says_so(sample_frame):
+    part = sample_frame.iloc[:2000]
+    X = part.drop(columns="label").to_numpy(dtype=np.float64)  # pixels as floats 0-255: used as they are
+    with pytest.warns(ConvergenceWarning, match="learned nothing"):
+        Classifier(epochs=2, lr=1.0, optimizer="sgd", device="cpu").fit(X, part.label)
+
+
+def test_ctrl_c_stops_a_search_instead_of_being_recorded_as_a_failed_fit(monkeypatch):
+    import gpunet.training
+
+    def interrupted(*args, **kwargs):
+        raise gpunet.training.TrainingInterrupted(1, gpunet.training.TrainResult(network=None))
+
+    monkeypatch.setattr(gpunet.training, "train", interrupted)
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    with pytest.raises(KeyboardInterrupt):
+        GridSearchCV(Classifier(val_size=0, device="cpu"), {"lr": [0.01, 0.1]}, cv=2).fit(X, y)
