@@ -102,7 +102,8 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
               help="Labeled digits: Kaggle train.csv[.gz], MNIST IDX file or folder, or .npz. Default: the bundled sample.")
 @device_option
 @click.option("--hidden", default="16,16", show_default=True, callback=parse_hidden,
-              help="Hidden layer sizes, comma-separated; 'none' for no hidden layer. The same as --arch dense16,dense16.")
+              help="Hidden layer sizes, comma-separated; 'none' for no hidden layer. "
+                   "The same as --arch dense16,dense16.")
 @click.option("--arch", default=None, callback=parse_arch, metavar="SPEC",
               help="Instead of --hidden, any layers, e.g. conv32k5,pool2,dense128,dropout0.5 (grammar below).")
 @click.option("--epochs", type=int, default=None, callback=require_positive,
@@ -131,8 +132,8 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
 @click.option("--plot", "plot_dir", type=path_type(), default=None,
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
 @click.pass_context
-def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size, patience,
-          seed, dtype, out, plot_dir):
+def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size,
+          patience, seed, dtype, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.data import load_digits, load_sample, split_validation
     from gpunet.metrics import better_than_chance, chance_accuracy
@@ -160,7 +161,8 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
                f"{len(val_digits):,} validation")
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
     click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
-               f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, {dtype} on {device_text(backend, arch)}")
+               f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, "
+               f"{dtype} on {device_text(backend, arch)}")
 
     report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:

@@ -455,6 +455,12 @@ class Network(FlatParameters):
         return grads, losses
 
 
+def values_per_sample(layer) -> int:
+    """How many values a layer's forward pass holds for each sample: its output, and a convolution's columns."""
+    columns = layer.fan_in * math.prod(layer.output_shape[1:]) if isinstance(layer, L.Conv2D) else 0
+    return math.prod(layer.output_shape) + columns
+
+
 class StackWorkspace:
     """A ``LayerStack``'s buffers for batches of m samples, reused by every step: the batch, the loss's
     results and the gradients (views of one flat array laid out as the network's parameters).
@@ -510,10 +516,7 @@ class LayerStack(FlatParameters):
 
     def _eval_chunk(self) -> int:
         """Digits per forward pass that keep its values within EVAL_MEMORY (im2col's columns are the most)."""
-        values = sum(math.prod(layer.output_shape) + (getattr(layer, "fan_in", 0) * math.prod(layer.output_shape[1:])
-                                                      if isinstance(layer, L.Conv2D) else 0)
-                     for layer in self.layers)
-        per_sample = (values + self.inputs) * self.dtype.itemsize
+        per_sample = (self.inputs + sum(map(values_per_sample, self.layers))) * self.dtype.itemsize
         return max(1, min(EVAL_CHUNK, EVAL_MEMORY // per_sample))
 
     def forward(self, A0, ws: StackWorkspace | None = None, training: bool = True):
@@ -549,8 +552,8 @@ class LayerStack(FlatParameters):
             has_params = bool(layer.param_shapes())
             if has_params:
                 k -= 2
-            dy, layer_grads = layer.backward(dy, saved[index], grads[k:k + 2] if has_params and ws else None,
-                                             input_grad=index > 0)
+            dy, layer_grads = layer.backward(dy, saved[index], grads[k:k + 2] if has_params else None,
+                                             input_grad=index > 0)  # without a workspace: [None, None], new arrays
             if has_params:
                 grads[k:k + 2] = layer_grads
         return grads, losses

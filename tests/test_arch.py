@@ -370,7 +370,8 @@ def test_the_drawing_page_answers_with_a_cnn(cnn_model):
     canvas = Image.fromarray(255 - np.kron(digit, np.ones((10, 10), np.uint8)))  # dark ink on white, as drawn
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
-    answer = predict_drawing(network, {"image": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()})
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    answer = predict_drawing(network, {"image": url})
     probabilities = network.probabilities(np.asarray(answer["pixels"], np.uint8)[None, :])[0]
     assert answer["label"] == int(probabilities.argmax())
     assert_within(answer["probabilities"], probabilities, 5e-7, "probabilities")  # rounded to 6 places
