@@ -51,6 +51,10 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     hidden : tuple of int or str, default (16, 16)
         Hidden layer sizes; ``()`` or ``"none"`` for softmax regression.
+    arch : str or None, default None
+        Instead of ``hidden``: layers as ``gpunet train --arch`` takes them, e.g.
+        ``"conv32k5,pool2,conv64k5,pool2,dense256,dropout0.5"`` (convolution and
+        pooling take 28 x 28 digits).
     epochs, batch_size, lr, weight_decay, schedule : default None (the optimizer's)
     optimizer : {"adam", "momentum", "sgd", "gd"}, default "adam"
     init : {"he", "seed"}, default "he"
@@ -79,10 +83,11 @@ class Classifier(ClassifierMixin, BaseEstimator):
     input_scale_ : float, 1/255 for pixels, 1.0 for float features.
     """
 
-    def __init__(self, hidden=(16, 16), epochs=None, batch_size=None, lr=None, optimizer="adam", schedule=None,
+    def __init__(self, hidden=(16, 16), arch=None, epochs=None, batch_size=None, lr=None, optimizer="adam", schedule=None,
                  weight_decay=None, init="he", val_size="auto", patience=None, seed=0, device="auto", dtype="float32",
                  verbose=False):
         self.hidden = hidden
+        self.arch = arch
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -134,6 +139,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         self.history_ = [vars(m) for m in result.history]
         self.best_epoch_ = result.best_epoch
         self.config_ = config
+        self.architecture_ = result.network.architecture()
         final = result.final
         which, accuracy, labels = scored_on(final.val_accuracy, val_set.labels, final.train_accuracy, train_set.labels)
         if not better_than_chance(accuracy, labels, len(self.classes_)):
@@ -149,7 +155,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         _check_params(self)
         hidden = parse_hidden_text(self.hidden) if isinstance(self.hidden, str) else tuple(int(h) for h in self.hidden)
         return TrainConfig.for_optimizer(
-            self.optimizer, hidden=hidden, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            self.optimizer, hidden=() if self.arch is not None else hidden, arch=self.arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             schedule=self.schedule, weight_decay=self.weight_decay, init=self.init,
             val_size=_validation_count(self.val_size, samples), patience=self.patience, seed=int(self.seed),
             dtype=self.dtype)
@@ -181,11 +187,16 @@ class Classifier(ClassifierMixin, BaseEstimator):
         return self.classes_[best]
 
     def network(self):
-        """The trained :class:`gpunet.model.Network` on the estimator's device, made from ``params_``."""
-        from gpunet.model import Network
+        """The trained network on the estimator's device, made from ``params_``: the notes'
+        :class:`gpunet.model.Network`, or a :class:`gpunet.model.LayerStack` for ``arch``."""
+        from gpunet.model import LayerStack, Network, parse_arch_text
 
         check_is_fitted(self, "params_")
-        return Network(self._backend(), self.params_)
+        stack = self.architecture_
+        if not stack:
+            return Network(self._backend(), self.params_)
+        return LayerStack(self._backend(), parse_arch_text(stack["architecture"]), self.params_,
+                          tuple(stack["input_shape"]), stack["outputs"], seed=int(self.seed))
 
     # -- model files -------------------------------------------------------------
     def save(self, path) -> None:
@@ -196,6 +207,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         final = self.history_[self.best_epoch_ - 1] if self.history_ else None
         names = getattr(self, "feature_names_in_", None)
         save_model(path, self.params_, {
+            **self.architecture_,
             "classes": [_json_label(c) for c in self.classes_],
             "normalization": {"scale": self.input_scale_, "offset": 0.0},
             "feature_names": None if names is None else [str(n) for n in names],
@@ -219,7 +231,11 @@ def load(path) -> Classifier:
     """A fitted :class:`Classifier` from a gpunet model file, whether ``gpunet train`` or ``Classifier.save`` wrote it."""
     from gpunet.checkpoint import load_model
 
+    from gpunet.checkpoint import stack_architecture
+    from gpunet.model import arch_text
+
     params, meta = load_model(path)
+    stack = stack_architecture(meta, str(path))
     given = meta.get("estimator") if isinstance(meta.get("estimator"), dict) else {}
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     known = Classifier().get_params()
@@ -227,12 +243,18 @@ def load(path) -> Classifier:
     clf = Classifier(**{**options, **{k: v for k, v in given.items() if k in known}})
     if isinstance(clf.hidden, list):
         clf.hidden = tuple(clf.hidden)
+    if clf.arch is not None:
+        clf.hidden = Classifier().hidden  # the run recorded hidden=() beside its arch
     clf.params_ = params
     clf.classes_ = np.asarray(meta.get("classes", list(range(params[-1].shape[0]))))
-    clf.n_features_in_ = int(params[0].shape[1])
+    clf.architecture_ = {} if stack is None else {"architecture": arch_text(stack[0]), "input_shape": list(stack[1]),
+                                                  "outputs": stack[2]}
+    clf.n_features_in_ = int(params[0].shape[1]) if stack is None else int(np.prod(stack[1]))
     if meta.get("feature_names"):
         clf.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
-    clf.input_scale_ = float(meta.get("normalization", {}).get("scale", PIXEL_SCALE))
+    normalization = meta.get("normalization")
+    scale = normalization.get("scale") if isinstance(normalization, dict) else None
+    clf.input_scale_ = float(scale) if isinstance(scale, (int, float)) and scale > 0 else PIXEL_SCALE
     clf.history_ = meta.get("history", [])
     clf.best_epoch_ = meta.get("best_epoch")
     clf.config_ = clf._config()
@@ -314,6 +336,17 @@ def _check_params(clf) -> None:
     for name, (ok, what) in checks.items():
         if not ok:
             raise ValueError(f"{name}={getattr(clf, name)!r}: must be {what}")
+    if clf.arch is not None:
+        from gpunet.model import parse_arch_text
+
+        if not isinstance(clf.arch, str):
+            raise ValueError(f"arch={clf.arch!r}: must be a spec such as 'conv32k5,pool2,dense128', or None")
+        try:
+            parse_arch_text(clf.arch)
+        except ValueError as error:
+            raise ValueError(f"arch={clf.arch!r}: {error}") from None
+        if clf.hidden != (16, 16):
+            raise ValueError("give hidden or arch, not both (hidden=(16, 16) is arch='dense16,dense16')")
     if clf.patience is not None and clf.val_size == 0:
         raise ValueError("patience needs validation samples to watch; it cannot go with val_size=0")
     hidden = clf.hidden

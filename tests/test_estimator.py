@@ -124,7 +124,7 @@ def test_options_are_the_command_lines_defaults():
     from gpunet.training import TrainConfig
 
     clf = Classifier()
-    assert clf.get_params() == {"hidden": (16, 16), "epochs": None, "batch_size": None, "lr": None,
+    assert clf.get_params() == {"hidden": (16, 16), "arch": None, "epochs": None, "batch_size": None, "lr": None,
                                 "optimizer": "adam", "schedule": None, "weight_decay": None, "init": "he",
                                 "val_size": "auto", "patience": None, "seed": 0, "device": "auto",
                                 "dtype": "float32", "verbose": False}
@@ -280,3 +280,32 @@ def test_ctrl_c_stops_a_search_instead_of_being_recorded_as_a_failed_fit(monkeyp
     X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
     with pytest.raises(KeyboardInterrupt):
         GridSearchCV(Classifier(val_size=0, device="cpu"), {"lr": [0.01, 0.1]}, cv=2).fit(X, y)
+
+
+def test_a_cnn_from_python_and_from_gpunet_train(capsys, tmp_path, sample_frame):
+    arch = "conv4k5,pool2,dense16"
+    train = sample_frame.iloc[:2000]
+    clf = Classifier(arch=arch, epochs=2, device="cpu").fit(train.drop(columns="label"), train.label)
+    test = sample_frame.drop(columns="label").iloc[9000:9300]
+    assert clf.score(test, sample_frame.label.iloc[9000:9300]) > 0.6
+    clf.save(tmp_path / "cnn.npz")
+    again = gpunet.load(tmp_path / "cnn.npz")
+    assert again.arch == arch and again.n_features_in_ == 784
+    np.testing.assert_array_equal(again.predict_proba(test), clf.predict_proba(test))  # the same computation
+    code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--arch", arch,
+                       "--out", str(tmp_path / "cli.npz"))
+    assert code == 0, err
+    from gpunet.backend import CpuBackend
+    from gpunet.cli import load_network
+
+    network, _ = load_network(tmp_path / "cli.npz", CpuBackend())
+    X = test.to_numpy().astype(np.uint8)
+    np.testing.assert_array_equal(gpunet.load(tmp_path / "cli.npz").predict(X), network.probabilities(X).argmax(axis=1))
+
+
+def test_a_cnn_needs_28x28_digits():
+    X, y = np.random.default_rng(0).normal(size=(40, 5)), np.arange(40) % 2
+    with pytest.raises(ValueError, match="28 x 28"):
+        Classifier(arch="conv4k3,dense8", device="cpu").fit(X, y)
+    with pytest.raises(ValueError, match="^arch="):
+        Classifier(arch="conv4x3", device="cpu").fit(X, y)
