@@ -136,7 +136,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
           patience, seed, dtype, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.data import load_digits, load_sample, split_validation
-    from gpunet.metrics import better_than_chance, chance_accuracy
+    from gpunet.metrics import better_than_chance, chance_accuracy, scored_on
     from gpunet.training import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
 
     if arch is not None and ctx.get_parameter_source("hidden") is not click.core.ParameterSource.DEFAULT:
@@ -145,6 +145,8 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     if patience is not None and val_size == 0:
         raise click.UsageError("--patience needs validation digits to watch; it cannot go with --val-size 0")
     out = check_out_path("--out", out, MODEL, data=data)
+    if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
+        raise click.UsageError("--plot is a folder for the plots and --out the model file: give them different names")
     if plot_dir is not None:  # fail now, not after training
         from gpunet.plots import prepare_out_dir, require_matplotlib
 
@@ -185,19 +187,23 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         sys.exit(EXIT_INTERRUPTED)
     report.close()
     final = result.final
-    scored, accuracy, which = ((val_digits, final.val_accuracy, "Validation") if final.val_accuracy is not None
-                               else (train_digits, final.train_accuracy, "Training"))
-    if not better_than_chance(accuracy, scored.labels):
+    # Judged on the validation digits, or on the training digits where those are too few to tell.
+    which, accuracy, labels = scored_on(final.val_accuracy, val_digits.labels, final.train_accuracy,
+                                        train_digits.labels)
+    if not better_than_chance(accuracy, labels):
         saved = save_failed_run(out, "unlearned", result, config, digits, backend)
-        raise TrainingFailed(f"{which.lower()} accuracy {100 * accuracy:.2f}% is no better than chance "
-                             f"({100 * chance_accuracy(scored.labels):.2f}% by always guessing the most common "
+        raise TrainingFailed(f"{which} accuracy {100 * accuracy:.2f}% is no better than chance "
+                             f"({100 * chance_accuracy(labels):.2f}% by always guessing the most common "
                              f"digit): the network learned nothing; {learning_hint(config)}; saved it as {saved}")
     save_result(out, result, config, digits, backend)
     if result.stop_reason == "early_stopping":
         click.echo(f"Early stopping: no better validation loss for {plural(patience, 'epoch')}; "
                    f"kept epoch {result.best_epoch}")
-    click.echo(f"{which} accuracy {100 * accuracy:.2f}% (epoch {result.best_epoch}"
-               f"{'' if final.val_accuracy is not None else '; no validation digits'}); saved {out}")
+    if final.val_accuracy is not None:
+        click.echo(f"Validation accuracy {100 * final.val_accuracy:.2f}% (epoch {result.best_epoch}); saved {out}")
+    else:
+        click.echo(f"Training accuracy {100 * final.train_accuracy:.2f}% (epoch {result.best_epoch}; "
+                   f"no validation digits); saved {out}")
     if plot_dir is not None:
         from gpunet.plots import write_plots
 
@@ -234,7 +240,9 @@ def divergence_hint(config) -> str:
 
 
 def learning_hint(config) -> str:
-    """What to change after a run that learned nothing."""
+    """What to change after a run that learned nothing: the weight decay first where it alone wipes W out."""
+    if config.lr * config.weight_decay >= 1:
+        return divergence_hint(config)
     other = "" if config.optimizer == "adam" else ", or --optimizer adam"
     return f"try a smaller --lr (now {config.lr:g}){other}"
 
@@ -299,7 +307,11 @@ class ProgressBar:
 
 
 def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Path:
-    """Save a run that did not finish well at ``out`` if nothing is there, else beside it (model.TAG.npz)."""
+    """Save a run that did not finish well at ``out`` if nothing is there, else beside it (model.TAG.npz).
+
+    ``tag`` (interrupted, diverged, unlearned) is recorded as the model's stop_reason: commands that load
+    it say so."""
+    result.stop_reason = tag
     return save_without_replacing(out, tag, lambda path: save_result(path, result, config, digits, backend))
 
 
@@ -323,8 +335,12 @@ def save_result(out: Path, result, config, digits, backend) -> Path:
     return out
 
 
-def load_network(model_path: Path, backend):
-    """(Network or LayerStack, metadata) from a model file, refused in one line unless it takes 784-pixel digits."""
+def load_network(model_path: Path, backend, digit_classes: bool = True):
+    """(Network or LayerStack, metadata) from a model file, refused in one line unless it takes 784-pixel digits.
+
+    ``digit_classes``: the command reads the outputs as the digits 0-9 (evaluate, plot, serve, --image), so
+    a model fitted from Python on other classes is refused; ``predict --data`` writes any model's labels.
+    """
     from gpunet.checkpoint import load_model, network_from_file, stack_architecture
     from gpunet.model import INPUTS
 
@@ -333,6 +349,20 @@ def load_network(model_path: Path, backend):
     inputs = params[0].shape[1] if stack is None else math.prod(stack[1])
     if inputs != INPUTS:
         raise GpunetError(f"{model_path}: model expects {inputs} inputs per digit, but digits have {INPUTS} pixels")
+    normalization = meta.get("normalization", {"scale": 1 / 255})  # files without one were written for pixels
+    scale = normalization.get("scale") if isinstance(normalization, dict) else None
+    if not (isinstance(scale, (int, float)) and math.isclose(scale, 1 / 255)):
+        raise GpunetError(f"{model_path}: was fitted on features scaled by {scale!r}, not on pixels 0-255 "
+                          "(scale 1/255): use it from Python (gpunet.load)")
+    classes = meta.get("classes")
+    if digit_classes and classes is not None and classes != list(range(10)):
+        shown = ", ".join(map(repr, classes[:5])) + (", ..." if len(classes) > 5 else "") \
+            if isinstance(classes, list) else repr(classes)
+        raise GpunetError(f"{model_path}: its classes are {shown}, not the digits 0-9: this command needs a "
+                          "digit model (gpunet predict --data writes any model's labels)")
+    failure = {"diverged": "diverged", "unlearned": "learned nothing"}.get(meta.get("stop_reason"))
+    if failure:
+        click.echo(f"Note: {model_path} is from a run that {failure}; its predictions are not to be trusted", err=True)
     return network_from_file(params, meta, backend, str(model_path)), meta
 
 
@@ -366,12 +396,23 @@ def predict(ctx, model, data, images, as_json, out, device, more_images):
     if as_json:
         raise click.UsageError("--json goes with --image")
     out = check_out_path("--out", out, SUBMISSION, data=data, model=model)
-    network, meta = load_network(model, choose_backend(device))
+    network, meta = load_network(model, choose_backend(device), digit_classes=False)
     digits = load_digits(data, labeled=False)
     labels = class_labels(meta, network)[predict_labels(network, digits)]
-    rows = "".join(f"{i},{label}\n" for i, label in enumerate(labels.tolist(), start=1))
-    write_atomically(out, lambda f: f.write(("ImageId,Label\n" + rows).encode()))
+    write_atomically(out, lambda f: f.write(submission_csv(labels).encode()))
     click.echo(f"Wrote {plural(len(labels), 'prediction')} to {out}")
+
+
+def submission_csv(labels) -> str:
+    """Kaggle's ImageId,Label rows, ImageId from 1; labels quoted by the csv module where they need it."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["ImageId", "Label"])
+    writer.writerows(enumerate(labels.tolist(), start=1))
+    return text.getvalue()
 
 
 def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
@@ -414,10 +455,12 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
               help="Folder for the PNG files (created if missing).")
 def plot(model, data, out_dir):
     """Plot learning curves, confusion matrix, misclassified digits and first-layer weights."""
+    from gpunet.backend import CpuBackend
     from gpunet.data import load_digits
     from gpunet.plots import prepare_out_dir, require_matplotlib, write_plots
 
     require_matplotlib()
+    load_network(model, CpuBackend())  # a model plot can read as digits: one line now, not a traceback later
     prepare_out_dir(out_dir)
     digits = load_digits(data, labeled=True) if data is not None else None
     report_plots(write_plots(model, out_dir, digits))

@@ -494,3 +494,94 @@ def test_out_that_is_no_plain_writable_file_is_refused_before_training(capsys, t
                                                                   "read-only": ["model.npz"], "name too long": []}[kind])
     if kind == "read-only":
         assert out.read_bytes() == trained.read_bytes()
+
+
+# -- from a review ---------------------------------------------------------------------------------
+def test_a_validation_set_too_small_to_tell_is_not_taken_for_chance(capsys, tmp_path):
+    # 5 digits: not even 5 right out of 5 is clearly above chance; the training digits decide instead.
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--val-size", "5", "--epochs", "5",
+                            "--out", str(tmp_path / "m.npz"))
+    assert code == 0, err
+    assert "Validation accuracy" in stdout
+
+
+def test_a_failed_run_is_recorded_as_failed_and_commands_say_so(capsys, tmp_path, digits):
+    out = tmp_path / "model.npz"
+    code, _, err = run(capsys, "train", "--device", "cpu", "--optimizer", "gd", "--lr", "3", "--epochs", "20",
+                       "--out", str(out))
+    assert code == 3 and str(out) in err
+    from gpunet.checkpoint import load_model
+
+    assert load_model(out)[1]["stop_reason"] == "unlearned"
+    data = write_csv(tmp_path / "test.csv", digits[0])
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(out), "--data", str(data),
+                       "--out", str(tmp_path / "s.csv"))
+    assert code == 0 and err.startswith(f"Note: {out} is from a run that learned nothing"), err
+
+
+def test_weight_decay_that_wipes_the_weights_is_named_in_the_hint(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--device", "cpu", "--weight-decay", "200", "--epochs", "3",
+                       "--out", str(tmp_path / "m.npz"))
+    assert code == 3 and "--weight-decay (now 200)" in err and err.count("\n") == 1, err
+
+
+def test_plot_folder_and_model_file_of_one_name_are_refused_before_training(capsys, tmp_path):
+    out = tmp_path / "plots"
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out),
+                            "--plot", str(out))
+    assert code == 2 and "--plot" in err and err.count("\n") == 1 and stdout == ""
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def python_models(tmp_path_factory):
+    """Models fitted from Python: on scaled float features, on the digits 1-9, and with labels holding commas."""
+    from gpunet.data import load_sample
+    from gpunet.estimator import Classifier
+
+    folder = tmp_path_factory.mktemp("python_models")
+    sample = load_sample()
+    X, y = sample.images[:2000], sample.labels[:2000]
+    Classifier(epochs=1, device="cpu").fit(X / 127.5 - 1, y).save(folder / "features.npz")
+    Classifier(epochs=1, device="cpu").fit(X[y > 0], y[y > 0]).save(folder / "no_zero.npz")
+    words = np.array([f"digit {d}, in words" for d in range(10)])
+    Classifier(epochs=1, device="cpu").fit(X, words[y]).save(folder / "words.npz")
+    return folder
+
+
+def test_a_model_of_float_features_is_refused_by_the_commands(capsys, tmp_path, python_models, digits):
+    data = write_csv(tmp_path / "test.csv", digits[0])
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(python_models / "features.npz"),
+                       "--data", str(data), "--out", str(tmp_path / "s.csv"))
+    assert code == 1 and "scaled by 1.0, not on pixels" in err and err.count("\n") == 1
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_model_of_other_classes_labels_but_is_not_scored_as_digits(capsys, tmp_path, python_models, digits):
+    data = write_csv(tmp_path / "train.csv", digits[0], digits[1])
+    model = python_models / "no_zero.npz"
+    code, _, err = run(capsys, "evaluate", "--device", "cpu", "--model", str(model), "--data", str(data))
+    assert code == 1 and "not the digits 0-9" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                       "--out", str(tmp_path / "s.csv"))
+    assert code == 0, err
+    from gpunet import load
+
+    labels = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1, dtype=int)[:, 1]
+    np.testing.assert_array_equal(labels, load(model).predict(digits[0]))
+    assert set(labels) <= set(range(1, 10))
+
+
+def test_labels_with_commas_are_quoted_in_the_submission(capsys, tmp_path, python_models, digits):
+    import pandas as pd
+
+    data = write_csv(tmp_path / "test.csv", digits[0])
+    model = python_models / "words.npz"
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                       "--out", str(tmp_path / "s.csv"))
+    assert code == 0, err
+    submission = pd.read_csv(tmp_path / "s.csv")
+    from gpunet import load
+
+    assert list(submission.columns) == ["ImageId", "Label"] and len(submission) == len(digits[0])
+    np.testing.assert_array_equal(submission.Label.to_numpy(), load(model).predict(digits[0]))
