@@ -52,9 +52,14 @@ class TrainingFailed(GpunetError):
 def choose_backend(device: str):
     """The backend for --device, printing the fallback notice if there is one."""
     backend, notice = get_backend(device)
+    say_notice(notice)
+    return backend
+
+
+def say_notice(notice: str | None) -> None:
+    """The --device auto fallback's one line, if there is one."""
     if notice:
         click.echo(f"Note: {notice}", err=True)
-    return backend
 
 
 def require_positive(ctx, param, value):
@@ -155,9 +160,10 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     config = TrainConfig.for_optimizer(
         optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
         weight_decay=weight_decay, init=init, val_size=val_size, patience=patience, seed=seed, dtype=dtype)
-    backend = choose_backend(device)
+    backend, notice = get_backend(device)
     digits = load_digits(data, labeled=True) if data is not None else load_sample()
     train_digits, val_digits = split_validation(digits, val_size, seed)
+    say_notice(notice)  # after the inputs are known good: bad input gets its one line alone
     sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
     click.echo(f"Data: {digits.source}: {len(digits):,} digits -> {len(train_digits):,} training, "
                f"{len(val_digits):,} validation")
@@ -396,8 +402,10 @@ def predict(ctx, model, data, images, as_json, out, device, more_images):
     if as_json:
         raise click.UsageError("--json goes with --image")
     out = check_out_path("--out", out, SUBMISSION, data=data, model=model)
-    network, meta = load_network(model, choose_backend(device), digit_classes=False)
+    backend, notice = get_backend(device)
+    network, meta = load_network(model, backend, digit_classes=False)
     digits = load_digits(data, labeled=False)
+    say_notice(notice)
     labels = class_labels(meta, network)[predict_labels(network, digits)]
     write_atomically(out, lambda f: f.write(submission_csv(labels).encode()))
     click.echo(f"Wrote {plural(len(labels), 'prediction')} to {out}")
@@ -502,8 +510,10 @@ def evaluate(model, data, device):
     """
     from gpunet.data import load_digits
 
-    network, meta = load_network(model, choose_backend(device))
+    backend, notice = get_backend(device)
+    network, meta = load_network(model, backend)
     digits = load_digits(data, labeled=True)
+    say_notice(notice)
     held_out, learned_from = split_as_in_training(digits, meta)
     if learned_from is None:
         score_digits(network, digits, f"{digits.source}: {plural(len(digits), 'digit')}")

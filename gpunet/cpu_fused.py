@@ -338,7 +338,11 @@ def supports(network, optimizer=None) -> bool:
     """Whether the compiled path runs this network (and optimizer) exactly as the NumPy path would."""
     from gpunet.optimizers import Adam, GradientDescent, Momentum
 
-    if numba is None or not isinstance(network.flat, np.ndarray) or network.dtype.type not in DTYPES:
+    from gpunet.model import Network
+
+    # The notes' Network only: its loops know dense layers (a LayerStack shares the flat parameters, not the math).
+    if (numba is None or type(network) is not Network or not isinstance(network.flat, np.ndarray)
+            or network.dtype.type not in DTYPES):
         return False
     if optimizer is None:
         return True

@@ -277,15 +277,20 @@ def _inputs_for_fit(X: np.ndarray) -> tuple[np.ndarray, float]:
     """(the array the network reads, its scale): uint8 pixels and 1/255, or float features and 1."""
     if _is_pixels(X):
         return np.ascontiguousarray(X, dtype=np.uint8), PIXEL_SCALE
-    return np.ascontiguousarray(X, dtype=np.float64), 1.0
+    return np.ascontiguousarray(X, dtype=_float_type(X)), 1.0
+
+
+def _float_type(X: np.ndarray):
+    """float32 features stay float32 (half the memory); anything else becomes float64."""
+    return X.dtype if X.dtype in (np.float32, np.float64) else np.float64
 
 
 def _inputs_for_predict(X: np.ndarray, scale: float) -> np.ndarray:
     if scale == 1.0:
-        return np.ascontiguousarray(X, dtype=np.float64)
+        return np.ascontiguousarray(X, dtype=_float_type(X))
     if not (_is_pixels(X) or (X.dtype.kind == "f" and np.all((X >= 0) & (X <= 255) & (X == np.round(X))))):
-        raise ValueError("this model was fitted on pixels 0-255 and takes pixels 0-255 (integers); "
-                         "scale floats back, or fit the model on floats")
+        raise ValueError("this model was fitted on pixels and takes pixels: whole numbers 0-255 "
+                         "(fit it on floats to give it floats)")
     return np.ascontiguousarray(X, dtype=np.uint8)
 
 

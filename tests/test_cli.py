@@ -585,3 +585,12 @@ def test_labels_with_commas_are_quoted_in_the_submission(capsys, tmp_path, pytho
 
     assert list(submission.columns) == ["ImageId", "Label"] and len(submission) == len(digits[0])
     np.testing.assert_array_equal(submission.Label.to_numpy(), load(model).predict(digits[0]))
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "no/such/train.csv"],
+                                     ["predict", "--model", "no/such/model.npz", "--data", "t.csv"],
+                                     ["evaluate", "--model", "no/such/model.npz", "--data", "t.csv"]])
+def test_bad_input_with_device_auto_is_one_line_even_where_cuda_is_not_usable(capsys, tmp_path, command):
+    # Where CuPy is installed but no GPU is usable, the fallback notice waits until the inputs are read.
+    code, _, err = run(capsys, *command, "--device", "auto")
+    assert code == 1 and err.count("\n") == 1 and err.startswith("Error:") and "no/such" in err, err

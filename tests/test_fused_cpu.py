@@ -349,3 +349,13 @@ def test_probes_of_a_way_that_keeps_losing_grow_rarer(monkeypatch):
     cpu_fused._record(128, True, False, 1e-3)  # parallel slows down (another program took a core) ...
     cpu_fused._record(128, True, False, 1e-3)
     assert cpu_fused._pick(128) == (False, False)  # ... and the next call runs on one thread
+
+
+def test_the_compiled_path_takes_the_notes_network_only():
+    from gpunet.model import LayerStack, build_layers, init_stack_params, parse_arch_text
+
+    arch = parse_arch_text("dense16,dense16")
+    params = init_stack_params(build_layers(arch, (784,), 10), "he", 0, np.float32)
+    stack = LayerStack(CpuBackend(), arch, params, (784,))
+    assert not cpu_fused.supports(stack)  # the same flat parameters, but its loops are not the stack's math
+    assert cpu_fused.supports(Network(CpuBackend(), params))
