@@ -373,6 +373,7 @@ def digits():
     return split_validation(few, 200, seed=0)
 
 
+@pytest.mark.paths
 def test_training_through_the_backend_matches_the_cpu(cuda, launched, digits):
     """Two epochs of mini-batch Adam, in float64: within the bounds of their sums of the generic path and of the CPU
     backend as users run it (in float32 an Adam step of an entry within rounding of 0 may go either way)."""
@@ -404,6 +405,7 @@ def test_training_through_the_backend_matches_the_cpu(cuda, launched, digits):
     np.testing.assert_array_equal(probabilities, GENERIC.softmax(Z).T)  # the same computation, run again
 
 
+@pytest.mark.paths
 def test_full_batch_training_through_the_backend(cuda, launched, digits):
     """batch_size 0: one step over every digit, its rows gathered in order by transpose_scaled."""
     train_digits, val_digits = digits
@@ -450,6 +452,7 @@ def test_the_transfer_count_catches_a_read_in_every_step(cuda, digits, monkeypat
     assert [t.what for t in cuda.xp.transfers] == ["int()"] * steps + ["float()"]  # the total is a host int
 
 
+@pytest.mark.paths
 def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, monkeypatch, capsys, tmp_path):
     """`gpunet train/predict/evaluate --device cuda` end to end: the model saved from device arrays loads back."""
     from gpunet import cli
@@ -469,6 +472,8 @@ def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, 
 
     params, meta = load_model(model)
     assert meta["training"]["device"] == "cuda" and all(type(p) is np.ndarray for p in params)
+    # The backends may rank a digit's top two classes otherwise only where they are near a tie: there either
+    # prediction is right, so the CPU run takes the device's, and then the two print the same.
     predict_labels, predictions = cli.predict_labels, []  # what the device predicted for each call, in order
     spy_on_predictions(monkeypatch, predict_labels,
                        lambda network, digits, labels: predictions.append(labels) or labels)
@@ -498,10 +503,9 @@ def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, 
     rows = submissions["cuda"].read_text().splitlines()
     assert rows[0] == "ImageId,Label" and len(rows) == 201
     cpu_rows = submissions["cpu"].read_text().splitlines()
-    ties = near_tie_digits(params, sample.images[700:900])
     assert rows[0] == cpu_rows[0] and len(cpu_rows) == 201
-    differ = np.array(rows[1:]) != np.array(cpu_rows[1:])
-    assert not (differ & ~ties).any(), [row for row, bad in zip(rows[1:], differ & ~ties) if bad]
+    wrong = (np.array(rows[1:]) != np.array(cpu_rows[1:])) & ~near_tie_digits(params, sample.images[700:900])
+    assert not wrong.any(), f"rows unlike --device cpu's away from a near tie: {np.array(rows[1:])[wrong][:5]}"
 
 
 def spy_on_predictions(monkeypatch, predict, check):

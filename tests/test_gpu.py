@@ -211,6 +211,7 @@ def test_other_dtypes_and_layouts_take_the_generic_path(cuda, launched):
 LR = 0.1
 
 
+@pytest.mark.paths
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_training_step_agrees_with_the_cpu(cuda, dtype):
     from gpunet.optimizers import make_optimizer
@@ -259,6 +260,7 @@ def few_digits(count=600, val_size=200):
                             val_size, seed=0)
 
 
+@pytest.mark.paths
 @pytest.mark.parametrize("optimizer, batch_size", [("adam", 64), ("gd", 0)])
 def test_training_agrees_with_the_cpu_within_its_bounds(cuda, optimizer, batch_size):
     """Two epochs: Adam in float64 (in float32 an entry of m within rounding of 0 steps by +-lr either way),
@@ -302,6 +304,7 @@ def assert_trainings_within(got, want, train_digits, val_digits, config):
     assert len(got.history) == len(want.history) == config.epochs
     per_epoch = len(plan) // config.epochs
     for epoch, (g, w) in enumerate(zip(got.history, want.history), start=1):
+        assert g.lr == w.lr, f"epoch {epoch}: learning rate {g.lr} != {w.lr}"  # the schedule, on the host
         steps = slice((epoch - 1) * per_epoch, epoch * per_epoch)
         assert_within(g.train_loss, w.train_loss, sum(bounds.losses[steps]) / m + mean_rounding(w.train_loss, m),
                       f"epoch {epoch} training loss")
