@@ -1,11 +1,12 @@
 """Benchmark: gpunet against PyTorch eager on the same device, the same network, optimizer and data.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/bench.py [--repeats 7] [--device all]
-        [--samples 41000] [--batches 32,128,512]
+        [--samples 41000] [--batches 32,128,512] [--cnn-repeats 3] [--threads N]
 
 Times, on the CPU and (where gpunet's CUDA backend is usable) on the GPU:
   - one full-batch gradient-descent step, m = 41,000 digits, 784-16-16-10, float32;
   - one epoch of mini-batch SGD at batch 32, 128 and 512;
+  - one epoch of a LeNet-like CNN (conv32k5,pool2,conv64k5,pool2,dense256, gpunet's --arch), batch 128, Adam;
 for gpunet and, where torch imports, the same thing in PyTorch. Prints one table
 with the medians, the gpunet/PyTorch ratios, the full-batch step's floors (the
 bytes of X read once over a measured copy bandwidth; its FLOPs over a measured
@@ -18,7 +19,13 @@ with numba (gpunet/cpu_fused.py) where numba is installed, else NumPy array call
 Timing: gpunet and PyTorch take turns, three rounds each; in a round a side
 runs once untimed, then a third of ``--repeats`` timed runs back to back (as
 training runs its steps). The table shows the median of the timed runs, and
-the fastest in brackets.
+the fastest in brackets. A CNN epoch takes seconds, so its sides take turns every
+epoch instead (``--cnn-repeats`` rounds), each epoch after a short untimed warm-up.
+
+``--threads N`` holds PyTorch's intra-op threads and the BLAS libraries (threadpoolctl) to N for the
+whole run, so that both sides may use as many; gpunet's mini-batch epochs hold BLAS to one thread of
+their own accord (``CpuBackend.compute_threads``), and its own thread pools (the full-batch step's two
+parts, numba's) are not held. bench.py prints the settings it ran with.
 """
 
 from __future__ import annotations
@@ -48,6 +55,11 @@ M = 41_000  # the full-batch step's m: train.csv's 42,000 digits less the 1,000 
 HIDDEN = (16, 16)
 LR = 0.1
 BATCHES = (32, 128, 512)
+CNN_ARCH = "conv32k5,pool2,conv64k5,pool2,dense256"  # gpunet train --arch's spec; the 10-way output is added
+CNN_BATCH = 128
+CNN_LR = 0.001  # Adam at PyTorch's default rate, no weight decay on either side
+CNN_REPEATS = 3  # timed epochs per side
+CNN_WARM = 1024  # digits of the untimed run before each timed epoch (wakes thread pools, fills caches)
 MATMUL_SIZES = {"cpu": 2048, "cuda": 8192}  # n of the n x n product that measures a device's best FLOP/s
 DATA = ROOT.parent / "shared" / "data" / "train.csv.gz"
 
@@ -111,6 +123,8 @@ class Torch:
     X is held as float32 scaled to [0, 1] (what a PyTorch user does), converted once, outside the timing.
     """
 
+    threads = None  # --threads: PyTorch's intra-op threads, set again before every run (see ``hold``)
+
     def __init__(self, torch, device: str, digits):
         self.torch, self.device = torch, device
         torch.manual_seed(0)
@@ -127,8 +141,15 @@ class Torch:
         self.loss(self.model(xb), yb).backward()
         self.optimizer.step()
 
+    def hold(self) -> None:
+        """PyTorch's threads back to --threads: torch and numba load the same libgomp, and a numba parallel loop
+        (gpunet's compiled epochs) sets OpenMP's thread count, which PyTorch reads as its own, back to all cores."""
+        if self.threads is not None:
+            self.torch.set_num_threads(self.threads)
+
     def run(self, batch: int) -> None:
         torch = self.torch
+        self.hold()
         if batch <= 0:
             self.step(self.X, self.y)
         else:
@@ -141,6 +162,59 @@ class Torch:
             torch.cuda.synchronize()
 
 
+class GpunetCNN:
+    """gpunet's LayerStack of CNN_ARCH (what ``gpunet train --arch`` builds), Adam, its own train_epoch."""
+
+    def __init__(self, backend, digits):
+        from gpunet.model import LayerStack, arch_input_shape, build_layers, init_stack_params, parse_arch_text
+
+        self.backend = backend
+        arch = parse_arch_text(CNN_ARCH)
+        shape = arch_input_shape(arch, 784)
+        params = init_stack_params(build_layers(arch, shape, 10), "he", 0, np.float32)
+        self.network = LayerStack(backend, arch, params, shape, 10)
+        self.optimizer = make_optimizer("adam", self.network.groups, CNN_LR)
+        self.data = DeviceData(backend, digits)
+        self.warm_data = DeviceData(backend, Digits(digits.images[:CNN_WARM], digits.labels[:CNN_WARM]))
+        self.rng = np.random.default_rng(1)
+        self.loss = None  # the last epoch's mean training loss (the tests read it)
+
+    def run(self, batch: int) -> None:
+        self.loss, _ = train_epoch(self.network, self.optimizer, self.data, batch, self.rng)
+        self.backend.synchronize()
+
+    def warm(self, batch: int) -> None:
+        train_epoch(self.network, self.optimizer, self.warm_data, batch, self.rng)
+        self.backend.synchronize()
+
+
+class TorchCNN(Torch):
+    """The same CNN in PyTorch eager: Conv2d + ReLU + MaxPool2d twice, Flatten, Linear + ReLU, Linear; Adam.
+
+    X is held as float32 images (m, 1, 28, 28) scaled to [0, 1], converted once, outside the timing.
+    """
+
+    def __init__(self, torch, device: str, digits):
+        self.torch, self.device = torch, device
+        torch.manual_seed(0)
+        nn = torch.nn
+        self.model = nn.Sequential(nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+                                   nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                   nn.Linear(64 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, 10)).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=CNN_LR)
+        self.loss = nn.CrossEntropyLoss()
+        images = torch.from_numpy(digits.images.reshape(-1, 1, 28, 28))
+        self.X = (images.to(device).float() / 255).contiguous()
+        self.y = torch.from_numpy(digits.labels.astype(np.int64)).to(device)
+
+    def warm(self, batch: int) -> None:
+        self.hold()
+        for start in range(0, min(CNN_WARM, len(self.y)), batch):
+            self.step(self.X[start : start + batch], self.y[start : start + batch])
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+
 def seconds(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -150,10 +224,11 @@ def seconds(fn) -> float:
 def compare(sides: dict, batch: int, repeats: int, rounds: int = 3) -> dict:
     """{name: [seconds, ...]} for each side (an error message instead, where it fails).
 
-    In each of ``rounds`` rounds each side runs once untimed, then its share
-    of ``repeats`` timed runs back to back, as steps follow one another in
-    training: its thread pools are awake and its data in cache, as they are
-    there. The sides take turns, so that load from other programs falls on both.
+    In each of ``rounds`` rounds each side runs once untimed (its ``warm``
+    run where it has one), then its share of ``repeats`` timed runs back to
+    back, as steps follow one another in training: its thread pools are awake
+    and its data in cache, as they are there. The sides take turns, so that
+    load from other programs falls on both.
     """
     times = {name: [] for name in sides}
     for round_ in range(rounds):
@@ -162,7 +237,7 @@ def compare(sides: dict, batch: int, repeats: int, rounds: int = 3) -> dict:
             if isinstance(times[name], str):
                 continue
             try:
-                side.run(batch)
+                getattr(side, "warm", side.run)(batch)
             except Exception as exc:  # one side failing still leaves the other's figures
                 times[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:60]
                 continue
@@ -205,6 +280,19 @@ def step_flops(m: int) -> int:
     return 2 * m * (2 * products + back)
 
 
+def cnn_epoch_flops(m: int) -> int:
+    """FLOPs of a CNN epoch's products: W.columns forward, dW = dZ.columns^T, and W^T.dZ but for the first layer.
+
+    A convolution's products are its dense formula's on H_out.W_out columns per sample (im2col).
+    """
+    from gpunet.model import arch_input_shape, build_layers, parse_arch_text
+
+    arch = parse_arch_text(CNN_ARCH)
+    layers = [layer for layer in build_layers(arch, arch_input_shape(arch, 784), 10) if layer.param_shapes()]
+    per_sample = [2 * layer.outputs * layer.fan_in * int(np.prod(layer.output_shape[1:])) for layer in layers]
+    return m * (2 * sum(per_sample) + sum(per_sample[1:]))
+
+
 def read_times(data: Path = DATA) -> tuple[float, float] | None:
     """Seconds to read train.csv.gz with gpunet.data: the first time (parsing) and from its cache."""
     try:
@@ -236,6 +324,25 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def hold_threads(threads: int | None, torch) -> None:
+    """PyTorch's intra-op threads and every BLAS library's threads to ``threads`` for the run (None: as they are)."""
+    if threads is None:
+        return
+    if torch is not None:
+        torch.set_num_threads(threads)
+        Torch.threads = threads
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("(threadpoolctl not installed: --threads cannot hold BLAS)")
+        return
+    try:
+        import scipy.linalg  # noqa: F401  (the compiled CPU path's BLAS: loaded now, so that the limit reaches it)
+    except ImportError:
+        pass
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def describe_machine(torch) -> list[str]:
@@ -297,20 +404,24 @@ def describe_cuda(backend, torch) -> str:
     return text
 
 
-def measure(device: str, backend, digits, batches, repeats: int, torch=None) -> list[tuple]:
-    """The table's rows for one device: (device, work, gpunet ms, PyTorch ms, ratio or note)."""
+def measure(device: str, backend, digits, batches, repeats: int, torch=None, cnn_repeats: int = 0) -> list[tuple]:
+    """The table's rows for one device: (device, work, gpunet ms, PyTorch ms, ratio or note).
+
+    ``cnn_repeats``: timed CNN epochs per side (0: no CNN rows).
+    """
+    with_torch = torch is not None and (device == "cpu" or torch.cuda.is_available())
     sides = {"gpunet": Gpunet(backend, digits)}
-    if torch is not None and (device == "cpu" or torch.cuda.is_available()):
+    if with_torch:
         sides["pytorch"] = Torch(torch, device, digits)
     rows = []
     for batch in [0, *batches]:
         times = compare(sides, batch, repeats)
         work = "full-batch GD step" if batch == 0 else f"SGD epoch, batch {batch}"
-        rows.append((device, work, cell(times["gpunet"]),
-                     cell(times["pytorch"]) if "pytorch" in times else "-",
-                     ratio(times["gpunet"], times.get("pytorch"))))
-    bandwidth = copy_bandwidth(backend)
+        rows.append(row(device, work, times))
     rate = matmul_rate(backend, MATMUL_SIZES[device])
+    if cnn_repeats > 0:
+        rows += measure_cnn(device, backend, digits, cnn_repeats, torch if with_torch else None, rate)
+    bandwidth = copy_bandwidth(backend)
     x_bytes = len(digits) * 784  # uint8
     rows.append((device, "floor: read X once", f"{1e3 * x_bytes / bandwidth:9.2f}", "",
                  f"{x_bytes / 1e6:.1f} MB at {bandwidth / 1e9:.1f} GB/s copy"))
@@ -320,7 +431,31 @@ def measure(device: str, backend, digits, batches, repeats: int, torch=None) -> 
     return rows
 
 
+def measure_cnn(device: str, backend, digits, repeats: int, torch, rate: float) -> list[tuple]:
+    """The CNN epoch's row, the sides taking turns every epoch, and its products' floor at ``rate`` FLOP/s."""
+    sides = {}
+    try:
+        sides["gpunet"] = GpunetCNN(backend, digits)
+    except ImportError:  # an older checkout (--gpunet-root) without LayerStack
+        sides["gpunet"] = None
+    if torch is not None:
+        sides["pytorch"] = TorchCNN(torch, device, digits)
+    times = compare({name: side for name, side in sides.items() if side is not None}, CNN_BATCH, repeats, repeats)
+    times.setdefault("gpunet", "no LayerStack in this checkout")
+    work = f"CNN epoch, batch {CNN_BATCH}, Adam"
+    flops = cnn_epoch_flops(len(digits))
+    return [row(device, work, times),
+            (device, "floor: FLOPs of a CNN epoch", f"{1e3 * flops / rate:9.2f}", "",
+             f"{flops / 1e9:.0f} GFLOP at {rate / 1e9:.0f} GFLOP/s (large sgemm)")]
+
+
 # -- the table --------------------------------------------------------------------------
+def row(device: str, work: str, times: dict) -> tuple:
+    """A timed row: gpunet's and PyTorch's times and their ratio."""
+    return (device, work, cell(times["gpunet"]), cell(times["pytorch"]) if "pytorch" in times else "-",
+            ratio(times["gpunet"], times.get("pytorch")))
+
+
 def cell(times) -> str:
     if isinstance(times, str):
         return times
@@ -341,13 +476,19 @@ def main() -> None:
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="mini-batch sizes, comma-separated")
     parser.add_argument("--samples", type=int, default=M, help="digits in the full batch and each epoch")
     parser.add_argument("--data", type=Path, default=DATA, help="a Kaggle train.csv.gz (synthetic digits where missing)")
+    parser.add_argument("--cnn-repeats", type=int, default=CNN_REPEATS,
+                        help=f"timed epochs of the CNN ({CNN_ARCH}) per side; 0 leaves it out")
+    parser.add_argument("--threads", type=int, help="PyTorch's and BLAS's threads (default: as the libraries set them)")
     args = parser.parse_args()
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads}: give 1 or more")
     batches = [int(b) for b in args.batches.split(",") if b]
     try:
         import torch
     except ImportError:
         torch = None
 
+    hold_threads(args.threads, torch)
     print("\n".join(describe_machine(torch)))
     import gpunet
 
@@ -356,6 +497,9 @@ def main() -> None:
     print(f"Data: {source}")
     print(f"Network 784-16-16-10, float32; full batch: gradient descent, lr {LR}; "
           f"epochs: mini-batch SGD, lr {LR}, reshuffled each epoch")
+    if args.cnn_repeats > 0:
+        print(f"CNN: {CNN_ARCH} + a 10-way output, float32, Adam lr {CNN_LR}, batch {CNN_BATCH}, "
+              f"{args.cnn_repeats} epochs per side, taking turns")
     print(f"Times in ms: median of {args.repeats} runs (fastest in brackets); ratio = gpunet / PyTorch\n")
 
     rows = []
@@ -366,7 +510,7 @@ def main() -> None:
         else:  # its default path: compiled (numba) where installed, else NumPy array calls
             path = backend.cpu_path() if hasattr(backend, "cpu_path") else "NumPy array calls (this checkout has no other)"
             print(f"gpunet on the CPU: {path}")
-        rows += measure(device, backend, digits, batches, args.repeats, torch)
+        rows += measure(device, backend, digits, batches, args.repeats, torch, args.cnn_repeats)
 
     reads = read_times(args.data)
     if reads is not None:

@@ -32,9 +32,19 @@ def small_digits(bench, m=600):
                         rng.integers(0, 10, size=m).astype(np.uint8))
 
 
-def check_rows(rows, device, batches):
+CNN_ROWS = ["CNN epoch, batch 128, Adam", "floor: FLOPs of a CNN epoch"]
+# conv32k5,pool2,conv64k5,pool2,dense256 + the output, counted by hand: W (outputs, fan_in) and b per layer
+CNN_LAYERS = [  # (outputs, fan_in, positions per sample)
+    (32, 1 * 5 * 5, 24 * 24),  # conv32k5 on 28x28 -> 24x24 ('valid'), pool2 -> 12x12
+    (64, 32 * 5 * 5, 8 * 8),  # conv64k5 on 12x12 -> 8x8, pool2 -> 4x4
+    (256, 64 * 4 * 4, 1),  # dense256 on the flattened 64x4x4 maps
+    (10, 256, 1),  # the output layer
+]
+
+
+def check_rows(rows, device, batches, cnn=False):
     works = [row[1] for row in rows]
-    assert works == ["full-batch GD step", *(f"SGD epoch, batch {b}" for b in batches),
+    assert works == ["full-batch GD step", *(f"SGD epoch, batch {b}" for b in batches), *(CNN_ROWS if cnn else []),
                      "floor: read X once", "floor: FLOPs of a step"]
     for row in rows:
         assert row[0] == device
@@ -49,6 +59,41 @@ def test_measure_on_the_cpu(bench):
     assert [row[3] for row in rows[:2]] == ["-", "-"]  # no PyTorch side asked for
 
 
+def test_the_cnn_rows_on_the_cpu(bench):
+    rows = bench.measure("cpu", CpuBackend(), small_digits(bench, 300), [], repeats=1, cnn_repeats=1)
+    check_rows(rows, "cpu", [], cnn=True)
+    assert rows[1][3] == "-" and rows[1][4] == "-"  # no PyTorch side asked for: no time, no ratio
+    per_sample = sum(2 * outputs * fan_in * positions for outputs, fan_in, positions in CNN_LAYERS)
+    backward = per_sample - 2 * 32 * 25 * 24 * 24  # the first layer's input gradient is never computed
+    assert bench.cnn_epoch_flops(300) == 300 * (2 * per_sample + backward)
+    assert re.fullmatch(r"\d+ GFLOP at \d+ GFLOP/s \(large sgemm\)", rows[2][4]), rows[2]
+
+
+def test_the_gpunet_cnn_is_the_spec_and_trains(bench):
+    """GpunetCNN is gpunet's LayerStack of CNN_ARCH, and its timed epoch is a real training epoch."""
+    side = bench.GpunetCNN(CpuBackend(), small_digits(bench, 256))
+    assert side.network.arch == tuple(bench.CNN_ARCH.split(","))
+    assert [tuple(shape) for shape in side.network.shapes] == [
+        shape for outputs, fan_in, _ in CNN_LAYERS for shape in ((outputs, fan_in), (outputs, 1))]
+    before = side.network.flat.copy()
+    side.run(bench.CNN_BATCH)
+    assert side.optimizer.t == 2  # 256 digits at batch 128: two Adam steps
+    assert np.isfinite(side.loss) and side.loss > 0
+    assert not np.array_equal(side.network.flat, before)
+
+
+def test_the_pytorch_cnn_has_the_same_layers(bench):
+    torch = pytest.importorskip("torch")
+    side = bench.TorchCNN(torch, "cpu", small_digits(bench, 256))
+    shapes = [tuple(p.shape) for p in side.model.parameters()]
+    # PyTorch's conv weights are (filters, C, k, k): gpunet's W (filters, C.k.k) unfolded
+    assert [int(np.prod(shape)) for shape in shapes] == [
+        n for outputs, fan_in, _ in CNN_LAYERS for n in (outputs * fan_in, outputs)]
+    before = [p.detach().clone() for p in side.model.parameters()]
+    side.run(bench.CNN_BATCH)
+    assert all(not torch.equal(p, q) for p, q in zip(side.model.parameters(), before))
+
+
 @pytest.mark.kernels
 def test_measure_on_the_cuda_stand_in(bench, stand_in_cuda, monkeypatch):
     """The GPU rows' code (CupyBackend, the device's floors) on the stand-in, its kernels walked on the CPU."""
@@ -57,15 +102,57 @@ def test_measure_on_the_cuda_stand_in(bench, stand_in_cuda, monkeypatch):
     check_rows(rows, "cuda", [128])
 
 
-def test_the_script_prints_its_table(tmp_path):
-    missing = tmp_path / "train.csv.gz"  # synthetic digits: the test does not depend on ../shared
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--samples", "1000", "--repeats", "1", "--batches", "256", "--device", "cpu",
-         "--data", str(missing)],
-        capture_output=True, text=True, timeout=300,  # a guard against a hang, not a timing check
-    )
+def run_script(tmp_path, *options, block_torch=False):
+    """bench.py on 1,000 synthetic digits (the test does not depend on ../shared); (stdout, the table's rows)."""
+    missing = tmp_path / "train.csv.gz"
+    argv = [str(SCRIPT), "--samples", "1000", "--repeats", "1", "--batches", "256", "--device", "cpu",
+            "--data", str(missing), *options]
+    if block_torch:  # as on a machine without PyTorch, whether or not this one has it
+        command = [sys.executable, "-c", "import runpy, sys; sys.modules['torch'] = None; sys.argv = "
+                   f"{argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')"]
+    else:
+        command = [sys.executable, *argv]
+    done = subprocess.run(command, capture_output=True, text=True,
+                          timeout=300)  # a guard against a hang, not a timing check
     assert done.returncode == 0, done.stderr
-    table = [line for line in done.stdout.splitlines() if line.startswith("| cpu")]
     assert "Data: synthetic uint8 digits, 1,000 x 784" in done.stdout
-    assert [line.split("|")[2].strip() for line in table[:4]] == [
+    table = [[cell.strip() for cell in line.split("|")[1:-1]] for line in done.stdout.splitlines()
+             if line.startswith("| cpu")]
+    return done.stdout, table
+
+
+def test_the_script_prints_its_table(tmp_path):
+    _, table = run_script(tmp_path, "--cnn-repeats", "0")
+    assert [row[1] for row in table[:4]] == [
         "full-batch GD step", "SGD epoch, batch 256", "floor: read X once", "floor: FLOPs of a step"]
+
+
+def test_the_script_times_the_cnn_without_pytorch(tmp_path):
+    stdout, table = run_script(tmp_path, "--cnn-repeats", "1", "--threads", "1", block_torch=True)
+    assert "PyTorch: not installed (no comparison column)" in stdout
+    assert "CNN: conv32k5,pool2,conv64k5,pool2,dense256 + a 10-way output" in stdout
+    assert [row[1] for row in table[:6]] == ["full-batch GD step", "SGD epoch, batch 256", *CNN_ROWS,
+                                             "floor: read X once", "floor: FLOPs of a step"]
+    for row in table[:3]:  # timed by gpunet; no PyTorch time, no ratio
+        assert float(row[2].split()[0]) >= 0 and row[3:] == ["-", "-"], row
+
+
+def test_pytorch_keeps_the_threads_it_was_given(bench, monkeypatch):
+    """--threads holds for every PyTorch step, also after gpunet's compiled epochs (where numba's parallel loops
+    run, they set the OpenMP thread count that PyTorch shares back to all cores)."""
+    torch = pytest.importorskip("torch")
+    digits = small_digits(bench)
+    gpunet, pytorch = bench.Gpunet(CpuBackend(), digits), bench.Torch(torch, "cpu", digits)
+    seen = []
+    step = pytorch.step
+    monkeypatch.setattr(pytorch, "step", lambda xb, yb: (seen.append(torch.get_num_threads()), step(xb, yb)))
+    monkeypatch.setattr(bench.Torch, "threads", 1)
+    original = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for _ in range(2):
+            gpunet.run(256)  # batch 256: the compiled path's parallel steps, where numba is installed
+            pytorch.run(256)
+    finally:
+        torch.set_num_threads(original)
+    assert seen and set(seen) == {1}
