@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from gpunet import activations, loss
+from gpunet import activations, layers, loss
 from gpunet.errors import DeviceError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -149,6 +149,27 @@ class Backend:
     def softmax(self, Z):
         """Class probabilities for prediction."""
         return activations.softmax(self.xp, Z)
+
+    # -- the layers' hot operations (gpunet/layers.py's generic code) ----------
+    def im2col(self, x, k: int, pads):
+        """The k x k patches of maps x (C, H, W, m) as columns (C.k.k, H_out.W_out.m): ``layers.im2col``."""
+        return layers.im2col(self.xp, x, k, pads)
+
+    def col2im(self, columns, input_shape, k: int, pads):
+        """The gradient of im2col, maps ``input_shape`` (C, H, W, m): ``layers.col2im``."""
+        return layers.col2im(self.xp, columns, input_shape, k, pads)
+
+    def max_pool(self, x, size: int):
+        """(y, uint8 argmax) of size x size windows, stride ``size``, of maps x: ``layers.max_pool``."""
+        return layers.max_pool(self.xp, x, size)
+
+    def max_pool_backward(self, dy, argmax, input_shape, size: int):
+        """dx of the maps ``input_shape``: each window's dy at its argmax: ``layers.max_pool_backward``."""
+        return layers.max_pool_backward(self.xp, dy, argmax, input_shape, size)
+
+    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype):
+        """Inverted dropout's mask of (seed, step), 0 or 1/(1 - p): ``layers.dropout_mask``."""
+        return layers.dropout_mask(self.xp, shape, p, seed, step, dtype)
 
 
 class CpuBackend(Backend):

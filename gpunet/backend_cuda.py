@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from gpunet import kernels
+from gpunet import kernels, layers
 from gpunet.backend import Backend
 
 try:  # optional: the CPU backend works without it
@@ -30,6 +30,7 @@ LIBRARY_HINT = ("install CuPy with its CUDA libraries: pip install 'gpunet[cuda1
 PROBE_Z = np.array([[1.0, 0.0, 3.0], [2.0, 0.0, -1.0]], np.float32)  # largest: row 1, row 0 (a tie), row 0
 PROBE_LABELS = np.array([1, 0, 1], np.int32)  # two right
 PROBE_PIXELS = np.array([[0, 255]], np.uint8)
+PROBE_MAPS = np.array([2.0, -1.0, 0.5, 4.0, 3.0, 1.0], np.float32).reshape(1, 2, 3, 1)  # one 2x3 map
 
 
 @lru_cache(maxsize=1)
@@ -101,10 +102,16 @@ def _kernels_answer() -> bool:
     count = kernels.count_correct(Z, cupy.asarray(PROBE_LABELS))  # loss.cu
     mask = kernels.relu_backward(cupy.ones(PROBE_Z.shape, np.float32), Z)  # layers.cu
     pixels = kernels.gather_scaled(cupy.asarray(PROBE_PIXELS), None, np.float32)  # data.cu
+    columns = kernels.im2col(cupy.asarray(PROBE_MAPS), 2, (0, 0))  # conv.cu
+    pooled, _ = kernels.max_pool(cupy.asarray(PROBE_MAPS), 2)  # pool.cu
+    dropped = kernels.dropout_mask(cupy.empty(8, np.float32), 0.5, 0, 0)  # dropout.cu
     return (
         int(count) == 2
         and cupy.asnumpy(mask).tolist() == (PROBE_Z > 0).astype(np.float32).tolist()
         and cupy.asnumpy(pixels).tolist() == [[0.0], [1.0]]
+        and cupy.asnumpy(columns).tolist() == layers.im2col(np, PROBE_MAPS, 2, (0, 0)).tolist()
+        and cupy.asnumpy(pooled).tolist() == [[[[4.0]]]]
+        and cupy.asnumpy(dropped).tolist() == layers.dropout_mask(np, (8,), 0.5, 0, 0, np.float32).tolist()
     )
 
 
@@ -194,6 +201,38 @@ class CupyBackend(Backend):
         if _on_device(Z) and Z.ndim == 2:
             return kernels.count_correct(Z, labels)
         return super().count_correct(Z, labels)
+
+    # -- the layers' hot operations: conv.cu, pool.cu, dropout.cu ---------------
+    def im2col(self, x, k: int, pads):
+        """The conv.cu kernel for C-contiguous maps (C, H, W, m); the generic code otherwise."""
+        if _on_device(x) and x.ndim == 4:
+            return kernels.im2col(x, k, pads)
+        return super().im2col(x, k, pads)
+
+    def col2im(self, columns, input_shape, k: int, pads):
+        """The conv.cu gather kernel for C-contiguous columns; the generic code otherwise."""
+        if _on_device(columns) and columns.ndim == 2:
+            return kernels.col2im(columns, input_shape, k, pads)
+        return super().col2im(columns, input_shape, k, pads)
+
+    def max_pool(self, x, size: int):
+        """The pool.cu kernel for C-contiguous maps (C, H, W, m); the generic code otherwise."""
+        if _on_device(x) and x.ndim == 4 and 2 <= size <= 16:
+            return kernels.max_pool(x, size)
+        return super().max_pool(x, size)
+
+    def max_pool_backward(self, dy, argmax, input_shape, size: int):
+        """The pool.cu kernel for C-contiguous dy and its uint8 argmax; the generic code otherwise."""
+        if (_on_device(dy) and dy.ndim == 4 and 2 <= size <= 16 and isinstance(argmax, cupy.ndarray)
+                and argmax.dtype == np.uint8 and argmax.shape == dy.shape and argmax.flags.c_contiguous):
+            return kernels.max_pool_backward(dy, argmax, input_shape, size)
+        return super().max_pool_backward(dy, argmax, input_shape, size)
+
+    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype):
+        """The dropout.cu kernel for float32/float64 masks (the generic mask's bits); the generic code otherwise."""
+        if kernels.supports(dtype):
+            return kernels.dropout_mask(cupy.empty(shape, dtype=dtype), p, seed, step)
+        return super().dropout_mask(shape, p, seed, step, dtype)
 
 
 def _text(value) -> str:

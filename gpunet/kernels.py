@@ -31,11 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
+from gpunet import layers
+
 # kernels/<file>.cu -> the __global__ templates it defines, each compiled for every CTYPES value.
 MODULES: dict[str, tuple[str, ...]] = {
     "loss": ("softmax_cross_entropy", "count_correct"),
     "layers": ("bias_relu", "relu_backward"),
     "data": ("gather_scaled", "transpose_scaled"),
+    "conv": ("im2col", "col2im"),
+    "pool": ("max_pool", "max_pool_backward"),
+    "dropout": ("dropout_mask",),
 }
 # NumPy dtype -> the kernel templates' T. Other dtypes use the generic xp code.
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -57,6 +62,11 @@ WRITES: dict[str, tuple[int, ...]] = {
     "relu_backward": (0,),
     "gather_scaled": (2,),
     "transpose_scaled": (1,),
+    "im2col": (1,),
+    "col2im": (1,),
+    "max_pool": (1, 2),
+    "max_pool_backward": (2,),
+    "dropout_mask": (0,),
 }
 # Threads per block; a grid of at most MAX_BLOCKS blocks covers any size with
 # its grid-stride loop.
@@ -451,3 +461,125 @@ def gather_scaled(images, index, dtype, out=None, *, launcher=None):
         grid, block = launch_shape(A0.size)
         _run(Launch("data", kernel, ctype, grid, block, args), launcher)
     return A0
+
+
+# -- the layers' kernels: convolution, pooling, dropout ------------------------------------------
+def _maps(op: str, name: str, array):
+    """Check maps (C, H, W, m), C-contiguous; return (xp, ctype)."""
+    xp = _array_module(array)
+    ctype = _ctype(op, array.dtype)
+    _require(array.ndim == 4, op, f"{name} must be maps (C, H, W, m), not {array.shape}")
+    _require(array.flags.c_contiguous, op, f"{name} must be C-contiguous")
+    return xp, ctype
+
+
+def _conv_sizes(op: str, input_shape, k: int, pads) -> tuple[int, int, int]:
+    """(pad before, H_out, W_out) of a stride-1 convolution of k x k over maps ``input_shape`` padded by ``pads``."""
+    _require(len(input_shape) == 4, op, f"the maps must be (C, H, W, m), not {tuple(input_shape)}")
+    _require(int(k) >= 1, op, f"the kernel size must be at least 1, not {k}")
+    before, after = (int(n) for n in pads)
+    _require(before >= 0 and after >= 0, op, f"pads must be 0 or more, not {tuple(pads)}")
+    H_out, W_out = (int(n) + before + after - int(k) + 1 for n in input_shape[1:3])
+    _require(H_out >= 1 and W_out >= 1, op, f"a {k}x{k} kernel does not fit in the maps {tuple(input_shape)}")
+    return before, H_out, W_out
+
+
+def _conv_args(shape, k, before, H_out, W_out) -> tuple:
+    C, H, W, m = shape
+    return tuple(_i64(n) for n in (C, H, W, m, k, before, H_out, W_out))
+
+
+def im2col(x, k: int, pads, *, launcher=None):
+    """The k x k patches of maps x (C, H, W, m), padded by ``pads`` (before, after), as columns
+    (C.k.k, H_out.W_out.m), one thread per column entry: gpunet.layers.im2col."""
+    op = "im2col"
+    xp, ctype = _maps(op, "x", x)
+    before, H_out, W_out = _conv_sizes(op, x.shape, k, pads)
+    C, H, W, m = x.shape
+    columns = xp.empty((C * k * k, H_out * W_out * m), dtype=x.dtype)
+    if columns.size:
+        grid, block = launch_shape(columns.size)
+        _run(Launch("conv", op, ctype, grid, block, (x, columns, *_conv_args(x.shape, k, before, H_out, W_out))),
+             launcher)
+    return columns
+
+
+def col2im(columns, input_shape, k: int, pads, *, launcher=None):
+    """The gradient of im2col: maps ``input_shape`` (C, H, W, m), each element the sum of the column entries
+    that copied it, one thread per element gathering them (no atomics): gpunet.layers.col2im."""
+    op = "col2im"
+    xp = _array_module(columns)
+    ctype = _ctype(op, columns.dtype)
+    input_shape = tuple(int(n) for n in input_shape)
+    before, H_out, W_out = _conv_sizes(op, input_shape, k, pads)
+    C, H, W, m = input_shape
+    expected = (C * k * k, H_out * W_out * m)
+    _require(columns.shape == expected, op, f"columns must be {expected} for maps {input_shape}, not {columns.shape}")
+    _require(columns.flags.c_contiguous, op, "columns must be C-contiguous")
+    dx = xp.empty(input_shape, dtype=columns.dtype)
+    if dx.size:
+        grid, block = launch_shape(dx.size)
+        _run(Launch("conv", op, ctype, grid, block, (columns, dx, *_conv_args(input_shape, k, before, H_out, W_out))),
+             launcher)
+    return dx
+
+
+def _pool_size(op: str, size: int) -> int:
+    _require(2 <= int(size) <= 16, op, f"the window size must be from 2 to 16 (argmax is uint8), not {size}")
+    return int(size)
+
+
+def max_pool(x, size: int, *, launcher=None):
+    """(y, argmax) of size x size windows, stride ``size``, of maps x (C, H, W, m), one thread per output:
+    gpunet.layers.max_pool (argmax uint8, the first largest entry; NaN pools to NaN)."""
+    op = "max_pool"
+    xp, ctype = _maps(op, "x", x)
+    size = _pool_size(op, size)
+    C, H, W, m = x.shape
+    shape = (C, H // size, W // size, m)
+    y = xp.empty(shape, dtype=x.dtype)
+    argmax = xp.empty(shape, dtype=np.uint8)
+    if y.size:
+        grid, block = launch_shape(y.size)
+        args = (x, y, argmax, *(_i64(n) for n in (C, H, W, m, size, shape[1], shape[2])))
+        _run(Launch("pool", op, ctype, grid, block, args), launcher)
+    return y, argmax
+
+
+def max_pool_backward(dy, argmax, input_shape, size: int, *, launcher=None):
+    """dx of maps ``input_shape``: each window's dy at its argmax entry, 0 elsewhere, one thread per input
+    element (no atomics): gpunet.layers.max_pool_backward."""
+    op = "max_pool_backward"
+    xp, ctype = _maps(op, "dy", dy)
+    size = _pool_size(op, size)
+    input_shape = tuple(int(n) for n in input_shape)
+    _require(len(input_shape) == 4, op, f"input_shape must be (C, H, W, m), not {input_shape}")
+    C, H, W, m = input_shape
+    shape = (C, H // size, W // size, m)
+    _require(dy.shape == shape, op, f"dy must be {shape} for maps {input_shape}, not {dy.shape}")
+    _require(argmax.shape == shape, op, f"argmax must be {shape} like dy, not {argmax.shape}")
+    _require(argmax.dtype == np.uint8, op, f"argmax must be uint8, not {argmax.dtype}")
+    _require(argmax.flags.c_contiguous, op, "argmax must be C-contiguous")
+    dx = xp.empty(input_shape, dtype=dy.dtype)
+    if dx.size:
+        grid, block = launch_shape(dx.size)
+        args = (dy, argmax, dx, *(_i64(n) for n in (C, H, W, m, size, shape[1], shape[2])))
+        _run(Launch("pool", op, ctype, grid, block, args), launcher)
+    return dx
+
+
+def dropout_mask(mask, p: float, seed: int, step: int, *, launcher=None):
+    """Fill ``mask`` (C-contiguous) with inverted dropout's mask of (seed, step): gpunet.layers.dropout_mask, bit
+    for bit (element n, in C order, kept where SplitMix64's n-th output from dropout_key(seed, step) has its top
+    32 bits at least round(p.2^32)). Returns mask."""
+    op = "dropout_mask"
+    ctype = _ctype(op, mask.dtype)
+    _require(mask.flags.c_contiguous, op, "mask must be C-contiguous (it is written)")
+    _require(0.0 <= float(p) < 1.0, op, f"the drop probability must be at least 0 and below 1, not {p}")
+    key = np.uint64(layers.dropout_key(int(seed), int(step)))
+    threshold = np.uint64(round(float(p) * 2**32))
+    scale = mask.dtype.type(1.0 / (1.0 - float(p)))  # as the generic mask's, rounded once to T
+    if mask.size:
+        grid, block = launch_shape(mask.size)
+        _run(Launch("dropout", op, ctype, grid, block, (mask, key, threshold, scale, _i64(mask.size))), launcher)
+    return mask

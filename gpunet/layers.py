@@ -20,10 +20,10 @@ Every layer has one small interface (shapes leave out the sample axis m):
 parameter gradients into ``grads`` when given (views of one flat gradient array), and skips the input
 gradient where ``input_grad`` is False (the first layer's is never used).
 
-The layers are written once against ``backend.xp``. ReLU goes through the backend's hot operations
-``bias_relu`` and ``relu_backward`` (a CUDA kernel on the GPU). The other hot operations (``im2col``,
-``col2im``, ``max_pool``, ``max_pool_backward``, ``dropout_mask``) are module functions taking ``xp``,
-as in activations.py: the generic code, and the reference a backend's kernel is tested against.
+The layers are written once against ``backend.xp`` and call the backend's hot operations: ``bias_relu``
+and ``relu_backward``, and ``im2col``, ``col2im``, ``max_pool``, ``max_pool_backward``, ``dropout_mask``
+(each a CUDA kernel on the GPU). Those last five are module functions here taking ``xp``, as in
+activations.py: the generic code that ``backend.Backend`` runs, and the reference a kernel is tested against.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ class Conv2D(_Affine):
     def forward(self, x, training: bool = False):
         """y = relu(W . im2col(x) + b) as maps (filters, H_out, W_out, m); saved: (columns, y as (filters, -1))."""
         W, b = self.params
-        columns = im2col(self.backend.xp, x, self.k, self.pads)
+        columns = self.backend.im2col(x, self.k, self.pads)
         Y = affine(self.backend, W, b, columns, self.relu)
         return Y.reshape(*self.output_shape, x.shape[-1]), (columns, Y)
 
@@ -249,7 +249,7 @@ class Conv2D(_Affine):
                                           self.relu, grads, input_grad)
         if not input_grad:
             return None, grads
-        return col2im(self.backend.xp, dcolumns, (*self.input_shape, m), self.k, self.pads), grads
+        return self.backend.col2im(dcolumns, (*self.input_shape, m), self.k, self.pads), grads
 
 
 # -- max-pooling -----------------------------------------------------------------------------------
@@ -312,13 +312,13 @@ class MaxPool2D(Layer):
 
     def forward(self, x, training: bool = False):
         """(y, saved = argmax)."""
-        return max_pool(self.backend.xp, x, self.size)
+        return self.backend.max_pool(x, self.size)
 
     def backward(self, dy, saved, grads=None, input_grad=True):
         """(dx, [])."""
         if not input_grad:
             return None, []
-        return max_pool_backward(self.backend.xp, dy, saved, (*self.input_shape, dy.shape[-1]), self.size), []
+        return self.backend.max_pool_backward(dy, saved, (*self.input_shape, dy.shape[-1]), self.size), []
 
 
 # -- dropout ---------------------------------------------------------------------------------------
@@ -395,7 +395,7 @@ class Dropout(Layer):
         """(y, saved = the mask, or None at prediction time)."""
         if not training or self.p == 0.0:
             return x, None
-        mask = dropout_mask(self.backend.xp, x.shape, self.p, self.seed, self.step, x.dtype)
+        mask = self.backend.dropout_mask(x.shape, self.p, self.seed, self.step, x.dtype)
         return x * mask, mask
 
     def backward(self, dy, saved, grads=None, input_grad=True):

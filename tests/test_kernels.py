@@ -28,6 +28,7 @@ from gpunet import kernels
 from gpunet.backend import CpuBackend
 from tests.kernel_support import HOST_DIR, logits
 from tests.tolerances import assert_within, gamma, softmax_cross_entropy_bounds
+from gpunet import layers
 
 pytestmark = pytest.mark.kernels
 
@@ -216,6 +217,12 @@ def test_wrappers_launch_only_compiled_instantiations(dtype):
     kernels.relu_backward(Z.copy(), Z, launcher=record)
     kernels.gather_scaled(images, np.array([3, 1]), dtype, launcher=record)
     kernels.gather_scaled(images, None, dtype, launcher=record)
+    maps = rng.standard_normal((2, 5, 4, 3)).astype(dtype)
+    columns = kernels.im2col(maps, 3, (1, 1), launcher=record)
+    kernels.col2im(columns, maps.shape, 3, (1, 1), launcher=record)
+    pooled, argmax = kernels.max_pool(maps, 2, launcher=record)
+    kernels.max_pool_backward(pooled, argmax, maps.shape, 2, launcher=record)
+    kernels.dropout_mask(np.empty((4, 5), dtype), 0.5, 1, 2, launcher=record)
     launched = {(launch.module, launch.kernel) for launch in record.launches}
     assert launched == {(module, name) for module, names in kernels.MODULES.items() for name in names}
     for launch in record.launches:
@@ -242,6 +249,23 @@ def test_wrappers_reject_what_the_kernels_cannot_take():
         lambda: kernels.gather_scaled(np.zeros((4, 784), np.float32), None, np.float32, launcher=record),
         lambda: kernels.gather_scaled(np.zeros((4, 784), np.uint8), np.zeros(2), np.float32, launcher=record),
         lambda: kernels.gather_scaled(np.zeros((4, 784), np.uint8), None, np.int32, launcher=record),
+        lambda: kernels.im2col(np.zeros((1, 4, 4), np.float32), 3, (0, 0), launcher=record),
+        lambda: kernels.im2col(np.zeros((1, 4, 4, 2), np.float32), 5, (0, 0), launcher=record),  # does not fit
+        lambda: kernels.im2col(np.zeros((1, 4, 4, 2), np.float32), 3, (-1, 0), launcher=record),
+        lambda: kernels.im2col(np.zeros((1, 4, 4, 2), np.float32)[..., ::2], 3, (0, 0), launcher=record),
+        lambda: kernels.im2col(np.zeros((1, 4, 4, 2), np.int32), 3, (0, 0), launcher=record),
+        lambda: kernels.col2im(np.zeros((9, 9), np.float32), (1, 4, 4, 2), 3, (0, 0), launcher=record),  # not 4x4x2's
+        lambda: kernels.col2im(np.zeros((8, 9), np.float32).T, (1, 4, 4, 2), 3, (0, 0), launcher=record),
+        lambda: kernels.max_pool(np.zeros((1, 4, 4, 2), np.float32), 1, launcher=record),
+        lambda: kernels.max_pool(np.zeros((1, 40, 40, 2), np.float32), 17, launcher=record),  # argmax is uint8
+        lambda: kernels.max_pool(np.zeros((4, 4, 2), np.float32), 2, launcher=record),
+        lambda: kernels.max_pool_backward(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.int64),
+                                          (1, 4, 4, 2), 2, launcher=record),
+        lambda: kernels.max_pool_backward(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.uint8),
+                                          (1, 6, 4, 2), 2, launcher=record),  # dy is not that map's pooling
+        lambda: kernels.dropout_mask(np.empty((3, 4), np.float32).T, 0.5, 0, 0, launcher=record),
+        lambda: kernels.dropout_mask(np.empty(4, np.float32), 1.0, 0, 0, launcher=record),
+        lambda: kernels.dropout_mask(np.empty(4, np.int32), 0.5, 0, 0, launcher=record),
     ]
     for call in bad:
         with pytest.raises(ValueError):
@@ -425,3 +449,182 @@ def test_gather_scaled_bad_index_is_nan_not_a_stray_read(walk):
     A0 = kernels.gather_scaled(images, index, np.float32, launcher=walk)
     assert np.isnan(A0[:, [1, 2, 4]]).all()
     np.testing.assert_array_equal(A0[:, [0, 3]], CPU.gather_scaled(images, index[[0, 3]], np.float32))
+
+
+# -- the layers' kernels: convolution, pooling, dropout ---------------------------------------------------
+# (C, H, W): one channel, three, non-square maps; each with k = 1, 3, 5 and 'valid' or 'same' padding.
+MAPS = ((1, 7, 5), (3, 6, 9))
+CONVS = [(k, padding) for k in (1, 3, 5) for padding in ("valid", "same")]
+BIG_M = 700  # conv3k5 over 3x6x9 'same' maps: 75 x 54 x 700 = 2.8 million column entries, past 8192 blocks of 256
+
+
+def conv_pads(k, padding):
+    return layers.same_padding(k) if padding == "same" else (0, 0)
+
+
+def random_maps(rng, shape, m, dtype):
+    """Random maps (C, H, W, m) with exact zeros, negative zeros, huge, tiny and NaN entries among them."""
+    x = (rng.standard_normal((*shape, m)) * rng.choice([1e-3, 1.0, 1e3], size=m)).astype(dtype)
+    flat = x.reshape(-1)
+    flat[::13] = 0.0
+    flat[5::17] = -0.0
+    flat[7::101] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES)
+@pytest.mark.parametrize("k, padding", CONVS)
+@pytest.mark.parametrize("maps", MAPS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_im2col(walk, dtype, maps, k, padding, m, shape):
+    """Each column entry is a copy of a map element or a 0 of the padding: the generic code's bits."""
+    x = random_maps(np.random.default_rng(m + k), maps, m, dtype)
+    before = x.copy()
+    got = kernels.im2col(x, k, conv_pads(k, padding), launcher=walk.shaped(**SHAPES[shape]))
+    want = CPU.im2col(x, k, conv_pads(k, padding))
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))  # a copied -0.0 stays -0.0; the padding is +0.0
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES)
+@pytest.mark.parametrize("k, padding", CONVS)
+@pytest.mark.parametrize("maps", MAPS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_col2im(walk, dtype, maps, k, padding, m, shape):
+    """Each input element sums the entries that copied it, from 0 in ascending (i, j) order as the generic
+    k.k shifted-slice additions do: the same additions in the same order, so the same bits."""
+    rng = np.random.default_rng(m + 10 * k)
+    input_shape = (*maps, m)
+    pads = conv_pads(k, padding)
+    rows, cols = CPU.im2col(np.zeros(input_shape, dtype), k, pads).shape
+    columns = (rng.standard_normal((rows, cols)) * rng.choice([1e-3, 1.0, 1e3], size=cols)).astype(dtype)
+    before = columns.copy()
+    got = kernels.col2im(columns, input_shape, k, pads, launcher=walk.shaped(**SHAPES[shape]))
+    want = CPU.col2im(columns, input_shape, k, pads)
+    assert got.shape == input_shape and got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(columns, before)
+    # And what the sum is: col2im is im2col's transpose, <im2col(x), columns> = <x, col2im(columns)>
+    x = rng.standard_normal(input_shape)
+    lhs, rhs = np.vdot(CPU.im2col(x, k, pads), columns), np.vdot(x, got)
+    terms = np.vdot(np.abs(CPU.im2col(x, k, pads)), np.abs(columns))
+    assert abs(lhs - rhs) <= 2 * gamma(columns.size + k * k, np.float64) * terms + gamma(k * k, dtype) * terms
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_im2col_and_col2im_large_count(walk, dtype):
+    """More entries than the package's 8192 blocks of 256 threads: each thread goes round its loop."""
+    x = random_maps(np.random.default_rng(9), (3, 6, 9), BIG_M, dtype)
+    columns = kernels.im2col(x, 5, (2, 2), launcher=walk)
+    assert columns.size > kernels.MAX_BLOCKS * kernels.BLOCK and walk.launches[-1].grid == kernels.MAX_BLOCKS
+    np.testing.assert_array_equal(columns, CPU.im2col(x, 5, (2, 2)))
+    columns = np.nan_to_num(columns)
+    np.testing.assert_array_equal(kernels.col2im(columns, x.shape, 5, (2, 2), launcher=walk),
+                                  CPU.col2im(columns, x.shape, 5, (2, 2)))
+
+
+POOLS = [((1, 7, 5), 2), ((3, 6, 9), 2), ((2, 9, 7), 3), ((1, 4, 4), 4)]  # odd sizes: floored rows and columns
+
+
+def pool_input(rng, maps, m, dtype):
+    """Small integers (many ties, among them -0.0 against 0.0) with a few NaN and inf."""
+    x = rng.integers(-2, 3, size=(*maps, m)).astype(dtype)
+    flat = x.reshape(-1)
+    flat[3::7] = -0.0
+    flat[rng.integers(0, x.size, size=max(1, x.size // 40))] = np.nan
+    flat[rng.integers(0, x.size, size=max(1, x.size // 60))] = -np.inf
+    flat[rng.integers(0, x.size, size=max(1, x.size // 60))] = np.inf
+    return x
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES)
+@pytest.mark.parametrize("maps, size", POOLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool(walk, dtype, maps, size, m, shape):
+    """Comparisons only: the generic maxima (NaN where a window holds one) and argmax (the first on a tie)."""
+    x = pool_input(np.random.default_rng(m + size), maps, m, dtype)
+    before = x.copy()
+    y, argmax = kernels.max_pool(x, size, launcher=walk.shaped(**SHAPES[shape]))
+    want_y, want_argmax = CPU.max_pool(x, size)
+    assert y.dtype == np.dtype(dtype) and argmax.dtype == np.uint8
+    np.testing.assert_array_equal(y, want_y)  # NaN matches NaN (a -0.0 max may be 0.0 either way: equal)
+    np.testing.assert_array_equal(argmax, want_argmax)
+    np.testing.assert_array_equal(x, before)
+    if m >= 256:  # the inputs hold what the test is about: NaN windows, first and last entries as argmax
+        assert np.isnan(y).any() and (argmax == 0).any() and (argmax == size * size - 1).any()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES)
+@pytest.mark.parametrize("maps, size", POOLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_backward(walk, dtype, maps, size, m, shape):
+    """A multiply by 1 or 0 per input element: the generic code's bits, a NaN or inf in dy showing."""
+    rng = np.random.default_rng(m + 3 * size)
+    x = pool_input(rng, maps, m, dtype)
+    _, argmax = CPU.max_pool(x, size)
+    dy = rng.standard_normal(argmax.shape).astype(dtype)
+    dy.flat[::11] = np.inf
+    dy.flat[1::13] = np.nan
+    before = dy.copy(), argmax.copy()
+    dx = kernels.max_pool_backward(dy, argmax, x.shape, size, launcher=walk.shaped(**SHAPES[shape]))
+    with np.errstate(invalid="ignore"):  # inf * 0 is NaN, on purpose
+        want = CPU.max_pool_backward(dy, argmax, x.shape, size)
+    assert dx.shape == x.shape and dx.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(dx, want)
+    np.testing.assert_array_equal(dy, before[0])
+    np.testing.assert_array_equal(argmax, before[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_large_count(walk, dtype):
+    x = pool_input(np.random.default_rng(4), (3, 6, 9), 40_000, dtype)  # 1.2 million outputs, 6.5 million inputs
+    y, argmax = kernels.max_pool(x, 2, launcher=walk)
+    want_y, want_argmax = CPU.max_pool(x, 2)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(argmax, want_argmax)
+    dy = np.random.default_rng(5).standard_normal(y.shape).astype(dtype)
+    dx = kernels.max_pool_backward(dy, argmax, x.shape, 2, launcher=walk)
+    assert walk.launches[-1].grid == kernels.MAX_BLOCKS
+    np.testing.assert_array_equal(dx, CPU.max_pool_backward(dy, argmax, x.shape, 2))
+
+
+# Seeds and steps whose key is above 2^63 and below it (a signed 64-bit key would differ there).
+DROPOUT_STREAMS = [(0, 0), (7, 123_456), (2**40 + 3, 2**33 + 1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("size", SAMPLES)
+@pytest.mark.parametrize("p", (0.0, 0.25, 0.5, 0.9))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask(walk, dtype, p, size, shape):
+    """Integer arithmetic modulo 2^64 and a choice between 0 and T(1/(1 - p)): the generic mask, bit for bit."""
+    assert_dropout_masks_match(walk.shaped(**SHAPES[shape]), dtype, p, size)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask_large_count(walk, dtype):
+    assert_dropout_masks_match(walk, dtype, 0.5, 3_000_017)
+    assert walk.launches[-1].grid == kernels.MAX_BLOCKS
+
+
+def assert_dropout_masks_match(walk, dtype, p, size):
+    for seed, step in DROPOUT_STREAMS:
+        mask = np.full(size, np.nan, dtype)
+        assert kernels.dropout_mask(mask, p, seed, step, launcher=walk) is mask
+        np.testing.assert_array_equal(mask, layers.dropout_mask(np, (size,), p, seed, step, dtype))
+    keys = [layers.dropout_key(seed, step) for seed, step in DROPOUT_STREAMS]
+    assert min(keys) < 2**63 <= max(keys)
+
+
+def test_dropout_mask_of_maps_is_numbered_in_c_order(walk):
+    """A mask (C, H, W, m) is element n = ((c.H + y).W + x).m + s's draw, as the generic mask of that shape."""
+    mask = np.empty((3, 5, 4, 7), np.float32)
+    kernels.dropout_mask(mask, 0.3, 11, 5, launcher=walk)
+    np.testing.assert_array_equal(mask, layers.dropout_mask(np, mask.shape, 0.3, 11, 5, np.float32))
+    assert 0 < np.count_nonzero(mask) < mask.size

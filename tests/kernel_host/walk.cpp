@@ -21,7 +21,7 @@
 //     ARG     A:DTYPE:COUNT:PATH   an array: COUNT elements in a raw file,
 //                                  read before the walk and written back after
 //             S:DTYPE:VALUE        a scalar passed by value
-//     DTYPE   numpy's code for the element type: f4 f8 i4 i8 u1
+//     DTYPE   numpy's code for the element type: f4 f8 i4 i8 u1 u8
 // Each ARG's DTYPE must be the C type of that kernel parameter, so a wrapper
 // that passes, say, int64 labels to an int* parameter fails here.
 // Exit status: 0 done, 2 bad usage or argument types (a sanitizer's report exits too).
@@ -38,9 +38,12 @@
 
 gpunet_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
+#include "conv.cu"
 #include "data.cu"
+#include "dropout.cu"
 #include "layers.cu"
 #include "loss.cu"
+#include "pool.cu"
 
 namespace {
 
@@ -56,6 +59,7 @@ template <> const char* dtype_code<double>() { return "f8"; }
 template <> const char* dtype_code<int>() { return "i4"; }
 template <> const char* dtype_code<long long>() { return "i8"; }
 template <> const char* dtype_code<unsigned char>() { return "u1"; }
+template <> const char* dtype_code<unsigned long long>() { return "u8"; }
 
 struct Arg {
     char kind = 0;      // 'A' array, 'S' scalar
@@ -140,6 +144,9 @@ public:
         const Arg& arg = at(k, 'S', dtype_code<E>());
         if (dtype_code<E>()[0] == 'f') {
             return (E)std::strtod(arg.value.c_str(), nullptr);
+        }
+        if (dtype_code<E>()[0] == 'u') {  // unsigned: the whole range (a 64-bit key above 2^63)
+            return (E)std::strtoull(arg.value.c_str(), nullptr, 10);
         }
         return (E)std::strtoll(arg.value.c_str(), nullptr, 10);
     }
@@ -246,6 +253,41 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
         T* A0 = a.array<T>(1);
         const long long rows = a.scalar<long long>(2), features = a.scalar<long long>(3);
         walk(grid, block, reverse, [&] { transpose_scaled<T>(images, A0, rows, features); });
+    } else if (kernel == "im2col" || kernel == "col2im") {
+        need(a, kernel, 10);
+        const T* in = a.array<T>(0);
+        T* out = a.array<T>(1);
+        long long s[8];
+        for (size_t k = 0; k < 8; ++k) s[k] = a.scalar<long long>(k + 2);  // C H W m k pad H_out W_out
+        if (kernel == "im2col") {
+            walk(grid, block, reverse, [&] { im2col<T>(in, out, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]); });
+        } else {
+            walk(grid, block, reverse, [&] { col2im<T>(in, out, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]); });
+        }
+    } else if (kernel == "max_pool") {
+        need(a, kernel, 10);
+        const T* x = a.array<T>(0);
+        T* y = a.array<T>(1);
+        unsigned char* argmax = a.array<unsigned char>(2);
+        long long s[7];
+        for (size_t k = 0; k < 7; ++k) s[k] = a.scalar<long long>(k + 3);  // C H W m size H_out W_out
+        walk(grid, block, reverse, [&] { max_pool<T>(x, y, argmax, s[0], s[1], s[2], s[3], s[4], s[5], s[6]); });
+    } else if (kernel == "max_pool_backward") {
+        need(a, kernel, 10);
+        const T* dy = a.array<T>(0);
+        const unsigned char* argmax = a.array<unsigned char>(1);
+        T* dx = a.array<T>(2);
+        long long s[7];
+        for (size_t k = 0; k < 7; ++k) s[k] = a.scalar<long long>(k + 3);  // C H W m size H_out W_out
+        walk(grid, block, reverse,
+             [&] { max_pool_backward<T>(dy, argmax, dx, s[0], s[1], s[2], s[3], s[4], s[5], s[6]); });
+    } else if (kernel == "dropout_mask") {
+        need(a, kernel, 5);
+        T* mask = a.array<T>(0);
+        const unsigned long long key = a.scalar<unsigned long long>(1), threshold = a.scalar<unsigned long long>(2);
+        const T scale = a.scalar<T>(3);
+        const long long n = a.scalar<long long>(4);
+        walk(grid, block, reverse, [&] { dropout_mask<T>(mask, key, threshold, scale, n); });
     } else {
         die("unknown kernel " + kernel);
     }

@@ -1,0 +1,57 @@
+// Dropout's mask: element n is 0 (dropped) or 1/(1 - p) (kept), drawn from a
+// counter-based hash of (key, n), so that no random state lives on the device
+// and the GPU draws exactly the CPU's mask.
+//
+// Compiled by NVRTC through cupy.RawModule for T = float and T = double, and
+// for the CPU by the test harness (see the head of loss.cu for why the
+// per-item work is a __host__ __device__ function and each kernel only a
+// grid-stride loop). The generic code it is tested against, bit for bit, is
+// gpunet/layers.py's dropout_mask: integer arithmetic modulo 2^64 and one
+// choice between two numbers computed on the host.
+//
+// Element n is the n-th element of the mask in C order (n = unit * m + sample
+// for (units, m)), and the mask is written C-contiguous: one thread per
+// element, coalesced. Every size is a long long (the wrappers pass
+// numpy.int64; the key and threshold numpy.uint64).
+
+// Grid-stride loop: global thread t handles items t, t + G, t + 2G, ... where
+// G is the number of threads in the grid, so any grid size covers any n.
+// (#undef at the end of the file: the host harness includes every .cu file
+// in one translation unit, and each must run with its own definition.)
+#define GPUNET_GRID_STRIDE(i, n)                                          \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; \
+         i < (n); i += (long long)blockDim.x * gridDim.x)
+
+// SplitMix64's n-th output (n from 0) from state `key`: mix64(key + (n + 1) * GOLDEN),
+// unsigned arithmetic wrapping modulo 2^64 (Steele, Lea and Flood, 2014; layers.splitmix64).
+__host__ __device__ inline unsigned long long splitmix64_output(unsigned long long key, long long n)
+{
+    unsigned long long z = key + ((unsigned long long)n + 1ULL) * 0x9E3779B97F4A7C15ULL;
+    z ^= z >> 30;
+    z *= 0xBF58476D1CE4E5B9ULL;
+    z ^= z >> 27;
+    z *= 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return z;
+}
+
+// Element n of the mask: kept where the output's top 32 bits are at least
+// `threshold` (round(p . 2^32)), so dropped with probability p.
+template <typename T>
+__host__ __device__ inline T dropout_element(
+    unsigned long long key, unsigned long long threshold, T scale, long long n)
+{
+    return (splitmix64_output(key, n) >> 32) >= threshold ? scale : T(0);
+}
+
+// mask: n elements, written; key: layers.dropout_key(seed, step); scale: T(1/(1 - p)).
+template <typename T>
+__global__ void dropout_mask(
+    T* mask, unsigned long long key, unsigned long long threshold, T scale, long long n)
+{
+    GPUNET_GRID_STRIDE(e, n) {
+        mask[e] = dropout_element(key, threshold, scale, e);
+    }
+}
+
+#undef GPUNET_GRID_STRIDE
