@@ -259,18 +259,8 @@ def test_divergence_stops_with_a_hint_and_keeps_the_last_good_weights(capsys, tm
 
 def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):
     out = tmp_path / "m.npz"
-    proc = subprocess.Popen([sys.executable, "-m", "gpunet", "train", "--device", "cpu", "--epochs", "1000",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        for line in proc.stdout:  # wait until a whole epoch is done
-            if line.startswith("epoch"):
-                break
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    code, err = interrupt_after_first_epoch(["--out", str(out)])
+    assert code == 130, err[-2000:]
     assert "Interrupted" in err and str(out) in err and "Traceback" not in err
     from gpunet.checkpoint import load_model
 
