@@ -379,8 +379,9 @@ def test_the_drawing_page_answers_with_a_cnn(cnn_model):
 
 @pytest.mark.kernels
 def test_a_cnn_trains_on_the_cuda_backend_through_its_kernels(stand_in_cuda, walk):
-    """The CUDA backend (on the CuPy stand-in, its kernels walked on the CPU): the layers' generic xp code
-    with the backend's kernels for the batch, ReLU and the loss; the trained network predicts as the CPU's."""
+    """The CUDA backend (on the CuPy stand-in, its kernels walked on the CPU): the layers' xp code with the
+    backend's kernels for the batch, im2col, pooling, dropout, ReLU and the loss; the trained network
+    predicts as the CPU's."""
     from gpunet.data import Digits, load_sample, split_validation
     from gpunet.training import TrainConfig, train
     from tests.cupy_stand_in import DeviceArray
@@ -390,8 +391,9 @@ def test_a_cnn_trains_on_the_cuda_backend_through_its_kernels(stand_in_cuda, wal
     config = TrainConfig(hidden=(), arch="conv4k3,pool2,dense16,dropout0.25", epochs=2, seed=0, dtype="float64")
     result = train(stand_in_cuda, train_digits, val_digits, config)
     launched = {launch.name for launch in walk.launches}
-    assert {"gather_scaled<double>", "bias_relu<double>", "relu_backward<double>",
-            "softmax_cross_entropy<double>"} <= launched, launched
+    assert {"gather_scaled<double>", "bias_relu<double>", "relu_backward<double>", "softmax_cross_entropy<double>",
+            "im2col<double>", "max_pool<double>", "max_pool_backward<double>",
+            "dropout_mask<double>"} <= launched, launched  # (col2im: a first layer's input gradient is never made)
     assert all(isinstance(p, DeviceArray) for p in result.network.params)
     assert result.final.val_accuracy > 0.3  # ten classes, 400 digits, two short epochs: it learned something
 

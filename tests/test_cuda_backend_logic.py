@@ -365,6 +365,37 @@ def test_other_layouts_and_mixed_dtypes_take_the_generic_path(cuda, launched):
     assert launched() == []
 
 
+def test_layer_operations_the_kernels_cannot_take_go_the_generic_way(cuda, launched):
+    """float16, maps not C-contiguous, an argmax not uint8: the generic code, with the same results (copies,
+    comparisons and col2im's additions in the generic order: the same bits)."""
+    rng = np.random.default_rng(3)
+    xp = cuda.xp
+    x = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
+    for maps in (cuda.asarray(x.astype(np.float16)), xp.asfortranarray(cuda.asarray(x))):
+        host = on_host(maps)
+        np.testing.assert_array_equal(on_host(cuda.im2col(maps, 3, (1, 1))), GENERIC.im2col(host, 3, (1, 1)))
+        y, argmax = cuda.max_pool(maps, 2)
+        want_y, want_argmax = GENERIC.max_pool(host, 2)
+        np.testing.assert_array_equal(on_host(y), want_y)
+        np.testing.assert_array_equal(on_host(argmax), want_argmax)
+        dy = xp.asfortranarray(cuda.asarray(rng.standard_normal(want_y.shape).astype(host.dtype)))
+        np.testing.assert_array_equal(on_host(cuda.max_pool_backward(dy, argmax, host.shape, 2)),
+                                      GENERIC.max_pool_backward(on_host(dy), want_argmax, host.shape, 2))
+    columns = rng.standard_normal((18, 6 * 5 * 3)).astype(np.float32)
+    for device_columns in (cuda.asarray(columns.astype(np.float16)), xp.asfortranarray(cuda.asarray(columns))):
+        host = on_host(device_columns)
+        np.testing.assert_array_equal(on_host(cuda.col2im(device_columns, x.shape, 3, (1, 1))),
+                                      GENERIC.col2im(host, x.shape, 3, (1, 1)))
+    _, argmax = GENERIC.max_pool(x, 2)
+    dy = rng.standard_normal(argmax.shape).astype(np.float32)
+    as_int = cuda.asarray(argmax.astype(np.int64))  # an argmax of another type: compared as the generic code does
+    np.testing.assert_array_equal(on_host(cuda.max_pool_backward(cuda.asarray(dy), as_int, x.shape, 2)),
+                                  GENERIC.max_pool_backward(dy, argmax, x.shape, 2))
+    mask = cuda.dropout_mask((4, 9), 0.5, 3, 4, np.float16)
+    np.testing.assert_array_equal(on_host(mask), GENERIC.dropout_mask((4, 9), 0.5, 3, 4, np.float16))
+    assert launched() == []
+
+
 # -- training end to end ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits():

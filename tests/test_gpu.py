@@ -17,12 +17,15 @@ work bit for bit, sums within bounds from the dtype and the sums' lengths
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from gpunet import backend_cuda, kernels
 from gpunet.backend import CpuBackend, get_backend
 from gpunet.data import Digits, load_sample, split_validation
+from gpunet.layers import Conv2D
 from gpunet.model import Network, init_params, layer_sizes
 from gpunet.training import DeviceData, TrainConfig, evaluate, learning_rate, steps_per_epoch, train
 from tests.kernel_support import logits
@@ -207,6 +210,35 @@ def test_other_dtypes_and_layouts_take_the_generic_path(cuda, launched):
     assert launched == []
 
 
+@pytest.mark.parametrize("m", (1, 257))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_kernels(cuda, launched, dtype, m):
+    """im2col, col2im, max-pooling and dropout's mask against the CPU's generic code, bit for bit: copies,
+    comparisons, a multiply by 1 or 0, integer arithmetic, and col2im's additions in the generic order (normal
+    numbers only here: a GPU flushes subnormal results to 0, -ftz=true)."""
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((3, 7, 6, m)).astype(dtype)
+    x.flat[::9] = np.nan
+    x.flat[1::5] = 1.0  # ties in the pooling windows
+    columns = cuda.im2col(cuda.asarray(x), 3, (1, 1))
+    np.testing.assert_array_equal(cuda.to_numpy(columns), CPU.im2col(x, 3, (1, 1)))
+    dcolumns = rng.standard_normal(columns.shape).astype(dtype)
+    dx = cuda.col2im(cuda.asarray(dcolumns), x.shape, 3, (1, 1))
+    np.testing.assert_array_equal(cuda.to_numpy(dx), CPU.col2im(dcolumns, x.shape, 3, (1, 1)))
+    y, argmax = cuda.max_pool(cuda.asarray(x), 2)
+    want_y, want_argmax = CPU.max_pool(x, 2)
+    np.testing.assert_array_equal(cuda.to_numpy(y), want_y)
+    np.testing.assert_array_equal(cuda.to_numpy(argmax), want_argmax)
+    dy = rng.standard_normal(want_y.shape).astype(dtype)
+    dx = cuda.max_pool_backward(cuda.asarray(dy), argmax, x.shape, 2)
+    np.testing.assert_array_equal(cuda.to_numpy(dx), CPU.max_pool_backward(dy, want_argmax, x.shape, 2))
+    mask = cuda.dropout_mask(x.shape, 0.3, 17, 2**40, dtype)
+    np.testing.assert_array_equal(cuda.to_numpy(mask), CPU.dropout_mask(x.shape, 0.3, 17, 2**40, dtype))
+    t = kernels.CTYPES[np.dtype(dtype)]
+    assert launched == [f"im2col<{t}>", f"col2im<{t}>", f"max_pool<{t}>", f"max_pool_backward<{t}>",
+                        f"dropout_mask<{t}>"]
+
+
 # -- training on both backends ---------------------------------------------------------------
 LR = 0.1
 
@@ -240,6 +272,97 @@ def test_one_training_step_agrees_with_the_cpu(cuda, dtype):
         [f"parameter {k} after the step" for k in range(len(params))]
     for got, want, bound, name in zip(results["cuda"], results["cpu"], bounds, names, strict=True):
         assert_within(got, want, bound, name)
+
+
+CNN = "conv4k3same,pool2,conv6k3,pool2,dense16,dropout0.25"
+
+
+@pytest.mark.paths
+def test_one_cnn_training_step_agrees_with_the_cpu(cuda, launched):
+    """A CNN's forward and backward pass and an SGD step, in float64, through every layer kernel: within the
+    bounds of their sums (``cnn_step_bounds``) of the CPU's. (In float32 a pool's two nearly equal entries or a
+    ReLU's input near 0 may go either way and route a gradient elsewhere: no entrywise bound holds.)"""
+    from gpunet.model import LayerStack, build_layers, init_stack_params, parse_arch_text
+
+    arch, dtype = parse_arch_text(CNN), np.float64
+    params = init_stack_params(build_layers(arch, (1, 28, 28), 10), "he", 5, dtype)
+    sample = load_sample()
+    index = np.random.default_rng(6).permutation(len(sample.labels))[:64]
+    labels = sample.labels[index].astype(np.int32)
+    results = {}
+    for backend in (CPU, cuda):
+        network = LayerStack(backend, arch, [p.copy() for p in params], (1, 28, 28), seed=7)
+        network.step = 3
+        A0 = backend.gather_scaled(backend.asarray(sample.images), backend.asarray(index), dtype)
+        Z, saved = network.forward(A0)
+        grads, losses = network.backward(Z, saved, backend.asarray(labels))
+        host = [backend.to_numpy(a).copy() for a in (Z, losses, *grads)]
+        for p, g in zip(network.params, grads):
+            p -= dtype(LR) * g
+        results[backend.name] = host + network.host_params()
+    reference = LayerStack(CPU, arch, params, (1, 28, 28), seed=7)
+    reference.step = 3
+    B_Z, B_losses, B_grads = cnn_step_bounds(reference, CPU.gather_scaled(sample.images, index, dtype), labels)
+    B_params = [LR * B + gamma(2, dtype) * 2 * (np.abs(p) + LR * np.abs(g))
+                for B, p, g in zip(B_grads, params, results["cpu"][2:2 + len(params)])]
+    bounds = [2 * B_Z, 2 * B_losses, *(2 * B for B in B_grads), *B_params]
+    names = ["logits", "losses"] + [f"gradient {k}" for k in range(len(params))] + \
+        [f"parameter {k} after the step" for k in range(len(params))]
+    for got, want, bound, name in zip(results["cuda"], results["cpu"], bounds, names, strict=True):
+        assert_within(got, want, bound, name)
+    for kernel in ("im2col", "col2im", "max_pool", "max_pool_backward", "dropout_mask", "bias_relu", "relu_backward"):
+        assert f"{kernel}<double>" in launched, f"{kernel} fell back to the generic path"
+
+
+def cnn_step_bounds(network, A0, labels):
+    """Bounds on how far one float64 computation of a LayerStack's logits, losses and gradients, adding its sums
+    in any order, may land from the exact values, to first order, with every ReLU, argmax and mask as here.
+
+    The forward pass: each logit within gamma_N of its sum of |terms| through every layer (abs_forward), N the
+    roundings along the way. The loss: tolerances' softmax bounds, carrying the logits'. The backward pass is
+    linear in dZ_L: a gradient is off by at most |backward|(dZ_L's bound) for the error carried from dZ_L, plus
+    gamma_N.|backward|(|dZ_L|) for its own and the forward values' roundings, where |backward| runs each layer's
+    backward rule on |parameters| and |inputs| (abs_forward's values) with this pass's ReLU masks, argmaxes and
+    dropout masks: every term's magnitude, in every sum.
+    """
+    from tests.tolerances import _softmax_cross_entropy
+
+    dtype = network.dtype
+    Z, saved = network.forward(A0)
+    abs_Z, abs_saved = _with_abs_params(network, lambda: network.forward(np.abs(A0)))
+    kinks = [s if not isinstance(s, tuple) else (a[0], s[1]) for s, a in zip(saved, abs_saved)]
+    depth = sum(getattr(layer, "fan_in", 0) + getattr(layer, "outputs", 0) + getattr(layer, "k", 1) ** 2 + 2
+                for layer in network.layers)  # forward sums, backward sums (W^T.dZ, col2im's k.k) and scalings
+    longest = max(A0.shape[1] * math.prod(layer.output_shape[1:]) for layer in network.layers
+                  if isinstance(layer, Conv2D))  # dW's sum: over positions and samples
+    gamma_all = gamma(depth + longest, dtype)
+    B_Z = gamma(depth, dtype) * abs_Z
+    _, dZ, B_dZ, _, B_losses = _softmax_cross_entropy(Z, B_Z, labels, dtype)
+    carried = _with_abs_params(network, lambda: _abs_backward(network, kinks, B_dZ))
+    rounding = _with_abs_params(network, lambda: _abs_backward(network, kinks, np.abs(dZ)))
+    return B_Z, B_losses, [c + gamma_all * r for c, r in zip(carried, rounding)]
+
+
+def _with_abs_params(network, run):
+    """``run()`` with the network's parameters replaced by their absolute values."""
+    kept = [p.copy() for p in network.params]
+    try:
+        for p in network.params:
+            np.abs(p, out=p)
+        return run()
+    finally:
+        for p, value in zip(network.params, kept):
+            p[...] = value
+
+
+def _abs_backward(network, saved, dZ):
+    """The parameters' gradients of each layer's backward rule from a non-negative dZ (all terms non-negative)."""
+    grads, dy = [], dZ.copy()
+    for index in reversed(range(len(network.layers))):
+        layer = network.layers[index]
+        dy, layer_grads = layer.backward(dy, saved[index], None, input_grad=index > 0)
+        grads[:0] = layer_grads
+    return grads
 
 
 def test_three_epochs_on_the_sample_learn_on_both_backends(cuda):
