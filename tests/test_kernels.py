@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet import kernels
+from gpunet import kernels, layers
 from gpunet.backend import CpuBackend
 from tests.kernel_support import HOST_DIR, logits
 from tests.tolerances import assert_within, gamma, softmax_cross_entropy_bounds
-from gpunet import layers
 
 pytestmark = pytest.mark.kernels
 
