@@ -433,7 +433,9 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
 
     from gpunet.images import ImageError, load_digit
 
-    network, _ = load_network(model, choose_backend(device))
+    backend, notice = get_backend(device)
+    network, _ = load_network(model, backend)
+    say_notice(notice)
     answers, failed = [], 0
     for path in paths:
         try:
@@ -552,7 +554,7 @@ def class_labels(meta: dict, network) -> np.ndarray:
     classes = meta.get("classes")
     count = network.classes
     if not (isinstance(classes, list) and len(classes) == count
-            and all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes)):
+            and all(isinstance(c, (bool, int, float, str)) for c in classes)):
         return np.arange(count)
     return np.asarray(classes)
 

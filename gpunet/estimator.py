@@ -118,6 +118,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
         config = self._config(len(images))
         if config.val_size > len(images) - 2:
             raise ValueError(f"val_size={self.val_size!r} leaves too few of the {len(images)} samples to train on")
+        if config.patience is not None and config.val_size == 0:
+            raise ValueError(f"patience needs validation samples to watch; val_size={self.val_size!r} holds out none "
+                             f"of the {len(images)} samples")
         order = np.random.default_rng(config.seed).permutation(len(images))  # as gpunet.data.split_validation
         held_out, learned_from = order[: config.val_size], order[config.val_size :]
         train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
@@ -131,6 +134,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         except TrainingDiverged as exc:
             if not exc.result.history:
                 raise ValueError(f"training diverged in its first epoch (loss {exc.value}); use a smaller lr") from None
+            exc.result.stop_reason = "diverged"
             warnings.warn(f"training diverged in epoch {exc.epoch} (loss {exc.value}); kept the weights of epoch "
                           f"{exc.result.best_epoch}; a smaller lr may help", RuntimeWarning, stacklevel=2)
             result = exc.result
@@ -140,9 +144,11 @@ class Classifier(ClassifierMixin, BaseEstimator):
         self.best_epoch_ = result.best_epoch
         self.config_ = config
         self.architecture_ = result.network.architecture()
+        self.stop_reason_ = result.stop_reason
         final = result.final
         which, accuracy, labels = scored_on(final.val_accuracy, val_set.labels, final.train_accuracy, train_set.labels)
         if not better_than_chance(accuracy, labels, len(self.classes_)):
+            self.stop_reason_ = "unlearned"
             warnings.warn(f"the network learned nothing: its {which} accuracy {100 * accuracy:.2f}% is no better than "
                           "always guessing the most common class; a smaller lr, another optimizer, or inputs "
                           "scaled to about 0-1 may help", ConvergenceWarning, stacklevel=2)
@@ -211,12 +217,12 @@ class Classifier(ClassifierMixin, BaseEstimator):
             "classes": [_json_label(c) for c in self.classes_],
             "normalization": {"scale": self.input_scale_, "offset": 0.0},
             "feature_names": None if names is None else [str(n) for n in names],
-            "training": {**self.config_.as_dict(), "hidden": list(self.config_.hidden), "data": "Python arrays",
+            "training": {**{key: _plain(value) for key, value in self.config_.as_dict().items()}, "hidden": list(self.config_.hidden), "data": "Python arrays",
                          "device": self.device},
-            "estimator": self.get_params(),
+            "estimator": {key: _plain(value) for key, value in self.get_params().items()},
             "history": self.history_,
             "best_epoch": self.best_epoch_,
-            "stop_reason": "completed",
+            "stop_reason": getattr(self, "stop_reason_", "completed"),
             "final_metrics": final,
         })
 
@@ -255,6 +261,9 @@ def load(path) -> Classifier:
     normalization = meta.get("normalization")
     scale = normalization.get("scale") if isinstance(normalization, dict) else None
     clf.input_scale_ = float(scale) if isinstance(scale, (int, float)) and scale > 0 else PIXEL_SCALE
+    if clf.val_size == 1000 and "estimator" not in meta:
+        clf.val_size = "auto"  # gpunet train's default: "auto" holds out 1,000 of the data sets it fits
+    clf.stop_reason_ = meta.get("stop_reason", "completed")
     clf.history_ = meta.get("history", [])
     clf.best_epoch_ = meta.get("best_epoch")
     clf.config_ = clf._config()
@@ -292,6 +301,13 @@ def _inputs_for_predict(X: np.ndarray, scale: float) -> np.ndarray:
         raise ValueError("this model was fitted on pixels and takes pixels: whole numbers 0-255 "
                          "(fit it on floats to give it floats)")
     return np.ascontiguousarray(X, dtype=np.uint8)
+
+
+def _plain(value):
+    """A parameter as JSON holds it: NumPy scalars as Python numbers, tuples as lists (np.arange grids give them)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _json_label(label):

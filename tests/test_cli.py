@@ -579,7 +579,8 @@ def test_labels_with_commas_are_quoted_in_the_submission(capsys, tmp_path, pytho
 
 @pytest.mark.parametrize("command", [["train", "--data", "no/such/train.csv"],
                                      ["predict", "--model", "no/such/model.npz", "--data", "t.csv"],
-                                     ["evaluate", "--model", "no/such/model.npz", "--data", "t.csv"]])
+                                     ["evaluate", "--model", "no/such/model.npz", "--data", "t.csv"],
+                                     ["predict", "--model", "no/such/model.npz", "--image", "a.png"]])
 def test_bad_input_with_device_auto_is_one_line_even_where_cuda_is_not_usable(capsys, tmp_path, command):
     # Where CuPy is installed but no GPU is usable, the fallback notice waits until the inputs are read.
     code, _, err = run(capsys, *command, "--device", "auto")

@@ -309,3 +309,60 @@ def test_a_cnn_needs_28x28_digits():
         Classifier(arch="conv4k3,dense8", device="cpu").fit(X, y)
     with pytest.raises(ValueError, match="^arch="):
         Classifier(arch="conv4x3", device="cpu").fit(X, y)
+
+
+# -- from a last review ------------------------------------------------------------------------------
+def test_numpy_scalar_parameters_save(tmp_path, small):
+    X, y = small
+    clf = Classifier(epochs=np.int64(1), seed=np.int64(1), lr=np.float32(0.01), hidden=(np.int64(8),),
+                     device="cpu").fit(X, y)
+    clf.save(tmp_path / "m.npz")
+    again = gpunet.load(tmp_path / "m.npz")
+    assert again.get_params()["epochs"] == 1 and again.get_params()["hidden"] == (8,)
+    np.testing.assert_array_equal(again.predict_proba(X[:50]), clf.predict_proba(X[:50]))
+
+
+def test_float_and_bool_classes_reach_the_submission(capsys, tmp_path, small, digits_csv):
+    X, y = small
+    for name, labels in (("floats", (y + 1).astype(float)), ("bools", y % 2 == 0)):
+        clf = Classifier(epochs=1, device="cpu").fit(X, labels)
+        clf.save(tmp_path / f"{name}.npz")
+        code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(tmp_path / f"{name}.npz"),
+                           "--data", str(digits_csv), "--out", str(tmp_path / f"{name}.csv"))
+        assert code == 0, err
+        written = pd.read_csv(tmp_path / f"{name}.csv").Label.to_numpy()
+        test = pd.read_csv(digits_csv).to_numpy()
+        np.testing.assert_array_equal(written, clf.predict(test))
+
+
+@pytest.fixture
+def digits_csv(tmp_path, sample_frame):
+    return write_csv(tmp_path / "test.csv", sample_frame.drop(columns="label").iloc[9000:9100].to_numpy())
+
+
+def test_a_cli_model_clones_and_refits_on_small_data(capsys, tmp_path, small):
+    from sklearn.base import clone
+
+    code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "m.npz"))
+    assert code == 0, err
+    loaded = gpunet.load(tmp_path / "m.npz")
+    assert loaded.val_size == "auto"  # the CLI's default 1,000, as the estimator says it
+    X, y = small
+    refit = clone(loaded).fit(X[:600], y[:600])
+    assert len(refit.validation_indices_) == 60
+
+
+def test_a_failed_run_stays_failed_through_python(capsys, tmp_path):
+    code, _, _ = run(capsys, "train", "--device", "cpu", "--optimizer", "gd", "--lr", "3", "--epochs", "20",
+                     "--out", str(tmp_path / "bad.npz"))
+    assert code == 3
+    gpunet.load(tmp_path / "bad.npz").save(tmp_path / "bad2.npz")
+    from gpunet.checkpoint import load_model
+
+    assert load_model(tmp_path / "bad2.npz")[1]["stop_reason"] == "unlearned"
+
+
+def test_patience_with_a_fraction_that_holds_out_nothing_is_refused():
+    X, y = np.random.default_rng(0).normal(size=(500, 3)), np.arange(500) % 2
+    with pytest.raises(ValueError, match="patience"):
+        Classifier(val_size=0.001, patience=2, device="cpu").fit(X, y)

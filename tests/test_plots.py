@@ -359,3 +359,18 @@ def test_wrapped_titles_keep_every_character():
     title = figure.texts[0].get_text()
     assert "\n" in title
     assert LONG_SOURCE in "".join(title.split())
+
+
+def test_plot_never_replaces_a_file_of_its_names_that_is_no_image(capsys, tmp_path):
+    from tests.conftest import run
+
+    model = tmp_path / "m.npz"
+    code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(model))
+    assert code == 0, err
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    (folder / "learning_curves.png").write_text("my notes")
+    code, _, err = run(capsys, "plot", "--model", str(model), "--out", str(folder))
+    assert code == 1 and "learning_curves.png there is not a PNG image" in err and err.count("\n") == 1, err
+    assert (folder / "learning_curves.png").read_text() == "my notes"
+    assert sorted(p.name for p in folder.iterdir()) == ["learning_curves.png"]
