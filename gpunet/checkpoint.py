@@ -142,6 +142,15 @@ def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def input_scale(meta: dict) -> float | None:
+    """What the model multiplies its inputs by (1/255: pixels); None where the metadata's value is no
+    positive number. Files without one were written for pixels."""
+    normalization = meta.get("normalization", {"scale": 1 / 255})
+    scale = normalization.get("scale") if isinstance(normalization, dict) else None
+    valid = isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0
+    return float(scale) if valid else None
+
+
 def network_from_file(params: list[np.ndarray], meta: dict, backend, name: str):
     """The network a loaded model file holds: the notes' ``Network`` (version 1) or a ``LayerStack`` (version 2)."""
     from gpunet.model import LayerStack, Network

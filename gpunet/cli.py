@@ -324,7 +324,7 @@ def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Pat
 def save_result(out: Path, result, config, digits, backend) -> Path:
     """Write the trained network and its metadata (settings, data fingerprint, history) to ``out``."""
     from gpunet.checkpoint import save_model
-    from gpunet.training import data_fingerprint
+    from gpunet.data import fingerprint
 
     final = result.final
     save_model(out, result.network.host_params(), {
@@ -332,7 +332,7 @@ def save_result(out: Path, result, config, digits, backend) -> Path:
         "classes": list(range(10)),
         "normalization": {"scale": 1 / 255, "offset": 0.0},
         "training": {**config.as_dict(), "hidden": list(config.hidden), "data": digits.source,
-                     "data_sha256": data_fingerprint(digits.images, digits.labels), "device": backend.name},
+                     "data_sha256": fingerprint(digits.images, digits.labels), "device": backend.name},
         "history": [vars(m) for m in result.history],
         "best_epoch": result.best_epoch,
         "stop_reason": result.stop_reason,
@@ -347,7 +347,7 @@ def load_network(model_path: Path, backend, digit_classes: bool = True):
     ``digit_classes``: the command reads the outputs as the digits 0-9 (evaluate, plot, serve, --image), so
     a model fitted from Python on other classes is refused; ``predict --data`` writes any model's labels.
     """
-    from gpunet.checkpoint import load_model, network_from_file, stack_architecture
+    from gpunet.checkpoint import input_scale, load_model, network_from_file, stack_architecture
     from gpunet.model import INPUTS
 
     params, meta = load_model(model_path)
@@ -355,9 +355,8 @@ def load_network(model_path: Path, backend, digit_classes: bool = True):
     inputs = params[0].shape[1] if stack is None else math.prod(stack[1])
     if inputs != INPUTS:
         raise GpunetError(f"{model_path}: model expects {inputs} inputs per digit, but digits have {INPUTS} pixels")
-    normalization = meta.get("normalization", {"scale": 1 / 255})  # files without one were written for pixels
-    scale = normalization.get("scale") if isinstance(normalization, dict) else None
-    if not (isinstance(scale, (int, float)) and math.isclose(scale, 1 / 255)):
+    scale = input_scale(meta)
+    if scale is None or not math.isclose(scale, 1 / 255):
         raise GpunetError(f"{model_path}: was fitted on features scaled by {scale!r}, not on pixels 0-255 "
                           "(scale 1/255): use it from Python (gpunet.load)")
     classes = meta.get("classes")
@@ -532,12 +531,11 @@ def evaluate(model, data, device):
 
 def split_as_in_training(digits, meta):
     """(validation, training) as the model's training run split these digits, or (digits, None) for other data."""
-    from gpunet.data import split_validation
-    from gpunet.training import data_fingerprint
+    from gpunet.data import fingerprint, split_validation
 
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     seed, val_size = training.get("seed"), training.get("val_size")
-    if (training.get("data_sha256") != data_fingerprint(digits.images, digits.labels)
+    if (training.get("data_sha256") != fingerprint(digits.images, digits.labels)
             or not isinstance(seed, int) or not isinstance(val_size, int) or not 0 <= val_size < len(digits)):
         return digits, None
     learned_from, held_out = split_validation(digits, val_size, seed)

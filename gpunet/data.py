@@ -130,9 +130,25 @@ def split_validation(digits: Digits, val_size: int, seed: int) -> tuple[Digits, 
             f"--val-size {val_size} is as large as the data ({count} digits in {digits.source}); "
             "use a smaller --val-size"
         )
+    learned_from, held_out = validation_rows(count, val_size, seed)
+    return _subset(digits, learned_from, "training part"), _subset(digits, held_out, "validation part")
+
+
+def validation_rows(count: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of ``count`` samples: the first val_size of a seeded shuffle are held out.
+
+    The command line and the estimator split with it, so a model's metadata (seed, val_size) finds its
+    validation digits again (``gpunet evaluate``, ``gpunet plot``).
+    """
     order = np.random.default_rng(seed).permutation(count)
-    training = _subset(digits, order[val_size:], "training part")
-    return training, _subset(digits, order[:val_size], "validation part")
+    return order[val_size:], order[:val_size]
+
+
+def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of a labeled data set's arrays: a model records it to know its training data again."""
+    digest = hashlib.sha256(np.ascontiguousarray(images).data)
+    digest.update(np.ascontiguousarray(labels).data)
+    return digest.hexdigest()
 
 
 def _subset(digits: Digits, rows: np.ndarray, part: str) -> Digits:

@@ -105,6 +105,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
     # -- learning --------------------------------------------------------------
     def fit(self, X, y):
         """Train a fresh network on X (m, features) or (m, 28, 28) and labels y; returns self."""
+        from gpunet.data import validation_rows
         from gpunet.metrics import better_than_chance, scored_on
         from gpunet.training import TrainingDiverged, TrainingInterrupted, train
 
@@ -121,8 +122,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         if config.patience is not None and config.val_size == 0:
             raise ValueError(f"patience needs validation samples to watch; val_size={self.val_size!r} holds out none "
                              f"of the {len(images)} samples")
-        order = np.random.default_rng(config.seed).permutation(len(images))  # as gpunet.data.split_validation
-        held_out, learned_from = order[: config.val_size], order[config.val_size :]
+        learned_from, held_out = validation_rows(len(images), config.val_size, config.seed)
         train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
         val_set = Samples(images[held_out], encoded[held_out].astype(train_set.labels.dtype))
         backend = self._backend()
@@ -237,7 +237,7 @@ def load(path) -> Classifier:
     """A fitted :class:`Classifier` from a gpunet model file, whether ``gpunet train`` or ``Classifier.save`` wrote it."""
     from gpunet.checkpoint import load_model
 
-    from gpunet.checkpoint import stack_architecture
+    from gpunet.checkpoint import input_scale, stack_architecture
     from gpunet.model import arch_text
 
     params, meta = load_model(path)
@@ -258,9 +258,7 @@ def load(path) -> Classifier:
     clf.n_features_in_ = int(params[0].shape[1]) if stack is None else int(np.prod(stack[1]))
     if meta.get("feature_names"):
         clf.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
-    normalization = meta.get("normalization")
-    scale = normalization.get("scale") if isinstance(normalization, dict) else None
-    clf.input_scale_ = float(scale) if isinstance(scale, (int, float)) and scale > 0 else PIXEL_SCALE
+    clf.input_scale_ = input_scale(meta) or PIXEL_SCALE
     if clf.val_size == 1000 and "estimator" not in meta:
         clf.val_size = "auto"  # gpunet train's default: "auto" holds out 1,000 of the data sets it fits
     clf.stop_reason_ = meta.get("stop_reason", "completed")

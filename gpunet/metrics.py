@@ -33,8 +33,7 @@ def better_than_chance(accuracy: float, labels: np.ndarray, classes: int = CLASS
 
 def too_few_to_tell(labels: np.ndarray, classes: int = CLASSES) -> bool:
     """Whether these labels are too few for ``better_than_chance`` to say anything: not even a perfect score would pass."""
-    chance = chance_accuracy(labels, classes)
-    return chance + 3 * (chance * (1 - chance) / len(labels)) ** 0.5 >= 1
+    return not better_than_chance(1.0, labels, classes)
 
 
 def scored_on(val_accuracy, val_labels, train_accuracy, train_labels):

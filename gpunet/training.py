@@ -8,7 +8,6 @@ so the same loop trains on NumPy or CuPy. Inside an epoch only a few scalars
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,13 +99,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, epoch: int, result: TrainResult):
         super().__init__(f"interrupted in epoch {epoch}")
         self.epoch, self.result = epoch, result
-
-
-def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-    """SHA-256 of a labeled data set's arrays: a model records it to know its training data again."""
-    digest = hashlib.sha256(np.ascontiguousarray(images).data)
-    digest.update(np.ascontiguousarray(labels).data)
-    return digest.hexdigest()
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
