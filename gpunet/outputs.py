@@ -25,7 +25,7 @@ from gpunet.atomic_file import check_writable
 from gpunet.data import ZIP_ERRORS
 from gpunet.errors import GpunetError
 
-MODEL, SUBMISSION = "a gpunet model", "a Kaggle submission"
+MODEL, SUBMISSION, PNG = "a gpunet model", "a Kaggle submission", "a PNG image"
 SUBMISSION_HEADER = b"ImageId,Label"
 MAX_BESIDE = 100  # model.interrupted.npz, model.interrupted-2.npz, ...
 
@@ -39,7 +39,7 @@ def kind_of(path: Path) -> str | None:
     if head.startswith(SUBMISSION_HEADER):
         return SUBMISSION
     if head.startswith(b"\x89PNG"):
-        return "a PNG image"
+        return PNG
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as archive:

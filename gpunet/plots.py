@@ -16,6 +16,7 @@ import numpy as np
 
 from gpunet.atomic_file import check_writable
 from gpunet.errors import GpunetError
+from gpunet.outputs import PNG, kind_of
 
 DPI = 100
 FILES = {
@@ -62,7 +63,7 @@ def prepare_out_dir(out_dir: Path, option: str = "--out") -> Path:
         raise GpunetError(f"{option} {out_dir}: cannot create the folder ({error.strerror or error})") from None
     for name in FILES.values():  # replace only images: never a user's other file of that name
         path = out_dir / name
-        if path.is_symlink() or (path.exists() and not _is_png(path)):
+        if path.is_symlink() or (path.exists() and not (path.is_file() and kind_of(path) in (None, PNG))):
             raise GpunetError(f"{option} {out_dir}: {name} there is not a PNG image; refusing to replace it, "
                               "give another folder")
     try:  # a read-only folder fails here, not after training
@@ -70,15 +71,6 @@ def prepare_out_dir(out_dir: Path, option: str = "--out") -> Path:
     except OSError as error:
         raise GpunetError(f"{option} {out_dir}: cannot write in the folder ({error.strerror or error})") from None
     return out_dir
-
-
-def _is_png(path: Path) -> bool:
-    """An empty file or a PNG: what a plot may replace."""
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(8)
-    return not head or head.startswith(b"\x89PNG")
 
 
 def training_validation_digits(meta: dict, model_path) -> "Digits":  # noqa: F821
