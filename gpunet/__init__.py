@@ -1,6 +1,6 @@
 """gpunet: the digit network of the design notes, written once against an array module.
 
-From Python (scikit-learn's conventions; see :mod:`gpunet.estimator`)::
+From Python (scikit-learn's conventions; see :mod:`gpunet.frontends.estimator`)::
 
     import pandas as pd, gpunet
     df = pd.read_csv("train.csv.gz")
@@ -17,12 +17,12 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that `gpunet train` does not pay for scikit-learn's import.
 _EXPORTS = {
-    "Classifier": "gpunet.estimator",
-    "load": "gpunet.estimator",
-    "Network": "gpunet.model",
-    "train": "gpunet.training",
-    "TrainConfig": "gpunet.training",
-    "get_backend": "gpunet.backend",
+    "Classifier": "gpunet.frontends.estimator",
+    "load": "gpunet.frontends.estimator",
+    "Network": "gpunet.nn.model",
+    "train": "gpunet.training.loop",
+    "TrainConfig": "gpunet.training.loop",
+    "get_backend": "gpunet.backends.cpu",
 }
 __all__ = ["__version__", *_EXPORTS]
 

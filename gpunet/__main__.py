@@ -6,7 +6,7 @@ import sys
 def run() -> None:
     """The entry point: Ctrl-C while the command line is still importing (NumPy, click) exits quietly too."""
     try:
-        from gpunet.cli import main
+        from gpunet.frontends.cli import main
     except KeyboardInterrupt:
         sys.exit(130)
     main()

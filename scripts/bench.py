@@ -14,7 +14,7 @@ large-matrix-product rate), and the time to read train.csv.gz, first and from
 the parse cache. A benchmark, not a test: nothing here passes or fails.
 
 gpunet runs on its default path, and bench.py prints which: on the CPU, steps compiled
-with numba (gpunet/cpu_fused.py) where numba is installed, else NumPy array calls.
+with numba (gpunet/backends/cpu_fused.py) where numba is installed, else NumPy array calls.
 
 Timing: gpunet and PyTorch take turns, three rounds each; in a round a side
 runs once untimed, then a third of ``--repeats`` timed runs back to back (as
@@ -46,10 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 _other = sys.argv[sys.argv.index("--gpunet-root") + 1] if "--gpunet-root" in sys.argv[:-1] else None
 sys.path.insert(0, str(Path(_other).resolve() if _other else ROOT))
 
-from gpunet.backend import CpuBackend  # noqa: E402
-from gpunet.model import Network, init_params, layer_sizes  # noqa: E402
-from gpunet.optimizers import make_optimizer  # noqa: E402
-from gpunet.training import DeviceData, train_epoch  # noqa: E402
+from gpunet.backends.cpu import CpuBackend  # noqa: E402
+from gpunet.nn.model import Network, init_params, layer_sizes  # noqa: E402
+from gpunet.nn.optimizers import make_optimizer  # noqa: E402
+from gpunet.training.loop import DeviceData, train_epoch  # noqa: E402
 
 M = 41_000  # the full-batch step's m: train.csv's 42,000 digits less the 1,000 held out
 HIDDEN = (16, 16)
@@ -74,7 +74,7 @@ class Digits:
 
 
 def read_csv_rows(path: Path, m: int) -> Digits:
-    """The first m rows of a Kaggle train.csv.gz, without gpunet.data (which is timed separately)."""
+    """The first m rows of a Kaggle train.csv.gz, without gpunet.files.data (which is timed separately)."""
     import pandas as pd
 
     frame = pd.read_csv(path, dtype=np.uint8, nrows=m)
@@ -86,7 +86,7 @@ def bench_data(m: int = M, data: Path = DATA) -> tuple[Digits, str]:
     """The first m digits of ``data`` (a train.csv.gz) where it is, else m synthetic ones."""
     if data.is_file():
         try:
-            from gpunet.data import load_digits
+            from gpunet.files.data import load_digits
 
             digits = load_digits(data, labeled=True)
             digits = Digits(np.ascontiguousarray(digits.images[:m]), digits.labels[:m].copy())
@@ -166,7 +166,7 @@ class GpunetCNN:
     """gpunet's LayerStack of CNN_ARCH (what ``gpunet train --arch`` builds), Adam, its own train_epoch."""
 
     def __init__(self, backend, digits):
-        from gpunet.model import LayerStack, arch_input_shape, build_layers, init_stack_params, parse_arch_text
+        from gpunet.nn.model import LayerStack, arch_input_shape, build_layers, init_stack_params, parse_arch_text
 
         self.backend = backend
         arch = parse_arch_text(CNN_ARCH)
@@ -285,7 +285,7 @@ def cnn_epoch_flops(m: int) -> int:
 
     A convolution's products are its dense formula's on H_out.W_out columns per sample (im2col).
     """
-    from gpunet.model import arch_input_shape, build_layers, parse_arch_text
+    from gpunet.nn.model import arch_input_shape, build_layers, parse_arch_text
 
     arch = parse_arch_text(CNN_ARCH)
     layers = [layer for layer in build_layers(arch, arch_input_shape(arch, 784), 10) if layer.param_shapes()]
@@ -294,9 +294,9 @@ def cnn_epoch_flops(m: int) -> int:
 
 
 def read_times(data: Path = DATA) -> tuple[float, float] | None:
-    """Seconds to read train.csv.gz with gpunet.data: the first time (parsing) and from its cache."""
+    """Seconds to read train.csv.gz with gpunet.files.data: the first time (parsing) and from its cache."""
     try:
-        from gpunet.data import load_digits
+        from gpunet.files.data import load_digits
     except ImportError:
         return None
     if not data.is_file():
@@ -377,7 +377,7 @@ def load_average() -> str:
 def devices(choice: str) -> list[str]:
     found = ["cpu"]
     if choice in ("all", "cuda"):
-        from gpunet import backend_cuda
+        from gpunet.backends import cuda as backend_cuda
 
         reason = backend_cuda.unavailable_reason()
         if reason is None:
@@ -392,7 +392,7 @@ def devices(choice: str) -> list[str]:
 def gpunet_backend(device: str):
     if device == "cpu":
         return CpuBackend()
-    from gpunet.backend_cuda import CupyBackend
+    from gpunet.backends.cuda import CupyBackend
 
     return CupyBackend()
 
@@ -514,10 +514,10 @@ def main() -> None:
 
     reads = read_times(args.data)
     if reads is not None:
-        rows.append(("cpu", "read train.csv.gz, first", f"{1e3 * reads[0]:9.2f}", "", "gpunet.data, parse"))
-        rows.append(("cpu", "read train.csv.gz, cached", f"{1e3 * reads[1]:9.2f}", "", "gpunet.data, parse cache"))
+        rows.append(("cpu", "read train.csv.gz, first", f"{1e3 * reads[0]:9.2f}", "", "gpunet.files.data, parse"))
+        rows.append(("cpu", "read train.csv.gz, cached", f"{1e3 * reads[1]:9.2f}", "", "gpunet.files.data, parse cache"))
     else:
-        rows.append(("cpu", "read train.csv.gz", "-", "", "gpunet.data or the file is missing"))
+        rows.append(("cpu", "read train.csv.gz", "-", "", "gpunet.files.data or the file is missing"))
 
     print(f"Load average while this ran (1, 5, 15 min): {load_average()}; other programs' load slows both sides\n")
     header = ("device", "work", "gpunet ms", "PyTorch ms", "gpunet/PyTorch")

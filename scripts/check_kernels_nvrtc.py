@@ -40,7 +40,7 @@ CUDA_PACKAGES = {
 
 def check_here() -> list[str]:
     """Compile every kernel with this environment's NVRTC; the failures, each one line."""
-    from gpunet import backend_cuda, kernels
+    from gpunet.backends import cuda as backend_cuda, kernels
 
     try:
         version, supported, archs = kernels.nvrtc_version(), kernels.supported_archs(), kernels.compile_archs()
@@ -81,7 +81,7 @@ def gist(exc: Exception) -> str:
 
 
 def nvrtc_major() -> int | None:
-    from gpunet import kernels
+    from gpunet.backends import kernels
 
     try:
         return kernels.nvrtc_version()[0]

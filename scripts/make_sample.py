@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpunet.data import load_digits  # noqa: E402
+from gpunet.files.data import load_digits  # noqa: E402
 
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "train.csv.gz"
 DEFAULT_OUT = ROOT / "gpunet" / "sample" / "digits.npz"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gpunet.backend import get_backend
-from gpunet.cli import main
+from gpunet.backends.cpu import get_backend
+from gpunet.frontends.cli import main
 
 
 def pytest_configure(config):
@@ -19,7 +19,7 @@ def pytest_configure(config):
 
 
 def cuda_skip_reason():
-    from gpunet import backend_cuda
+    from gpunet.backends import cuda as backend_cuda
 
     return backend_cuda.unavailable_reason()
 

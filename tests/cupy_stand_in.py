@@ -1,6 +1,6 @@
 """A stand-in for CuPy and the GPU, so that CupyBackend's own code runs on a machine without one.
 
-:func:`stand_in_backend` returns a real ``CupyBackend`` (gpunet/backend_cuda.py,
+:func:`stand_in_backend` returns a real ``CupyBackend`` (gpunet/backends/cuda.py,
 unchanged) with three things swapped in for CuPy and the GPU:
 
 * ``backend_cuda.cupy`` is ``HostCupy``: NumPy's functions, except that every
@@ -56,7 +56,7 @@ from types import SimpleNamespace
 import cupy as real_cupy  # the API the stand-in keeps to; importing it needs no driver
 import numpy as np
 
-from gpunet import backend_cuda, kernels
+from gpunet.backends import cuda as backend_cuda, kernels
 
 # The keywords CuPy's ufuncs take, per method (cupy/_core/_kernel.pyx: ufunc.__call__, .reduce, ...).
 CUPY_UFUNC_KEYWORDS = {

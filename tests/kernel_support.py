@@ -1,7 +1,7 @@
 """What the kernel tests share: the host walk that runs a kernel launch on the CPU, and test inputs.
 
-``HostWalk`` is a launcher for gpunet.kernels' wrappers: given a
-:class:`gpunet.kernels.Launch`, it runs that kernel's .cu source, compiled for
+``HostWalk`` is a launcher for gpunet.backends.kernels' wrappers: given a
+:class:`gpunet.backends.kernels.Launch`, it runs that kernel's .cu source, compiled for
 the host (tests/kernel_host/walk.cpp, built by :func:`build_walk` with
 AddressSanitizer and UBSan), thread by thread over the launch's grid, and
 copies the results back into the launch's arrays. conftest.py makes it the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpunet import kernels
+from gpunet.backends import kernels
 
 HOST_DIR = Path(__file__).parent / "kernel_host"
 
@@ -81,7 +81,7 @@ class WalkProcess:
 
 
 class HostWalk:
-    """A launcher for gpunet.kernels' wrappers that runs the kernel on the CPU.
+    """A launcher for gpunet.backends.kernels' wrappers that runs the kernel on the CPU.
 
     ``grid``/``block`` replace the wrapper's launch shape when given (a small
     grid makes every thread go round its grid-stride loop); ``order`` walks the

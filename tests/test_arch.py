@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet.backend import CpuBackend
-from gpunet.checkpoint import load_model
+from gpunet.backends.cpu import CpuBackend
+from gpunet.files.checkpoint import load_model
 from gpunet.errors import ModelFileError
-from gpunet.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, as_maps
-from gpunet.loss import softmax_cross_entropy
-from gpunet.model import (LayerStack, Network, build_layers, check_arch, dense_sizes, init_params,
+from gpunet.nn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, as_maps
+from gpunet.nn.loss import softmax_cross_entropy
+from gpunet.nn.model import (LayerStack, Network, build_layers, check_arch, dense_sizes, init_params,
                           init_stack_params, layer_sizes, parse_arch_text)
 from tests.conftest import run
 from tests.test_layers import (TRANSCENDENTAL_ULPS, abs_forward, central_differences, check_gradients,
@@ -163,8 +163,8 @@ def test_training_step_gradient_matches_central_differences_through_the_whole_ne
 
 def test_full_batch_gradient_descent_trains_a_stack_in_chunks():
     """--optimizer gd with a CNN: each step's gradient summed over chunks (the CPU's 512 digits), and it learns."""
-    from gpunet.data import load_sample
-    from gpunet.training import TrainConfig, train
+    from gpunet.files.data import load_sample
+    from gpunet.training.loop import TrainConfig, train
 
     sample = load_sample()
     train_digits = type(sample)(sample.images[:1200], sample.labels[:1200], "train")
@@ -179,7 +179,7 @@ def test_full_batch_gradient_descent_trains_a_stack_in_chunks():
 @pytest.fixture(scope="module")
 def cnn_model(tmp_path_factory):
     """The issue's check: a small CNN trained for 2 epochs on the bundled sample through the CLI."""
-    from gpunet.cli import main
+    from gpunet.frontends.cli import main
 
     model = tmp_path_factory.mktemp("cnn") / "cnn.npz"
     try:
@@ -199,7 +199,7 @@ def test_cnn_trains_on_the_sample_and_its_model_file_records_the_architecture(cn
 
 
 def test_cnn_model_evaluates_and_predicts(capsys, tmp_path, cnn_model):
-    from gpunet.data import load_sample
+    from gpunet.files.data import load_sample
 
     code, out, err = run(capsys, "evaluate", "--device", "cpu", "--model", str(cnn_model),
                          "--data", str(Path(__file__).parent.parent / "gpunet" / "sample" / "digits.npz"))
@@ -220,9 +220,9 @@ def test_cnn_model_evaluates_and_predicts(capsys, tmp_path, cnn_model):
 
 def test_a_saved_cnn_reloads_to_the_same_probabilities(tmp_path):
     """Trained in Python, saved as the CLI saves, loaded as the CLI loads: the same network, bit for bit."""
-    from gpunet.cli import load_network, save_result
-    from gpunet.data import load_sample
-    from gpunet.training import TrainConfig, train
+    from gpunet.frontends.cli import load_network, save_result
+    from gpunet.files.data import load_sample
+    from gpunet.training.loop import TrainConfig, train
 
     sample = load_sample()
     digits = type(sample)(sample.images[:600], sample.labels[:600], "part of the sample")
@@ -243,8 +243,8 @@ def test_a_saved_cnn_reloads_to_the_same_probabilities(tmp_path):
 
 def test_todays_dense_model_files_still_load():
     """A model file written by gpunet before layers (tests/data/, by `gpunet train --epochs 2` of commit 60eb650)."""
-    from gpunet.cli import load_network
-    from gpunet.data import load_sample
+    from gpunet.frontends.cli import load_network
+    from gpunet.files.data import load_sample
 
     path = DATA / "model_v1_dense_16_16.npz"
     params, meta = load_model(path)
@@ -275,7 +275,7 @@ def test_todays_dense_model_files_still_load():
 
 def stack_file(tmp_path, **changes):
     """A version 2 model file of a tiny CNN, with ``changes`` to its metadata."""
-    from gpunet.checkpoint import save_model
+    from gpunet.files.checkpoint import save_model
 
     arch = parse_arch_text("conv2k3,pool2")
     params = init_stack_params(build_layers(arch, (1, 28, 28), 10), "he", 0, np.float32)
@@ -303,7 +303,7 @@ def test_bad_stack_metadata_is_refused_with_one_line(tmp_path, changes, says):
 
 
 def test_a_stack_file_that_takes_other_inputs_is_refused_by_the_commands(capsys, tmp_path):
-    from gpunet.checkpoint import save_model
+    from gpunet.files.checkpoint import save_model
 
     arch = parse_arch_text("dense4,dropout0.5")
     params = init_stack_params(build_layers(arch, (30,), 10), "he", 0, np.float32)
@@ -334,7 +334,7 @@ def test_model_file_bytes_hold_no_pickle(cnn_model):
 
 
 def test_filters_are_drawn_enlarged_and_centred():
-    from gpunet.plots import filter_images
+    from gpunet.frontends.plots import filter_images
 
     W1 = np.arange(2 * 25, dtype=np.float32).reshape(2, 25)
     images = filter_images(W1, 5).reshape(2, 28, 28)
@@ -345,11 +345,11 @@ def test_filters_are_drawn_enlarged_and_centred():
 
 def test_plot_of_a_cnn_shows_its_first_layer_filters(tmp_path, cnn_model):
     pytest.importorskip("matplotlib")
-    from gpunet.plots import FILES, first_kernel, write_plots
+    from gpunet.frontends.plots import FILES, first_kernel, write_plots
 
     paths = write_plots(cnn_model, tmp_path / "plots")
     assert [p.name for p in paths] == list(FILES.values()) and all(p.stat().st_size > 0 for p in paths)
-    from gpunet.cli import load_network
+    from gpunet.frontends.cli import load_network
 
     assert first_kernel(load_network(cnn_model, CpuBackend())[0]) == 5
 
@@ -361,9 +361,9 @@ def test_the_drawing_page_answers_with_a_cnn(cnn_model):
 
     from PIL import Image
 
-    from gpunet.cli import load_network
-    from gpunet.data import load_sample
-    from gpunet.server import predict_drawing
+    from gpunet.frontends.cli import load_network
+    from gpunet.files.data import load_sample
+    from gpunet.frontends.server import predict_drawing
 
     network, _ = load_network(cnn_model, CpuBackend())
     digit = load_sample().images[0].reshape(28, 28)
@@ -382,8 +382,8 @@ def test_a_cnn_trains_on_the_cuda_backend_through_its_kernels(stand_in_cuda, wal
     """The CUDA backend (on the CuPy stand-in, its kernels walked on the CPU): the layers' xp code with the
     backend's kernels for the batch, im2col, pooling, dropout, ReLU and the loss; the trained network
     predicts as the CPU's."""
-    from gpunet.data import Digits, load_sample, split_validation
-    from gpunet.training import TrainConfig, train
+    from gpunet.files.data import Digits, load_sample, split_validation
+    from gpunet.training.loop import TrainConfig, train
     from tests.cupy_stand_in import DeviceArray
 
     sample = load_sample()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet.backend import CpuBackend
+from gpunet.backends.cpu import CpuBackend
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 

@@ -6,9 +6,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from gpunet.checkpoint import load_model, save_model
+from gpunet.files.checkpoint import load_model, save_model
 from gpunet.errors import ModelFileError
-from gpunet.model import init_params, layer_sizes
+from gpunet.nn.model import init_params, layer_sizes
 
 
 def params(hidden=(16, 16), dtype=np.float32):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from gpunet.cli import main
+from gpunet.frontends.cli import main
 from tests.conftest import run
 from tests.tolerances import assert_counts_within, pass_bounds
 
@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def digits():
-    from gpunet.data import load_sample
+    from gpunet.files.data import load_sample
 
     sample = load_sample()
     return sample.images[:40], sample.labels[:40]
@@ -56,7 +56,7 @@ def test_train_on_the_bundled_sample_reports_each_epoch(capsys, tmp_path):
     assert "784-16-16-10" in out
     assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
     assert "val_acc" in out and "Validation accuracy" in out
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     params, meta = load_model(tmp_path / "m.npz")
     assert meta["layer_sizes"] == [784, 16, 16, 10] and len(meta["history"]) == 3
@@ -64,7 +64,7 @@ def test_train_on_the_bundled_sample_reports_each_epoch(capsys, tmp_path):
 
 
 def test_device_auto_falls_back_to_the_cpu_with_a_notice(capsys, tmp_path):
-    from gpunet import backend_cuda
+    from gpunet.backends import cuda as backend_cuda
 
     if backend_cuda.unavailable_reason() is None:
         pytest.skip("a GPU is usable here")
@@ -75,7 +75,7 @@ def test_device_auto_falls_back_to_the_cpu_with_a_notice(capsys, tmp_path):
 
 
 def test_device_cuda_without_a_gpu_exits_2_with_one_line(capsys, tmp_path):
-    from gpunet import backend_cuda
+    from gpunet.backends import cuda as backend_cuda
 
     if backend_cuda.unavailable_reason() is None:
         pytest.skip("a GPU is usable here")
@@ -100,7 +100,7 @@ def test_predict_writes_a_kaggle_submission(capsys, tmp_path, trained, digits):
 
 
 def test_predict_agrees_with_the_network(capsys, tmp_path, trained, digits):
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     images, _ = digits
     test_csv = write_csv(tmp_path / "test.csv", images)
@@ -202,8 +202,8 @@ def test_bad_model_files_for_predict(capsys, tmp_path, digits, kind):
     elif kind == "not_a_model":
         np.savez(model, weights=np.zeros(3))
     elif kind == "wrong_inputs":
-        from gpunet.checkpoint import save_model
-        from gpunet.model import init_params
+        from gpunet.files.checkpoint import save_model
+        from gpunet.nn.model import init_params
 
         save_model(model, init_params([100, 10], "he", 0, np.float32), {})
     data = write_csv(tmp_path / "test.csv", digits[0])
@@ -262,7 +262,7 @@ def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):
     code, err = interrupt_after_first_epoch(["--out", str(out)])
     assert code == 130, err[-2000:]
     assert "Interrupted" in err and str(out) in err and "Traceback" not in err
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     _, meta = load_model(out)
     assert meta["stop_reason"] == "interrupted" and meta["history"]
@@ -294,7 +294,7 @@ def test_ctrl_c_never_replaces_an_existing_model_and_says_where_it_saved(tmp_pat
     beside = tmp_path / "model.interrupted.npz"
     assert out.read_bytes() == before
     assert str(beside) in err and "Traceback" not in err
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     assert load_model(beside)[1]["stop_reason"] == "interrupted"
     code, err = interrupt_after_first_epoch(["--out", str(out)])  # again: a name beside that is free too
@@ -349,7 +349,7 @@ def test_a_completed_run_replaces_the_model_at_out(capsys, tmp_path, trained):
     out.write_bytes(trained.read_bytes())
     code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--seed", "5", "--out", str(out))
     assert code == 0, err
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     assert load_model(out)[1]["training"]["seed"] == 5
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
@@ -362,7 +362,7 @@ def test_two_runs_writing_one_out_at_once_leave_one_complete_model(tmp_path):
                               stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
     errors = [proc.communicate(timeout=120)[1] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], errors
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     params, meta = load_model(out)  # whole: every array present, shaped and finite
     assert meta["training"]["seed"] in (1, 2)
@@ -390,7 +390,7 @@ def test_sgd_and_momentum_train_well_with_their_defaults(capsys, tmp_path, optim
     code, stdout, err = run(capsys, "train", "--device", "cpu", "--optimizer", optimizer,
                             "--out", str(tmp_path / "m.npz"))
     assert code == 0, err
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     final = load_model(tmp_path / "m.npz")[1]["final_metrics"]
     # The bundled sample: 10,000 training digits, 30 epochs. Adam gives ~94% there.
@@ -398,7 +398,7 @@ def test_sgd_and_momentum_train_well_with_their_defaults(capsys, tmp_path, optim
 
 
 def test_chance_level_is_the_most_common_class_plus_three_standard_errors():
-    from gpunet.metrics import better_than_chance, chance_accuracy
+    from gpunet.training.metrics import better_than_chance, chance_accuracy
 
     balanced = np.repeat(np.arange(10), 100)
     assert chance_accuracy(balanced) == 0.1
@@ -410,7 +410,7 @@ def test_chance_level_is_the_most_common_class_plus_three_standard_errors():
 
 # -- evaluate on the model's own training data -------------------------------------------------------
 def test_evaluate_on_the_training_file_scores_the_held_out_digits_apart(capsys, tmp_path):
-    from gpunet.data import load_sample
+    from gpunet.files.data import load_sample
 
     sample = load_sample()
     data = write_csv(tmp_path / "train.csv", sample.images[:600], sample.labels[:600])
@@ -424,14 +424,14 @@ def test_evaluate_on_the_training_file_scores_the_held_out_digits_apart(capsys, 
     assert lines[0] == f"{data} is the data this model was trained on."
     assert lines[1].startswith("Training digits (it learned from these; no estimate for new digits): 450 digits")
     assert lines[2].startswith("Validation digits (held out in training): 150 digits, accuracy")
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     # The same 150 digits training validated on: the accuracy it reported, but for digits whose top two
     # logits are within rounding (training validates on one BLAS thread, evaluate on all).
     params, meta = load_model(model)
     reported = meta["final_metrics"]["val_accuracy"]
     shown = float(lines[2].rsplit(" ", 1)[1].rstrip("%")) / 100
-    from gpunet.data import load_digits, split_validation
+    from gpunet.files.data import load_digits, split_validation
 
     _, held_out = split_validation(load_digits(data, labeled=True), 150, 0)
     assert_counts_within(round(shown * 150), round(reported * 150),
@@ -444,7 +444,7 @@ def test_evaluate_on_the_training_file_scores_the_held_out_digits_apart(capsys, 
 
 
 def test_info_names_the_cpu_path(capsys):
-    from gpunet.backend import CpuBackend
+    from gpunet.backends.cpu import CpuBackend
 
     code, out, _ = run(capsys, "info")
     assert code == 0
@@ -500,7 +500,7 @@ def test_a_failed_run_is_recorded_as_failed_and_commands_say_so(capsys, tmp_path
     code, _, err = run(capsys, "train", "--device", "cpu", "--optimizer", "gd", "--lr", "3", "--epochs", "20",
                        "--out", str(out))
     assert code == 3 and str(out) in err
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     assert load_model(out)[1]["stop_reason"] == "unlearned"
     data = write_csv(tmp_path / "test.csv", digits[0])
@@ -526,8 +526,8 @@ def test_plot_folder_and_model_file_of_one_name_are_refused_before_training(caps
 @pytest.fixture(scope="module")
 def python_models(tmp_path_factory):
     """Models fitted from Python: on scaled float features, on the digits 1-9, and with labels holding commas."""
-    from gpunet.data import load_sample
-    from gpunet.estimator import Classifier
+    from gpunet.files.data import load_sample
+    from gpunet.frontends.estimator import Classifier
 
     folder = tmp_path_factory.mktemp("python_models")
     sample = load_sample()

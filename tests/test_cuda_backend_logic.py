@@ -1,7 +1,7 @@
 """CupyBackend's own Python logic, run on the CPU (``pytest -m kernels``).
 
 tests/test_gpu.py runs CupyBackend on a real device; without one, the code of
-gpunet/backend_cuda.py (which hot operation goes to a kernel and which falls
+gpunet/backends/cuda.py (which hot operation goes to a kernel and which falls
 back to the generic ``super()`` path, the dtype/layout/out= checks, the label
 and index conversions) and the training loop through it would never run.
 Here it runs unchanged on the stand-in of tests/cupy_stand_in.py: NumPy
@@ -17,13 +17,13 @@ import re
 import numpy as np
 import pytest
 
-from gpunet import backend_cuda, kernels
-from gpunet.backend import Backend, CpuBackend, get_backend
-from gpunet.data import Digits, load_sample, split_validation
+from gpunet.backends import cuda as backend_cuda, kernels
+from gpunet.backends.cpu import Backend, CpuBackend, get_backend
+from gpunet.files.data import Digits, load_sample, split_validation
 from gpunet.errors import DeviceError
-from gpunet.model import Network, init_params, layer_sizes
-from gpunet.optimizers import make_optimizer
-from gpunet.training import DeviceData, TrainConfig, evaluate, train, train_epoch
+from gpunet.nn.model import Network, init_params, layer_sizes
+from gpunet.nn.optimizers import make_optimizer
+from gpunet.training.loop import DeviceData, TrainConfig, evaluate, train, train_epoch
 from tests.cupy_stand_in import IMPLICIT_CONVERSION, DeviceArray, cupy_method_signature
 from tests.kernel_support import logits
 from tests.test_gpu import assert_trainings_within
@@ -124,7 +124,7 @@ def test_device_arrays_are_not_numpy_arrays(cuda):
 
 
 def test_numpy_ufuncs_write_into_device_arrays_as_on_cupy(cuda):
-    """gpunet/optimizers.py's np.multiply(g, lr, out=tmp) on device arrays: CuPy runs it through __array_ufunc__."""
+    """gpunet/nn/optimizers.py's np.multiply(g, lr, out=tmp) on device arrays: CuPy runs it through __array_ufunc__."""
     g = cuda.asarray(np.array([1.0, -2.0, 3.0], np.float32))
     tmp = cuda.xp.empty(3, np.float32)
     assert np.multiply(g, np.float32(0.5), out=tmp) is tmp
@@ -167,7 +167,7 @@ def test_every_read_back_to_the_host_is_recorded(cuda):
         read()
     assert len(xp.transfers) == len(reads), "\n".join(map(str, xp.transfers))
     files = [t.where.split(":")[0] for t in xp.transfers]
-    assert files == ["test_cuda_backend_logic.py", "backend_cuda.py"] + ["test_cuda_backend_logic.py"] * 9  # to_numpy
+    assert files == ["test_cuda_backend_logic.py", "cuda.py"] + ["test_cuda_backend_logic.py"] * 9  # to_numpy
     xp.transfers.clear()
     device * 2 + total  # device work only
     device[0] = total
@@ -486,8 +486,8 @@ def test_the_transfer_count_catches_a_read_in_every_step(cuda, digits, monkeypat
 @pytest.mark.paths
 def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, monkeypatch, capsys, tmp_path):
     """`gpunet train/predict/evaluate --device cuda` end to end: the model saved from device arrays loads back."""
-    from gpunet import cli
-    from gpunet.backend import get_backend
+    from gpunet.frontends import cli
+    from gpunet.backends.cpu import get_backend
     from tests.conftest import run
 
     monkeypatch.setattr(cli, "get_backend", lambda device: (cuda, None) if device == "cuda" else get_backend(device))
@@ -499,7 +499,7 @@ def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, 
                          "--epochs", "2", "--out", str(model))
     assert code == 0, err
     assert "CuPy stand-in" in out and launched()  # it ran on the "device", through the kernels
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     params, meta = load_model(model)
     assert meta["training"]["device"] == "cuda" and all(type(p) is np.ndarray for p in params)
@@ -541,7 +541,7 @@ def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, 
 
 def spy_on_predictions(monkeypatch, predict, check):
     """cli.predict_labels becomes ``check(network, digits, labels)`` of the labels ``predict`` gives."""
-    from gpunet import cli
+    from gpunet.frontends import cli
 
     monkeypatch.setattr(cli, "predict_labels", lambda network, digits: check(network, digits, predict(network, digits)))
 
@@ -563,7 +563,7 @@ def near_tie_digits(params, images) -> np.ndarray:
 
 def test_gpunet_info_lists_the_device(cuda, monkeypatch, capsys):
     """`gpunet info` where a device is usable: its name, compute capability and memory; the kernels compile for it."""
-    from gpunet import backend_cuda
+    from gpunet.backends import cuda as backend_cuda
     from tests.conftest import run
 
     monkeypatch.setattr(backend_cuda, "unavailable_reason", lambda: None)

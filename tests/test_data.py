@@ -1,4 +1,4 @@
-"""gpunet.data: every reader round-trips small generated files, and every bad file is one DataError line."""
+"""gpunet.files.data: every reader round-trips small generated files, and every bad file is one DataError line."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet import data
-from gpunet.data import Digits, load_digits, load_sample, split_validation
+from gpunet.files import data
+from gpunet.files.data import Digits, load_digits, load_sample, split_validation
 from gpunet.errors import DataError, GpunetError
 
 HEADER = "label," + ",".join(f"pixel{i}" for i in range(784))
@@ -253,7 +253,7 @@ def test_bundled_sample_loads() -> None:
     assert sample.labels.dtype == np.uint8 and sample.labels.shape == (len(sample),)
     assert len(sample) >= 5000
     assert set(np.unique(sample.labels)) == set(range(10))
-    assert (Path(data.__file__).parent / "sample" / "digits.npz").stat().st_size <= 2_000_000
+    assert (Path(data.__file__).parents[1] / "sample" / "digits.npz").stat().st_size <= 2_000_000
 
 
 # --- validation split --------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from joblib import parallel_backend
 from threadpoolctl import threadpool_limits
 
 import gpunet
-from gpunet.data import load_sample
-from gpunet.estimator import Classifier
+from gpunet.files.data import load_sample
+from gpunet.frontends.estimator import Classifier
 from tests.conftest import run
 from tests.test_cli import write_csv
 from tests.tolerances import assert_counts_within, pass_bounds
@@ -121,7 +121,7 @@ def test_string_labels_and_any_number_of_features_and_classes():
 
 
 def test_options_are_the_command_lines_defaults():
-    from gpunet.training import TrainConfig
+    from gpunet.training.loop import TrainConfig
 
     clf = Classifier()
     assert clf.get_params() == {"hidden": (16, 16), "arch": None, "epochs": None, "batch_size": None, "lr": None,
@@ -156,8 +156,8 @@ def test_a_model_from_gpunet_train_loads_as_an_estimator(capsys, tmp_path, sampl
     clf = gpunet.load(model)
     assert clf.get_params()["hidden"] == (24,) and clf.get_params()["epochs"] == 2
     X = sample_frame.drop(columns="label").iloc[:300].to_numpy().astype(np.uint8)
-    from gpunet.backend import CpuBackend
-    from gpunet.cli import load_network
+    from gpunet.backends.cpu import CpuBackend
+    from gpunet.frontends.cli import load_network
 
     network, _ = load_network(model, CpuBackend())
     np.testing.assert_array_equal(clf.predict(X), network.probabilities(X).argmax(axis=1))
@@ -271,12 +271,12 @@ def test_a_fit_that_learned_nothing_says_so(sample_frame):
 
 
 def test_ctrl_c_stops_a_search_instead_of_being_recorded_as_a_failed_fit(monkeypatch):
-    import gpunet.training
+    import gpunet.training.loop
 
     def interrupted(*args, **kwargs):
-        raise gpunet.training.TrainingInterrupted(1, gpunet.training.TrainResult(network=None))
+        raise gpunet.training.loop.TrainingInterrupted(1, gpunet.training.loop.TrainResult(network=None))
 
-    monkeypatch.setattr(gpunet.training, "train", interrupted)
+    monkeypatch.setattr(gpunet.training.loop, "train", interrupted)
     X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
     with pytest.raises(KeyboardInterrupt):
         GridSearchCV(Classifier(val_size=0, device="cpu"), {"lr": [0.01, 0.1]}, cv=2).fit(X, y)
@@ -295,8 +295,8 @@ def test_a_cnn_from_python_and_from_gpunet_train(capsys, tmp_path, sample_frame)
     code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--arch", arch,
                        "--out", str(tmp_path / "cli.npz"))
     assert code == 0, err
-    from gpunet.backend import CpuBackend
-    from gpunet.cli import load_network
+    from gpunet.backends.cpu import CpuBackend
+    from gpunet.frontends.cli import load_network
 
     network, _ = load_network(tmp_path / "cli.npz", CpuBackend())
     X = test.to_numpy().astype(np.uint8)
@@ -357,7 +357,7 @@ def test_a_failed_run_stays_failed_through_python(capsys, tmp_path):
                      "--out", str(tmp_path / "bad.npz"))
     assert code == 3
     gpunet.load(tmp_path / "bad.npz").save(tmp_path / "bad2.npz")
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     assert load_model(tmp_path / "bad2.npz")[1]["stop_reason"] == "unlearned"
 

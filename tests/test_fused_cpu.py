@@ -1,4 +1,4 @@
-"""The compiled CPU path (gpunet.cpu_fused) gives the results of the NumPy path, gpunet's own generic operations.
+"""The compiled CPU path (gpunet.backends.cpu_fused) gives the results of the NumPy path, gpunet's own generic operations.
 
 Skipped where numba (or SciPy, whose BLAS it calls) is not installed. Correctness only; nothing here is timed.
 """
@@ -6,11 +6,11 @@ Skipped where numba (or SciPy, whose BLAS it calls) is not installed. Correctnes
 import numpy as np
 import pytest
 
-from gpunet import backend as backend_module
-from gpunet.backend import CpuBackend
-from gpunet.model import Network, init_params, layer_sizes
-from gpunet.optimizers import make_optimizer
-from gpunet.training import DeviceData, TrainConfig, learning_rate, train_epoch
+from gpunet.backends import cpu as backend_module
+from gpunet.backends.cpu import CpuBackend
+from gpunet.nn.model import Network, init_params, layer_sizes
+from gpunet.nn.optimizers import make_optimizer
+from gpunet.training.loop import DeviceData, TrainConfig, learning_rate, train_epoch
 from tests.test_training import separable_digits
 from tests.tolerances import assert_counts_within, assert_within, pass_bounds, training_bounds
 
@@ -352,7 +352,7 @@ def test_probes_of_a_way_that_keeps_losing_grow_rarer(monkeypatch):
 
 
 def test_the_compiled_path_takes_the_notes_network_only():
-    from gpunet.model import LayerStack, build_layers, init_stack_params, parse_arch_text
+    from gpunet.nn.model import LayerStack, build_layers, init_stack_params, parse_arch_text
 
     arch = parse_arch_text("dense16,dense16")
     params = init_stack_params(build_layers(arch, (784,), 10), "he", 0, np.float32)

@@ -22,12 +22,12 @@ import math
 import numpy as np
 import pytest
 
-from gpunet import backend_cuda, kernels
-from gpunet.backend import CpuBackend, get_backend
-from gpunet.data import Digits, load_sample, split_validation
-from gpunet.layers import Conv2D
-from gpunet.model import Network, init_params, layer_sizes
-from gpunet.training import DeviceData, TrainConfig, evaluate, learning_rate, steps_per_epoch, train
+from gpunet.backends import cuda as backend_cuda, kernels
+from gpunet.backends.cpu import CpuBackend, get_backend
+from gpunet.files.data import Digits, load_sample, split_validation
+from gpunet.nn.layers import Conv2D
+from gpunet.nn.model import Network, init_params, layer_sizes
+from gpunet.training.loop import DeviceData, TrainConfig, evaluate, learning_rate, steps_per_epoch, train
 from tests.kernel_support import logits
 from tests.tolerances import (assert_counts_within, assert_within, gamma, pass_bounds, softmax_cross_entropy_bounds,
                               training_bounds)
@@ -246,7 +246,7 @@ LR = 0.1
 @pytest.mark.paths
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_training_step_agrees_with_the_cpu(cuda, dtype):
-    from gpunet.optimizers import make_optimizer
+    from gpunet.nn.optimizers import make_optimizer
 
     sample = load_sample()
     params = init_params(layer_sizes((16, 16)), "he", seed=3, dtype=dtype)
@@ -282,7 +282,7 @@ def test_one_cnn_training_step_agrees_with_the_cpu(cuda, launched):
     """A CNN's forward and backward pass and an SGD step, in float64, through every layer kernel: within the
     bounds of their sums (``cnn_step_bounds``) of the CPU's. (In float32 a pool's two nearly equal entries or a
     ReLU's input near 0 may go either way and route a gradient elsewhere: no entrywise bound holds.)"""
-    from gpunet.model import LayerStack, build_layers, init_stack_params, parse_arch_text
+    from gpunet.nn.model import LayerStack, build_layers, init_stack_params, parse_arch_text
 
     arch, dtype = parse_arch_text(CNN), np.float64
     params = init_stack_params(build_layers(arch, (1, 28, 28), 10), "he", 5, dtype)

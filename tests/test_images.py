@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpunet.backend import CpuBackend
-from gpunet.checkpoint import save_model
+from gpunet.backends.cpu import CpuBackend
+from gpunet.files.checkpoint import save_model
 from tests.conftest import run
-from gpunet.data import load_sample, split_validation
-from gpunet.images import ImageError, ImageTooLarge, NoDigit, load_digit, prepare_digit, read_image
-from gpunet.training import TrainConfig, train
+from gpunet.files.data import load_sample, split_validation
+from gpunet.frontends.images import ImageError, ImageTooLarge, NoDigit, load_digit, prepare_digit, read_image
+from gpunet.training.loop import TrainConfig, train
 
 AGREEMENT = 0.95
 COUNT = 400  # validation digits re-rendered per variant

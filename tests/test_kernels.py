@@ -9,7 +9,7 @@
 2. Every kernel's arithmetic runs on the CPU: the same .cu source is compiled
    with g++ (kernels/host_compat.h) into tests/kernel_host/walk.cpp, which walks
    a launch's grid thread by thread under AddressSanitizer and UBSan. The
-   launches come from gpunet.kernels' own wrappers (shapes, argument order and
+   launches come from gpunet.backends.kernels' own wrappers (shapes, argument order and
    C types included) and the results are compared with the generic CpuBackend
    operations, the reference, in float32 and float64.
 """
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet import kernels, layers
-from gpunet.backend import CpuBackend
+from gpunet.backends import kernels
+from gpunet.nn import layers
+from gpunet.backends.cpu import CpuBackend
 from tests.kernel_support import HOST_DIR, logits
 from tests.tolerances import assert_within, gamma, softmax_cross_entropy_bounds
 
@@ -68,7 +69,7 @@ def test_nvrtc_compiles_every_instantiation(arch, target):
 
 def test_device_report_says_whether_the_kernels_compile():
     """`gpunet info`'s lines: versions, devices (none here), and an NVRTC compile of every kernel."""
-    from gpunet import backend_cuda
+    from gpunet.backends import cuda as backend_cuda
 
     lines = backend_cuda.device_report()
     assert lines[0].startswith("CuPy ") and lines[1].startswith("CUDA runtime ")
@@ -94,7 +95,7 @@ NVRTC_13_ARCHS = (75, 80, 86, 87, 88, 89, 90, 100, 103, 107, 110, 120, 121)  # n
 
 def test_the_claimed_architectures_an_nvrtc_lacks_are_left_out(monkeypatch):
     """With NVRTC 13's list (no sm_70): the kernels compile, and `gpunet info` says so, for sm_80 and sm_90."""
-    from gpunet import backend_cuda
+    from gpunet.backends import cuda as backend_cuda
 
     monkeypatch.setattr(kernels, "supported_archs", lambda: NVRTC_13_ARCHS)
     assert kernels.compile_archs() == (80, 90)

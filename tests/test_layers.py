@@ -1,4 +1,4 @@
-"""The layers (gpunet/layers.py) against independent float64 references: plain loops and central differences.
+"""The layers (gpunet/nn/layers.py) against independent float64 references: plain loops and central differences.
 
 Central differences are exact here up to rounding, and the tolerances say how much rounding. Every layer
 is piecewise linear in any one entry of its input or parameters (a ReLU, a pool's argmax and a dropout
@@ -14,11 +14,11 @@ import math
 import numpy as np
 import pytest
 
-from gpunet.backend import CpuBackend
-from gpunet.layers import (GOLDEN, MASK64, MIX1, MIX2, Conv2D, Dense, Dropout, Flatten, MaxPool2D, as_maps,
+from gpunet.backends.cpu import CpuBackend
+from gpunet.nn.layers import (GOLDEN, MASK64, MIX1, MIX2, Conv2D, Dense, Dropout, Flatten, MaxPool2D, as_maps,
                            dropout_mask, splitmix64)
-from gpunet.loss import softmax_cross_entropy
-from gpunet.model import init_params, layer_sizes
+from gpunet.nn.loss import softmax_cross_entropy
+from gpunet.nn.model import init_params, layer_sizes
 from tests.tolerances import TRANSCENDENTAL_ULPS, assert_within, gamma
 
 BACKEND = CpuBackend(compiled=False)

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from gpunet.model import Network, init_params, layer_sizes
+from gpunet.nn.model import Network, init_params, layer_sizes
 from tests.tolerances import assert_within, gamma, pass_bounds, softmax_cross_entropy_bounds
 
 
 def reference_softmax_ce(Z, labels):
-    """Direct float64 formulas on the host, written independently of gpunet.loss."""
+    """Direct float64 formulas on the host, written independently of gpunet.nn.loss."""
     Z = np.asarray(Z, dtype=np.float64)
     m = Z.shape[1]
     shifted = Z - Z.max(axis=0)

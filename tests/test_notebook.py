@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gpunet.data import load_sample
+from gpunet.files.data import load_sample
 
 nbformat = pytest.importorskip("nbformat", reason="the notebook test needs nbformat (pip install -e '.[dev]')")
 nbclient = pytest.importorskip("nbclient", reason="the notebook test needs nbclient (pip install -e '.[dev]')")
@@ -34,7 +34,7 @@ PIXEL_COLUMNS = [f"pixel{i}" for i in range(784)]
 # loop replaced by one that hands back the validation set fit built, and stops.
 CHECK_CELL = """\
 import json, sys
-import gpunet.training
+import gpunet.training.loop
 from sklearn.base import clone
 
 class HeldOut(Exception):
@@ -43,13 +43,13 @@ class HeldOut(Exception):
 def hand_back_validation_set(backend, train_set, val_set, *args, **kwargs):
     raise HeldOut(val_set)
 
-real_train, gpunet.training.train = gpunet.training.train, hand_back_validation_set
+real_train, gpunet.training.loop.train = gpunet.training.loop.train, hand_back_validation_set
 try:
     clone(clf).fit(X, y)
 except HeldOut as caught:
     fits_held_out = caught.args[0]
 finally:
-    gpunet.training.train = real_train
+    gpunet.training.loop.train = real_train
 print(json.dumps({
     "python": sys.executable,
     "epochs": len(clf.history_),

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from gpunet.optimizers import OPTIMIZERS, Adam, GradientDescent, Momentum, make_optimizer
+from gpunet.nn.optimizers import OPTIMIZERS, Adam, GradientDescent, Momentum, make_optimizer
 
 STEPS = 5
 LRS = [0.01 * (k + 1) for k in range(STEPS)]  # a warm-up-like ramp: every step has its own alpha

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpunet import plots
-from gpunet.cli import main
+from gpunet.frontends import plots
+from gpunet.frontends.cli import main
 from tests.conftest import run
-from gpunet.data import load_sample
+from gpunet.files.data import load_sample
 
 pytest.importorskip("matplotlib", reason="plots need matplotlib (pip install 'gpunet[plot]')")
 
@@ -93,7 +93,7 @@ def test_plot_on_given_labeled_data(capsys, trained, tmp_path):
 
 def test_without_hidden_layer_the_weights_are_the_class_templates(capsys, monkeypatch, tmp_path, small_data):
     """The saved weights figure shows W1's ten rows, each under its digit, nothing cut off."""
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
     figures = record_saved_figures(monkeypatch)
     model = tmp_path / "linear.npz"

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpunet.backend import CpuBackend
-from gpunet.checkpoint import save_model
-from gpunet.data import load_sample, split_validation
+from gpunet.backends.cpu import CpuBackend
+from gpunet.files.checkpoint import save_model
+from gpunet.files.data import load_sample, split_validation
 from gpunet.errors import GpunetError
-from gpunet.images import prepare_digit
-from gpunet.server import MAX_BODY, make_server
-from gpunet.training import TrainConfig, train
+from gpunet.frontends.images import prepare_digit
+from gpunet.frontends.server import MAX_BODY, make_server
+from gpunet.training.loop import TrainConfig, train
 
 # The server rounds each probability to 6 decimals: off by at most half of 1e-6 (and a float64 ulp).
 ROUNDED = 0.5e-6 + float(np.finfo(np.float64).eps)

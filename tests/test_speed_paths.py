@@ -6,11 +6,11 @@ Correctness only; nothing here is timed (scripts/bench.py measures speed).
 import numpy as np
 import pytest
 
-from gpunet import backend as backend_module
-from gpunet.backend import CpuBackend
-from gpunet.model import Network, init_params, layer_sizes
-from gpunet.optimizers import make_optimizer
-from gpunet.training import DeviceData, train_epoch
+from gpunet.backends import cpu as backend_module
+from gpunet.backends.cpu import CpuBackend
+from gpunet.nn.model import Network, init_params, layer_sizes
+from gpunet.nn.optimizers import make_optimizer
+from gpunet.training.loop import DeviceData, train_epoch
 from tests.test_training import separable_digits
 from tests.tolerances import assert_counts_within, assert_within, pass_bounds
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from gpunet.training import (TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate, DeviceData,
+from gpunet.training.loop import (TrainConfig, TrainingDiverged, TrainingInterrupted, evaluate, DeviceData,
                              learning_rate, train)
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet import data
-from gpunet.checkpoint import load_model
+from gpunet.files import data
+from gpunet.files.checkpoint import load_model
 from gpunet.errors import DataError, ModelFileError
 
 HUGE = 400 << 20

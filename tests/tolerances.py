@@ -259,7 +259,7 @@ def training_bounds(params, images, labels, steps, optimizer: str, weight_decay:
     return TrainingBounds([2 * b for b in bounds], loss_bounds, ambiguous)
 
 
-BETA, BETA1, BETA2, EPS = 0.9, 0.9, 0.999, 1e-8  # gpunet.optimizers' defaults
+BETA, BETA1, BETA2, EPS = 0.9, 0.9, 0.999, 1e-8  # gpunet.nn.optimizers' defaults
 
 
 def _update_bounds(name, p, Bp, g, Bg, state, lr, decay, t, dtype):

@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from gpunet import layers as L
+from gpunet.nn import layers as L
 
 INPUTS = 784
 CLASSES = 10

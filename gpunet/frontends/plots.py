@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gpunet.atomic_file import check_writable
+from gpunet.files.atomic_file import check_writable
 from gpunet.errors import GpunetError
-from gpunet.outputs import PNG, kind_of
+from gpunet.files.outputs import PNG, kind_of
 
 DPI = 100
 FILES = {
@@ -79,7 +79,7 @@ def training_validation_digits(meta: dict, model_path) -> "Digits":  # noqa: F82
     Training holds out the first ``val_size`` digits of a seeded shuffle of its
     data; the same data, size and seed give the same digits.
     """
-    from gpunet.data import SAMPLE_NAME, load_digits, load_sample, split_validation
+    from gpunet.files.data import SAMPLE_NAME, load_digits, load_sample, split_validation
 
     training = meta.get("training") or {}
     source, val_size, seed = training.get("data"), training.get("val_size"), training.get("seed")
@@ -103,8 +103,8 @@ def write_plots(model_path, out_dir, digits=None) -> list[Path]:
     ``digits`` (labeled) feed the confusion matrix and the misclassified grid;
     by default the model's own validation digits.
     """
-    from gpunet.backend import CpuBackend
-    from gpunet.checkpoint import load_model, network_from_file
+    from gpunet.backends.cpu import CpuBackend
+    from gpunet.files.checkpoint import load_model, network_from_file
 
     Figure = require_matplotlib()
     out_dir = prepare_out_dir(out_dir)
@@ -129,7 +129,7 @@ def write_plots(model_path, out_dir, digits=None) -> list[Path]:
 
 def first_kernel(network) -> int | None:
     """The kernel size k where the first layer with weights is a convolution (W1 rows are k x k filters), else None."""
-    from gpunet.layers import Conv2D
+    from gpunet.nn.layers import Conv2D
 
     first = next((layer for layer in getattr(network, "layers", []) if layer.param_shapes()), None)
     return first.k if isinstance(first, Conv2D) else None
@@ -149,7 +149,7 @@ def filter_images(W1: np.ndarray, k: int) -> np.ndarray:
 
 def save(figure, path: Path) -> Path:
     """Write a figure as a PNG, atomically."""
-    from gpunet.atomic_file import write_atomically
+    from gpunet.files.atomic_file import write_atomically
 
     write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
     return path
@@ -219,7 +219,7 @@ def learning_curves(Figure, meta: dict):
 
 def confusion_matrix(Figure, truth: np.ndarray, predicted: np.ndarray, source: str):
     """Counts of (true, predicted) pairs; the colour is the share of the true digit's row."""
-    from gpunet.metrics import confusion_counts
+    from gpunet.training.metrics import confusion_counts
 
     counts = confusion_counts(truth, predicted)
     rows = counts.sum(axis=1, keepdims=True)

@@ -2,11 +2,11 @@
 
 Standard library only: a ThreadingHTTPServer with two routes.
 
-    GET  /          the drawing page (gpunet/static/draw.html, self-contained)
+    GET  /          the drawing page (gpunet/frontends/static/draw.html, self-contained)
     POST /predict   {"image": "data:image/png;base64,..."}  ->
                     {"label": 7, "probabilities": [10 floats], "pixels": [784 ints]}
 
-The drawing goes through :func:`gpunet.images.prepare_digit`, the same preparation
+The drawing goes through :func:`gpunet.frontends.images.prepare_digit`, the same preparation
 as ``predict --image``; ``pixels`` is the prepared 28x28 digit the network saw.
 A request the server cannot use gets a 4xx status with {"error": "..."} and the
 server carries on: a body over MAX_BODY bytes is refused without being parsed.
@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
 from gpunet.errors import GpunetError
-from gpunet.images import ImageError, ImageTooLarge, NoDigit, prepare_digit, read_image
+from gpunet.frontends.images import ImageError, ImageTooLarge, NoDigit, prepare_digit, read_image
 
 MAX_BODY = 1 << 20  # bytes; a 280x280 canvas as PNG is 5-40 KB
 MAX_PIXELS = 2048 * 2048  # a posted image larger than this is refused before decoding
@@ -40,8 +40,8 @@ class RequestError(Exception):
 
 
 def page() -> bytes:
-    """The drawing page's HTML (gpunet/static/draw.html)."""
-    return (resources.files("gpunet") / "static" / "draw.html").read_bytes()
+    """The drawing page's HTML (gpunet/frontends/static/draw.html)."""
+    return (resources.files("gpunet.frontends") / "static" / "draw.html").read_bytes()
 
 
 def predict_drawing(network, payload) -> dict:

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from gpunet.atomic_file import write_atomically
+from gpunet.files.atomic_file import write_atomically
 from gpunet.errors import DataError, GpunetError
 
 SIDE = 28
@@ -656,7 +656,7 @@ def _as_uint8(array: np.ndarray, top: int, key: str, name: str) -> np.ndarray:
 
 
 # --- .npy arrays in a zip archive, read no further than their headers say -----------------------
-# Shared with model files (gpunet.checkpoint). Problems are ValueErrors for the caller to name its file.
+# Shared with model files (gpunet.files.checkpoint). Problems are ValueErrors for the caller to name its file.
 
 # What zipfile raises on a damaged archive: a bad CRC or directory, corrupt deflate data, an
 # unsupported zip version or feature, a file that ends early.

@@ -1,4 +1,4 @@
-"""The CUDA backend: CuPy arrays, with the hot operations in the custom kernels of gpunet.kernels.
+"""The CUDA backend: CuPy arrays, with the hot operations in the custom kernels of gpunet.backends.kernels.
 
 ``CupyBackend`` inherits every operation of ``Backend`` written against
 ``self.xp`` (now CuPy) and overrides only the hot ones that have a kernel,
@@ -14,8 +14,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from gpunet import kernels, layers
-from gpunet.backend import Backend
+from gpunet.backends import kernels
+from gpunet.nn import layers
+from gpunet.backends.cpu import Backend
 
 try:  # optional: the CPU backend works without it
     import cupy

@@ -3,11 +3,11 @@
 The network, loss, optimizers and training loop are written once against
 ``backend.xp`` and call the few hot operations below through the backend.
 ``Backend`` implements every operation with the generic ``xp`` formulas of
-:mod:`gpunet.activations` and :mod:`gpunet.loss`; those generic versions are
+:mod:`gpunet.nn.activations` and :mod:`gpunet.nn.loss`; those generic versions are
 also the reference that the CUDA kernels are tested against. Each real
 backend overrides only what it does better: ``CpuBackend`` (NumPy) the
 memory layouts, threads and compiled loops that pay on a CPU, and
-``gpunet.backend_cuda.CupyBackend`` (``xp = cupy``) the hot operations it has
+``gpunet.backends.cuda.CupyBackend`` (``xp = cupy``) the hot operations it has
 kernels for.
 """
 
@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from gpunet import activations, layers, loss
+from gpunet.nn import activations, layers, loss
 from gpunet.errors import DeviceError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -121,7 +121,7 @@ class Backend:
         """(dZ, losses) with dZ = (softmax(Z) - onehot(labels)) / m and per-sample losses (m,).
 
         ``out``: a pair of arrays shaped as dZ and losses to write the results
-        into; the arithmetic is that of :func:`gpunet.loss.softmax_cross_entropy`,
+        into; the arithmetic is that of :func:`gpunet.nn.loss.softmax_cross_entropy`,
         step for step, so both give the same bits.
         """
         if out is None:
@@ -150,7 +150,7 @@ class Backend:
         """Class probabilities for prediction."""
         return activations.softmax(self.xp, Z)
 
-    # -- the layers' hot operations (gpunet/layers.py's generic code) ----------
+    # -- the layers' hot operations (gpunet/nn/layers.py's generic code) ----------
     def im2col(self, x, k: int, pads):
         """The k x k patches of maps x (C, H, W, m) as columns (C.k.k, H_out.W_out.m): ``layers.im2col``."""
         return layers.im2col(self.xp, x, k, pads)
@@ -179,7 +179,7 @@ class CpuBackend(Backend):
     xp = np
 
     def __init__(self, compiled: bool | None = None):
-        """``compiled``: use the compiled CPU path (:mod:`gpunet.cpu_fused`) where it applies.
+        """``compiled``: use the compiled CPU path (:mod:`gpunet.backends.cpu_fused`) where it applies.
 
         None (the default): wherever numba is installed. False: the NumPy path always.
         """
@@ -199,7 +199,7 @@ class CpuBackend(Backend):
         return f"steps as NumPy array calls ({reason})"
 
     def compiled_path(self, network, optimizer=None):
-        """The module :mod:`gpunet.cpu_fused` if its compiled loops run this network (and optimizer), else None.
+        """The module :mod:`gpunet.backends.cpu_fused` if its compiled loops run this network (and optimizer), else None.
 
         The NumPy operations stay the reference: the compiled path gives
         their results up to the order of summation (tests/test_fused_cpu.py).
@@ -276,10 +276,10 @@ def _blas_threads():
 
 @lru_cache(maxsize=1)
 def _cpu_fused():
-    """gpunet.cpu_fused where numba imports, else None (imported on first use: numba takes 0.3 s to import)."""
+    """gpunet.backends.cpu_fused where numba imports, else None (imported on first use: numba takes 0.3 s to import)."""
     if importlib.util.find_spec("numba") is None:
         return None
-    from gpunet import cpu_fused  # loads SciPy's BLAS, which numba's np.dot calls
+    from gpunet.backends import cpu_fused  # loads SciPy's BLAS, which numba's np.dot calls
 
     if not cpu_fused.available():
         return None
@@ -311,7 +311,7 @@ def get_backend(device: str):
         raise DeviceError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
     if device == "cpu":
         return CpuBackend(), None
-    from gpunet import backend_cuda
+    from gpunet.backends import cuda as backend_cuda
 
     if device == "auto" and backend_cuda.cupy is None:
         return CpuBackend(), None

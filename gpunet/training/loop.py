@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gpunet.model import (CLASSES, LayerStack, Network, arch_input_shape, build_layers, init_params,
+from gpunet.nn.model import (CLASSES, LayerStack, Network, arch_input_shape, build_layers, init_params,
                           init_stack_params, layer_sizes, parse_arch_text)
-from gpunet.optimizers import DEFAULTS, make_optimizer
+from gpunet.nn.optimizers import DEFAULTS, make_optimizer
 
 SCHEDULES = ("cosine", "constant")
 

@@ -15,12 +15,12 @@ import click
 import numpy as np
 
 from gpunet import __version__
-from gpunet.backend import DEVICES, get_backend
+from gpunet.backends.cpu import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
-from gpunet.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
-from gpunet.optimizers import OPTIMIZERS
-from gpunet.outputs import MODEL, SUBMISSION, check_out_path, save_without_replacing
-from gpunet.training import SCHEDULES
+from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
+from gpunet.nn.optimizers import OPTIMIZERS
+from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_without_replacing
+from gpunet.training.loop import SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -140,9 +140,9 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
 def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size,
           patience, seed, dtype, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
-    from gpunet.data import load_digits, load_sample, split_validation
-    from gpunet.metrics import better_than_chance, chance_accuracy, scored_on
-    from gpunet.training import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
+    from gpunet.files.data import load_digits, load_sample, split_validation
+    from gpunet.training.metrics import better_than_chance, chance_accuracy, scored_on
+    from gpunet.training.loop import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
 
     if arch is not None and ctx.get_parameter_source("hidden") is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
@@ -153,7 +153,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
         raise click.UsageError("--plot is a folder for the plots and --out the model file: give them different names")
     if plot_dir is not None:  # fail now, not after training
-        from gpunet.plots import prepare_out_dir, require_matplotlib
+        from gpunet.frontends.plots import prepare_out_dir, require_matplotlib
 
         require_matplotlib()
         prepare_out_dir(plot_dir, "--plot")
@@ -211,7 +211,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         click.echo(f"Training accuracy {100 * final.train_accuracy:.2f}% (epoch {result.best_epoch}; "
                    f"no validation digits); saved {out}")
     if plot_dir is not None:
-        from gpunet.plots import write_plots
+        from gpunet.frontends.plots import write_plots
 
         if not len(val_digits):
             click.echo("Plots: no validation digits (--val-size 0): the confusion matrix and misclassified "
@@ -323,8 +323,8 @@ def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Pat
 
 def save_result(out: Path, result, config, digits, backend) -> Path:
     """Write the trained network and its metadata (settings, data fingerprint, history) to ``out``."""
-    from gpunet.checkpoint import save_model
-    from gpunet.data import fingerprint
+    from gpunet.files.checkpoint import save_model
+    from gpunet.files.data import fingerprint
 
     final = result.final
     save_model(out, result.network.host_params(), {
@@ -347,8 +347,8 @@ def load_network(model_path: Path, backend, digit_classes: bool = True):
     ``digit_classes``: the command reads the outputs as the digits 0-9 (evaluate, plot, serve, --image), so
     a model fitted from Python on other classes is refused; ``predict --data`` writes any model's labels.
     """
-    from gpunet.checkpoint import input_scale, load_model, network_from_file, stack_architecture
-    from gpunet.model import INPUTS
+    from gpunet.files.checkpoint import input_scale, load_model, network_from_file, stack_architecture
+    from gpunet.nn.model import INPUTS
 
     params, meta = load_model(model_path)
     stack = stack_architecture(meta, str(model_path))
@@ -385,8 +385,8 @@ def load_network(model_path: Path, backend, digit_classes: bool = True):
 @click.pass_context
 def predict(ctx, model, data, images, as_json, out, device, more_images):
     """Label digits and write a Kaggle 'Digit Recognizer' submission, or label your own images (--image)."""
-    from gpunet.atomic_file import write_atomically
-    from gpunet.data import load_digits
+    from gpunet.files.atomic_file import write_atomically
+    from gpunet.files.data import load_digits
 
     if more_images and not images:
         raise click.UsageError(f"unexpected argument {more_images[0]}; for image files use --image {more_images[0]} ...")
@@ -430,7 +430,7 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
     """
     import json
 
-    from gpunet.images import ImageError, load_digit
+    from gpunet.frontends.images import ImageError, load_digit
 
     backend, notice = get_backend(device)
     network, _ = load_network(model, backend)
@@ -464,9 +464,9 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
               help="Folder for the PNG files (created if missing).")
 def plot(model, data, out_dir):
     """Plot learning curves, confusion matrix, misclassified digits and first-layer weights."""
-    from gpunet.backend import CpuBackend
-    from gpunet.data import load_digits
-    from gpunet.plots import prepare_out_dir, require_matplotlib, write_plots
+    from gpunet.backends.cpu import CpuBackend
+    from gpunet.files.data import load_digits
+    from gpunet.frontends.plots import prepare_out_dir, require_matplotlib, write_plots
 
     require_matplotlib()
     load_network(model, CpuBackend())  # a model plot can read as digits: one line now, not a traceback later
@@ -482,8 +482,8 @@ def plot(model, data, out_dir):
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
 def serve(model, host, port):
     """Serve a page to draw a digit on, showing the network's probabilities as you draw."""
-    from gpunet.backend import CpuBackend
-    from gpunet.server import make_server
+    from gpunet.backends.cpu import CpuBackend
+    from gpunet.frontends.server import make_server
 
     network, _ = load_network(model, CpuBackend())  # one digit per request: the CPU answers fastest
     server = make_server(network, host, port)
@@ -509,7 +509,7 @@ def evaluate(model, data, device):
     scored apart from the validation digits it held out, which alone estimate
     its accuracy on new digits.
     """
-    from gpunet.data import load_digits
+    from gpunet.files.data import load_digits
 
     backend, notice = get_backend(device)
     network, meta = load_network(model, backend)
@@ -531,7 +531,7 @@ def evaluate(model, data, device):
 
 def split_as_in_training(digits, meta):
     """(validation, training) as the model's training run split these digits, or (digits, None) for other data."""
-    from gpunet.data import fingerprint, split_validation
+    from gpunet.files.data import fingerprint, split_validation
 
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     seed, val_size = training.get("seed"), training.get("val_size")
@@ -559,7 +559,7 @@ def class_labels(meta: dict, network) -> np.ndarray:
 
 def score_digits(network, digits, title: str) -> None:
     """Accuracy, per-class accuracy and the confusion matrix, under ``title``."""
-    from gpunet.metrics import confusion_counts
+    from gpunet.training.metrics import confusion_counts
 
     predicted = predict_labels(network, digits)
     truth = digits.labels.astype(np.int64)
@@ -582,8 +582,8 @@ def info():
     """Versions, the backends found, and CUDA devices."""
     from importlib.metadata import version
 
-    from gpunet import backend_cuda
-    from gpunet.backend import CpuBackend
+    from gpunet.backends import cuda as backend_cuda
+    from gpunet.backends.cpu import CpuBackend
 
     click.echo(f"gpunet {__version__}")
     click.echo(f"Python {sys.version.split()[0]}, NumPy {np.__version__}, click {version('click')}")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpunet import layers
+from gpunet.nn import layers
 
 # kernels/<file>.cu -> the __global__ templates it defines, each compiled for every CTYPES value.
 MODULES: dict[str, tuple[str, ...]] = {
@@ -87,14 +87,12 @@ def source_dir() -> Path:
     override = os.environ.get(KERNEL_DIR_ENV)
     if override:
         return Path(override)
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "kernel_sources", here.parent / "kernels"):
+    package = Path(__file__).resolve().parents[1]  # gpunet/
+    installed, checkout = package / "kernel_sources", package.parent / "kernels"
+    for candidate in (installed, checkout):
         if (candidate / "loss.cu").is_file():
             return candidate
-    raise FileNotFoundError(
-        f"the CUDA kernel sources are missing: neither {here / 'kernel_sources'} nor "
-        f"{here.parent / 'kernels'} holds loss.cu"
-    )
+    raise FileNotFoundError(f"the CUDA kernel sources are missing: neither {installed} nor {checkout} holds loss.cu")
 
 
 def source_path(module: str) -> Path:
@@ -187,7 +185,7 @@ def nvrtc_arch(capability: int) -> int:
     device of a newer major architecture than NVRTC knows the kernels do not
     load (PTX, ``-arch=compute_XX``, would be JIT-compiled forward by the
     driver, but CuPy builds PTX only with CUPY_COMPILE_WITH_PTX=1); the device
-    probe of gpunet.backend_cuda launches the kernels and so finds out.
+    probe of gpunet.backends.cuda launches the kernels and so finds out.
     """
     return min(capability, max(supported_archs()))
 
@@ -491,7 +489,7 @@ def _conv_args(shape, k, before, H_out, W_out) -> tuple:
 
 def im2col(x, k: int, pads, *, launcher=None):
     """The k x k patches of maps x (C, H, W, m), padded by ``pads`` (before, after), as columns
-    (C.k.k, H_out.W_out.m), one thread per column entry: gpunet.layers.im2col."""
+    (C.k.k, H_out.W_out.m), one thread per column entry: gpunet.nn.layers.im2col."""
     op = "im2col"
     xp, ctype = _maps(op, "x", x)
     before, H_out, W_out = _conv_sizes(op, x.shape, k, pads)
@@ -506,7 +504,7 @@ def im2col(x, k: int, pads, *, launcher=None):
 
 def col2im(columns, input_shape, k: int, pads, *, launcher=None):
     """The gradient of im2col: maps ``input_shape`` (C, H, W, m), each element the sum of the column entries
-    that copied it, one thread per element gathering them (no atomics): gpunet.layers.col2im."""
+    that copied it, one thread per element gathering them (no atomics): gpunet.nn.layers.col2im."""
     op = "col2im"
     xp = _array_module(columns)
     ctype = _ctype(op, columns.dtype)
@@ -531,7 +529,7 @@ def _pool_size(op: str, size: int) -> int:
 
 def max_pool(x, size: int, *, launcher=None):
     """(y, argmax) of size x size windows, stride ``size``, of maps x (C, H, W, m), one thread per output:
-    gpunet.layers.max_pool (argmax uint8, the first largest entry; NaN pools to NaN)."""
+    gpunet.nn.layers.max_pool (argmax uint8, the first largest entry; NaN pools to NaN)."""
     op = "max_pool"
     xp, ctype = _maps(op, "x", x)
     size = _pool_size(op, size)
@@ -548,7 +546,7 @@ def max_pool(x, size: int, *, launcher=None):
 
 def max_pool_backward(dy, argmax, input_shape, size: int, *, launcher=None):
     """dx of maps ``input_shape``: each window's dy at its argmax entry, 0 elsewhere, one thread per input
-    element (no atomics): gpunet.layers.max_pool_backward."""
+    element (no atomics): gpunet.nn.layers.max_pool_backward."""
     op = "max_pool_backward"
     xp, ctype = _maps(op, "dy", dy)
     size = _pool_size(op, size)
@@ -569,7 +567,7 @@ def max_pool_backward(dy, argmax, input_shape, size: int, *, launcher=None):
 
 
 def dropout_mask(mask, p: float, seed: int, step: int, *, launcher=None):
-    """Fill ``mask`` (C-contiguous) with inverted dropout's mask of (seed, step): gpunet.layers.dropout_mask, bit
+    """Fill ``mask`` (C-contiguous) with inverted dropout's mask of (seed, step): gpunet.nn.layers.dropout_mask, bit
     for bit (element n, in C order, kept where SplitMix64's n-th output from dropout_key(seed, step) has its top
     32 bits at least round(p.2^32)). Returns mask."""
     op = "dropout_mask"

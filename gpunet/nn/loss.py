@@ -14,7 +14,7 @@ folded in once, so the later rules drop it). No one-hot matrix is built: Y is
 one only at (label, sample), so "- Y" subtracts 1 there.
 """
 
-from gpunet.activations import log_softmax, softmax
+from gpunet.nn.activations import log_softmax, softmax
 
 
 def softmax_cross_entropy(xp, Z, labels):

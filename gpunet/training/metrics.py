@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunet.model import CLASSES
+from gpunet.nn.model import CLASSES
 
 
 def confusion_counts(truth: np.ndarray, predicted: np.ndarray, classes: int = CLASSES) -> np.ndarray:

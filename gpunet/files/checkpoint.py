@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from gpunet import __version__
-from gpunet.atomic_file import write_atomically
-from gpunet.data import ZIP_ERRORS, NpyHeader, npy_header, npz_members, one_line, read_npy
+from gpunet.files.atomic_file import write_atomically
+from gpunet.files.data import ZIP_ERRORS, NpyHeader, npy_header, npz_members, one_line, read_npy
 from gpunet.errors import ModelFileError
 
 FORMAT = "gpunet-model"
@@ -109,7 +109,7 @@ def stack_architecture(meta: dict, name: str):
     """
     if meta.get("format_version") != STACK_FORMAT_VERSION:
         return None
-    from gpunet.model import MAX_UNITS, build_layers, parse_arch_text
+    from gpunet.nn.model import MAX_UNITS, build_layers, parse_arch_text
 
     spec, input_shape, outputs = meta.get("architecture"), meta.get("input_shape"), meta.get("outputs")
     if not isinstance(spec, str):
@@ -153,7 +153,7 @@ def input_scale(meta: dict) -> float | None:
 
 def network_from_file(params: list[np.ndarray], meta: dict, backend, name: str):
     """The network a loaded model file holds: the notes' ``Network`` (version 1) or a ``LayerStack`` (version 2)."""
-    from gpunet.model import LayerStack, Network
+    from gpunet.nn.model import LayerStack, Network
 
     stack = stack_architecture(meta, name)
     if stack is None:
@@ -164,7 +164,7 @@ def network_from_file(params: list[np.ndarray], meta: dict, backend, name: str):
 
 def _stack_param_shapes(arch, input_shape, outputs) -> dict[str, tuple[int, ...]]:
     """W_k and b_k of each layer that has parameters, k counting those layers from 1."""
-    from gpunet.model import build_layers
+    from gpunet.nn.model import build_layers
 
     shaped = [layer.param_shapes() for layer in build_layers(arch, input_shape, outputs) if layer.param_shapes()]
     return {f"{kind}{k}": tuple(shape) for k, shapes in enumerate(shaped, start=1) for kind, shape in zip("Wb", shapes)}

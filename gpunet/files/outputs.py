@@ -9,7 +9,7 @@ The rules (README, "Your files are safe"):
 * A run that did not finish well (interrupted, diverged, learned nothing)
   never replaces a file: it writes ``--out`` only where nothing is there yet,
   else a free name beside it (``model.interrupted.npz``), and says where.
-* Every file appears whole or not at all (:mod:`gpunet.atomic_file`): two runs
+* Every file appears whole or not at all (:mod:`gpunet.files.atomic_file`): two runs
   writing one ``--out`` at once leave one complete model.
 """
 
@@ -21,8 +21,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from gpunet.atomic_file import check_writable
-from gpunet.data import ZIP_ERRORS
+from gpunet.files.atomic_file import check_writable
+from gpunet.files.data import ZIP_ERRORS
 from gpunet.errors import GpunetError
 
 MODEL, SUBMISSION, PNG = "a gpunet model", "a Kaggle submission", "a PNG image"

@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from gpunet.model import INPUTS, MAX_UNITS, parse_hidden_text
+from gpunet.nn.model import INPUTS, MAX_UNITS, parse_hidden_text
 
 PIXEL_SCALE = 1 / 255
 _NOTICES_GIVEN: set[str] = set()
@@ -105,9 +105,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
     # -- learning --------------------------------------------------------------
     def fit(self, X, y):
         """Train a fresh network on X (m, features) or (m, 28, 28) and labels y; returns self."""
-        from gpunet.data import validation_rows
-        from gpunet.metrics import better_than_chance, scored_on
-        from gpunet.training import TrainingDiverged, TrainingInterrupted, train
+        from gpunet.files.data import validation_rows
+        from gpunet.training.metrics import better_than_chance, scored_on
+        from gpunet.training.loop import TrainingDiverged, TrainingInterrupted, train
 
         X = _flatten_images(X)
         X, y = validate_data(self, X, y, dtype=None, ensure_all_finite=True, ensure_min_samples=2)
@@ -156,7 +156,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     def _config(self, samples: int | None = None):
         """The TrainConfig of these parameters (ValueError naming a bad one) for ``samples`` samples."""
-        from gpunet.training import TrainConfig
+        from gpunet.training.loop import TrainConfig
 
         _check_params(self)
         hidden = parse_hidden_text(self.hidden) if isinstance(self.hidden, str) else tuple(int(h) for h in self.hidden)
@@ -167,7 +167,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
             dtype=self.dtype)
 
     def _backend(self):
-        from gpunet.backend import get_backend
+        from gpunet.backends.cpu import get_backend
 
         backend, notice = get_backend(self.device)
         if notice and notice not in _NOTICES_GIVEN:  # once a process, not at every fit and predict
@@ -194,8 +194,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     def network(self):
         """The trained network on the estimator's device, made from ``params_``: the notes'
-        :class:`gpunet.model.Network`, or a :class:`gpunet.model.LayerStack` for ``arch``."""
-        from gpunet.model import LayerStack, Network, parse_arch_text
+        :class:`gpunet.nn.model.Network`, or a :class:`gpunet.nn.model.LayerStack` for ``arch``."""
+        from gpunet.nn.model import LayerStack, Network, parse_arch_text
 
         check_is_fitted(self, "params_")
         stack = self.architecture_
@@ -207,7 +207,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
     # -- model files -------------------------------------------------------------
     def save(self, path) -> None:
         """Write the model as a gpunet ``.npz`` (no pickle), readable by ``gpunet.load`` and ``gpunet predict``."""
-        from gpunet.checkpoint import save_model
+        from gpunet.files.checkpoint import save_model
 
         check_is_fitted(self, "params_")
         final = self.history_[self.best_epoch_ - 1] if self.history_ else None
@@ -235,10 +235,10 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
 def load(path) -> Classifier:
     """A fitted :class:`Classifier` from a gpunet model file, whether ``gpunet train`` or ``Classifier.save`` wrote it."""
-    from gpunet.checkpoint import load_model
+    from gpunet.files.checkpoint import load_model
 
-    from gpunet.checkpoint import input_scale, stack_architecture
-    from gpunet.model import arch_text
+    from gpunet.files.checkpoint import input_scale, stack_architecture
+    from gpunet.nn.model import arch_text
 
     params, meta = load_model(path)
     stack = stack_architecture(meta, str(path))
@@ -324,10 +324,10 @@ def _validation_count(val_size, samples: int | None) -> int:
 
 def _check_params(clf) -> None:
     """ValueError naming the first parameter that cannot be trained with, as the CLI refuses its options."""
-    from gpunet.backend import DEVICES
-    from gpunet.model import INITS
-    from gpunet.optimizers import OPTIMIZERS
-    from gpunet.training import SCHEDULES
+    from gpunet.backends.cpu import DEVICES
+    from gpunet.nn.model import INITS
+    from gpunet.nn.optimizers import OPTIMIZERS
+    from gpunet.training.loop import SCHEDULES
 
     def is_int(v, low):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
@@ -356,7 +356,7 @@ def _check_params(clf) -> None:
         if not ok:
             raise ValueError(f"{name}={getattr(clf, name)!r}: must be {what}")
     if clf.arch is not None:
-        from gpunet.model import parse_arch_text
+        from gpunet.nn.model import parse_arch_text
 
         if not isinstance(clf.arch, str):
             raise ValueError(f"arch={clf.arch!r}: must be a spec such as 'conv32k5,pool2,dense128', or None")

@@ -5,8 +5,8 @@ each costing 0.5-3 us whatever its size; at batch 32 that overhead is most of
 the step. Here the same step runs as compiled loops, and the matrix products
 go to BLAS (numba's ``np.dot`` calls SciPy's BLAS).
 
-The arithmetic is that of :mod:`gpunet.model`, :mod:`gpunet.loss` and
-:mod:`gpunet.optimizers`, which stay the readable reference and the path
+The arithmetic is that of :mod:`gpunet.nn.model`, :mod:`gpunet.nn.loss` and
+:mod:`gpunet.nn.optimizers`, which stay the readable reference and the path
 everywhere else; tests/test_fused_cpu.py compares the two. What differs is
 layout and order of summation, not the formulas:
 
@@ -30,7 +30,7 @@ holds a core the threads wait for it; each epoch then runs in timed calls, and
 the way (parallel or one thread) timed faster lately runs (``_pick``).
 
 The optimizer update is elementwise and written step for step as in
-:mod:`gpunet.optimizers` (the same float32 scalars, no fused multiply-add), so
+:mod:`gpunet.nn.optimizers` (the same float32 scalars, no fused multiply-add), so
 given the same gradients it gives the same bits.
 
 Importing this module needs numba; :func:`available` says whether it does.
@@ -187,7 +187,7 @@ if numba is not None:
 
     @_jit
     def _update(kind, params, grads, state1, state2, lr, weight_decay, beta1, beta2, eps, t):
-        """One optimizer step on [all weights, all biases], as gpunet.optimizers does it.
+        """One optimizer step on [all weights, all biases], as gpunet.nn.optimizers does it.
 
         kind 0: W <- W - alpha.dW; 1: momentum, v <- beta.v + dW, W <- W - alpha.v (state1 = v,
         beta1 = beta); 2: Adam, m <- b1.m + (1-b1).g, s <- b2.s + (1-b2).g.g,
@@ -336,9 +336,9 @@ def buffers(network, batch: int, key=0) -> Buffers:
 
 def supports(network, optimizer=None) -> bool:
     """Whether the compiled path runs this network (and optimizer) exactly as the NumPy path would."""
-    from gpunet.optimizers import Adam, GradientDescent, Momentum
+    from gpunet.nn.optimizers import Adam, GradientDescent, Momentum
 
-    from gpunet.model import Network
+    from gpunet.nn.model import Network
 
     # The notes' Network only: its loops know dense layers (a LayerStack shares the flat parameters, not the math).
     if (numba is None or type(network) is not Network or not isinstance(network.flat, np.ndarray)
@@ -427,7 +427,7 @@ def minibatch_epoch(network, optimizer, images, order, labels, losses, batch: in
 
     ``labels`` are the epoch's labels in visiting order, ``losses`` receives the
     per-sample losses in that order, ``rates[k]`` is the learning rate of step k.
-    As ``gpunet.training._minibatch_epoch``, with the same optimizer state
+    As ``gpunet.training.loop._minibatch_epoch``, with the same optimizer state
     (Adam's step counter included) before and after.
 
     ``parallel``: True shares each step's blocks of BLOCK samples among numba's threads

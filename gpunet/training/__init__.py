@@ -1,0 +1,1 @@
+"""The training loop and the scores it is judged by."""
