@@ -22,7 +22,7 @@ _EXPORTS = {
     "Network": "gpunet.nn.model",
     "train": "gpunet.training.loop",
     "TrainConfig": "gpunet.training.loop",
-    "get_backend": "gpunet.backends.cpu",
+    "get_backend": "gpunet.backends.devices",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpunet.backends.cpu import get_backend
+from gpunet.backends.devices import get_backend
 from gpunet.frontends.cli import main
 
 

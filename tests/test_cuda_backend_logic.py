@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from gpunet.backends import cuda as backend_cuda, kernels
-from gpunet.backends.cpu import Backend, CpuBackend, get_backend
+from gpunet.backends.base import Backend
+from gpunet.backends.cpu import CpuBackend
+from gpunet.backends.devices import get_backend
 from gpunet.files.data import Digits, load_sample, split_validation
 from gpunet.errors import DeviceError
 from gpunet.nn.model import Network, init_params, layer_sizes
@@ -487,7 +489,7 @@ def test_the_transfer_count_catches_a_read_in_every_step(cuda, digits, monkeypat
 def test_the_cli_trains_predicts_and_evaluates_with_device_cuda(cuda, launched, monkeypatch, capsys, tmp_path):
     """`gpunet train/predict/evaluate --device cuda` end to end: the model saved from device arrays loads back."""
     from gpunet.frontends import cli
-    from gpunet.backends.cpu import get_backend
+    from gpunet.backends.devices import get_backend
     from tests.conftest import run
 
     monkeypatch.setattr(cli, "get_backend", lambda device: (cuda, None) if device == "cuda" else get_backend(device))

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from gpunet.backends import cuda as backend_cuda, kernels
-from gpunet.backends.cpu import CpuBackend, get_backend
+from gpunet.backends.cpu import CpuBackend
+from gpunet.backends.devices import get_backend
 from gpunet.files.data import Digits, load_sample, split_validation
 from gpunet.nn.layers import Conv2D
 from gpunet.nn.model import Network, init_params, layer_sizes

@@ -16,7 +16,7 @@ import numpy as np
 
 from gpunet.backends import kernels
 from gpunet.nn import layers
-from gpunet.backends.cpu import Backend
+from gpunet.backends.base import Backend
 
 try:  # optional: the CPU backend works without it
     import cupy

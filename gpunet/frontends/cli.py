@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from gpunet import __version__
-from gpunet.backends.cpu import DEVICES, get_backend
+from gpunet.backends.devices import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS

@@ -167,7 +167,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
             dtype=self.dtype)
 
     def _backend(self):
-        from gpunet.backends.cpu import get_backend
+        from gpunet.backends.devices import get_backend
 
         backend, notice = get_backend(self.device)
         if notice and notice not in _NOTICES_GIVEN:  # once a process, not at every fit and predict
@@ -324,7 +324,7 @@ def _validation_count(val_size, samples: int | None) -> int:
 
 def _check_params(clf) -> None:
     """ValueError naming the first parameter that cannot be trained with, as the CLI refuses its options."""
-    from gpunet.backends.cpu import DEVICES
+    from gpunet.backends.devices import DEVICES
     from gpunet.nn.model import INITS
     from gpunet.nn.optimizers import OPTIMIZERS
     from gpunet.training.loop import SCHEDULES

@@ -1,0 +1,37 @@
+"""Choosing the backend for ``--device auto|cpu|cuda``.
+
+Apart from both backends so that neither imports the other: the CUDA backend
+builds on :class:`gpunet.backends.base.Backend`, and this module alone knows both.
+"""
+
+from __future__ import annotations
+
+from gpunet.backends.cpu import CpuBackend
+from gpunet.errors import DeviceError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def get_backend(device: str):
+    """Return ``(backend, notice)`` for ``--device auto|cpu|cuda``.
+
+    ``cuda`` that cannot be used raises DeviceError naming what is missing;
+    ``auto`` falls back to the CPU and returns a one-line notice saying why,
+    where CuPy is installed (whoever installed it expects the GPU); without
+    CuPy, ``auto`` is the CPU and there is nothing to say.
+    """
+    if device not in DEVICES:
+        raise DeviceError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return CpuBackend(), None
+    from gpunet.backends import cuda as backend_cuda  # imports CuPy: only where a GPU is asked for
+
+    if device == "auto" and backend_cuda.cupy is None:
+        return CpuBackend(), None
+    reason = backend_cuda.unavailable_reason()  # probed once per process: a device, NVRTC, cuBLAS, the kernels
+    if reason is None:
+        return backend_cuda.CupyBackend(), None
+    if device == "cuda":
+        raise DeviceError(f"--device cuda: {reason}")
+    short_reason = reason.split(";")[0].split(" (")[0]  # the gist; `gpunet info` gives the details
+    return CpuBackend(), f"CUDA is not usable ({short_reason}); running on the CPU"
