@@ -4,9 +4,9 @@
 // for the CPU by the test harness (see the head of loss.cu for why the
 // per-item work is a __host__ __device__ function and each kernel only a
 // grid-stride loop). The generic code they are tested against is
-// gpunet/layers.py's im2col and col2im.
+// gpunet/nn/layers.py's im2col and col2im.
 //
-// Data layout (samples are the LAST axis, as in gpunet/layers.py):
+// Data layout (samples are the LAST axis, as in gpunet/nn/layers.py):
 //
 //   x (C, H, W, m) maps:                 element ((c * H + y) * W + x) * m + s
 //   columns (C.k.k, H_out.W_out.m):      entry [c, i, j, yo, xo, s] at

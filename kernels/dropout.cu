@@ -6,7 +6,7 @@
 // for the CPU by the test harness (see the head of loss.cu for why the
 // per-item work is a __host__ __device__ function and each kernel only a
 // grid-stride loop). The generic code it is tested against, bit for bit, is
-// gpunet/layers.py's dropout_mask: integer arithmetic modulo 2^64 and one
+// gpunet/nn/layers.py's dropout_mask: integer arithmetic modulo 2^64 and one
 // choice between two numbers computed on the host.
 //
 // Element n is the n-th element of the mask in C order (n = unit * m + sample

@@ -5,7 +5,7 @@
 // per-item work is a __host__ __device__ function and each kernel only a
 // grid-stride loop). Both kernels are elementwise and in place.
 //
-// Data layout (samples are COLUMNS, as in gpunet/model.py):
+// Data layout (samples are COLUMNS, as in gpunet/nn/model.py):
 //
 //            sample j ->                     b (units, 1)
 //          +----+----+-- ... --+            +----+

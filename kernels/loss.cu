@@ -1,6 +1,6 @@
 // Output-layer kernels: fused softmax + cross-entropy, and the accuracy count.
 //
-// Compiled at run time by NVRTC through cupy.RawModule (gpunet/kernels.py),
+// Compiled at run time by NVRTC through cupy.RawModule (gpunet/backends/kernels.py),
 // once per process, for T = float and T = double (name_expressions
 // "softmax_cross_entropy<float>", ...). No #include: NVRTC has no host
 // headers, and the same file is compiled for the CPU by the test harness
@@ -10,7 +10,7 @@
 // grid-stride loop around it: no shared memory, no __syncthreads, no warp
 // shuffles, nothing a sequential walk could get wrong.
 //
-// Data layout (samples are COLUMNS, as in gpunet/model.py):
+// Data layout (samples are COLUMNS, as in gpunet/nn/model.py):
 //
 //            sample i ->
 //          +----+----+----+-- ... --+
@@ -45,7 +45,7 @@
 //     dZ[c, i] = (exp(logp_c) - [c == label]) * (1/m)
 //
 // the same operations, in the same order and precision T, as the generic
-// gpunet.loss.softmax_cross_entropy (the reference this is tested against).
+// gpunet.nn.loss.softmax_cross_entropy (the reference this is tested against).
 // No one-hot matrix and no softmax array: "- onehot" subtracts 1 at the label.
 // A label outside [0, classes) is never used as an index: that sample's loss
 // is NaN (so the error shows in the reported loss) and its dZ is softmax / m.

@@ -5,9 +5,9 @@
 // for the CPU by the test harness (see the head of loss.cu for why the
 // per-item work is a __host__ __device__ function and each kernel only a
 // grid-stride loop). The generic code they are tested against is
-// gpunet/layers.py's max_pool and max_pool_backward.
+// gpunet/nn/layers.py's max_pool and max_pool_backward.
 //
-// Data layout (samples are the LAST axis, as in gpunet/layers.py):
+// Data layout (samples are the LAST axis, as in gpunet/nn/layers.py):
 //
 //   x, dx (C, H, W, m):              element ((c * H + y) * W + x) * m + s
 //   y, dy, argmax (C, H_out, W_out, m), H_out = H / size, W_out = W / size (floored)
