@@ -384,6 +384,30 @@ def test_a_run_that_learned_nothing_exits_3_and_keeps_the_old_model(capsys, tmp_
     assert out.read_bytes() == trained.read_bytes()
 
 
+@pytest.mark.parametrize("args", [["--lr", "1e-300", "--epochs", "2"],
+                                  ["--optimizer", "gd", "--lr", "0.001", "--epochs", "3"]])
+def test_a_learning_rate_too_small_to_learn_is_told_to_grow(capsys, tmp_path, args):
+    code, _, err = run(capsys, "train", "--device", "cpu", *args, "--out", str(tmp_path / "m.npz"))
+    assert code == 3 and err.count("\n") == 1, err
+    assert "the training loss hardly moved" in err and "a larger --lr" in err and "more --epochs" in err
+    assert "smaller --lr" not in err
+
+
+def test_a_training_set_memorised_but_not_learned_is_named(capsys, tmp_path):
+    from gpunet.files.data import load_sample
+
+    sample = load_sample()
+    # Labels shuffled apart from their images: the network can only memorise its 500 training digits.
+    labels = np.random.default_rng(0).permutation(sample.labels[:1100])
+    data = tmp_path / "shuffled.npz"
+    np.savez(data, images=sample.images[:1100], labels=labels)
+    code, _, err = run(capsys, "train", "--device", "cpu", "--data", str(data), "--val-size", "600",
+                       "--out", str(tmp_path / "m.npz"))
+    assert code == 3 and err.count("\n") == 1, err
+    assert "it fit its training set" in err and "memorised" in err and "a smaller --val-size" in err
+    assert "--lr" not in err
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
 def test_sgd_and_momentum_train_well_with_their_defaults(capsys, tmp_path, optimizer):
     # Before their own defaults they took Adam's weight decay, 0.1: at SGD's lr it shrinks W 1-2% a step.

@@ -270,6 +270,15 @@ def test_a_fit_that_learned_nothing_says_so(sample_frame):
         Classifier(epochs=2, lr=1.0, optimizer="sgd", device="cpu").fit(X, part.label)
 
 
+def test_a_fit_that_learned_nothing_reads_its_history_for_the_hint(sample_frame):
+    part = sample_frame.iloc[:2000]
+    with pytest.warns(ConvergenceWarning, match="learned nothing") as caught:
+        Classifier(epochs=2, lr=1e-300, device="cpu").fit(part.drop(columns="label"), part.label)
+    message = str(caught[0].message)
+    assert "hardly moved" in message and "a larger lr (now 1e-300) or more epochs (now 2)" in message, message
+    assert "--" not in message and "smaller lr" not in message
+
+
 def test_ctrl_c_stops_a_search_instead_of_being_recorded_as_a_failed_fit(monkeypatch):
     import gpunet.training.loop
 

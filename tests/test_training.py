@@ -123,3 +123,64 @@ def test_cosine_schedule_warms_up_for_an_epoch_then_decays_towards_zero():
     expected = [0.05 * (1 + np.cos(np.pi * k / 45)) for k in range(45)]
     np.testing.assert_allclose(rates[5:], expected, rtol=4 * np.finfo(float).eps, atol=1e-17)
     assert learning_rate(TrainConfig(lr=0.1, epochs=10, schedule="constant"), 7, 5) == 0.1
+
+
+# -- the hint after a run that learned nothing (metrics.unlearned_hint) -------------------------------
+def history_of(losses, train_accuracy=0.1):
+    """EpochMetrics with these training losses, every accuracy at ``train_accuracy``."""
+    from gpunet.training.loop import EpochMetrics
+
+    return [EpochMetrics(k + 1, 0.01, loss, train_accuracy, 2.3, 0.1, 0.0) for k, loss in enumerate(losses)]
+
+
+BALANCED = np.repeat(np.arange(10, dtype=np.uint8), 50)  # chance 10%
+
+
+@pytest.mark.parametrize("losses, says, not_says", [
+    ([2.326, 2.326, 2.326], "hardly moved", "smaller"),  # --lr 1e-300
+    ([2.3258, 2.3256, 2.3253, 2.325, 2.3247], "hardly moved", "smaller"),  # gd with lr 0.001 for 5 epochs
+    ([4.44, 4.05, 3.81, 3.63, 3.50], "still falling", "smaller"),  # gd: still 3.7% down in the last epoch
+    ([2.33, 2.13, 5.87, 37.9, 2.31, 2.30], "rose from 2.13 to 5.87 in epoch 3", "larger"),
+    ([2.02, 2.38, 2.35, 2.32, 2.31], "rose from 2.02 to 2.38 in epoch 2", "larger"),
+    ([6.0, 2.5, 2.31, 2.303, 2.3026], "settled at 2.303", "larger"),  # fell to a constant guess's loss, stuck there
+])
+def test_the_unlearned_hint_reads_the_training_loss(losses, says, not_says):
+    from gpunet.training.metrics import unlearned_hint
+
+    hint = unlearned_hint(history_of(losses), BALANCED, "validation", TrainConfig(optimizer="sgd", lr=0.5,
+                                                                                  weight_decay=0.0, epochs=9))
+    assert says in hint and not_says not in hint, hint
+    if "smaller" in hint:
+        assert "smaller lr (now 0.5), or optimizer adam" in hint
+    else:
+        assert "larger lr (now 0.5) or more epochs (now 9)" in hint
+    assert "\n" not in hint
+
+
+def test_the_unlearned_hint_names_options_as_the_caller_spells_them():
+    from gpunet.training.metrics import unlearned_hint
+
+    hint = unlearned_hint(history_of([2.3, 2.3]), BALANCED, "validation", TrainConfig(lr=1e-300),
+                          option=lambda name: "--" + name.replace("_", "-"))
+    assert "a larger --lr (now 1e-300) or more --epochs (now 30)" in hint
+    hint = unlearned_hint(history_of([2.3, 2.3], train_accuracy=0.9), BALANCED, "validation", TrainConfig(),
+                          option=lambda name: "--" + name.replace("_", "-"))
+    assert "a smaller --val-size" in hint
+
+
+def test_a_training_set_fit_well_above_chance_is_called_memorised():
+    from gpunet.training.metrics import unlearned_hint
+
+    config = TrainConfig()
+    # Halfway from chance (10%) to 100% is 55%: above it, the network fit its training digits.
+    assert "memorised" in unlearned_hint(history_of([2.3, 0.1], train_accuracy=0.56), BALANCED, "validation", config)
+    assert "memorised" not in unlearned_hint(history_of([2.3, 0.1], 0.54), BALANCED, "validation", config)
+    # Judged on the training digits themselves (too few validation digits), there is nothing to memorise apart.
+    assert "memorised" not in unlearned_hint(history_of([2.3, 2.3], 0.56), BALANCED, "training", config)
+
+
+def test_the_unlearned_hint_names_a_weight_decay_that_wipes_the_weights_first():
+    from gpunet.training.metrics import unlearned_hint
+
+    hint = unlearned_hint(history_of([2.3, 2.3], 0.9), BALANCED, "validation", TrainConfig(lr=0.01, weight_decay=200))
+    assert "weight_decay (now 200)" in hint and "product is 2" in hint

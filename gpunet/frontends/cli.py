@@ -141,7 +141,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
           patience, seed, dtype, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
-    from gpunet.training.metrics import better_than_chance, chance_accuracy, scored_on
+    from gpunet.training.metrics import better_than_chance, chance_accuracy, scored_on, unlearned_hint
     from gpunet.training.loop import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
 
     if arch is not None and ctx.get_parameter_source("hidden") is not click.core.ParameterSource.DEFAULT:
@@ -200,7 +200,9 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         saved = save_failed_run(out, "unlearned", result, config, digits, backend)
         raise TrainingFailed(f"{which} accuracy {100 * accuracy:.2f}% is no better than chance "
                              f"({100 * chance_accuracy(labels):.2f}% by always guessing the most common "
-                             f"digit): the network learned nothing; {learning_hint(config)}; saved it as {saved}")
+                             f"digit): the network learned nothing; "
+                             f"{unlearned_hint(result.history, train_digits.labels, which, config, cli_option)}; "
+                             f"saved it as {saved}")
     save_result(out, result, config, digits, backend)
     if result.stop_reason == "early_stopping":
         click.echo(f"Early stopping: no better validation loss for {plural(patience, 'epoch')}; "
@@ -236,21 +238,18 @@ def device_text(backend, arch: str | None) -> str:
     return backend.describe()
 
 
+def cli_option(name: str) -> str:
+    """A training setting as the command line spells it: lr -> --lr, val_size -> --val-size."""
+    return "--" + name.replace("_", "-")
+
+
 def divergence_hint(config) -> str:
     """What to change after a diverged run; the weight decay too where it alone makes W grow (lr.lambda >= 1)."""
+    from gpunet.training.metrics import weight_decay_hint
+
     if config.lr * config.weight_decay >= 1:
-        return (f"try a smaller --lr (now {config.lr:g}) or --weight-decay (now {config.weight_decay:g}): "
-                f"their product is {config.lr * config.weight_decay:g}, and from 1 up the decay flips the weights' "
-                "sign and makes them grow instead of shrinking them")
+        return weight_decay_hint(config, cli_option)
     return f"try a smaller --lr (now {config.lr:g})"
-
-
-def learning_hint(config) -> str:
-    """What to change after a run that learned nothing: the weight decay first where it alone wipes W out."""
-    if config.lr * config.weight_decay >= 1:
-        return divergence_hint(config)
-    other = "" if config.optimizer == "adam" else ", or --optimizer adam"
-    return f"try a smaller --lr (now {config.lr:g}){other}"
 
 
 def report_plots(paths) -> None:

@@ -106,7 +106,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Train a fresh network on X (m, features) or (m, 28, 28) and labels y; returns self."""
         from gpunet.files.data import validation_rows
-        from gpunet.training.metrics import better_than_chance, scored_on
+        from gpunet.training.metrics import better_than_chance, scored_on, unlearned_hint
         from gpunet.training.loop import TrainingDiverged, TrainingInterrupted, train
 
         X = _flatten_images(X)
@@ -149,9 +149,10 @@ class Classifier(ClassifierMixin, BaseEstimator):
         which, accuracy, labels = scored_on(final.val_accuracy, val_set.labels, final.train_accuracy, train_set.labels)
         if not better_than_chance(accuracy, labels, len(self.classes_)):
             self.stop_reason_ = "unlearned"
+            hint = unlearned_hint(result.history, train_set.labels, which, config, classes=len(self.classes_))
+            scaling = "; inputs scaled to about 0-1 may help too" if self.input_scale_ == 1.0 else ""
             warnings.warn(f"the network learned nothing: its {which} accuracy {100 * accuracy:.2f}% is no better than "
-                          "always guessing the most common class; a smaller lr, another optimizer, or inputs "
-                          "scaled to about 0-1 may help", ConvergenceWarning, stacklevel=2)
+                          f"always guessing the most common class; {hint}{scaling}", ConvergenceWarning, stacklevel=2)
         return self
 
     def _config(self, samples: int | None = None):

@@ -41,3 +41,59 @@ def scored_on(val_accuracy, val_labels, train_accuracy, train_labels):
     if val_accuracy is not None and len(val_labels) and not too_few_to_tell(val_labels):
         return "validation", val_accuracy, val_labels
     return "training", train_accuracy, train_labels
+
+
+# -- why a run learned nothing ---------------------------------------------------------------------
+LOSS_MOVED = 0.01  # a training loss "moved" between two values when they differ by more than 1%
+
+
+def unlearned_hint(history, train_labels, judged_on: str, config, option=lambda name: name,
+                   classes: int = CLASSES) -> str:
+    """What to change after a run no better than chance, read from the run's own history; one clause.
+
+    ``history``: the run's EpochMetrics; ``judged_on``: "validation" or "training" (``scored_on``);
+    ``option(name)`` writes a setting as the user gives it ("--lr" on the command line, "lr" in Python).
+    The rule, first match wins:
+
+    1. lr x weight decay >= 1: the decay alone wipes the weights out -> a smaller lr or weight decay;
+    2. judged on validation, the final training accuracy is well above chance (more than halfway from
+       it to 100%): the network memorised its training set -> more training samples (or labels that
+       fit their inputs);
+    3. the training loss rose by more than 1% from one epoch to the next -> a smaller lr;
+    4. it hardly moved (within 1% of its first value) or was still falling by more than 1% in the
+       last epoch -> a larger lr or more epochs;
+    5. it fell, then settled: the units stopped responding -> a smaller lr, or another optimizer.
+    """
+    if config.lr * config.weight_decay >= 1:
+        return weight_decay_hint(config, option)
+    final = history[-1]
+    if judged_on == "validation" and final.train_accuracy > (1 + chance_accuracy(train_labels, classes)) / 2:
+        return (f"it fit its training set ({100 * final.train_accuracy:.2f}% accuracy there) but not the validation "
+                f"set: it memorised too few training samples (or labels that do not match their inputs); "
+                f"train on more (a smaller {option('val_size')}, or more data)")
+    return loss_trend_hint([m.train_loss for m in history], config, option)
+
+
+def loss_trend_hint(losses: list[float], config, option) -> str:
+    """Rules 3-5 of ``unlearned_hint``: what the training loss of each epoch did, and the change it calls for."""
+    lr = f"{option('lr')} (now {config.lr:g})"
+    other = "" if config.optimizer == "adam" else f", or {option('optimizer')} adam"
+    epochs = f"more {option('epochs')} (now {config.epochs})"
+    rise = next((k for k in range(1, len(losses)) if losses[k] > losses[k - 1] * (1 + LOSS_MOVED)), None)
+    if rise is not None:
+        return (f"the training loss rose from {losses[rise - 1]:.4g} to {losses[rise]:.4g} in epoch {rise + 1}: "
+                f"try a smaller {lr}{other}")
+    if losses[-1] > losses[0] * (1 - LOSS_MOVED):
+        return f"the training loss hardly moved from {losses[0]:.4g} (now {losses[-1]:.4g}): try a larger {lr} or {epochs}"
+    if losses[-1] < losses[-2] * (1 - LOSS_MOVED):
+        return f"the training loss was still falling ({losses[0]:.4g} to {losses[-1]:.4g}): try a larger {lr} or {epochs}"
+    return (f"the training loss fell from {losses[0]:.4g} and settled at {losses[-1]:.4g}: the units may have "
+            f"stopped responding; try a smaller {lr}{other}")
+
+
+def weight_decay_hint(config, option=lambda name: name) -> str:
+    """The hint where lr x weight decay >= 1: from there the decay flips the weights' sign each step."""
+    product = config.lr * config.weight_decay
+    return (f"try a smaller {option('lr')} (now {config.lr:g}) or {option('weight_decay')} (now "
+            f"{config.weight_decay:g}): their product is {product:g}, and from 1 up the decay flips the weights' "
+            "sign and makes them grow instead of shrinking them")
