@@ -257,6 +257,29 @@ def test_a_bad_parameter_is_named_before_any_work(name, value):
         Classifier(**{"device": "cpu", name: value}).fit(X, y)
 
 
+@pytest.mark.parametrize("name, value", [("lr", -0.1), ("epochs", 0), ("batch_size", -5), ("patience", 0),
+                                         ("seed", -1), ("weight_decay", float("inf"))])
+def test_the_command_line_and_the_estimator_refuse_a_setting_in_the_same_words(capsys, tmp_path, name, value):
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    with pytest.raises(ValueError, match=f"^{name}=") as caught:
+        Classifier(**{"device": "cpu", name: value}).fit(X, y)
+    problem = str(caught.value).split(": ", 1)[1]
+    option = "--" + name.replace("_", "-")
+    code, stdout, err = run(capsys, "train", "--device", "cpu", option, str(value), "--out", str(tmp_path / "m.npz"))
+    assert code == 2 and err.count("\n") == 1 and stdout == "", err
+    assert f"'{option}'" in err and problem in err, (problem, err)
+
+
+def test_verbose_prints_the_command_lines_epoch_lines(capsys):
+    import re
+
+    X, y = np.random.default_rng(0).normal(size=(60, 3)), np.arange(60) % 2
+    Classifier(epochs=2, device="cpu", verbose=True).fit(X, y)
+    lines = capsys.readouterr().out.splitlines()
+    pattern = r"epoch {k}/2  loss \d+\.\d{{4}}  acc +\d+\.\d\d%  val_loss \d+\.\d{{4}}  val_acc +\d+\.\d\d%  \(\d+\.\d\ds\)"
+    assert len(lines) == 2 and all(re.fullmatch(pattern.format(k=k), line) for k, line in zip((1, 2), lines)), lines
+
+
 def test_patience_without_validation_is_refused():
     X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
     with pytest.raises(ValueError, match="patience"):

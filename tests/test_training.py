@@ -184,3 +184,40 @@ def test_the_unlearned_hint_names_a_weight_decay_that_wipes_the_weights_first():
 
     hint = unlearned_hint(history_of([2.3, 2.3], 0.9), BALANCED, "validation", TrainConfig(lr=0.01, weight_decay=200))
     assert "weight_decay (now 200)" in hint and "product is 2" in hint
+
+
+# -- the settings' one check (TrainConfig), shared by the command line and the estimator --------------
+@pytest.mark.parametrize("name, value", [("epochs", 0), ("epochs", 2.5), ("batch_size", -1), ("lr", 0.0),
+                                         ("lr", float("nan")), ("lr", float("inf")), ("weight_decay", -0.1),
+                                         ("weight_decay", float("inf")), ("patience", 0), ("seed", -1),
+                                         ("seed", True), ("val_size", -1), ("optimizer", "rmsprop"),
+                                         ("schedule", "linear"), ("init", "zeros"), ("dtype", "float16")])
+def test_a_training_config_refuses_a_setting_it_cannot_train_with(name, value):
+    from gpunet.errors import GpunetError
+    from gpunet.training.loop import SettingError
+
+    with pytest.raises(SettingError, match=f"^{name}=") as caught:
+        TrainConfig(**{name: value})
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, GpunetError)
+    assert caught.value.name == name
+
+
+def test_patience_without_validation_digits_is_refused_by_the_config():
+    from gpunet.training.loop import SettingError
+
+    with pytest.raises(SettingError, match="^patience=2: needs validation samples") as caught:
+        TrainConfig(patience=2, val_size=0)
+    assert caught.value.describe(lambda name: "--" + name.replace("_", "-")).endswith("--val-size holds out none")
+
+
+def test_a_config_holds_numpy_scalars_as_python_numbers():
+    config = TrainConfig(epochs=np.int64(3), seed=np.uint8(2), lr=np.float32(0.5), patience=np.int32(2))
+    assert [type(v) for v in (config.epochs, config.seed, config.lr, config.patience)] == [int, int, float, int]
+
+
+def test_an_epoch_line_names_the_epoch_out_of_all():
+    from gpunet.training.loop import EpochMetrics
+
+    line = EpochMetrics(3, 0.01, 0.12345, 0.9512, 0.2, 0.9, 1.234).describe(30)
+    assert line == "epoch  3/30  loss 0.1235  acc  95.12%  val_loss 0.2000  val_acc  90.00%  (1.23s)"
+    assert EpochMetrics(1, 0.01, 0.5, 0.5, None, None, 0.5).describe(1) == "epoch 1/1  loss 0.5000  acc  50.00%  (0.50s)"

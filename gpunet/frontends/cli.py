@@ -20,7 +20,7 @@ from gpunet.errors import DeviceError, GpunetError
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS
 from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_without_replacing
-from gpunet.training.loop import SCHEDULES
+from gpunet.training.loop import DTYPES, SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -62,20 +62,6 @@ def say_notice(notice: str | None) -> None:
         click.echo(f"Note: {notice}", err=True)
 
 
-def require_positive(ctx, param, value):
-    """Click callback: reject a value <= 0, NaN or infinity (click then names the option)."""
-    if value is not None and not (value > 0 and math.isfinite(value)):
-        raise click.BadParameter(f"must be a positive number, got {value}")
-    return value
-
-
-def require_finite(ctx, param, value):
-    """Click callback: reject NaN and infinity."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"must be a finite number, got {value}")
-    return value
-
-
 def plural(n: int, word: str) -> str:
     """'1 digit', '2 digits', with thousands separators."""
     return f"{n:,} {word}" + ("" if n == 1 else "s")
@@ -111,27 +97,27 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
                    "The same as --arch dense16,dense16.")
 @click.option("--arch", default=None, callback=parse_arch, metavar="SPEC",
               help="Instead of --hidden, any layers, e.g. conv32k5,pool2,dense128,dropout0.5 (grammar below).")
-@click.option("--epochs", type=int, default=None, callback=require_positive,
+@click.option("--epochs", type=int, default=None,
               help="Passes over the training data. [default: 30; 500 with --optimizer gd]")
-@click.option("--batch-size", type=click.IntRange(min=0), default=None,
+@click.option("--batch-size", type=int, default=None,
               help="Samples per step; 0 = all of them (full-batch gradient descent). [default: 64; 0 with --optimizer gd]")
-@click.option("--lr", type=float, default=None, callback=require_positive,
+@click.option("--lr", type=float, default=None,
               help="Learning rate alpha. [default: 0.01 for adam, 0.05 for momentum, 0.2 for sgd, 0.1 for gd]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
               help="gd: the notes' full-batch W <- W - alpha.dW; sgd: the same on mini-batches.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
               help="Learning-rate schedule. [default: cosine; constant with --optimizer gd]")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, callback=require_finite,
+@click.option("--weight-decay", type=float, default=None,
               help="Decoupled weight decay lambda: W <- W - alpha.lambda.W each step. "
                    "[default: 0.1 for adam, 0.01 for momentum, 0.002 for sgd, 0 for gd]")
 @click.option("--init", type=click.Choice(INITS), default="he", show_default=True,
               help="he: Normal(0, 2/fan_in); seed: uniform [-0.5, 0.5) as in the notes.")
-@click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--val-size", type=int, default=1000, show_default=True,
               help="Digits held out for validation before training.")
-@click.option("--patience", type=click.IntRange(min=1), default=None,
+@click.option("--patience", type=int, default=None,
               help="Stop after N epochs without a better validation loss and keep the best weights.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for the split, the initial weights and the shuffle.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the initial weights and the shuffle.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--out", type=path_type(), default=Path("model.npz"), show_default=True,
               help="Where to write the model (.npz).")
 @click.option("--plot", "plot_dir", type=path_type(), default=None,
@@ -142,13 +128,14 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import better_than_chance, chance_accuracy, scored_on, unlearned_hint
-    from gpunet.training.loop import TrainConfig, TrainingDiverged, TrainingInterrupted, train as run_training
+    from gpunet.training.loop import TrainingDiverged, TrainingInterrupted, train as run_training
 
     if arch is not None and ctx.get_parameter_source("hidden") is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
     hidden, arch = network_shape(hidden, arch)
-    if patience is not None and val_size == 0:
-        raise click.UsageError("--patience needs validation digits to watch; it cannot go with --val-size 0")
+    config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+                          schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
+                          patience=patience, seed=seed, dtype=dtype)
     out = check_out_path("--out", out, MODEL, data=data)
     if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
         raise click.UsageError("--plot is a folder for the plots and --out the model file: give them different names")
@@ -157,9 +144,6 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
 
         require_matplotlib()
         prepare_out_dir(plot_dir, "--plot")
-    config = TrainConfig.for_optimizer(
-        optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
-        weight_decay=weight_decay, init=init, val_size=val_size, patience=patience, seed=seed, dtype=dtype)
     backend, notice = get_backend(device)
     digits = load_digits(data, labeled=True) if data is not None else load_sample()
     train_digits, val_digits = split_validation(digits, val_size, seed)
@@ -221,6 +205,17 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         report_plots(write_plots(out, plot_dir, val_digits if len(val_digits) else train_digits))
 
 
+def train_config(ctx, optimizer: str, **options):
+    """The run's TrainConfig; a setting it refuses is a usage error naming the option (exit code 2)."""
+    from gpunet.training.loop import SettingError, TrainConfig
+
+    try:
+        return TrainConfig.for_optimizer(optimizer, **options)
+    except SettingError as error:
+        raise click.BadParameter(f"{error.describe(cli_option)} (got {error.value})", ctx=ctx,
+                                 param_hint=f"'{cli_option(error.name)}'") from None
+
+
 def network_shape(hidden: tuple[int, ...], arch: tuple[str, ...] | None) -> tuple[tuple[int, ...], str | None]:
     """(hidden sizes, spec or None) for the training settings: a spec of dense layers alone is the notes'
     network, as --hidden gives it (the compiled CPU path, version 1 model files)."""
@@ -269,7 +264,6 @@ class EpochReporter:
 
         self.epochs = epochs
         self.every = max(1, epochs // 25)
-        self.width = len(str(epochs))
         self.epoch_bar = (tqdm(total=epochs, unit="epoch", leave=False, disable=None, mininterval=0.5)
                           if full_batch else None)
 
@@ -277,13 +271,9 @@ class EpochReporter:
         if self.epoch_bar is not None:
             self.epoch_bar.update(1)
         if m.epoch % self.every == 0 or m.epoch in (1, self.epochs):
-            val = (f"  val_loss {m.val_loss:.4f}  val_acc {100 * m.val_accuracy:6.2f}%"
-                   if m.val_loss is not None else "")
-            line = (f"epoch {m.epoch:{self.width}d}/{self.epochs}  loss {m.train_loss:.4f}  "
-                    f"acc {100 * m.train_accuracy:6.2f}%{val}  ({m.seconds:.2f}s)")
             from tqdm import tqdm
 
-            tqdm.write(line)
+            tqdm.write(m.describe(self.epochs))
 
     def progress_bar(self, total: int):
         """A bar over one mini-batch epoch's digits (tqdm; hidden when not on a terminal)."""

@@ -119,15 +119,13 @@ class Classifier(ClassifierMixin, BaseEstimator):
         config = self._config(len(images))
         if config.val_size > len(images) - 2:
             raise ValueError(f"val_size={self.val_size!r} leaves too few of the {len(images)} samples to train on")
-        if config.patience is not None and config.val_size == 0:
-            raise ValueError(f"patience needs validation samples to watch; val_size={self.val_size!r} holds out none "
-                             f"of the {len(images)} samples")
         learned_from, held_out = validation_rows(len(images), config.val_size, config.seed)
         train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
         val_set = Samples(images[held_out], encoded[held_out].astype(train_set.labels.dtype))
         backend = self._backend()
         try:
-            result = train(backend, train_set, val_set, config, on_epoch=self._report if self.verbose else None,
+            report = (lambda m: print(m.describe(config.epochs))) if self.verbose else None
+            result = train(backend, train_set, val_set, config, on_epoch=report,
                            classes=len(self.classes_))
         except TrainingInterrupted:
             raise KeyboardInterrupt from None  # a search or a notebook must stop, not record a failed fit
@@ -155,8 +153,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
                           f"always guessing the most common class; {hint}{scaling}", ConvergenceWarning, stacklevel=2)
         return self
 
-    def _config(self, samples: int | None = None):
-        """The TrainConfig of these parameters (ValueError naming a bad one) for ``samples`` samples."""
+    def _config(self, samples: int | None = None, held_out: int | None = None):
+        """The TrainConfig of these parameters (ValueError naming a bad one) for ``samples`` samples; ``held_out``:
+        the count a fit already held out (a loaded model: its data is gone, a fraction of it cannot be counted)."""
         from gpunet.training.loop import TrainConfig
 
         _check_params(self)
@@ -164,7 +163,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
         return TrainConfig.for_optimizer(
             self.optimizer, hidden=() if self.arch is not None else hidden, arch=self.arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
             schedule=self.schedule, weight_decay=self.weight_decay, init=self.init,
-            val_size=_validation_count(self.val_size, samples), patience=self.patience, seed=int(self.seed),
+            val_size=_validation_count(self.val_size, samples) if held_out is None else held_out,
+            patience=self.patience, seed=self.seed,
             dtype=self.dtype)
 
     def _backend(self):
@@ -176,10 +176,6 @@ class Classifier(ClassifierMixin, BaseEstimator):
             warnings.warn(notice, RuntimeWarning, stacklevel=3)
         return backend
 
-    @staticmethod
-    def _report(m) -> None:
-        val = f"  val_loss {m.val_loss:.4f}  val_acc {100 * m.val_accuracy:6.2f}%" if m.val_loss is not None else ""
-        print(f"epoch {m.epoch}  loss {m.train_loss:.4f}  acc {100 * m.train_accuracy:6.2f}%{val}")
 
     # -- using it --------------------------------------------------------------
     def predict_proba(self, X) -> np.ndarray:
@@ -265,7 +261,8 @@ def load(path) -> Classifier:
     clf.stop_reason_ = meta.get("stop_reason", "completed")
     clf.history_ = meta.get("history", [])
     clf.best_epoch_ = meta.get("best_epoch")
-    clf.config_ = clf._config()
+    recorded = training.get("val_size")
+    clf.config_ = clf._config(held_out=recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else None)
     return clf
 
 
@@ -324,57 +321,44 @@ def _validation_count(val_size, samples: int | None) -> int:
 
 
 def _check_params(clf) -> None:
-    """ValueError naming the first parameter that cannot be trained with, as the CLI refuses its options."""
+    """ValueError naming the first parameter of the estimator's own: device, the forms of val_size, hidden and arch.
+
+    The training settings' ranges (lr, epochs, ...) are checked where the command line's are, by
+    ``TrainConfig`` (a SettingError, which is a ValueError naming the parameter).
+    """
     from gpunet.backends.devices import DEVICES
-    from gpunet.nn.model import INITS
-    from gpunet.nn.optimizers import OPTIMIZERS
-    from gpunet.training.loop import SCHEDULES
 
-    def is_int(v, low):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
-
-    def is_real(v, positive):
-        return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
-                and (v > 0 if positive else v >= 0))
-
-    choices = {"optimizer": OPTIMIZERS, "schedule": (None, *SCHEDULES), "init": INITS, "device": DEVICES,
-               "dtype": ("float32", "float64")}
-    for name, allowed in choices.items():
-        if getattr(clf, name) not in allowed:
-            raise ValueError(f"{name}={getattr(clf, name)!r}: must be one of {', '.join(map(repr, allowed))}")
-    checks = {
-        "epochs": (clf.epochs is None or is_int(clf.epochs, 1), "a whole number of at least 1, or None"),
-        "batch_size": (clf.batch_size is None or is_int(clf.batch_size, 0), "a whole number >= 0 (0: full batch), or None"),
-        "lr": (clf.lr is None or is_real(clf.lr, positive=True), "a positive number, or None"),
-        "weight_decay": (clf.weight_decay is None or is_real(clf.weight_decay, positive=False), "a number >= 0, or None"),
-        "patience": (clf.patience is None or is_int(clf.patience, 1), "a whole number of at least 1, or None"),
-        "seed": (is_int(clf.seed, 0), "a whole number >= 0"),
-        "val_size": (clf.val_size == "auto" or is_int(clf.val_size, 0)
-                     or (isinstance(clf.val_size, float) and 0 < clf.val_size < 1),
-                     '"auto", a count >= 0, or a fraction between 0 and 1'),
-    }
-    for name, (ok, what) in checks.items():
-        if not ok:
-            raise ValueError(f"{name}={getattr(clf, name)!r}: must be {what}")
+    if clf.device not in DEVICES:
+        raise ValueError(f"device={clf.device!r}: must be one of {', '.join(map(repr, DEVICES))}")
+    val_size = clf.val_size
+    if not (val_size == "auto" or (isinstance(val_size, (int, np.integer)) and not isinstance(val_size, bool)
+                                   and val_size >= 0) or (isinstance(val_size, float) and 0 < val_size < 1)):
+        raise ValueError(f'val_size={val_size!r}: must be "auto", a count >= 0, or a fraction between 0 and 1')
     if clf.arch is not None:
-        from gpunet.nn.model import parse_arch_text
+        _check_arch(clf)
+    _check_hidden(clf.hidden)
 
-        if not isinstance(clf.arch, str):
-            raise ValueError(f"arch={clf.arch!r}: must be a spec such as 'conv32k5,pool2,dense128', or None")
-        try:
-            parse_arch_text(clf.arch)
-        except ValueError as error:
-            raise ValueError(f"arch={clf.arch!r}: {error}") from None
-        if clf.hidden != (16, 16):
-            raise ValueError("give hidden or arch, not both (hidden=(16, 16) is arch='dense16,dense16')")
-    if clf.patience is not None and clf.val_size == 0:
-        raise ValueError("patience needs validation samples to watch; it cannot go with val_size=0")
-    hidden = clf.hidden
+
+def _check_arch(clf) -> None:
+    from gpunet.nn.model import parse_arch_text
+
+    if not isinstance(clf.arch, str):
+        raise ValueError(f"arch={clf.arch!r}: must be a spec such as 'conv32k5,pool2,dense128', or None")
+    try:
+        parse_arch_text(clf.arch)
+    except ValueError as error:
+        raise ValueError(f"arch={clf.arch!r}: {error}") from None
+    if clf.hidden != (16, 16):
+        raise ValueError("give hidden or arch, not both (hidden=(16, 16) is arch='dense16,dense16')")
+
+
+def _check_hidden(hidden) -> None:
     if isinstance(hidden, str):
         try:
             parse_hidden_text(hidden)
         except ValueError as error:
             raise ValueError(f"hidden={hidden!r}: {error}") from None
-    elif not (isinstance(hidden, (tuple, list)) and all(is_int(h, 1) and h <= MAX_UNITS for h in hidden)):
+    elif not (isinstance(hidden, (tuple, list)) and all(isinstance(h, (int, np.integer)) and not isinstance(h, bool)
+                                                        and 1 <= h <= MAX_UNITS for h in hidden)):
         raise ValueError(f"hidden={hidden!r}: must be layer sizes such as (16, 16) (at most {MAX_UNITS:,} each), "
                          "or 'none'")

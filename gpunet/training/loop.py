@@ -14,11 +14,67 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gpunet.nn.model import (CLASSES, LayerStack, Network, arch_input_shape, build_layers, init_params,
+from gpunet.errors import GpunetError
+from gpunet.nn.model import (CLASSES, INITS, LayerStack, Network, arch_input_shape, build_layers, init_params,
                           init_stack_params, layer_sizes, parse_arch_text)
-from gpunet.nn.optimizers import DEFAULTS, make_optimizer
+from gpunet.nn.optimizers import DEFAULTS, OPTIMIZERS, make_optimizer
 
 SCHEDULES = ("cosine", "constant")
+DTYPES = ("float32", "float64")
+
+
+class SettingError(GpunetError, ValueError):
+    """A training setting that cannot be trained with. A ValueError too: scikit-learn's contract for bad parameters.
+
+    ``problem`` may name other settings as ``{name}``: ``describe(option)`` writes them as the caller spells
+    settings (``--val-size`` on the command line); ``str()`` as Python does (``val_size``).
+    """
+
+    def __init__(self, name: str, value, problem: str):
+        self.name, self.value, self.problem = name, value, problem
+        super().__init__(f"{name}={value!r}: {self.describe()}")
+
+    def describe(self, option=lambda name: name) -> str:
+        """The problem, with the settings it names spelled by ``option(name)``."""
+        return self.problem.format_map({name: option(name) for name in TrainConfig.__dataclass_fields__})
+
+
+def _is_whole(value, low: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+
+
+def _is_finite(value, positive: bool) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and math.isfinite(value) and (value > 0 if positive else value >= 0))
+
+
+def _one_of(choices):
+    return (lambda value: isinstance(value, str) and value in choices,
+            "one of " + ", ".join(map(repr, choices)))
+
+
+# What each setting must be, checked once here for the command line, the estimator and gpunet.train alike:
+# (test, what it must be). ``hidden`` and ``arch`` come through their parsers (model.parse_hidden_text, ...).
+SETTINGS = {
+    "epochs": (lambda v: _is_whole(v, 1), "a whole number of at least 1"),
+    "batch_size": (lambda v: _is_whole(v, 0), "a whole number >= 0 (0: full batch)"),
+    "lr": (lambda v: _is_finite(v, positive=True), "a positive finite number"),
+    "weight_decay": (lambda v: _is_finite(v, positive=False), "a finite number >= 0"),
+    "patience": (lambda v: v is None or _is_whole(v, 1), "a whole number of at least 1, or None (off)"),
+    "seed": (lambda v: _is_whole(v, 0), "a whole number >= 0"),
+    "val_size": (lambda v: _is_whole(v, 0), "a whole number >= 0"),
+    "optimizer": _one_of(OPTIMIZERS),
+    "schedule": _one_of(SCHEDULES),
+    "init": _one_of(INITS),
+    "dtype": _one_of(DTYPES),
+}
+
+
+def check_setting(name: str, value) -> None:
+    """SettingError naming ``name`` where ``value`` is not what that training setting must be."""
+    test, must = SETTINGS[name]
+    if not test(value):
+        raise SettingError(name, value, f"must be {must}")
 
 
 @dataclass
@@ -38,16 +94,30 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
 
+    def __post_init__(self):
+        """Refuse a setting that cannot be trained with (SettingError), then hold NumPy scalars as Python ones."""
+        for name in SETTINGS:
+            check_setting(name, getattr(self, name))
+        if self.patience is not None and self.val_size == 0:
+            raise SettingError("patience", self.patience, "needs validation samples to watch, and {val_size} "
+                                                          "holds out none")
+        for name in ("epochs", "batch_size", "seed", "val_size"):
+            setattr(self, name, int(getattr(self, name)))
+        self.lr, self.weight_decay = float(self.lr), float(self.weight_decay)
+        self.patience = None if self.patience is None else int(self.patience)
+
     def as_dict(self) -> dict:
         """The settings as plain values, for a model's metadata."""
         return asdict(self)
 
     @classmethod
     def for_optimizer(cls, optimizer: str = "adam", **given) -> "TrainConfig":
-        """The settings given, the rest from the optimizer's defaults (``None`` means not given).
+        """The settings given, the rest from the optimizer's defaults (``None`` means not given);
+        SettingError naming a setting that cannot be trained with.
 
         ``gd`` is the notes' recipe: full batch, constant rate, 500 epochs, no decay.
         """
+        check_setting("optimizer", optimizer)
         full_batch = optimizer == "gd"
         defaults = {**DEFAULTS[optimizer],
                     "epochs": 500 if full_batch else cls.epochs,
@@ -67,6 +137,13 @@ class EpochMetrics:
     val_loss: float | None
     val_accuracy: float | None
     seconds: float
+
+    def describe(self, epochs: int) -> str:
+        """The epoch's line of ``gpunet train`` and of a verbose ``Classifier``: "epoch  3/30  loss 0.1234 ..."."""
+        val = (f"  val_loss {self.val_loss:.4f}  val_acc {100 * self.val_accuracy:6.2f}%"
+               if self.val_loss is not None else "")
+        return (f"epoch {self.epoch:{len(str(epochs))}d}/{epochs}  loss {self.train_loss:.4f}  "
+                f"acc {100 * self.train_accuracy:6.2f}%{val}  ({self.seconds:.2f}s)")
 
 
 @dataclass
