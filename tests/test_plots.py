@@ -374,3 +374,20 @@ def test_plot_never_replaces_a_file_of_its_names_that_is_no_image(capsys, tmp_pa
     assert code == 1 and "learning_curves.png there is not a PNG image" in err and err.count("\n") == 1, err
     assert (folder / "learning_curves.png").read_text() == "my notes"
     assert sorted(p.name for p in folder.iterdir()) == ["learning_curves.png"]
+
+
+def test_plot_reads_the_model_file_once(capsys, monkeypatch, trained, tmp_path):
+    from gpunet.files import checkpoint
+
+    reads = []
+    real_load_model = checkpoint.load_model
+
+    def counted_load_model(path):
+        reads.append(path)
+        return real_load_model(path)
+
+    monkeypatch.setattr(checkpoint, "load_model", counted_load_model)
+    code, _, err = run(capsys, "plot", "--model", str(trained[1]), "--out", str(tmp_path / "plots"))
+    assert code == 0, err
+    assert len(reads) == 1, reads
+    check_pngs(tmp_path / "plots")

@@ -455,13 +455,13 @@ def plot(model, data, out_dir):
     """Plot learning curves, confusion matrix, misclassified digits and first-layer weights."""
     from gpunet.backends.cpu import CpuBackend
     from gpunet.files.data import load_digits
-    from gpunet.frontends.plots import prepare_out_dir, require_matplotlib, write_plots
+    from gpunet.frontends.plots import plot_network, prepare_out_dir, require_matplotlib
 
     require_matplotlib()
-    load_network(model, CpuBackend())  # a model plot can read as digits: one line now, not a traceback later
+    network, meta = load_network(model, CpuBackend())  # read once; a model of other inputs is one line, here
     prepare_out_dir(out_dir)
     digits = load_digits(data, labeled=True) if data is not None else None
-    report_plots(write_plots(model, out_dir, digits))
+    report_plots(plot_network(network, meta, model, out_dir, digits))
 
 
 @cli.command()

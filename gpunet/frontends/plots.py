@@ -106,25 +106,30 @@ def write_plots(model_path, out_dir, digits=None) -> list[Path]:
     from gpunet.backends.cpu import CpuBackend
     from gpunet.files.checkpoint import load_model, network_from_file
 
+    require_matplotlib()
+    params, meta = load_model(model_path)
+    return plot_network(network_from_file(params, meta, CpuBackend(), str(model_path)), meta, model_path, out_dir,
+                        digits)
+
+
+def plot_network(network, meta: dict, model_path, out_dir, digits=None) -> list[Path]:
+    """``write_plots`` for a model already read: its network (on the CPU) and metadata, from ``model_path``."""
     Figure = require_matplotlib()
     out_dir = prepare_out_dir(out_dir)
-    params, meta = load_model(model_path)
     if digits is None:
         digits = training_validation_digits(meta, model_path)
     if digits.labels is None:
         raise GpunetError(f"{digits.source}: holds no labels; the confusion matrix needs labeled digits")
-    network = network_from_file(params, meta, CpuBackend(), str(model_path))
     probs = network.probabilities(digits.images)
-    kernel = first_kernel(network)
+    W1 = network.host_params()[0]
 
     figures = {
         "learning_curves": learning_curves(Figure, meta),
         "confusion_matrix": confusion_matrix(Figure, digits.labels, probs.argmax(axis=1), digits.source),
         "misclassified": misclassified(Figure, digits.images, digits.labels, probs, digits.source),
-        "weights": first_layer_weights(Figure, params[0], hidden=len(params) > 2, kernel=kernel),
+        "weights": first_layer_weights(Figure, W1, hidden=len(network.params) > 2, kernel=first_kernel(network)),
     }
     return [save(figure, out_dir / FILES[name]) for name, figure in figures.items()]
-
 
 
 def first_kernel(network) -> int | None:
