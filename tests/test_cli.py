@@ -609,3 +609,72 @@ def test_bad_input_with_device_auto_is_one_line_even_where_cuda_is_not_usable(ca
     # Where CuPy is installed but no GPU is usable, the fallback notice waits until the inputs are read.
     code, _, err = run(capsys, *command, "--device", "auto")
     assert code == 1 and err.count("\n") == 1 and err.startswith("Error:") and "no/such" in err, err
+
+
+# -- a file that appears at --out while training runs --------------------------------------------------
+def write_at_out_when_training_ends(monkeypatch, out, content):
+    """Make the training loop write ``content`` at ``out`` (None: remove it) as it returns, before the save."""
+    import gpunet.training.loop
+
+    real_train = gpunet.training.loop.train
+
+    def train_then_write(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        if content is None:
+            out.unlink()
+        elif callable(content):
+            content(out)
+        else:
+            out.write_bytes(content)
+        return result
+
+    monkeypatch.setattr(gpunet.training.loop, "train", train_then_write)
+
+
+@pytest.mark.parametrize("kind", ["notes", "png", "folder", "symlink"])
+def test_a_file_of_another_kind_appearing_at_out_during_training_is_kept(capsys, monkeypatch, tmp_path, trained,
+                                                                          kind):
+    out = tmp_path / "model.npz"
+    out.write_bytes(trained.read_bytes())  # checked before training: a model, which the run may replace
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+
+    def replace_out(path):
+        path.unlink()
+        if kind == "folder":
+            path.mkdir()
+        elif kind == "symlink":
+            path.symlink_to(notes)
+        else:
+            path.write_bytes(b"my notes\n" if kind == "notes" else png_bytes())
+
+    write_at_out_when_training_ends(monkeypatch, out, replace_out)
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    beside = tmp_path / "model.completed.npz"
+    assert code == 0, err
+    assert err.count("\n") == 1 and "another kind of file appeared at" in err and str(beside) in err, err
+    assert stdout.rstrip().endswith(f"saved {beside}")
+    from gpunet.files.checkpoint import load_model
+
+    assert load_model(beside)[1]["stop_reason"] == "completed"
+    if kind == "folder":
+        assert out.is_dir() and not any(out.iterdir())
+    elif kind == "symlink":
+        assert out.is_symlink() and notes.read_text() == "my notes\n"
+    else:
+        assert out.read_bytes() == (b"my notes\n" if kind == "notes" else png_bytes())
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+@pytest.mark.parametrize("content", ["model", "empty", "removed"])
+def test_a_model_or_nothing_at_out_at_save_time_is_replaced(capsys, monkeypatch, tmp_path, trained, content):
+    out = tmp_path / "model.npz"
+    write_at_out_when_training_ends(monkeypatch, out, {"model": trained.read_bytes(), "empty": b"",
+                                                       "removed": None}[content])
+    out.write_bytes(trained.read_bytes())
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--seed", "9", "--out", str(out))
+    assert code == 0 and err == "", err
+    from gpunet.files.checkpoint import load_model
+
+    assert load_model(out)[1]["training"]["seed"] == 9
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]

@@ -5,7 +5,8 @@ The rules (README, "Your files are safe"):
 * A command replaces only a file of the kind it writes: ``train`` a gpunet
   model, ``predict`` a Kaggle submission. Anything else at ``--out`` (a
   submission, an image, a model of another program) is refused before any
-  work, as is an ``--out`` that is one of the command's inputs.
+  work, as is an ``--out`` that is one of the command's inputs; a model is checked again just before it
+  replaces one (``save_replacing_only``): a file that appeared meanwhile is kept, the model goes beside it.
 * A run that did not finish well (interrupted, diverged, learned nothing)
   never replaces a file: it writes ``--out`` only where nothing is there yet,
   else a free name beside it (``model.interrupted.npz``), and says where.
@@ -97,20 +98,56 @@ def save_without_replacing(path: Path, tag: str, save) -> Path:
     file is written under a temporary name and hard-linked to a free name
     (a link fails where the name exists, atomically).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    return _save_then(path, save, lambda tmp: _publish_at_free_name(tmp, path, tag))
+
+
+def save_replacing_only(path: Path, kind: str, tag: str, save) -> Path:
+    """``save(p)`` writes a complete file at ``p``; publish it at ``path``, replacing only a file of ``kind``.
+
+    ``path`` was checked before the work (``check_out_path``), but another file may have appeared there since:
+    it is checked again once the new file is complete, just before the rename, and where it no longer holds
+    ``kind`` the file goes beside it as ``save_without_replacing`` puts it. Returns where it went.
+    """
+    def publish(tmp: Path) -> Path:
+        if not _holds(path, kind):
+            return _publish_at_free_name(tmp, path, tag)
+        os.replace(tmp, path)
+        return path
+
+    return _save_then(path, save, publish)
+
+
+def _holds(path: Path, kind: str) -> bool:
+    """Whether replacing ``path`` loses nothing but a file of ``kind``: nothing there, an empty file, or that kind."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return True
+    return stat.S_ISREG(mode) and kind_of(path) in (None, kind)  # a link, a folder, a FIFO: never replaced
+
+
+def _save_then(path: Path, save, publish) -> Path:
+    """``save`` into a temporary file beside ``path``, then ``publish(temporary)``; no temporary file is left."""
+    # A short name of its own: ``save`` may write it through a temporary file named after it (atomic_file).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gpunet-", suffix=".new")
     os.close(fd)
     tmp = Path(tmp)
     try:
         save(tmp)
-        for candidate in names_beside(path, tag):
-            try:
-                _publish(tmp, candidate)
-                return candidate
-            except FileExistsError:
-                continue
-        raise GpunetError(f"{path}: {MAX_BESIDE} earlier {tag} models are beside it; remove some and run again")
+        return publish(tmp)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _publish_at_free_name(tmp: Path, path: Path, tag: str) -> Path:
+    """Link ``tmp`` to ``path`` if free, else to the first free name beside it (model.TAG.npz, ...)."""
+    for candidate in names_beside(path, tag):
+        try:
+            _publish(tmp, candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise GpunetError(f"{path}: {MAX_BESIDE} earlier {tag} models are beside it; remove some and run again")
 
 
 def _publish(tmp: Path, path: Path) -> None:

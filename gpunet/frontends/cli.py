@@ -19,7 +19,7 @@ from gpunet.backends.devices import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS
-from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_without_replacing
+from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_replacing_only, save_without_replacing
 from gpunet.training.loop import DTYPES, SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -187,7 +187,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
                              f"digit): the network learned nothing; "
                              f"{unlearned_hint(result.history, train_digits.labels, which, config, cli_option)}; "
                              f"saved it as {saved}")
-    save_result(out, result, config, digits, backend)
+    out = save_completed_run(out, result, config, digits, backend)
     if result.stop_reason == "early_stopping":
         click.echo(f"Early stopping: no better validation loss for {plural(patience, 'epoch')}; "
                    f"kept epoch {result.best_epoch}")
@@ -299,6 +299,17 @@ class ProgressBar:
     def close(self) -> None:
         """Close the bar at the end of the epoch."""
         self.bar.close()
+
+
+def save_completed_run(out: Path, result, config, digits, backend) -> Path:
+    """Save a completed run at ``out``, replacing an older model there; where another kind of file appeared
+    there while training ran, beside it (model.completed.npz), saying so. Returns where it went."""
+    saved = save_replacing_only(out, MODEL, "completed",
+                                lambda path: save_result(path, result, config, digits, backend))
+    if saved != out:
+        click.echo(f"Note: another kind of file appeared at {out} while training ran; left it as it is and saved "
+                   f"the model as {saved}", err=True)
+    return saved
 
 
 def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Path:
