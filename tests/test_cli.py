@@ -269,8 +269,9 @@ def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):
 
 
 # -- nothing a user made is lost (README: "Your files are safe") -------------------------------------
-def interrupt_after_first_epoch(args):
-    """Run ``gpunet train ARGS`` in a subprocess, press Ctrl-C once an epoch is done; (exit code, stderr)."""
+def interrupt_after_first_epoch(args, signal_number=signal.SIGINT):
+    """Run ``gpunet train ARGS`` in a subprocess, press Ctrl-C (or send another signal) once an epoch is done;
+    (exit code, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "gpunet", "train", "--device", "cpu", "--epochs", "1000", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -278,7 +279,7 @@ def interrupt_after_first_epoch(args):
         for line in proc.stdout:
             if line.startswith("epoch"):
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal_number)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
@@ -678,3 +679,86 @@ def test_a_model_or_nothing_at_out_at_save_time_is_replaced(capsys, monkeypatch,
 
     assert load_model(out)[1]["training"]["seed"] == 9
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+# -- SIGTERM is Ctrl-C ---------------------------------------------------------------------------------
+def test_sigterm_during_training_saves_beside_the_model_and_exits_143(tmp_path, trained):
+    out = tmp_path / "model.npz"
+    out.write_bytes(trained.read_bytes())
+    code, err = interrupt_after_first_epoch(["--out", str(out)], signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err[-2000:]
+    beside = tmp_path / "model.interrupted.npz"
+    assert "Interrupted" in err and str(beside) in err and "Traceback" not in err, err[-2000:]
+    assert out.read_bytes() == trained.read_bytes()
+    from gpunet.files.checkpoint import load_model
+
+    assert load_model(beside)[1]["stop_reason"] == "interrupted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.interrupted.npz", "model.npz"]  # no .tmp
+
+
+SIGTERM_IN_SAVE = """
+import os, signal, sys
+import numpy as np
+from gpunet.frontends.cli import main
+
+real_savez = np.savez
+
+def savez_then_terminated(*args, **kwargs):  # SIGTERM arrives while the model file is being written
+    os.kill(os.getpid(), signal.SIGTERM)
+    real_savez(*args, **kwargs)
+    sys.stderr.write("savez finished\\n")
+
+np.savez = savez_then_terminated
+main(["train", "--device", "cpu", "--epochs", "1", "--out", sys.argv[1]])
+"""
+
+
+def test_sigterm_during_the_save_lets_the_model_finish_then_exits_143(tmp_path, trained):
+    out = tmp_path / "model.npz"
+    out.write_bytes(trained.read_bytes())
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_SAVE, str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "savez finished" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    from gpunet.files.checkpoint import load_model
+
+    _, meta = load_model(out)  # the completed run's model, whole
+    assert meta["stop_reason"] == "completed" and len(meta["history"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temporary file left
+
+
+@pytest.mark.parametrize("failure", [ValueError, KeyboardInterrupt, SystemExit, "folder in the way"])
+def test_the_atomic_writer_leaves_no_temporary_file_on_any_exception(tmp_path, failure):
+    from gpunet.files.atomic_file import write_atomically
+
+    path = tmp_path / "out.bin"
+    if failure == "folder in the way":  # os.replace itself fails: a non-empty folder has the name
+        path.mkdir()
+        (path / "inside").write_text("kept")
+        expected = OSError
+    else:
+        path.write_bytes(b"old")
+        expected = failure
+
+    def write(f):
+        f.write(b"partial")
+        if failure != "folder in the way":
+            raise failure
+
+    with pytest.raises(expected):
+        write_atomically(path, write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    assert (path / "inside").read_text() == "kept" if path.is_dir() else path.read_bytes() == b"old"
+
+
+def test_the_atomic_writer_keeps_the_first_exception_when_its_temporary_file_is_gone(tmp_path):
+    from gpunet.files.atomic_file import write_atomically
+
+    def write(f):  # another cleaner removed the temporary file before the failure
+        (temporary,) = tmp_path.iterdir()
+        temporary.unlink()
+        raise ValueError("the write's own failure")
+
+    with pytest.raises(ValueError, match="the write's own failure"):
+        write_atomically(tmp_path / "out.bin", write)
+    assert list(tmp_path.iterdir()) == []

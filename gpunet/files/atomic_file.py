@@ -37,6 +37,6 @@ def write_atomically(path: Path, write) -> None:
             write(f)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException:  # Ctrl-C and SystemExit too; missing_ok: a failure here must not hide the first one
+        Path(tmp).unlink(missing_ok=True)
         raise

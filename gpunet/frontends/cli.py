@@ -6,9 +6,12 @@ GpunetError and click's usage errors are caught here, never shown as tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -23,6 +26,56 @@ from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_replaci
 from gpunet.training.loop import DTYPES, SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM both stop a command as Ctrl-C does: a KeyboardInterrupt, at once, or, while a
+    file is being saved (``held``), once it is whole. The exit code is 128 + the signal's number (130, 143)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = signal.SIGINT  # a KeyboardInterrupt that no handler saw (raised by Python) is Ctrl-C's
+        self.holding, self.pending = False, False
+
+    def exit_code(self) -> int:
+        return 128 + int(self.received)
+
+    def handle(self, signum, frame) -> None:
+        self.received = signum
+        if self.holding:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Handle the signals while the command runs (in the main thread, the only one that may); then as before."""
+        self.received, self.holding, self.pending = signal.SIGINT, False, False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    @contextlib.contextmanager
+    def held(self, stop_after: bool = True):
+        """Let a save finish whole; a signal received meanwhile stops the command after it (``stop_after``)."""
+        self.holding, self.pending = True, False
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending and stop_after:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+STOP_SIGNALS = StopSignals()
 
 
 def parse_hidden(ctx, param, value: str) -> tuple[int, ...]:
@@ -174,7 +227,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
                        f"(epoch {exc.result.best_epoch}) to {saved}", err=True)
         else:
             click.echo(f"Interrupted in epoch {exc.epoch}, before any epoch finished: nothing saved", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(STOP_SIGNALS.exit_code())
     report.close()
     final = result.final
     # Judged on the validation digits, or on the training digits where those are too few to tell.
@@ -304,8 +357,9 @@ class ProgressBar:
 def save_completed_run(out: Path, result, config, digits, backend) -> Path:
     """Save a completed run at ``out``, replacing an older model there; where another kind of file appeared
     there while training ran, beside it (model.completed.npz), saying so. Returns where it went."""
-    saved = save_replacing_only(out, MODEL, "completed",
-                                lambda path: save_result(path, result, config, digits, backend))
+    with STOP_SIGNALS.held():
+        saved = save_replacing_only(out, MODEL, "completed",
+                                    lambda path: save_result(path, result, config, digits, backend))
     if saved != out:
         click.echo(f"Note: another kind of file appeared at {out} while training ran; left it as it is and saved "
                    f"the model as {saved}", err=True)
@@ -318,7 +372,8 @@ def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Pat
     ``tag`` (interrupted, diverged, unlearned) is recorded as the model's stop_reason: commands that load
     it say so."""
     result.stop_reason = tag
-    return save_without_replacing(out, tag, lambda path: save_result(path, result, config, digits, backend))
+    with STOP_SIGNALS.held(stop_after=tag != "interrupted"):  # an interrupted run is stopping already
+        return save_without_replacing(out, tag, lambda path: save_result(path, result, config, digits, backend))
 
 
 def save_result(out: Path, result, config, digits, backend) -> Path:
@@ -598,7 +653,8 @@ def info():
 def main(argv=None) -> None:
     """Entry point: run the CLI and turn every expected failure into one line and an exit code."""
     try:
-        cli.main(args=argv, prog_name="gpunet", standalone_mode=False)
+        with STOP_SIGNALS.installed():
+            cli.main(args=argv, prog_name="gpunet", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # `gpunet` alone: show help, as click does
         click.echo(exc.ctx.get_help())
     except click.UsageError as exc:
@@ -626,6 +682,6 @@ def main(argv=None) -> None:
         sys.exit(EXIT_ERROR)
     except (click.Abort, KeyboardInterrupt):
         click.echo("Aborted.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(STOP_SIGNALS.exit_code())
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
