@@ -276,7 +276,8 @@ def test_verbose_prints_the_command_lines_epoch_lines(capsys):
     X, y = np.random.default_rng(0).normal(size=(60, 3)), np.arange(60) % 2
     Classifier(epochs=2, device="cpu", verbose=True).fit(X, y)
     lines = capsys.readouterr().out.splitlines()
-    pattern = r"epoch {k}/2  loss \d+\.\d{{4}}  acc +\d+\.\d\d%  val_loss \d+\.\d{{4}}  val_acc +\d+\.\d\d%  \(\d+\.\d\ds\)"
+    pattern = (r"epoch {k}/2  loss \d+\.\d{{4}}  acc +\d+\.\d\d%  val_loss \d+\.\d{{4}}  val_acc +\d+\.\d\d%  "
+               r"\(\d+\.\d\ds\)")
     assert len(lines) == 2 and all(re.fullmatch(pattern.format(k=k), line) for k, line in zip((1, 2), lines)), lines
 
 
@@ -398,3 +399,11 @@ def test_patience_with_a_fraction_that_holds_out_nothing_is_refused():
     X, y = np.random.default_rng(0).normal(size=(500, 3)), np.arange(500) % 2
     with pytest.raises(ValueError, match="patience"):
         Classifier(val_size=0.001, patience=2, device="cpu").fit(X, y)
+
+
+def test_a_model_fitted_with_patience_and_a_fraction_held_out_loads(tmp_path):
+    # Loaded, its data is gone: the count its fit held out stands for the fraction (0 would refuse patience).
+    X, y = np.random.default_rng(0).normal(size=(200, 3)), np.arange(200) % 2
+    Classifier(val_size=0.25, patience=2, epochs=2, device="cpu").fit(X, y).save(tmp_path / "m.npz")
+    loaded = gpunet.load(tmp_path / "m.npz")
+    assert loaded.val_size == 0.25 and loaded.patience == 2 and loaded.config_.val_size == 50

@@ -220,4 +220,5 @@ def test_an_epoch_line_names_the_epoch_out_of_all():
 
     line = EpochMetrics(3, 0.01, 0.12345, 0.9512, 0.2, 0.9, 1.234).describe(30)
     assert line == "epoch  3/30  loss 0.1235  acc  95.12%  val_loss 0.2000  val_acc  90.00%  (1.23s)"
-    assert EpochMetrics(1, 0.01, 0.5, 0.5, None, None, 0.5).describe(1) == "epoch 1/1  loss 0.5000  acc  50.00%  (0.50s)"
+    no_validation = EpochMetrics(1, 0.01, 0.5, 0.5, None, None, 0.5)
+    assert no_validation.describe(1) == "epoch 1/1  loss 0.5000  acc  50.00%  (0.50s)"

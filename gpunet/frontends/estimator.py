@@ -261,8 +261,9 @@ def load(path) -> Classifier:
     clf.stop_reason_ = meta.get("stop_reason", "completed")
     clf.history_ = meta.get("history", [])
     clf.best_epoch_ = meta.get("best_epoch")
-    recorded = training.get("val_size")
-    clf.config_ = clf._config(held_out=recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else None)
+    recorded = training.get("val_size")  # a fraction of data that is gone cannot be counted again
+    counted = isinstance(recorded, int) and not isinstance(recorded, bool)
+    clf.config_ = clf._config(held_out=recorded if counted else None)
     return clf
 
 

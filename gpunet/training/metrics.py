@@ -84,9 +84,11 @@ def loss_trend_hint(losses: list[float], config, option) -> str:
         return (f"the training loss rose from {losses[rise - 1]:.4g} to {losses[rise]:.4g} in epoch {rise + 1}: "
                 f"try a smaller {lr}{other}")
     if losses[-1] > losses[0] * (1 - LOSS_MOVED):
-        return f"the training loss hardly moved from {losses[0]:.4g} (now {losses[-1]:.4g}): try a larger {lr} or {epochs}"
+        return (f"the training loss hardly moved from {losses[0]:.4g} (now {losses[-1]:.4g}): "
+                f"try a larger {lr} or {epochs}")
     if losses[-1] < losses[-2] * (1 - LOSS_MOVED):
-        return f"the training loss was still falling ({losses[0]:.4g} to {losses[-1]:.4g}): try a larger {lr} or {epochs}"
+        return (f"the training loss was still falling ({losses[0]:.4g} to {losses[-1]:.4g}): "
+                f"try a larger {lr} or {epochs}")
     return (f"the training loss fell from {losses[0]:.4g} and settled at {losses[-1]:.4g}: the units may have "
             f"stopped responding; try a smaller {lr}{other}")
 
