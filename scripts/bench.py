@@ -510,6 +510,8 @@ def main() -> None:
         else:  # its default path: compiled (numba) where installed, else NumPy array calls
             path = backend.cpu_path() if hasattr(backend, "cpu_path") else "NumPy array calls (this checkout has no other)"
             print(f"gpunet on the CPU: {path}")
+            if args.cnn_repeats > 0 and hasattr(backend, "layers_path"):
+                print(f"gpunet's CNN on the CPU: {backend.layers_path()}")
         rows += measure(device, backend, digits, batches, args.repeats, torch, args.cnn_repeats)
 
     reads = read_times(args.data)

@@ -178,3 +178,8 @@ def test_cnn_training_gives_the_numpy_paths_parameters(monkeypatch, dtype):
         want = cnn_run(CpuBackend(compiled=False), dtype)
     assert not ran, "the NumPy path ran compiled passes"
     assert_same_bits(got, want, "parameters after 3 Adam steps")
+
+
+def test_the_backend_says_which_way_the_layers_run():
+    assert "compiled with numba" in CpuBackend().layers_path()
+    assert "NumPy array calls (turned off)" in CpuBackend(compiled=False).layers_path()

@@ -42,6 +42,15 @@ class CpuBackend(Backend):
         reason = "turned off" if self.compiled is False else "numba or scipy is not installed"
         return f"steps as NumPy array calls ({reason})"
 
+    def layers_path(self) -> str:
+        """How a layer stack's hot operations run: compiled passes on the cores (numba), or NumPy's array calls."""
+        if self.compiled is not False and _cpu_layers() is not None:
+            import numba
+
+            return f"layer passes compiled with numba {numba.__version__}, on {_cores()} threads"
+        reason = "turned off" if self.compiled is False else "numba is not installed"
+        return f"layer passes as NumPy array calls ({reason})"
+
     def compiled_path(self, network, optimizer=None):
         """The module :mod:`gpunet.backends.cpu_fused` if its compiled loops run this network (and optimizer), else None.
 
