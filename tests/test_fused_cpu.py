@@ -103,6 +103,32 @@ def test_optimizer_update_gives_the_same_bits(dtype, name):
     np.testing.assert_array_equal(nets[1].flat, nets[0].flat)
 
 
+
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_moments_are_flushed_to_zero_as_the_numpy_path_flushes_them(name):
+    """Gradients that are 0 after the first steps (a border pixel's): the moments decay below the normal
+    range within 900 float32 steps; both paths flush them to 0 (optimizers.flush_subnormals), the same bits."""
+    rng = np.random.default_rng(5)
+    nets = [network(NUMPY, (6, 4), np.float32) for _ in range(2)]
+    grad_flat = np.empty_like(nets[0].flat)
+    optimizers = [make_optimizer(name, net.groups, 0.01, 0.1) for net in nets]
+    for step in range(900):
+        grad_flat[...] = rng.standard_normal(grad_flat.shape) if step < 3 else 0
+        grad_flat[::2] = 0  # half the entries never see a gradient after their first zero
+        optimizers[0].step([g.copy() for g in nets[0].groups_of(grad_flat)])
+        opt = optimizers[1]
+        kind, state1, state2, beta1, beta2, eps = cpu_fused._optimizer_state(opt)
+        cpu_fused._update(kind, tuple(opt.params), tuple(nets[1].groups_of(grad_flat.copy())), state1, state2, 0.01,
+                          0.1, beta1, beta2, eps, float(step + 1))
+    np.testing.assert_array_equal(nets[1].flat, nets[0].flat)
+    states = [optimizer.velocity if name == "momentum" else optimizer.mean + optimizer.square
+              for optimizer in optimizers]
+    for mine, theirs in zip(*states):
+        np.testing.assert_array_equal(mine, theirs)
+    tiny = np.finfo(np.float32).tiny
+    assert not any(np.any((s != 0) & (np.abs(s) < tiny)) for s in states[1])
+
+
 LR, WEIGHT_DECAY = 0.01, 0.1
 
 

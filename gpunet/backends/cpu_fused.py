@@ -195,6 +195,7 @@ if numba is not None:
         Decoupled weight decay first, on the weights only: W <- W - alpha.lambda.W.
         """
         dt = params[0].dtype.type
+        tiny = np.finfo(params[0].dtype).tiny
         if weight_decay != 0:
             decay = dt(1 - lr * weight_decay)
             W = params[0]
@@ -211,7 +212,8 @@ if numba is not None:
             for group in range(2):
                 p, g, v = params[group], grads[group], state1[group]
                 for i in range(p.shape[0]):
-                    v[i] = v[i] * beta + g[i]
+                    vi = v[i] * beta + g[i]
+                    v[i] = vi if not np.abs(vi) < tiny else vi * 0  # optimizers.flush_subnormals
                     p[i] -= v[i] * rate
         else:
             step = dt(lr * (1 - beta2**t) ** 0.5 / (1 - beta1**t))
@@ -220,8 +222,10 @@ if numba is not None:
                 p, g, m, s = params[group], grads[group], state1[group], state2[group]
                 for i in range(p.shape[0]):
                     gi = g[i]
-                    m[i] = m[i] * b1 + gi * c1
-                    s[i] = s[i] * b2 + (gi * c2) * gi
+                    mi = m[i] * b1 + gi * c1
+                    si = s[i] * b2 + (gi * c2) * gi
+                    m[i] = mi if not np.abs(mi) < tiny else mi * 0  # optimizers.flush_subnormals
+                    s[i] = si if not np.abs(si) < tiny else si * 0
                     p[i] -= (m[i] * step) / (np.sqrt(s[i]) + e)
 
     @_jit
