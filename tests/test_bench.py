@@ -156,3 +156,17 @@ def test_pytorch_keeps_the_threads_it_was_given(bench, monkeypatch):
     finally:
         torch.set_num_threads(original)
     assert seen and set(seen) == {1}
+
+
+def test_the_dense_paths_benchmark_times_both_paths_at_each_width():
+    pytest.importorskip("numba")
+    script = SCRIPT.parent / "bench_dense_paths.py"
+    run = subprocess.run([sys.executable, str(script), "--samples", "256", "--widths", "8,8", "24", "--repeats", "1",
+                          "--batch", "32", "--data", str(SCRIPT.parent / "no such file")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if re.match(r"\| (8,8|24) \|", line)]
+    assert len(rows) == 2, run.stdout
+    for row in rows:
+        compiled, numpy, ratio = (float(re.sub(r"[^\d.]", "", cell.split("(")[0])) for cell in row.split("|")[2:5])
+        assert compiled > 0 and numpy > 0 and abs(ratio - compiled / numpy) < 0.01 + 0.01 * ratio
