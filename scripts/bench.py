@@ -13,8 +13,9 @@ bytes of X read once over a measured copy bandwidth; its FLOPs over a measured
 large-matrix-product rate), and the time to read train.csv.gz, first and from
 the parse cache. A benchmark, not a test: nothing here passes or fails.
 
-gpunet runs on its default path, and bench.py prints which: on the CPU, steps compiled
-with numba (gpunet/backends/cpu_fused.py) where numba is installed, else NumPy array calls.
+gpunet runs on its default path, and bench.py prints which: on the CPU, the 16-16 network's steps
+compiled with numba (gpunet/backends/cpu_fused.py) and the CNN's layer passes compiled with numba
+(gpunet/backends/cpu_layers.py, its products on BLAS) where numba is installed, else NumPy array calls.
 
 Timing: gpunet and PyTorch take turns, three rounds each; in a round a side
 runs once untimed, then a third of ``--repeats`` timed runs back to back (as
@@ -23,9 +24,10 @@ the fastest in brackets. A CNN epoch takes seconds, so its sides take turns ever
 epoch instead (``--cnn-repeats`` rounds), each epoch after a short untimed warm-up.
 
 ``--threads N`` holds PyTorch's intra-op threads and the BLAS libraries (threadpoolctl) to N for the
-whole run, so that both sides may use as many; gpunet's mini-batch epochs hold BLAS to one thread of
-their own accord (``CpuBackend.compute_threads``), and its own thread pools (the full-batch step's two
-parts, numba's) are not held. bench.py prints the settings it ran with.
+whole run, so that both sides may use as many; the 16-16 network's mini-batch epochs hold BLAS to one
+thread of their own accord (``CpuBackend.compute_threads``; the CNN's use BLAS's N), and gpunet's own
+thread pools (the full-batch step's two parts, numba's, the CNN's layer passes' one thread per core) are
+not held. bench.py prints the settings it ran with.
 """
 
 from __future__ import annotations

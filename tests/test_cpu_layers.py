@@ -3,8 +3,7 @@
 Each pass computes every output element with the operations of the generic code in the same order:
 im2col, max-pool forward and backward, bias + ReLU and relu_backward are elementwise (copies, compares,
 one add or multiply), and col2im adds an element's patch entries from 0 in ascending kernel offset as the
-NumPy additions do. So each is compared bit for bit (NaN, inf and the sign of zero included), whichever
-thread ran which rows. The NumPy path alone is tested in tests/test_layers.py (it runs where numba is not).
+NumPy additions do. So each is compared bit for bit (NaN, inf and the sign of zero included). The NumPy path alone is tested in tests/test_layers.py (it runs where numba is not).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import pytest
 pytest.importorskip("numba")
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered")  # inf - inf, inf * 0: NaN both ways
 
-from gpunet.backends import cpu as cpu_backend  # noqa: E402
 from gpunet.backends import cpu_layers  # noqa: E402
 from gpunet.backends.base import Backend  # noqa: E402
 from gpunet.backends.cpu import CpuBackend  # noqa: E402
@@ -25,10 +23,10 @@ from gpunet.nn.optimizers import make_optimizer  # noqa: E402
 COMPILED, GENERIC = CpuBackend(), Backend()
 DTYPES = [np.float32, np.float64]
 # (C, H, W, m, k, pads): non-square maps, k 1, 3, 4 and 5, 'valid' and 'same' (an even k pads one more after),
-# 1 and 3 channels, a batch of 1 and of 7; the last is conv64k5's input at batch 128, split between the cores.
+# 1 and 3 channels, a batch of 1 and of 7; the last is conv64k5's input at batch 128.
 CONV_CASES = [(1, 7, 5, 1, 3, (0, 0)), (3, 6, 9, 7, 1, (0, 0)), (3, 9, 7, 7, 5, (2, 2)), (1, 5, 8, 7, 3, (1, 1)),
               (3, 6, 6, 1, 4, (1, 2)), (1, 28, 28, 7, 5, (0, 0)), (32, 12, 12, 128, 5, (0, 0))]
-# (C, H, W, m, size): odd-sized maps (their last rows and columns in no window), 3x3 windows, split ones.
+# (C, H, W, m, size): odd-sized maps (their last rows and columns in no window), 3x3 windows, the CNN's two.
 POOL_CASES = [(1, 5, 7, 1, 2), (3, 7, 6, 7, 2), (3, 9, 8, 7, 3), (1, 2, 2, 1, 2), (32, 24, 24, 128, 2),
               (64, 9, 9, 128, 2)]
 
@@ -108,22 +106,6 @@ def test_bias_relu_and_its_backward_give_the_generic_bits(shape, dtype):
     assert_same_bits(A, want_A, "bias_relu")
     dA = special_values(rng.standard_normal(shape).astype(dtype), rng)
     assert_same_bits(COMPILED.relu_backward(dA.copy(), A), GENERIC.relu_backward(dA.copy(), A), "relu_backward")
-
-
-@pytest.mark.parametrize("split_from", [0, 1 << 60])
-def test_rows_split_between_cores_give_the_bits_of_one_thread(monkeypatch, split_from):
-    """Each kernel writes its own rows only: any split (every array split, or none) gives the same output."""
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((3, 9, 7, 7)).astype(np.float32)
-    columns = rng.standard_normal((3 * 9, 5 * 5 * 7)).astype(np.float32)
-    with monkeypatch.context() as patch:
-        patch.setattr(cpu_backend, "_cores", lambda: 3)
-        patch.setattr(cpu_backend, "SPLIT_FROM", split_from)
-        got = [COMPILED.im2col(x, 3, (1, 1)), COMPILED.col2im(columns, (3, 7, 7, 7), 3, (0, 0)),
-               *COMPILED.max_pool(x, 2)]
-    want = [GENERIC.im2col(x, 3, (1, 1)), GENERIC.col2im(columns, (3, 7, 7, 7), 3, (0, 0)), *GENERIC.max_pool(x, 2)]
-    for what, g, w in zip(("im2col", "col2im", "max_pool", "argmax"), got, want):
-        assert_same_bits(g, w, what)
 
 
 def test_what_the_kernels_do_not_take_goes_the_generic_way():

@@ -13,7 +13,6 @@ from gpunet.backends.base import Backend
 
 SAMPLE_MAJOR_FROM = 128  # samples; see CpuBackend.empty_layer
 FULL_BATCH_CHUNK = 512  # samples: 1.6 MB of float32 pixels, inside a core's 2 MB L2 cache
-SPLIT_FROM = 1 << 16  # elements: a compiled layer pass on smaller arrays runs on one thread (see _on_cores)
 
 
 class CpuBackend(Backend):
@@ -47,7 +46,7 @@ class CpuBackend(Backend):
         if self.compiled is not False and _cpu_layers() is not None:
             import numba
 
-            return f"layer passes compiled with numba {numba.__version__}, on {_cores()} threads"
+            return f"layer passes compiled with numba {numba.__version__}"
         reason = "turned off" if self.compiled is False else "numba is not installed"
         return f"layer passes as NumPy array calls ({reason})"
 
@@ -115,7 +114,7 @@ class CpuBackend(Backend):
         blas = _blas_threads()
         return blas.limit(limits=1) if blas is not None else super().compute_threads()
 
-    # -- the layers' hot operations: compiled passes on both cores where numba is (cpu_layers.py) ----------
+    # -- the layers' hot operations: compiled passes where numba is (cpu_layers.py) ------------------------
     def _layer_passes(self, *arrays):
         """:mod:`gpunet.backends.cpu_layers` where its kernels take these arrays and may run, else None."""
         if self.compiled is False:
@@ -125,29 +124,29 @@ class CpuBackend(Backend):
 
     def im2col(self, x, k: int, pads):
         passes = self._layer_passes(x)
-        return passes.im2col(_on_cores, x, k, pads) if passes else super().im2col(x, k, pads)
+        return passes.im2col(x, k, pads) if passes else super().im2col(x, k, pads)
 
     def col2im(self, columns, input_shape, k: int, pads):
         passes = self._layer_passes(columns)
-        return passes.col2im(_on_cores, columns, input_shape, k, pads) if passes else \
+        return passes.col2im(columns, input_shape, k, pads) if passes else \
             super().col2im(columns, input_shape, k, pads)
 
     def max_pool(self, x, size: int):
         passes = self._layer_passes(x)
-        return passes.max_pool(_on_cores, x, size) if passes else super().max_pool(x, size)
+        return passes.max_pool(x, size) if passes else super().max_pool(x, size)
 
     def max_pool_backward(self, dy, argmax, input_shape, size: int):
         passes = self._layer_passes(dy) if argmax.dtype == np.uint8 and argmax.flags.c_contiguous else None
-        return passes.max_pool_backward(_on_cores, dy, argmax, input_shape, size) if passes else \
+        return passes.max_pool_backward(dy, argmax, input_shape, size) if passes else \
             super().max_pool_backward(dy, argmax, input_shape, size)
 
     def bias_relu(self, Z, b):
         passes = self._layer_passes(Z, b) if Z.ndim == 2 and b.shape == (Z.shape[0], 1) else None
-        return passes.bias_relu(_on_cores, Z, b) if passes else super().bias_relu(Z, b)
+        return passes.bias_relu(Z, b) if passes else super().bias_relu(Z, b)
 
     def relu_backward(self, dA, A):
         passes = self._layer_passes(dA, A) if dA.ndim >= 1 and dA.shape == A.shape else None
-        return passes.relu_backward(_on_cores, dA, A) if passes else super().relu_backward(dA, A)
+        return passes.relu_backward(dA, A) if passes else super().relu_backward(dA, A)
 
 
 @lru_cache(maxsize=1)
@@ -182,30 +181,6 @@ def _cpu_layers():
     from gpunet.backends import cpu_layers
 
     return cpu_layers
-
-
-def _on_cores(kernel, rows: int, *args) -> None:
-    """kernel(lo, hi, *args) over rows 0..rows-1: one contiguous part per core, the last on this thread.
-
-    A pool of its own (not ``parallel_map``'s, whose parts call these passes): its threads sleep while
-    idle, where numba's OpenMP threads spin and took the cores from BLAS's (a step 3x slower in an epoch).
-    Arrays under SPLIT_FROM elements run on this thread alone: a hand-off costs more than it saves.
-    """
-    cores = _cores()
-    largest = max(a.size for a in args if isinstance(a, np.ndarray))
-    if cores < 2 or rows < cores or largest < SPLIT_FROM:
-        kernel(0, rows, *args)
-        return
-    bounds = [rows * part // cores for part in range(cores + 1)]
-    others = [_layer_pool().submit(kernel, lo, hi, *args) for lo, hi in zip(bounds[:-2], bounds[1:-1])]
-    kernel(bounds[-2], bounds[-1], *args)
-    for part in others:
-        part.result()
-
-
-@lru_cache(maxsize=1)
-def _layer_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=max(1, _cores() - 1), thread_name_prefix="gpunet-layers")
 
 
 def _cores() -> int:
