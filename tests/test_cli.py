@@ -504,6 +504,8 @@ def test_out_that_is_no_plain_writable_file_is_refused_before_training(capsys, t
         out = tmp_path / ("m" * 245 + ".npz")
     code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
     assert code == 1 and err.count("\n") == 1 and "--out" in err and "Traceback" not in err, err
+    if kind == "name too long":  # the name is to blame, not the folder
+        assert "the name is too long for the file system" in err and "folder" not in err, err
     assert stdout == ""  # refused before any training
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"fifo": ["model.npz"], "symlink": ["model.npz", "real.npz"],
                                                                   "read-only": ["model.npz"], "name too long": []}[kind])
@@ -632,13 +634,21 @@ def write_at_out_when_training_ends(monkeypatch, out, content):
     monkeypatch.setattr(gpunet.training.loop, "train", train_then_write)
 
 
-@pytest.mark.parametrize("kind", ["notes", "png", "folder", "symlink"])
+@pytest.mark.parametrize("kind", ["notes", "png", "folder", "symlink", "unreadable", "write-protected"])
 def test_a_file_of_another_kind_appearing_at_out_during_training_is_kept(capsys, monkeypatch, tmp_path, trained,
                                                                           kind):
+    import gpunet.files.outputs
+
     out = tmp_path / "model.npz"
     out.write_bytes(trained.read_bytes())  # checked before training: a model, which the run may replace
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
+    real_kind_of = gpunet.files.outputs.kind_of
+
+    def unreadable_at_out(path):  # mode 000 or another owner's; root reads through mode 000, so it is simulated
+        if path == out:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_kind_of(path)
 
     def replace_out(path):
         path.unlink()
@@ -646,14 +656,19 @@ def test_a_file_of_another_kind_appearing_at_out_during_training_is_kept(capsys,
             path.mkdir()
         elif kind == "symlink":
             path.symlink_to(notes)
+        elif kind == "write-protected":  # a model, but one the user marked read-only, as check_out_path refuses
+            path.write_bytes(trained.read_bytes())
+            path.chmod(0o444)
         else:
-            path.write_bytes(b"my notes\n" if kind == "notes" else png_bytes())
+            path.write_bytes(png_bytes() if kind == "png" else b"my notes\n")
+        if kind == "unreadable":
+            monkeypatch.setattr(gpunet.files.outputs, "kind_of", unreadable_at_out)
 
     write_at_out_when_training_ends(monkeypatch, out, replace_out)
     code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
     beside = tmp_path / "model.completed.npz"
     assert code == 0, err
-    assert err.count("\n") == 1 and "another kind of file appeared at" in err and str(beside) in err, err
+    assert err.count("\n") == 1 and "a file gpunet does not replace" in err and str(beside) in err, err
     assert stdout.rstrip().endswith(f"saved {beside}")
     from gpunet.files.checkpoint import load_model
 
@@ -662,8 +677,10 @@ def test_a_file_of_another_kind_appearing_at_out_during_training_is_kept(capsys,
         assert out.is_dir() and not any(out.iterdir())
     elif kind == "symlink":
         assert out.is_symlink() and notes.read_text() == "my notes\n"
+    elif kind == "write-protected":
+        assert out.read_bytes() == trained.read_bytes()
     else:
-        assert out.read_bytes() == (b"my notes\n" if kind == "notes" else png_bytes())
+        assert out.read_bytes() == (png_bytes() if kind == "png" else b"my notes\n")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
@@ -709,7 +726,7 @@ def savez_then_terminated(*args, **kwargs):  # SIGTERM arrives while the model f
     sys.stderr.write("savez finished\\n")
 
 np.savez = savez_then_terminated
-main(["train", "--device", "cpu", "--epochs", "1", "--out", sys.argv[1]])
+main(["train", "--device", "cpu", "--epochs", "1", "--out", sys.argv[1], *sys.argv[2:]])
 """
 
 
@@ -720,6 +737,7 @@ def test_sigterm_during_the_save_lets_the_model_finish_then_exits_143(tmp_path, 
                           timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
     assert "savez finished" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stdout.rstrip().endswith(f"saved {out}"), proc.stdout[-2000:]  # where it went, before stopping
     from gpunet.files.checkpoint import load_model
 
     _, meta = load_model(out)  # the completed run's model, whole
@@ -762,3 +780,128 @@ def test_the_atomic_writer_keeps_the_first_exception_when_its_temporary_file_is_
     with pytest.raises(ValueError, match="the write's own failure"):
         write_atomically(tmp_path / "out.bin", write)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_the_save_of_a_failed_run_still_says_where_it_went(tmp_path, trained):
+    out = tmp_path / "model.npz"
+    out.write_bytes(trained.read_bytes())
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_SAVE, str(out), "--lr", "1e-300"], capture_output=True,
+                          text=True, timeout=120)
+    beside = tmp_path / "model.unlearned.npz"
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "learned nothing" in proc.stderr and f"saved it as {beside}" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and out.read_bytes() == trained.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "model.unlearned.npz"]
+
+
+# -- whose signals: what the parent ignores stays ignored; the handlers before main() come back ---------------
+IGNORED_SIGINT = """
+python -m gpunet train --device cpu --epochs 3000 --out "$1" > "$2" 2>&1 &  # started with SIGINT ignored
+pid=$!
+until grep -q '^epoch' "$2"; do kill -0 $pid || exit 90; sleep 0.2; done
+kill -INT $pid
+sleep 2
+kill -0 $pid || exit 91  # stopped by the signal it was started to ignore
+kill -TERM $pid
+wait $pid
+echo "rc=$?"
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/bin/bash"), reason="needs bash")
+def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):
+    out, log = tmp_path / "model.npz", tmp_path / "train.log"
+    proc = subprocess.run(["/bin/bash", "-c", IGNORED_SIGINT, "bash", str(out), str(log)], capture_output=True,
+                          text=True, timeout=180, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                       "PATH": os.path.dirname(sys.executable) + os.pathsep
+                                                       + os.environ.get("PATH", "")})
+    assert proc.returncode == 0 and proc.stdout.strip() == f"rc={128 + signal.SIGTERM}", (proc, log.read_text()[-2000:])
+    assert log.read_text().count("Interrupted in epoch") == 1  # once, for the SIGTERM
+    from gpunet.files.checkpoint import load_model
+
+    assert load_model(out)[1]["stop_reason"] == "interrupted"
+
+
+def handlers():
+    return {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+
+
+def test_main_leaves_an_ignored_signal_alone_and_puts_every_handler_back(monkeypatch, tmp_path):
+    import gpunet.frontends.cli as cli
+    from gpunet.errors import DeviceError
+
+    during = {}
+
+    def record_handlers(device):  # the train command asks for its backend once it runs
+        during.update(handlers())
+        raise DeviceError("recorded")
+
+    def previous_handler(signum, frame):
+        pass
+
+    monkeypatch.setattr(cli, "get_backend", record_handlers)
+    before = handlers()
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, previous_handler)
+        with pytest.raises(SystemExit):
+            main(["train", "--device", "cpu", "--out", str(tmp_path / "m.npz")])
+        assert during == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: cli.STOP_SIGNALS.handle}
+        assert handlers() == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: previous_handler}
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+    main(["info"])
+    assert handlers() == before
+
+
+def test_a_signal_while_the_handlers_are_put_back_goes_to_the_previous_handler(monkeypatch):
+    from gpunet.frontends.cli import StopSignals
+
+    received, before, real_signal = [], handlers(), signal.signal
+    stop = StopSignals()
+
+    def previous_handler(signum, frame):
+        received.append(signum)
+
+    def restore_then_terminated(number, handler):  # SIGTERM comes between putting back SIGINT's and SIGTERM's
+        result = real_signal(number, handler)
+        if number == signal.SIGINT and handler is previous_handler:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    try:
+        for number in before:
+            signal.signal(number, stop.handle)
+        monkeypatch.setattr(signal, "signal", restore_then_terminated)
+        try:
+            stop.restore({signal.SIGINT: previous_handler, signal.SIGTERM: previous_handler})
+        except KeyboardInterrupt:
+            pytest.fail("the signal raised out of restore(), which left our SIGTERM handler installed")
+        monkeypatch.undo()
+        assert handlers() == {signal.SIGINT: previous_handler, signal.SIGTERM: previous_handler}
+        assert received == [signal.SIGTERM]
+    finally:
+        monkeypatch.undo()
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
+def test_main_runs_outside_the_main_thread(tmp_path):
+    import threading
+
+    outcome = []
+
+    def train_in_thread():
+        try:
+            main(["train", "--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "m.npz")])
+            outcome.append("returned")
+        except BaseException as error:  # noqa: BLE001 - the test reports whatever it was
+            outcome.append(error)
+
+    before = handlers()
+    thread = threading.Thread(target=train_in_thread)
+    thread.start()
+    thread.join(timeout=120)
+    assert outcome == ["returned"], outcome
+    assert (tmp_path / "m.npz").is_file() and handlers() == before

@@ -463,7 +463,7 @@ def _train_one_epoch(cuda, train_digits, batch_size):
 
 @pytest.mark.parametrize("batch_size", [64, 0])  # 7 mini-batch steps; one full-batch step
 def test_a_training_epoch_reads_the_device_only_at_its_end(cuda, digits, batch_size):
-    """training.py: inside an epoch only the loss sum and the correct count cross to the host, once each."""
+    """training/loop.py: inside an epoch only the loss sum and the correct count cross to the host, once each."""
     train_digits, val_digits = digits
     network = _train_one_epoch(cuda, train_digits, batch_size)
     transfers = cuda.xp.transfers

@@ -296,17 +296,21 @@ def test_split_of_unlabeled_digits_keeps_labels_none() -> None:
     assert train.labels is None and val.labels is None
 
 
-@pytest.mark.parametrize("size", [-1, 50, 51])
-def test_split_rejects_sizes_outside_the_data(size: int) -> None:
-    with pytest.raises(GpunetError) as caught:
+@pytest.mark.parametrize("size", [-1, 49, 50, 51])
+def test_split_leaves_at_least_two_digits_to_train_on(size: int) -> None:
+    from gpunet.training.loop import SettingError
+
+    with pytest.raises(SettingError, match=f"^val_size={size}: ") as caught:
         split_validation(numbered(50), size, seed=0)
-    message = str(caught.value)
-    assert f"--val-size {size}" in message and "\n" not in message
+    assert caught.value.name == "val_size" and "\n" not in str(caught.value)
+    train, val = split_validation(numbered(50), 48, seed=0)
+    assert len(train) == 2 and len(val) == 48
 
 
 def test_split_size_message_names_the_data() -> None:
-    sample = Digits(np.zeros((800, 784), np.uint8), np.zeros(800, np.uint8), "bundled sample")
-    with pytest.raises(GpunetError, match=r"--val-size 1000 is as large as the data \(800 digits in bundled sample\)"):
+    sample = Digits(np.zeros((800, 784), np.uint8), np.zeros(800, np.uint8), "bundled {sample}")
+    with pytest.raises(GpunetError, match=r"holds out 1,000 of the 800 digits in bundled \{sample\}, leaving 0 to "
+                                          r"train on; at least 2 are needed"):
         split_validation(sample, 1000, seed=0)
 
 

@@ -247,7 +247,8 @@ def test_val_size_holds_out_what_it_says(samples, val_size, held_out):
 BAD_PARAMS = [("optimizer", "foo"), ("hidden", 16), ("hidden", (0,)), ("hidden", "16,x"), ("schedule", "foo"),
               ("lr", -1.0), ("lr", float("nan")), ("batch_size", -5), ("epochs", 0), ("epochs", 2.5),
               ("val_size", 1.5), ("val_size", -1), ("patience", 0), ("dtype", "float16"), ("device", "tpu"),
-              ("weight_decay", -0.1), ("seed", True), ("init", "zeros")]
+              ("weight_decay", -0.1), ("seed", True), ("init", "zeros"), ("hidden", (16.5,)), ("hidden", (-3,)),
+              ("hidden", "{x}"), ("arch", "bogus"), ("arch", 5)]
 
 
 @pytest.mark.parametrize("name, value", BAD_PARAMS)
@@ -407,3 +408,59 @@ def test_a_model_fitted_with_patience_and_a_fraction_held_out_loads(tmp_path):
     Classifier(val_size=0.25, patience=2, epochs=2, device="cpu").fit(X, y).save(tmp_path / "m.npz")
     loaded = gpunet.load(tmp_path / "m.npz")
     assert loaded.val_size == 0.25 and loaded.patience == 2 and loaded.config_.val_size == 50
+
+
+def test_val_size_leaves_at_least_two_samples_to_train_on(capsys, tmp_path):
+    X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    for val_size in (39, 0.99, 40):
+        with pytest.raises(ValueError, match=r"^val_size=\d+: holds out \d+ of the 40 samples, leaving [01] to train "
+                                             r"on; at least 2 are needed"):
+            Classifier(val_size=val_size, epochs=1, device="cpu").fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assert len(Classifier(val_size=38, epochs=1, device="cpu").fit(X, y).validation_indices_) == 38
+    # The command line's rule is the same one: a usage error naming --val-size (exit code 2), before training.
+    sample = load_sample()
+    data = write_csv(tmp_path / "train.csv", sample.images[:40], sample.labels[:40])
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--data", str(data), "--val-size", "39",
+                            "--out", str(tmp_path / "m.npz"))
+    assert code == 2 and stdout == "" and err.count("\n") == 1, err
+    assert "'--val-size'" in err and "holds out 39 of the 40 digits in" in err and "leaving 1 to train on" in err, err
+
+
+def test_a_fit_that_diverges_gets_the_command_lines_hint(monkeypatch, sample_frame):
+    import gpunet.training.loop
+
+    X, y = sample_frame.drop(columns="label"), sample_frame.label
+    with pytest.raises(ValueError, match="diverged in its first epoch") as caught:
+        # lr x weight decay = 5: each step multiplies W by -4, past float32's range within an epoch's 170 steps
+        Classifier(lr=50, epochs=3, device="cpu").fit(X, y)
+    assert "try a smaller lr (now 50) or weight_decay (now 0.1): their product is 5" in str(caught.value)
+    real_train = gpunet.training.loop.train
+
+    def diverged_in_epoch_2(*args, **kwargs):
+        raise gpunet.training.loop.TrainingDiverged(2, float("nan"), real_train(*args, **kwargs))
+
+    monkeypatch.setattr(gpunet.training.loop, "train", diverged_in_epoch_2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Classifier(lr=0.5, weight_decay=0.0, epochs=1, device="cpu").fit(X, y)
+    diverged = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(diverged) == 1 and "diverged in epoch 2" in diverged[0], diverged
+    assert diverged[0].endswith("kept the weights of epoch 1; try a smaller lr (now 0.5)"), diverged
+
+
+def test_a_model_file_with_unusable_training_settings_is_named(tmp_path, fitted):
+    import json
+
+    from gpunet.errors import ModelFileError
+
+    fitted.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as archive:
+        arrays = dict(archive)
+    meta = json.loads(str(arrays["metadata"]))
+    meta["estimator"]["lr"] = -1
+    arrays["metadata"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "edited.npz", **arrays)
+    with pytest.raises(ModelFileError, match=r"edited\.npz: its training settings cannot be used: lr=-1: "):
+        gpunet.load(tmp_path / "edited.npz")

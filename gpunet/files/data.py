@@ -27,7 +27,7 @@ from typing import BinaryIO
 import numpy as np
 
 from gpunet.files.atomic_file import write_atomically
-from gpunet.errors import DataError, GpunetError
+from gpunet.errors import DataError
 
 SIDE = 28
 PIXELS = SIDE * SIDE
@@ -120,18 +120,27 @@ def load_sample() -> Digits:
     return Digits(images, labels, SAMPLE_NAME)
 
 
+MIN_TO_TRAIN_ON = 2  # samples left to train on: one sample is one class, which leaves nothing to learn to tell apart
+
+
 def split_validation(digits: Digits, val_size: int, seed: int) -> tuple[Digits, Digits]:
     """(training, validation): the first val_size digits of a seeded shuffle are the validation set."""
-    count = len(digits)
-    if val_size < 0:
-        raise GpunetError(f"--val-size {val_size} is negative; use 0 or more")
-    if val_size >= count:
-        raise GpunetError(
-            f"--val-size {val_size} is as large as the data ({count} digits in {digits.source}); "
-            "use a smaller --val-size"
-        )
-    learned_from, held_out = validation_rows(count, val_size, seed)
+    check_val_size(val_size, len(digits), f"digits in {digits.source}")
+    learned_from, held_out = validation_rows(len(digits), val_size, seed)
     return _subset(digits, learned_from, "training part"), _subset(digits, held_out, "validation part")
+
+
+def check_val_size(val_size: int, count: int, samples: str = "samples") -> None:
+    """SettingError naming val_size unless it leaves at least MIN_TO_TRAIN_ON of ``count`` samples to train on.
+
+    The command line's and the estimator's one rule; ``samples`` says what they are ("digits in train.csv")."""
+    from gpunet.training.loop import SettingError, check_setting, literal_problem
+
+    check_setting("val_size", val_size)
+    if count - val_size < MIN_TO_TRAIN_ON:
+        raise SettingError("val_size", val_size, literal_problem(
+            f"holds out {val_size:,} of the {count:,} {samples}, leaving {max(0, count - val_size):,} to train on; "
+            f"at least {MIN_TO_TRAIN_ON} are needed"))
 
 
 def validation_rows(count: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@ The rules (README, "Your files are safe"):
   model, ``predict`` a Kaggle submission. Anything else at ``--out`` (a
   submission, an image, a model of another program) is refused before any
   work, as is an ``--out`` that is one of the command's inputs; a model is checked again just before it
-  replaces one (``save_replacing_only``): a file that appeared meanwhile is kept, the model goes beside it.
+  replaces one (``save_replacing_only``): a file that appeared meanwhile (another kind, or a write-protected or
+  unreadable one) is kept, the model goes beside it.
 * A run that did not finish well (interrupted, diverged, learned nothing)
   never replaces a file: it writes ``--out`` only where nothing is there yet,
   else a free name beside it (``model.interrupted.npz``), and says where.
@@ -16,6 +17,7 @@ The rules (README, "Your files are safe"):
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -79,6 +81,10 @@ def check_out_path(option: str, path: Path, kind: str, **inputs: Path | None) ->
         # As long a name as the longest that may be written: a failed run's model.interrupted-100.npz.
         check_writable(path.parent, f"{path.stem}.interrupted-{MAX_BESIDE}{path.suffix}")
     except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:  # the name, not the folder
+            beside = f".interrupted-{MAX_BESIDE}"
+            raise GpunetError(f"{option} {path}: the name is too long for the file system with the {len(beside)} "
+                              f"characters a failed run's name adds ({beside}); give a shorter name") from None
         raise GpunetError(f"{option} {path}: cannot write in folder '{path.parent}' ({error.strerror or error})") from None
     return path
 
@@ -118,12 +124,20 @@ def save_replacing_only(path: Path, kind: str, tag: str, save) -> Path:
 
 
 def _holds(path: Path, kind: str) -> bool:
-    """Whether replacing ``path`` loses nothing but a file of ``kind``: nothing there, an empty file, or that kind."""
+    """Whether replacing ``path`` loses nothing but a file of ``kind``: nothing there, an empty file, or that kind.
+
+    As ``check_out_path`` rules at the start: a link, a folder, a FIFO, a write-protected file, and one that
+    cannot be read (so its kind cannot be told) are never replaced."""
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return True
-    return stat.S_ISREG(mode) and kind_of(path) in (None, kind)  # a link, a folder, a FIFO: never replaced
+    if not stat.S_ISREG(mode) or not mode & 0o222:
+        return False
+    try:
+        return kind_of(path) in (None, kind)
+    except OSError:  # unreadable: the model goes beside it rather than lost with a failed save
+        return False
 
 
 def _save_then(path: Path, save, publish) -> Path:

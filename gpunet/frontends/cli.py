@@ -29,7 +29,8 @@ EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 class StopSignals:
     """Ctrl-C (SIGINT) and SIGTERM both stop a command as Ctrl-C does: a KeyboardInterrupt, at once, or, while a
-    file is being saved (``held``), once it is whole. The exit code is 128 + the signal's number (130, 143)."""
+    file is being saved (``held``), once the caller has said where it went (``stop_if_pending``). The exit code
+    is 128 + the signal's number (130, 143). A signal the parent process ignores stays ignored."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -49,29 +50,51 @@ class StopSignals:
 
     @contextlib.contextmanager
     def installed(self):
-        """Handle the signals while the command runs (in the main thread, the only one that may); then as before."""
+        """Handle the signals while the command runs (in the main thread, the only one that may); then as before.
+
+        Left alone: a signal ignored (SIG_IGN: ``cmd &`` in a script, ``trap '' TERM``), and one whose handler
+        was set from C (``getsignal`` gives None), which could not be put back."""
         self.received, self.holding, self.pending = signal.SIGINT, False, False
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
+        previous = {}
         try:
+            for number in self.SIGNALS:
+                if signal.getsignal(number) not in (signal.SIG_IGN, None):
+                    previous[number] = signal.signal(number, self.handle)
             yield
         finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+            self.restore(previous)
+
+    def restore(self, previous: dict) -> None:
+        """Put the previous handlers back; a signal that comes meanwhile goes to its previous handler after."""
+        noted, self.pending, self.holding = self.pending, False, True  # our handler only notes one now
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        late, self.pending, self.holding = self.pending, noted, False
+        if late:
+            signal.raise_signal(self.received)
 
     @contextlib.contextmanager
-    def held(self, stop_after: bool = True):
-        """Let a save finish whole; a signal received meanwhile stops the command after it (``stop_after``)."""
-        self.holding, self.pending = True, False
+    def held(self):
+        """Let a save finish whole: a signal received meanwhile is only noted (``pending``) until the caller has
+        said where the file went and calls ``stop_if_pending``."""
+        self.holding = True
         try:
             yield
         finally:
             self.holding = False
-        if self.pending and stop_after:
+
+    def stop_if_pending(self) -> None:
+        """Stop now (KeyboardInterrupt) if a signal came during a held save."""
+        if self.pending:
             self.pending = False
             raise KeyboardInterrupt
+
+    def exit_code_after(self, failure_code: int) -> int:
+        """A failing command's exit code: 128 + the signal's number where one came during a held save."""
+        return self.exit_code() if self.pending else failure_code
 
 
 STOP_SIGNALS = StopSignals()
@@ -179,8 +202,9 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
           patience, seed, dtype, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
-    from gpunet.training.metrics import better_than_chance, chance_accuracy, scored_on, unlearned_hint
-    from gpunet.training.loop import TrainingDiverged, TrainingInterrupted, train as run_training
+    from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
+                                         unlearned_hint)
+    from gpunet.training.loop import SettingError, TrainingDiverged, TrainingInterrupted, train as run_training
 
     if arch is not None and ctx.get_parameter_source("hidden") is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
@@ -198,7 +222,10 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         prepare_out_dir(plot_dir, "--plot")
     backend, notice = get_backend(device)
     digits = load_digits(data, labeled=True) if data is not None else load_sample()
-    train_digits, val_digits = split_validation(digits, val_size, seed)
+    try:
+        train_digits, val_digits = split_validation(digits, val_size, seed)
+    except SettingError as error:  # too many held out for this data
+        raise usage_error(ctx, error) from None
     say_notice(notice)  # after the inputs are known good: bad input gets its one line alone
     sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
     click.echo(f"Data: {digits.source}: {len(digits):,} digits -> {len(train_digits):,} training, "
@@ -217,7 +244,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         saved = save_failed_run(out, "diverged", exc.result, config, digits, backend) if exc.result.history else None
         kept = f"; kept the weights of epoch {exc.result.best_epoch} in {saved}" if saved else ""
         raise TrainingFailed(f"training diverged: the loss became {exc.value} in epoch {exc.epoch}; "
-                             f"{divergence_hint(config)}{kept}") from None
+                             f"{divergence_hint(config, cli_option)}{kept}") from None
     except TrainingInterrupted as exc:
         report.close()
         if exc.result.history:
@@ -248,6 +275,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     else:
         click.echo(f"Training accuracy {100 * final.train_accuracy:.2f}% (epoch {result.best_epoch}; "
                    f"no validation digits); saved {out}")
+    STOP_SIGNALS.stop_if_pending()  # a signal during the save stops the run once it is said where the model went
     if plot_dir is not None:
         from gpunet.frontends.plots import write_plots
 
@@ -264,8 +292,13 @@ def train_config(ctx, optimizer: str, **options):
     try:
         return TrainConfig.for_optimizer(optimizer, **options)
     except SettingError as error:
-        raise click.BadParameter(f"{error.describe(cli_option)} (got {error.value})", ctx=ctx,
-                                 param_hint=f"'{cli_option(error.name)}'") from None
+        raise usage_error(ctx, error) from None
+
+
+def usage_error(ctx, error) -> click.BadParameter:
+    """A SettingError as a usage error naming the option (exit code 2)."""
+    return click.BadParameter(f"{error.describe(cli_option)} (got {error.value})", ctx=ctx,
+                              param_hint=f"'{cli_option(error.name)}'")
 
 
 def network_shape(hidden: tuple[int, ...], arch: tuple[str, ...] | None) -> tuple[tuple[int, ...], str | None]:
@@ -288,15 +321,6 @@ def device_text(backend, arch: str | None) -> str:
 def cli_option(name: str) -> str:
     """A training setting as the command line spells it: lr -> --lr, val_size -> --val-size."""
     return "--" + name.replace("_", "-")
-
-
-def divergence_hint(config) -> str:
-    """What to change after a diverged run; the weight decay too where it alone makes W grow (lr.lambda >= 1)."""
-    from gpunet.training.metrics import weight_decay_hint
-
-    if config.lr * config.weight_decay >= 1:
-        return weight_decay_hint(config, cli_option)
-    return f"try a smaller --lr (now {config.lr:g})"
 
 
 def report_plots(paths) -> None:
@@ -354,14 +378,14 @@ class ProgressBar:
 
 
 def save_completed_run(out: Path, result, config, digits, backend) -> Path:
-    """Save a completed run at ``out``, replacing an older model there; where another kind of file appeared
+    """Save a completed run at ``out``, replacing an older model there; where a file it may not replace appeared
     there while training ran, beside it (model.completed.npz), saying so. Returns where it went."""
     with STOP_SIGNALS.held():
         saved = save_replacing_only(out, MODEL, "completed",
                                     lambda path: save_result(path, result, config, digits, backend))
     if saved != out:
-        click.echo(f"Note: another kind of file appeared at {out} while training ran; left it as it is and saved "
-                   f"the model as {saved}", err=True)
+        click.echo(f"Note: a file gpunet does not replace (another kind, write-protected or unreadable) appeared at "
+                   f"{out} while training ran; left it as it is and saved the model as {saved}", err=True)
     return saved
 
 
@@ -371,7 +395,7 @@ def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Pat
     ``tag`` (interrupted, diverged, unlearned) is recorded as the model's stop_reason: commands that load
     it say so."""
     result.stop_reason = tag
-    with STOP_SIGNALS.held(stop_after=tag != "interrupted"):  # an interrupted run is stopping already
+    with STOP_SIGNALS.held():
         return save_without_replacing(out, tag, lambda path: save_result(path, result, config, digits, backend))
 
 
@@ -666,16 +690,16 @@ def main(argv=None) -> None:
     except DeviceError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    except TrainingFailed as exc:
+    except TrainingFailed as exc:  # the line says where the model went, even when a signal came during its save
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_TRAINING_FAILED)
+        sys.exit(STOP_SIGNALS.exit_code_after(EXIT_TRAINING_FAILED))
     except GpunetError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        sys.exit(STOP_SIGNALS.exit_code_after(EXIT_ERROR))
     except OSError as exc:  # a path the system refuses (permissions, a name too long, a full disk)
         where = f"{exc.filename}: " if exc.filename is not None else ""
         click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        sys.exit(STOP_SIGNALS.exit_code_after(EXIT_ERROR))
     except MemoryError as exc:
         click.echo(f"Error: not enough memory ({exc or 'MemoryError'})", err=True)
         sys.exit(EXIT_ERROR)

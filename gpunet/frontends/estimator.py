@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from gpunet.nn.model import INPUTS, MAX_UNITS, parse_hidden_text
+from gpunet.nn.model import INPUTS
 
 PIXEL_SCALE = 1 / 255
 _NOTICES_GIVEN: set[str] = set()
@@ -105,8 +105,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
     # -- learning --------------------------------------------------------------
     def fit(self, X, y):
         """Train a fresh network on X (m, features) or (m, 28, 28) and labels y; returns self."""
-        from gpunet.files.data import validation_rows
-        from gpunet.training.metrics import better_than_chance, scored_on, unlearned_hint
+        from gpunet.files.data import check_val_size, validation_rows
+        from gpunet.training.metrics import better_than_chance, divergence_hint, scored_on, unlearned_hint
         from gpunet.training.loop import TrainingDiverged, TrainingInterrupted, train
 
         X = _flatten_images(X)
@@ -117,8 +117,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"Classifier needs at least two classes to learn; y holds one: {self.classes_[0]!r}")
         images, self.input_scale_ = _inputs_for_fit(X)
         config = self._config(len(images))
-        if config.val_size > len(images) - 2:
-            raise ValueError(f"val_size={self.val_size!r} leaves too few of the {len(images)} samples to train on")
+        check_val_size(config.val_size, len(images))  # a SettingError: a ValueError naming val_size
         learned_from, held_out = validation_rows(len(images), config.val_size, config.seed)
         train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
         val_set = Samples(images[held_out], encoded[held_out].astype(train_set.labels.dtype))
@@ -131,10 +130,11 @@ class Classifier(ClassifierMixin, BaseEstimator):
             raise KeyboardInterrupt from None  # a search or a notebook must stop, not record a failed fit
         except TrainingDiverged as exc:
             if not exc.result.history:
-                raise ValueError(f"training diverged in its first epoch (loss {exc.value}); use a smaller lr") from None
+                raise ValueError(f"training diverged in its first epoch (loss {exc.value}); "
+                                 f"{divergence_hint(config)}") from None
             exc.result.stop_reason = "diverged"
             warnings.warn(f"training diverged in epoch {exc.epoch} (loss {exc.value}); kept the weights of epoch "
-                          f"{exc.result.best_epoch}; a smaller lr may help", RuntimeWarning, stacklevel=2)
+                          f"{exc.result.best_epoch}; {divergence_hint(config)}", RuntimeWarning, stacklevel=2)
             result = exc.result
         self.validation_indices_ = held_out
         self.params_ = result.network.host_params()
@@ -159,9 +159,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
         from gpunet.training.loop import TrainConfig
 
         _check_params(self)
-        hidden = parse_hidden_text(self.hidden) if isinstance(self.hidden, str) else tuple(int(h) for h in self.hidden)
         return TrainConfig.for_optimizer(
-            self.optimizer, hidden=() if self.arch is not None else hidden, arch=self.arch, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            self.optimizer, hidden=() if self.arch is not None else self.hidden, arch=self.arch, epochs=self.epochs,
+            batch_size=self.batch_size, lr=self.lr,
             schedule=self.schedule, weight_decay=self.weight_decay, init=self.init,
             val_size=_validation_count(self.val_size, samples) if held_out is None else held_out,
             patience=self.patience, seed=self.seed,
@@ -232,9 +232,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
 def load(path) -> Classifier:
     """A fitted :class:`Classifier` from a gpunet model file, whether ``gpunet train`` or ``Classifier.save`` wrote it."""
-    from gpunet.files.checkpoint import load_model
-
-    from gpunet.files.checkpoint import input_scale, stack_architecture
+    from gpunet.errors import ModelFileError
+    from gpunet.files.checkpoint import input_scale, load_model, stack_architecture
     from gpunet.nn.model import arch_text
 
     params, meta = load_model(path)
@@ -263,7 +262,10 @@ def load(path) -> Classifier:
     clf.best_epoch_ = meta.get("best_epoch")
     recorded = training.get("val_size")  # a fraction of data that is gone cannot be counted again
     counted = isinstance(recorded, int) and not isinstance(recorded, bool)
-    clf.config_ = clf._config(held_out=recorded if counted else None)
+    try:
+        clf.config_ = clf._config(held_out=recorded if counted else None)
+    except ValueError as error:  # metadata edited by hand, or by another program: the file is to blame
+        raise ModelFileError(f"{path}: its training settings cannot be used: {error}") from None
     return clf
 
 
@@ -322,9 +324,10 @@ def _validation_count(val_size, samples: int | None) -> int:
 
 
 def _check_params(clf) -> None:
-    """ValueError naming the first parameter of the estimator's own: device, the forms of val_size, hidden and arch.
+    """ValueError naming the first parameter of the estimator's own: device, the forms of val_size, hidden beside
+    arch.
 
-    The training settings' ranges (lr, epochs, ...) are checked where the command line's are, by
+    The training settings (lr, epochs, hidden, arch, ...) are checked where the command line's are, by
     ``TrainConfig`` (a SettingError, which is a ValueError naming the parameter).
     """
     from gpunet.backends.devices import DEVICES
@@ -335,31 +338,5 @@ def _check_params(clf) -> None:
     if not (val_size == "auto" or (isinstance(val_size, (int, np.integer)) and not isinstance(val_size, bool)
                                    and val_size >= 0) or (isinstance(val_size, float) and 0 < val_size < 1)):
         raise ValueError(f'val_size={val_size!r}: must be "auto", a count >= 0, or a fraction between 0 and 1')
-    if clf.arch is not None:
-        _check_arch(clf)
-    _check_hidden(clf.hidden)
-
-
-def _check_arch(clf) -> None:
-    from gpunet.nn.model import parse_arch_text
-
-    if not isinstance(clf.arch, str):
-        raise ValueError(f"arch={clf.arch!r}: must be a spec such as 'conv32k5,pool2,dense128', or None")
-    try:
-        parse_arch_text(clf.arch)
-    except ValueError as error:
-        raise ValueError(f"arch={clf.arch!r}: {error}") from None
-    if clf.hidden != (16, 16):
+    if clf.arch is not None and not (isinstance(clf.hidden, (tuple, list)) and tuple(clf.hidden) == (16, 16)):
         raise ValueError("give hidden or arch, not both (hidden=(16, 16) is arch='dense16,dense16')")
-
-
-def _check_hidden(hidden) -> None:
-    if isinstance(hidden, str):
-        try:
-            parse_hidden_text(hidden)
-        except ValueError as error:
-            raise ValueError(f"hidden={hidden!r}: {error}") from None
-    elif not (isinstance(hidden, (tuple, list)) and all(isinstance(h, (int, np.integer)) and not isinstance(h, bool)
-                                                        and 1 <= h <= MAX_UNITS for h in hidden)):
-        raise ValueError(f"hidden={hidden!r}: must be layer sizes such as (16, 16) (at most {MAX_UNITS:,} each), "
-                         "or 'none'")

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gpunet.errors import GpunetError
-from gpunet.nn.model import (CLASSES, INITS, LayerStack, Network, arch_input_shape, build_layers, init_params,
-                          init_stack_params, layer_sizes, parse_arch_text)
+from gpunet.nn.model import (CLASSES, INITS, MAX_UNITS, LayerStack, Network, arch_input_shape, build_layers,
+                          init_params, init_stack_params, layer_sizes, parse_arch_text, parse_hidden_text)
 from gpunet.nn.optimizers import DEFAULTS, OPTIMIZERS, make_optimizer
 
 SCHEDULES = ("cosine", "constant")
@@ -54,7 +54,7 @@ def _one_of(choices):
 
 
 # What each setting must be, checked once here for the command line, the estimator and gpunet.train alike:
-# (test, what it must be). ``hidden`` and ``arch`` come through their parsers (model.parse_hidden_text, ...).
+# (test, what it must be). ``hidden`` and ``arch`` are read by their parsers (``checked_hidden``, ``check_arch_text``).
 SETTINGS = {
     "epochs": (lambda v: _is_whole(v, 1), "a whole number of at least 1"),
     "batch_size": (lambda v: _is_whole(v, 0), "a whole number >= 0 (0: full batch)"),
@@ -77,6 +77,36 @@ def check_setting(name: str, value) -> None:
         raise SettingError(name, value, f"must be {must}")
 
 
+def literal_problem(text: str) -> str:
+    """Text for a SettingError's problem as it is: braces in it (a user's own text) are not setting names."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def checked_hidden(value) -> tuple[int, ...]:
+    """``hidden`` as sizes: a sequence of whole numbers 1..MAX_UNITS, or their text ("16,16", "none");
+    SettingError naming it otherwise."""
+    if isinstance(value, str):
+        try:
+            return parse_hidden_text(value)
+        except ValueError as error:
+            raise SettingError("hidden", value, literal_problem(str(error))) from None
+    if isinstance(value, (tuple, list)) and all(_is_whole(size, 1) and size <= MAX_UNITS for size in value):
+        return tuple(int(size) for size in value)
+    raise SettingError("hidden", value, f"must be layer sizes such as (16, 16), each 1 to {MAX_UNITS:,}, or 'none'")
+
+
+def check_arch_text(value) -> None:
+    """SettingError naming ``arch`` unless it is None or a layer spec (model.ARCH_HELP) that parses."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise SettingError("arch", value, "must be a spec such as 'conv32k5,pool2,dense128', or None")
+    try:
+        parse_arch_text(value)
+    except ValueError as error:
+        raise SettingError("arch", value, literal_problem(str(error))) from None
+
+
 @dataclass
 class TrainConfig:
     """The settings of one training run: the options of ``gpunet train`` and of ``gpunet.Classifier``."""
@@ -96,6 +126,8 @@ class TrainConfig:
 
     def __post_init__(self):
         """Refuse a setting that cannot be trained with (SettingError), then hold NumPy scalars as Python ones."""
+        self.hidden = checked_hidden(self.hidden)
+        check_arch_text(self.arch)
         for name in SETTINGS:
             check_setting(name, getattr(self, name))
         if self.patience is not None and self.val_size == 0:

@@ -59,10 +59,12 @@ def unlearned_hint(history, train_labels, judged_on: str, config, option=lambda 
     2. judged on validation, the final training accuracy is well above chance (more than halfway from
        it to 100%): the network memorised its training set -> more training samples (or labels that
        fit their inputs);
-    3. the training loss rose by more than 1% from one epoch to the next -> a smaller lr;
-    4. it hardly moved (within 1% of its first value) or was still falling by more than 1% in the
+    3. one epoch only: no trend to read -> more epochs;
+    4. the training loss rose by more than 1% from one epoch to the next, or ended more than 1% above
+       its first value (a slow creep) -> a smaller lr;
+    5. it hardly moved (ended within 1% of its first value) or was still falling by more than 1% in the
        last epoch -> a larger lr or more epochs;
-    5. it fell, then settled: the units stopped responding -> a smaller lr, or another optimizer.
+    6. it fell, then settled: the units stopped responding -> a smaller lr, or another optimizer.
     """
     if config.lr * config.weight_decay >= 1:
         return weight_decay_hint(config, option)
@@ -75,15 +77,20 @@ def unlearned_hint(history, train_labels, judged_on: str, config, option=lambda 
 
 
 def loss_trend_hint(losses: list[float], config, option) -> str:
-    """Rules 3-5 of ``unlearned_hint``: what the training loss of each epoch did, and the change it calls for."""
+    """Rules 3-6 of ``unlearned_hint``: what the training loss of each epoch did, and the change it calls for."""
     lr = f"{option('lr')} (now {config.lr:g})"
     other = "" if config.optimizer == "adam" else f", or {option('optimizer')} adam"
     epochs = f"more {option('epochs')} (now {config.epochs})"
+    if len(losses) == 1:
+        return f"one epoch only (training loss {losses[0]:.4g}), too few to tell what the lr does: try {epochs}"
     rise = next((k for k in range(1, len(losses)) if losses[k] > losses[k - 1] * (1 + LOSS_MOVED)), None)
     if rise is not None:
         return (f"the training loss rose from {losses[rise - 1]:.4g} to {losses[rise]:.4g} in epoch {rise + 1}: "
                 f"try a smaller {lr}{other}")
-    if losses[-1] > losses[0] * (1 - LOSS_MOVED):
+    if losses[-1] > losses[0] * (1 + LOSS_MOVED):  # by less than 1% an epoch, but it crept up
+        return (f"the training loss crept up from {losses[0]:.4g} to {losses[-1]:.4g} over {len(losses)} epochs: "
+                f"try a smaller {lr}{other}")
+    if abs(losses[-1] - losses[0]) <= losses[0] * LOSS_MOVED:
         return (f"the training loss hardly moved from {losses[0]:.4g} (now {losses[-1]:.4g}): "
                 f"try a larger {lr} or {epochs}")
     if losses[-1] < losses[-2] * (1 - LOSS_MOVED):
@@ -91,6 +98,14 @@ def loss_trend_hint(losses: list[float], config, option) -> str:
                 f"try a larger {lr} or {epochs}")
     return (f"the training loss fell from {losses[0]:.4g} and settled at {losses[-1]:.4g}: the units may have "
             f"stopped responding; try a smaller {lr}{other}")
+
+
+def divergence_hint(config, option=lambda name: name) -> str:
+    """What to change after a diverged run (the command line and the estimator alike); the weight decay too
+    where it alone makes the weights grow (lr x weight decay >= 1)."""
+    if config.lr * config.weight_decay >= 1:
+        return weight_decay_hint(config, option)
+    return f"try a smaller {option('lr')} (now {config.lr:g})"
 
 
 def weight_decay_hint(config, option=lambda name: name) -> str:
