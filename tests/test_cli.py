@@ -855,6 +855,27 @@ def test_main_leaves_an_ignored_signal_alone_and_puts_every_handler_back(monkeyp
     assert handlers() == before
 
 
+def test_a_handler_set_from_c_is_left_alone(monkeypatch, tmp_path):
+    import gpunet.frontends.cli as cli
+    from gpunet.errors import DeviceError
+
+    real_getsignal, before, during = signal.getsignal, handlers(), {}
+
+    def record_handlers(device):
+        during.update({number: real_getsignal(number) for number in before})
+        raise DeviceError("recorded")
+
+    monkeypatch.setattr(cli, "get_backend", record_handlers)
+    # getsignal says None for a handler set from C: signal.signal(SIGTERM, None) could not put it back
+    monkeypatch.setattr(signal, "getsignal",
+                        lambda number: None if number == signal.SIGTERM else real_getsignal(number))
+    with pytest.raises(SystemExit):
+        main(["train", "--device", "cpu", "--out", str(tmp_path / "m.npz")])
+    monkeypatch.undo()
+    assert during == {signal.SIGINT: cli.STOP_SIGNALS.handle, signal.SIGTERM: before[signal.SIGTERM]}
+    assert handlers() == before
+
+
 def test_a_signal_while_the_handlers_are_put_back_goes_to_the_previous_handler(monkeypatch):
     from gpunet.frontends.cli import StopSignals
 
