@@ -62,7 +62,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         Samples held out (a seeded shuffle) for the per-epoch validation in
         ``history_`` and early stopping: a count, a fraction in (0, 1), or
         "auto": 1,000 as ``gpunet train`` holds out, or a tenth of smaller data
-        sets; 0 trains on all of them.
+        sets; 0 trains on all of them. At least 2 samples must be left to train on.
     patience : int or None, default None
         Early stopping on validation loss, keeping the best weights.
     seed : int, default 0
