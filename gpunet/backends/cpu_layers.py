@@ -2,7 +2,8 @@
 
 NumPy does each of these as several whole-array calls: max-pool backward zero-fills dx, then writes it
 again through four masked multiplies; col2im adds 25 shifted slices into a zeroed array. Here each is one
-loop over its output that writes every element once (2-4x faster than NumPy's calls in a CNN's epoch).
+loop over its output that writes every element once: in a CNN's epoch col2im and the pooling passes take
+a half to a third of NumPy's time, bias + ReLU and its backward half; im2col, a copy either way, a little less.
 
 They run on the calling thread. Split between the two cores' threads they were no faster in an epoch:
 each pass follows a BLAS product, whose worker thread then spins on the other core for a while (OpenBLAS's
@@ -34,26 +35,23 @@ def takes(*arrays) -> bool:
 # -- im2col and its gradient -------------------------------------------------------------------------
 @_jit
 def _im2col(x, k, before, patches):
-    """patches[c, i, j, yo, xo, s] = x[c, yo + i - before, xo + j - before, s], 0 in the padding.
-
-    Row by row of patches (C, k, k, H_out, W_out, m), r = ((c.k + i).k + j).H_out + yo: W_out.m values each.
-    """
+    """patches[c, i, j, yo, xo, s] = x[c, yo + i - before, xo + j - before, s], 0 in the padding."""
     C, H, W, m = x.shape
     H_out, W_out = patches.shape[3], patches.shape[4]
     zero = patches.dtype.type(0)
-    for r in range(C * k * k * H_out):
-        yo, rest = r % H_out, r // H_out
-        j, rest = rest % k, rest // k
-        i, c = rest % k, rest // k
-        ys = yo + i - before
-        for xo in range(W_out):
-            xs = xo + j - before
-            if 0 <= ys < H and 0 <= xs < W:
-                for s in range(m):  # loops, not slices: numba's slice assignment of m values costs 2x here
-                    patches[c, i, j, yo, xo, s] = x[c, ys, xs, s]
-            else:
-                for s in range(m):
-                    patches[c, i, j, yo, xo, s] = zero
+    for c in range(C):
+        for i in range(k):
+            for j in range(k):
+                for yo in range(H_out):
+                    ys = yo + i - before
+                    for xo in range(W_out):
+                        xs = xo + j - before
+                        if 0 <= ys < H and 0 <= xs < W:
+                            for s in range(m):  # loops, not slices: numba's slice assignment took 2x as long
+                                patches[c, i, j, yo, xo, s] = x[c, ys, xs, s]
+                        else:
+                            for s in range(m):
+                                patches[c, i, j, yo, xo, s] = zero
 
 
 @_jit
@@ -62,21 +60,21 @@ def _col2im(patches, before, dx):
     over the kernel offsets where that position exists (a gather, as the CUDA kernel: no atomics there).
     """
     k, H_out, W_out, m = patches.shape[1], patches.shape[3], patches.shape[4], patches.shape[5]
-    H, W = dx.shape[1], dx.shape[2]
-    for r in range(dx.shape[0] * H):
-        y, c = r % H, r // H
-        for x in range(W):
-            for s in range(m):
-                dx[c, y, x, s] = 0
-        for i in range(k):
-            yy = y + before - i
-            if not 0 <= yy < H_out:
-                continue
-            for j in range(k):
-                for x in range(max(0, j - before), min(W, W_out + j - before)):  # 0 <= x + before - j < W_out
-                    xx = x + before - j
-                    for s in range(m):
-                        dx[c, y, x, s] += patches[c, i, j, yy, xx, s]
+    C, H, W = dx.shape[0], dx.shape[1], dx.shape[2]
+    for c in range(C):
+        for y in range(H):
+            for x in range(W):
+                for s in range(m):
+                    dx[c, y, x, s] = 0
+            for i in range(k):
+                yy = y + before - i
+                if not 0 <= yy < H_out:
+                    continue
+                for j in range(k):
+                    for x in range(max(0, j - before), min(W, W_out + j - before)):  # 0 <= x + before - j < W_out
+                        xx = x + before - j
+                        for s in range(m):
+                            dx[c, y, x, s] += patches[c, i, j, yy, xx, s]
 
 
 # -- max-pooling -------------------------------------------------------------------------------------
@@ -85,46 +83,46 @@ def _max_pool(x, size, y, argmax):
     """y = each window's largest entry by numpy.maximum's rule (the later entry on a tie, NaN where one is NaN);
     argmax = the first entry q = i.size + j equal to it (size.size - 1 where none is: a NaN).
     """
-    H_out, W_out, m = y.shape[1], y.shape[2], y.shape[3]
+    C, H_out, W_out, m = y.shape
     last = size * size - 1
-    for r in range(y.shape[0] * H_out):
-        yo, c = r % H_out, r // H_out
-        for xo in range(W_out):
-            for s in range(m):
-                y[c, yo, xo, s] = x[c, yo * size, xo * size, s]
-            for q in range(1, size * size):
-                row, col = yo * size + q // size, xo * size + q % size
+    for c in range(C):
+        for yo in range(H_out):
+            for xo in range(W_out):
                 for s in range(m):
-                    top, entry = y[c, yo, xo, s], x[c, row, col, s]
-                    y[c, yo, xo, s] = top if (top > entry or top != top) else entry
-            for s in range(m):
-                argmax[c, yo, xo, s] = last
-            for q in range(last - 1, -1, -1):  # downwards, so that the first entry equal to the max is kept
-                row, col = yo * size + q // size, xo * size + q % size
+                    y[c, yo, xo, s] = x[c, yo * size, xo * size, s]
+                for q in range(1, size * size):
+                    row, col = yo * size + q // size, xo * size + q % size
+                    for s in range(m):
+                        top, entry = y[c, yo, xo, s], x[c, row, col, s]
+                        y[c, yo, xo, s] = top if (top > entry or top != top) else entry
                 for s in range(m):
-                    if x[c, row, col, s] == y[c, yo, xo, s]:
-                        argmax[c, yo, xo, s] = q
+                    argmax[c, yo, xo, s] = last
+                for q in range(last - 1, -1, -1):  # downwards, so that the first entry equal to the max is kept
+                    row, col = yo * size + q // size, xo * size + q % size
+                    for s in range(m):
+                        if x[c, row, col, s] == y[c, yo, xo, s]:
+                            argmax[c, yo, xo, s] = q
 
 
 @_jit
 def _max_pool_backward(dy, argmax, size, dx):
     """dx[c, y, x, s] = dy of its window times 1 where it is the window's argmax, else times 0 (a NaN shows);
     0 on the rows and columns past the last whole window."""
-    H, W, m = dx.shape[1], dx.shape[2], dx.shape[3]
+    C, H, W, m = dx.shape
     H_out, W_out = dy.shape[1], dy.shape[2]
     zero, one = dx.dtype.type(0), dx.dtype.type(1)
-    for r in range(dx.shape[0] * H):
-        y, c = r % H, r // H
-        yo = y // size
-        for x in range(W):
-            xo = x // size
-            if yo >= H_out or xo >= W_out:
+    for c in range(C):
+        for y in range(H):
+            yo = y // size
+            for x in range(W):
+                xo = x // size
+                if yo >= H_out or xo >= W_out:
+                    for s in range(m):
+                        dx[c, y, x, s] = zero
+                    continue
+                q = (y % size) * size + x % size
                 for s in range(m):
-                    dx[c, y, x, s] = zero
-                continue
-            q = (y % size) * size + x % size
-            for s in range(m):
-                dx[c, y, x, s] = dy[c, yo, xo, s] * (one if argmax[c, yo, xo, s] == q else zero)
+                    dx[c, y, x, s] = dy[c, yo, xo, s] * (one if argmax[c, yo, xo, s] == q else zero)
 
 
 # -- ReLU --------------------------------------------------------------------------------------------
