@@ -64,6 +64,7 @@ def test_col2im_gives_the_generic_bits(C, H, W, m, k, pads, dtype):
     H_out, W_out = H + sum(pads) - k + 1, W + sum(pads) - k + 1
     columns = rng.standard_normal((C * k * k, H_out * W_out * m)).astype(dtype)
     columns *= np.exp2(rng.integers(-20, 20, columns.shape)).astype(dtype)  # magnitudes apart: orders would show
+    assert COMPILED._layer_passes(columns) is cpu_layers
     got = COMPILED.col2im(columns, (C, H, W, m), k, pads)
     assert_same_bits(got, GENERIC.col2im(columns, (C, H, W, m), k, pads), "col2im")
     special = special_values(columns, rng)
@@ -77,6 +78,7 @@ def test_max_pool_gives_the_generic_maxima_and_argmaxes(C, H, W, m, size, dtype)
     """Ties (the first entry wins), NaNs (kept; the last entry), infinities and zeros of both signs."""
     rng = np.random.default_rng(3)
     x = special_values(rng.standard_normal((C, H, W, m)).astype(dtype), rng)
+    assert COMPILED._layer_passes(x) is cpu_layers
     y, argmax = COMPILED.max_pool(x, size)
     want_y, want_argmax = GENERIC.max_pool(x, size)
     assert_same_bits(y, want_y, "max_pool's maxima")
@@ -91,6 +93,7 @@ def test_max_pool_backward_gives_the_generic_bits(C, H, W, m, size, dtype):
     x = special_values(rng.standard_normal((C, H, W, m)).astype(dtype), rng)
     _, argmax = GENERIC.max_pool(x, size)
     dy = special_values(rng.standard_normal(argmax.shape).astype(dtype), rng)
+    assert COMPILED._layer_passes(dy) is cpu_layers
     got = COMPILED.max_pool_backward(dy, argmax, x.shape, size)
     assert_same_bits(got, GENERIC.max_pool_backward(dy, argmax, x.shape, size), "max_pool_backward")
 
@@ -101,6 +104,7 @@ def test_bias_relu_and_its_backward_give_the_generic_bits(shape, dtype):
     rng = np.random.default_rng(5)
     Z = special_values(rng.standard_normal(shape).astype(dtype), rng)
     b = special_values(rng.standard_normal((shape[0], 1)).astype(dtype), rng)
+    assert COMPILED._layer_passes(Z, b) is cpu_layers
     A = COMPILED.bias_relu(Z.copy(), b)
     want_A = GENERIC.bias_relu(Z.copy(), b)
     assert_same_bits(A, want_A, "bias_relu")
