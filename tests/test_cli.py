@@ -926,3 +926,19 @@ def test_main_runs_outside_the_main_thread(tmp_path):
     thread.join(timeout=120)
     assert outcome == ["returned"], outcome
     assert (tmp_path / "m.npz").is_file() and handlers() == before
+
+
+@pytest.mark.parametrize("numba_there", [True, False], ids=["numba", "no numba"])
+def test_the_banner_says_how_a_layer_stacks_passes_run(capsys, tmp_path, monkeypatch, numba_there):
+    from gpunet.backends import cpu
+
+    if numba_there:
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(cpu, "_cpu_layers", lambda: None)
+    code, out, err = run(capsys, "train", "--device", "cpu", "--arch", "conv2k3,pool2,dense8", "--epochs", "1",
+                         "--val-size", "100", "--out", str(tmp_path / "m.npz"))
+    assert code in (0, 3), err  # 3: one epoch of a tiny CNN may learn too little; the banner is what is tested
+    banner = next(line for line in out.splitlines() if line.startswith("Network "))
+    expected = "layer passes compiled with numba" if numba_there else "layer passes as NumPy array calls"
+    assert expected in banner and "CPU (NumPy" in banner, banner

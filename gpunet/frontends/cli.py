@@ -311,10 +311,10 @@ def network_shape(hidden: tuple[int, ...], arch: tuple[str, ...] | None) -> tupl
 
 
 def device_text(backend, arch: str | None) -> str:
-    """The backend in the banner: layers other than dense ones run as NumPy array calls on the CPU, compiled
-    loops or not (those run the notes' network only)."""
+    """The backend in the banner. On the CPU a layer stack (``arch``) takes other paths than the notes' network:
+    the layers' passes compiled with numba, or NumPy's array calls, as ``CpuBackend.layers_path`` says."""
     if arch is not None and backend.name == "cpu":
-        return f"CPU (NumPy {np.__version__}; layers as NumPy array calls)"
+        return f"CPU (NumPy {np.__version__}; {backend.layers_path()})"
     return backend.describe()
 
 
