@@ -9,10 +9,14 @@
 // gpunet/nn/layers.py's dropout_mask: integer arithmetic modulo 2^64 and one
 // choice between two numbers computed on the host.
 //
-// Element n is the n-th element of the mask in C order (n = unit * m + sample
-// for (units, m)), and the mask is written C-contiguous: one thread per
-// element, coalesced. Every size is a long long (the wrappers pass
-// numpy.int64; the key and threshold numpy.uint64).
+// The mask is (units, k) in C order (any leading axes flattened into units),
+// for k samples of a step's batch from sample `first` on. Element e = u * k + s
+// (unit u, sample s) draws the stream's number n = (first + s) * units + u:
+// numbered sample by sample within the whole batch, so a chunk of the batch
+// draws exactly the whole batch's columns, however the batch is split. The
+// mask is written C-contiguous: one thread per element, coalesced. Every size
+// is a long long (the wrappers pass numpy.int64; the key and threshold
+// numpy.uint64).
 
 // Grid-stride loop: global thread t handles items t, t + G, t + 2G, ... where
 // G is the number of threads in the grid, so any grid size covers any n.
@@ -44,13 +48,22 @@ __host__ __device__ inline T dropout_element(
     return (splitmix64_output(key, n) >> 32) >= threshold ? scale : T(0);
 }
 
-// mask: n elements, written; key: layers.dropout_key(seed, step); scale: T(1/(1 - p)).
+// Element e's number in the stream: unit u = e / k, sample s = e % k of the
+// chunk, n = (first + s) * units + u.
+__host__ __device__ inline long long dropout_counter(long long e, long long units, long long k, long long first)
+{
+    return (first + e % k) * units + e / k;
+}
+
+// mask: units * k elements, written; key: layers.dropout_key(seed, step);
+// scale: T(1/(1 - p)); first: the chunk's first sample within the step's batch.
 template <typename T>
 __global__ void dropout_mask(
-    T* mask, unsigned long long key, unsigned long long threshold, T scale, long long n)
+    T* mask, unsigned long long key, unsigned long long threshold, T scale,
+    long long units, long long k, long long first)
 {
-    GPUNET_GRID_STRIDE(e, n) {
-        mask[e] = dropout_element(key, threshold, scale, e);
+    GPUNET_GRID_STRIDE(e, units * k) {
+        mask[e] = dropout_element(key, threshold, scale, dropout_counter(e, units, k, first));
     }
 }
 

@@ -395,7 +395,20 @@ def test_layer_operations_the_kernels_cannot_take_go_the_generic_way(cuda, launc
                                   GENERIC.max_pool_backward(dy, argmax, x.shape, 2))
     mask = cuda.dropout_mask((4, 9), 0.5, 3, 4, np.float16)
     np.testing.assert_array_equal(on_host(mask), GENERIC.dropout_mask((4, 9), 0.5, 3, 4, np.float16))
+    mask = cuda.dropout_mask((4, 5), 0.5, 3, 4, np.float16, first_sample=4)  # the generic way: the batch's columns
+    np.testing.assert_array_equal(on_host(mask), GENERIC.dropout_mask((4, 9), 0.5, 3, 4, np.float16)[:, 4:])
     assert launched() == []
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_masks_of_a_split_batch_launch_the_kernel_and_match_the_cpus(cuda, launched, dtype):
+    """The backend's dropout_mask passes a chunk's first sample to the kernel: each chunk of a batch, on the
+    device, is the CPU's whole-batch mask's columns, bit for bit (a single sample too)."""
+    whole = CpuBackend().dropout_mask((3, 4, 2, 9), 0.3, 5, 6, dtype)
+    for first, stop in ((0, 9), (0, 4), (4, 9), (8, 9)):
+        chunk = cuda.dropout_mask((3, 4, 2, stop - first), 0.3, 5, 6, dtype, first_sample=first)
+        assert launched() == [f"dropout_mask<{ctype(dtype)}>"]
+        np.testing.assert_array_equal(on_host(chunk), whole[..., first:stop])
 
 
 # -- training end to end ---------------------------------------------------------------------------

@@ -266,6 +266,7 @@ def test_wrappers_reject_what_the_kernels_cannot_take():
         lambda: kernels.dropout_mask(np.empty((3, 4), np.float32).T, 0.5, 0, 0, launcher=record),
         lambda: kernels.dropout_mask(np.empty(4, np.float32), 1.0, 0, 0, launcher=record),
         lambda: kernels.dropout_mask(np.empty(4, np.int32), 0.5, 0, 0, launcher=record),
+        lambda: kernels.dropout_mask(np.empty(4, np.float32), 0.5, 0, 0, first_sample=-1, launcher=record),
     ]
     for call in bad:
         with pytest.raises(ValueError):
@@ -622,9 +623,34 @@ def assert_dropout_masks_match(walk, dtype, p, size):
     assert min(keys) < 2**63 <= max(keys)
 
 
-def test_dropout_mask_of_maps_is_numbered_in_c_order(walk):
-    """A mask (C, H, W, m) is element n = ((c.H + y).W + x).m + s's draw, as the generic mask of that shape."""
+def test_dropout_mask_of_maps_is_numbered_sample_by_sample(walk):
+    """A mask (C, H, W, m) is unit u = (c.H + y).W + x, sample s's draw n = s.units + u, as the generic mask's."""
     mask = np.empty((3, 5, 4, 7), np.float32)
     kernels.dropout_mask(mask, 0.3, 11, 5, launcher=walk)
     np.testing.assert_array_equal(mask, layers.dropout_mask(np, mask.shape, 0.3, 11, 5, np.float32))
     assert 0 < np.count_nonzero(mask) < mask.size
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("units, k, first", [(3, 1, 0), (1, 1, 41), (5, 1, 6), (37, 7, 9), (13, 29, 1000),
+                                             (2, 300, 257)])  # 37.7, 13.29, 2.300: not multiples of a block
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask_of_a_chunk_from_a_later_sample(walk, dtype, units, k, first, shape):
+    """A chunk of k samples from sample ``first`` on: the generic mask of that chunk, which is the whole
+    batch's columns first..first + k - 1 (a single sample too)."""
+    walk = walk.shaped(**SHAPES[shape])
+    for seed, step in DROPOUT_STREAMS:
+        mask = np.full((units, k), np.nan, dtype)
+        assert kernels.dropout_mask(mask, 0.4, seed, step, first_sample=first, launcher=walk) is mask
+        np.testing.assert_array_equal(mask, layers.dropout_mask(np, (units, k), 0.4, seed, step, dtype, first))
+        whole = layers.dropout_mask(np, (units, first + k), 0.4, seed, step, dtype)
+        np.testing.assert_array_equal(mask, whole[:, first:])
+
+
+def test_dropout_mask_of_maps_from_a_later_sample(walk):
+    """Maps (C, H, W, k) from sample 5 on: the units flattened as in C order, each sample's draws after the
+    earlier samples' (the generic mask's bits, and the whole batch's columns)."""
+    mask = np.empty((3, 5, 4, 2), np.float64)
+    kernels.dropout_mask(mask, 0.3, 11, 5, first_sample=5, launcher=walk)
+    whole = layers.dropout_mask(np, (3, 5, 4, 7), 0.3, 11, 5, np.float64)
+    np.testing.assert_array_equal(mask, whole[..., 5:])

@@ -396,17 +396,48 @@ def test_splitmix64_gives_the_published_reference_outputs():
     assert splitmix64(np, 1234567, 5).tolist() == want
 
 
+def reference_mask_kept(seed, step, shape, p, first_sample=0):
+    """Which elements of a mask (units..., k) are kept: unit u (C order), sample s draws n = (first + s).units + u."""
+    units, k = math.prod(shape[:-1]), shape[-1]
+    kept = [[reference_kept(seed, step, (first_sample + s) * units + u, p) for s in range(k)] for u in range(units)]
+    return np.array(kept, dtype=bool).reshape(shape)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
-def test_dropout_mask_is_a_pure_function_of_seed_step_and_index(p):
+def test_dropout_mask_is_a_pure_function_of_seed_step_sample_and_unit(p):
     shape = (37, 29)
     mask = dropout_mask(np, shape, p, seed=5, step=11, dtype=np.float64)
     np.testing.assert_array_equal(mask, dropout_mask(np, shape, p, seed=5, step=11, dtype=np.float64))
-    kept = [reference_kept(5, 11, n, p) for n in range(mask.size)]
-    np.testing.assert_array_equal(mask.reshape(-1) != 0, kept)
+    np.testing.assert_array_equal(mask != 0, reference_mask_kept(5, 11, shape, p))
     np.testing.assert_array_equal(mask[mask != 0], 1 / (1 - p))  # one division, correctly rounded everywhere
-    longer = dropout_mask(np, (3 * mask.size,), p, seed=5, step=11, dtype=np.float64)
-    np.testing.assert_array_equal(longer[: mask.size], mask.reshape(-1))  # element n's draw depends on n alone
+    later = dropout_mask(np, (37, 4), p, seed=5, step=11, dtype=np.float64, first_sample=30)
+    np.testing.assert_array_equal(later != 0, reference_mask_kept(5, 11, (37, 4), p, first_sample=30))
+    longer = dropout_mask(np, (3 * mask.size,), p, seed=5, step=11, dtype=np.float64)  # one unit: n = s
+    np.testing.assert_array_equal(longer != 0, reference_mask_kept(5, 11, longer.shape, p))
     assert dropout_mask(np, shape, p, seed=5, step=11, dtype=np.float32).dtype == np.float32
+
+
+@pytest.mark.parametrize("shape", [(6, 11), (3, 4, 2, 9), (1, 10), (5, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_masks_of_a_split_batch_are_the_whole_batchs_bit_for_bit(shape, dtype):
+    """Every split of a batch into chunks, at every point: each chunk's mask (its first sample passed) is the
+    whole batch's columns, so a batch split between threads drops what the whole batch would."""
+    whole = dropout_mask(np, shape, 0.5, seed=3, step=7, dtype=dtype)
+    m = shape[-1]
+    for cut in range(m + 1):
+        for first, stop in ((0, cut), (cut, m)):
+            chunk = dropout_mask(np, (*shape[:-1], stop - first), 0.5, 3, 7, dtype, first_sample=first)
+            np.testing.assert_array_equal(chunk, whole[..., first:stop])
+    thirds = [dropout_mask(np, (*shape[:-1], len(part)), 0.5, 3, 7, dtype, first_sample=int(part[0]))
+              for part in np.array_split(np.arange(m), 3) if len(part)]
+    np.testing.assert_array_equal(np.concatenate(thirds, axis=-1), whole)
+
+
+def test_dropout_masks_of_a_chunk_differ_from_the_batchs_other_samples():
+    """Two halves of a batch draw different masks (the old numbering by position in the chunk drew the same)."""
+    first = dropout_mask(np, (64, 32), 0.5, 1, 2, np.float32)
+    second = dropout_mask(np, (64, 32), 0.5, 1, 2, np.float32, first_sample=32)
+    binomial_within(int(((first != 0) & (second != 0)).sum()), first.size, 0.25, "kept in both halves")
 
 
 def binomial_within(count, n, q, what):
@@ -420,15 +451,18 @@ def binomial_within(count, n, q, what):
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
 @pytest.mark.parametrize("seed, step", [(0, 0), (3, 1), (12345, 999)])
-def test_dropout_keeps_each_unit_with_probability_one_minus_p_independently(p, seed, step):
-    n = 1 << 17
-    kept = dropout_mask(np, (n,), p, seed, step, np.float64) != 0
+@pytest.mark.parametrize("shape, first_sample", [((1 << 17,), 0), ((256, 512), 0), ((512, 256), 100)])
+def test_dropout_keeps_each_unit_with_probability_one_minus_p_independently(p, seed, step, shape, first_sample):
+    n = math.prod(shape)
+    kept = dropout_mask(np, shape, p, seed, step, np.float64, first_sample) != 0
     binomial_within(int(kept.sum()), n, 1 - p, "kept units")
-    # Disjoint pairs: neighbours in the array, the same unit at the next step and at the next seed.
-    binomial_within(int((kept[0::2] & kept[1::2]).sum()), n // 2, (1 - p) ** 2, "neighbours both kept")
-    next_step = dropout_mask(np, (n,), p, seed, step + 1, np.float64) != 0
+    # Disjoint pairs: neighbouring samples, neighbouring units, the same unit at the next step and the next seed.
+    binomial_within(int((kept[..., 0::2] & kept[..., 1::2]).sum()), n // 2, (1 - p) ** 2, "neighbours both kept")
+    if len(shape) > 1:
+        binomial_within(int((kept[0::2] & kept[1::2]).sum()), n // 2, (1 - p) ** 2, "neighbouring units both kept")
+    next_step = dropout_mask(np, shape, p, seed, step + 1, np.float64, first_sample) != 0
     binomial_within(int((kept & next_step).sum()), n, (1 - p) ** 2, "kept at step and step + 1")
-    next_seed = dropout_mask(np, (n,), p, seed + 1, step, np.float64) != 0
+    next_seed = dropout_mask(np, shape, p, seed + 1, step, np.float64, first_sample) != 0
     binomial_within(int((kept & next_seed).sum()), n, (1 - p) ** 2, "kept with seed and seed + 1")
 
 
@@ -438,8 +472,10 @@ def test_dropout_forward_scales_the_kept_units_and_predicts_unchanged():
     layer.step = 3
     x = np.random.default_rng(8).standard_normal((6, 200))
     y, mask = layer.forward(x, training=True)
-    kept = np.array([reference_kept(4, 3, n, 0.25) for n in range(x.size)]).reshape(x.shape)
+    kept = reference_mask_kept(4, 3, x.shape, 0.25)
     np.testing.assert_array_equal(y, np.where(kept, x * (1 / 0.75), 0.0))  # elementwise: bit for bit
+    later, _ = layer.forward(x[:, 150:], training=True, first_sample=150)  # a chunk: the batch's columns
+    np.testing.assert_array_equal(later, y[:, 150:])
     # The index is the (unit, sample) position, not the memory's order: a Fortran-ordered batch draws the same.
     np.testing.assert_array_equal(layer.forward(np.asfortranarray(x), training=True)[0], y)
     same, saved = layer.forward(x, training=False)

@@ -159,6 +159,7 @@ class Backend:
         """dx of the maps ``input_shape``: each window's dy at its argmax: ``layers.max_pool_backward``."""
         return layers.max_pool_backward(self.xp, dy, argmax, input_shape, size)
 
-    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype):
-        """Inverted dropout's mask of (seed, step), 0 or 1/(1 - p): ``layers.dropout_mask``."""
-        return layers.dropout_mask(self.xp, shape, p, seed, step, dtype)
+    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype, first_sample: int = 0):
+        """Inverted dropout's mask of (seed, step) for samples from ``first_sample`` on, 0 or 1/(1 - p):
+        ``layers.dropout_mask``."""
+        return layers.dropout_mask(self.xp, shape, p, seed, step, dtype, first_sample)

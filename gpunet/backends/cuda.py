@@ -105,14 +105,14 @@ def _kernels_answer() -> bool:
     pixels = kernels.gather_scaled(cupy.asarray(PROBE_PIXELS), None, np.float32)  # data.cu
     columns = kernels.im2col(cupy.asarray(PROBE_MAPS), 2, (0, 0))  # conv.cu
     pooled, _ = kernels.max_pool(cupy.asarray(PROBE_MAPS), 2)  # pool.cu
-    dropped = kernels.dropout_mask(cupy.empty(8, np.float32), 0.5, 0, 0)  # dropout.cu
+    dropped = kernels.dropout_mask(cupy.empty((2, 4), np.float32), 0.5, 0, 0, first_sample=3)  # dropout.cu
     return (
         int(count) == 2
         and cupy.asnumpy(mask).tolist() == (PROBE_Z > 0).astype(np.float32).tolist()
         and cupy.asnumpy(pixels).tolist() == [[0.0], [1.0]]
         and cupy.asnumpy(columns).tolist() == layers.im2col(np, PROBE_MAPS, 2, (0, 0)).tolist()
         and cupy.asnumpy(pooled).tolist() == [[[[4.0]]]]
-        and cupy.asnumpy(dropped).tolist() == layers.dropout_mask(np, (8,), 0.5, 0, 0, np.float32).tolist()
+        and cupy.asnumpy(dropped).tolist() == layers.dropout_mask(np, (2, 4), 0.5, 0, 0, np.float32, 3).tolist()
     )
 
 
@@ -229,11 +229,11 @@ class CupyBackend(Backend):
             return kernels.max_pool_backward(dy, argmax, input_shape, size)
         return super().max_pool_backward(dy, argmax, input_shape, size)
 
-    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype):
+    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype, first_sample: int = 0):
         """The dropout.cu kernel for float32/float64 masks (the generic mask's bits); the generic code otherwise."""
         if kernels.supports(dtype):
-            return kernels.dropout_mask(cupy.empty(shape, dtype=dtype), p, seed, step)
-        return super().dropout_mask(shape, p, seed, step, dtype)
+            return kernels.dropout_mask(cupy.empty(shape, dtype=dtype), p, seed, step, first_sample=first_sample)
+        return super().dropout_mask(shape, p, seed, step, dtype, first_sample)
 
 
 def _text(value) -> str:

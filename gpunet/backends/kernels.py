@@ -566,18 +566,22 @@ def max_pool_backward(dy, argmax, input_shape, size: int, *, launcher=None):
     return dx
 
 
-def dropout_mask(mask, p: float, seed: int, step: int, *, launcher=None):
-    """Fill ``mask`` (C-contiguous) with inverted dropout's mask of (seed, step): gpunet.nn.layers.dropout_mask, bit
-    for bit (element n, in C order, kept where SplitMix64's n-th output from dropout_key(seed, step) has its top
-    32 bits at least round(p.2^32)). Returns mask."""
+def dropout_mask(mask, p: float, seed: int, step: int, *, first_sample: int = 0, launcher=None):
+    """Fill ``mask`` (C-contiguous, (units..., k)) with inverted dropout's mask of (seed, step) for k samples from
+    ``first_sample`` on: gpunet.nn.layers.dropout_mask, bit for bit (unit u, sample s kept where SplitMix64's output
+    number (first_sample + s).units + u from dropout_key(seed, step) has its top 32 bits at least round(p.2^32)).
+    Returns mask."""
     op = "dropout_mask"
     ctype = _ctype(op, mask.dtype)
     _require(mask.flags.c_contiguous, op, "mask must be C-contiguous (it is written)")
     _require(0.0 <= float(p) < 1.0, op, f"the drop probability must be at least 0 and below 1, not {p}")
+    _require(int(first_sample) >= 0, op, f"the first sample must be 0 or more, not {first_sample}")
     key = np.uint64(layers.dropout_key(int(seed), int(step)))
     threshold = np.uint64(round(float(p) * 2**32))
     scale = mask.dtype.type(1.0 / (1.0 - float(p)))  # as the generic mask's, rounded once to T
+    samples = int(mask.shape[-1]) if mask.ndim else 1
     if mask.size:
         grid, block = launch_shape(mask.size)
-        _run(Launch("dropout", op, ctype, grid, block, (mask, key, threshold, scale, _i64(mask.size))), launcher)
+        args = (mask, key, threshold, scale, _i64(mask.size // samples), _i64(samples), _i64(first_sample))
+        _run(Launch("dropout", op, ctype, grid, block, args), launcher)
     return mask

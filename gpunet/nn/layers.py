@@ -349,10 +349,15 @@ def _mix64_int(z: int) -> int:
 
 def splitmix64(xp, state: int, n: int):
     """The first n outputs of SplitMix64 from ``state`` (uint64 array): output i = mix64(state + (i + 1).GOLDEN)."""
-    z = xp.arange(1, n + 1, dtype=xp.uint64)
-    z *= xp.uint64(GOLDEN)
-    z += xp.uint64(state & MASK64)
-    return mix64(xp, z)
+    return splitmix64_at(xp, state, xp.arange(n, dtype=xp.uint64))
+
+
+def splitmix64_at(xp, state: int, counters):
+    """SplitMix64's outputs number ``counters`` (a uint64 array, consumed) from ``state``: mix64(state + (i + 1).GOLDEN)."""
+    counters += xp.uint64(1)
+    counters *= xp.uint64(GOLDEN)
+    counters += xp.uint64(state & MASK64)
+    return mix64(xp, counters)
 
 
 def dropout_key(seed: int, step: int) -> int:
@@ -360,15 +365,30 @@ def dropout_key(seed: int, step: int) -> int:
     return _mix64_int((_mix64_int((seed + GOLDEN) & MASK64) + step) & MASK64)
 
 
-def dropout_mask(xp, shape, p: float, seed: int, step: int, dtype):
-    """Inverted dropout's mask for an array of ``shape``: 0 with probability p, else 1/(1 - p).
+def dropout_counters(xp, shape, first_sample: int = 0):
+    """Each element's number in its step's stream: n = (first_sample + s).units + u for unit u, sample s.
 
-    Element n (in C order of ``shape``, (units, m): n = unit.m + sample, whatever the array's memory
-    layout) is dropped where the top 32 bits of splitmix64(dropout_key(seed, step))[n] are below
-    round(p.2^32): a pure function of (seed, step, n).
+    ``shape`` is (units..., k): the units flattened in C order, k samples, the first of which is sample
+    ``first_sample`` of the step's batch. Numbered sample by sample, a chunk of samples [first, first + k)
+    draws exactly columns first..first + k - 1 of the whole batch's mask, however the batch is split.
     """
-    size = int(np.prod(shape))
-    keep = splitmix64(xp, dropout_key(seed, step), size) >> xp.uint64(32) >= xp.uint64(round(p * 2**32))
+    k = int(shape[-1]) if len(shape) else 1
+    units = int(np.prod(shape[:-1])) if len(shape) else 1
+    samples = xp.arange(first_sample, first_sample + k, dtype=xp.uint64)
+    return samples[None, :] * xp.uint64(units) + xp.arange(units, dtype=xp.uint64)[:, None]
+
+
+def dropout_mask(xp, shape, p: float, seed: int, step: int, dtype, first_sample: int = 0):
+    """Inverted dropout's mask for an array of ``shape`` (units..., k): 0 with probability p, else 1/(1 - p).
+
+    The element of unit u (the units flattened in C order, ``units`` of them) and sample s, whatever the
+    array's memory layout, is dropped where the top 32 bits of SplitMix64's output number
+    n = (first_sample + s).units + u from dropout_key(seed, step) are below round(p.2^32): a pure function
+    of (seed, step, the sample's index within the step's batch, unit), so a chunk of the batch starting at
+    sample ``first_sample`` draws the whole batch's columns. A 1-d shape is k samples of one unit: n = first + s.
+    """
+    counters = dropout_counters(xp, shape, int(first_sample))
+    keep = splitmix64_at(xp, dropout_key(seed, step), counters) >> xp.uint64(32) >= xp.uint64(round(p * 2**32))
     mask = keep.reshape(shape).astype(dtype)
     mask *= np.dtype(dtype).type(1.0 / (1.0 - p))
     return mask
@@ -379,8 +399,10 @@ class Dropout(Layer):
 
         y = x * mask          dx = dy * mask            (at prediction time: y = x, dx = dy)
     Scaling the kept units at training time keeps each unit's expected value, so prediction needs nothing.
-    The mask is ``dropout_mask(seed, step)``: the training loop sets ``step`` (the optimizer's step count)
-    before each training forward pass; give each dropout layer of a network its own ``seed``.
+    The mask is ``dropout_mask(seed, step, first_sample)``: the training loop sets ``step`` (the optimizer's
+    step count) before each training forward pass, and a chunk of a step's batch passes its first sample's
+    index as ``forward``'s argument (not as the layer's state: threads share the layer), so that the chunks
+    of a batch draw the whole batch's mask. Give each dropout layer of a network its own ``seed``.
     """
 
     def __init__(self, p: float, seed: int = 0):
@@ -391,11 +413,11 @@ class Dropout(Layer):
             raise ValueError(f"dropout{p}: seed {seed} must be 0 or more")
         self.p, self.seed, self.step = float(p), int(seed), 0
 
-    def forward(self, x, training: bool = False):
-        """(y, saved = the mask, or None at prediction time)."""
+    def forward(self, x, training: bool = False, first_sample: int = 0):
+        """(y, saved = the mask, or None at prediction time); x's samples are the batch's from ``first_sample`` on."""
         if not training or self.p == 0.0:
             return x, None
-        mask = self.backend.dropout_mask(x.shape, self.p, self.seed, self.step, x.dtype)
+        mask = self.backend.dropout_mask(x.shape, self.p, self.seed, self.step, x.dtype, first_sample)
         return x * mask, mask
 
     def backward(self, dy, saved, grads=None, input_grad=True):

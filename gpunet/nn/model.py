@@ -372,12 +372,16 @@ class FlatParameters:
             total += part
         return self.groups_of(total), sum(correct for _, correct in results)
 
+    def chunk_forward(self, A0, ws, first_sample: int):
+        """``forward`` on a chunk of a step's samples, from ``first_sample`` on (no layer here depends on it)."""
+        return self.forward(A0, ws)
+
     def _chunk_gradients(self, images, labels, losses, start, stop, m, key):
         """One chunk's forward and backward pass; its gradients (flat) weighted by its share of m."""
         ops = self.backend
         ws = self.workspace(stop - start, key)
         A0 = ops.gather_scaled(images[start:stop], None, self.dtype, out=ws.A0)
-        Z, activations = self.forward(A0, ws)
+        Z, activations = self.chunk_forward(A0, ws, start)
         correct = ops.count_correct(Z, labels[start:stop])
         self.backward(Z, activations, labels[start:stop], ws, losses=losses[start:stop])
         if stop - start == m:
@@ -519,19 +523,27 @@ class LayerStack(FlatParameters):
         per_sample = (self.inputs + sum(map(values_per_sample, self.layers))) * self.dtype.itemsize
         return max(1, min(EVAL_CHUNK, EVAL_MEMORY // per_sample))
 
-    def forward(self, A0, ws: StackWorkspace | None = None, training: bool = True):
+    def forward(self, A0, ws: StackWorkspace | None = None, training: bool = True, first_sample: int = 0):
         """Return (logits Z_L, what each layer saved for backward); ``training`` turns dropout on.
 
-        Dropout's masks are those of the optimizer step ``self.step`` (set by the training loop).
+        Dropout's masks are those of the optimizer step ``self.step`` (set by the training loop) for A0's
+        samples, which are the step's batch's from ``first_sample`` on: a chunk of the batch draws the
+        whole batch's mask. It travels as an argument, since threads walking chunks share the layers.
         """
         y = A0 if len(self.input_shape) == 1 else L.as_maps(A0, self.input_shape)
         saved = []
         for layer in self.layers:
             if isinstance(layer, L.Dropout):
                 layer.step = self.step
-            y, kept = layer.forward(y, training)
+                y, kept = layer.forward(y, training, first_sample)
+            else:
+                y, kept = layer.forward(y, training)
             saved.append(kept)
         return y, saved
+
+    def chunk_forward(self, A0, ws, first_sample: int):
+        """``forward`` at training time on a chunk of a step's batch, from ``first_sample`` on."""
+        return self.forward(A0, ws, first_sample=first_sample)
 
     def logits(self, A0):
         """Z_L for a batch at prediction time (no dropout), without keeping anything for backward."""

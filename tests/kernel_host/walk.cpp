@@ -282,12 +282,12 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
         walk(grid, block, reverse,
              [&] { max_pool_backward<T>(dy, argmax, dx, s[0], s[1], s[2], s[3], s[4], s[5], s[6]); });
     } else if (kernel == "dropout_mask") {
-        need(a, kernel, 5);
+        need(a, kernel, 7);
         T* mask = a.array<T>(0);
         const unsigned long long key = a.scalar<unsigned long long>(1), threshold = a.scalar<unsigned long long>(2);
         const T scale = a.scalar<T>(3);
-        const long long n = a.scalar<long long>(4);
-        walk(grid, block, reverse, [&] { dropout_mask<T>(mask, key, threshold, scale, n); });
+        const long long units = a.scalar<long long>(4), k = a.scalar<long long>(5), first = a.scalar<long long>(6);
+        walk(grid, block, reverse, [&] { dropout_mask<T>(mask, key, threshold, scale, units, k, first); });
     } else {
         die("unknown kernel " + kernel);
     }
