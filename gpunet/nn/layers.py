@@ -353,7 +353,8 @@ def splitmix64(xp, state: int, n: int):
 
 
 def splitmix64_at(xp, state: int, counters):
-    """SplitMix64's outputs number ``counters`` (a uint64 array, consumed) from ``state``: mix64(state + (i + 1).GOLDEN)."""
+    """SplitMix64's outputs number i in ``counters`` (a uint64 array, consumed) from ``state``:
+    mix64(state + (i + 1).GOLDEN)."""
     counters += xp.uint64(1)
     counters *= xp.uint64(GOLDEN)
     counters += xp.uint64(state & MASK64)

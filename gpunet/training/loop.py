@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gpunet.errors import GpunetError
+from gpunet.nn.layers import Conv2D
 from gpunet.nn.model import (CLASSES, INITS, MAX_UNITS, LayerStack, Network, arch_input_shape, build_layers,
                           init_params, init_stack_params, layer_sizes, parse_arch_text, parse_hidden_text)
 from gpunet.nn.optimizers import DEFAULTS, OPTIMIZERS, make_optimizer
@@ -254,11 +255,36 @@ def evaluate(network: Network, data: DeviceData) -> tuple[float, float]:
     return float(loss_sum) / m, int(correct) / m
 
 
-def compute_threads(network):
-    """The backend's threads for a step of this network: the notes' small products on one BLAS thread
-    (``Backend.compute_threads``); a layer stack's all of BLAS's, as a convolution's products (0.8 GFLOP a
-    step for the LeNet-like CNN) share well between cores: its epoch took 17 s on one thread, 12 s on two."""
-    if isinstance(network, Network):
+PART_FROM = 32  # samples: a convolutional stack's step is split between cores where each part gets this many
+
+
+def step_parts(network, batch_size: int) -> int:
+    """Into how many parts each mini-batch step of this network is split, one per core (``parallel_map``).
+
+    A layer stack with a convolution: as many parts as the backend has (the CPU's cores; 1 on CUDA), each of
+    at least PART_FROM samples. Each part's forward and backward pass runs on one core with BLAS on one
+    thread, then one optimizer step. Measured on 2 cores (BENCHMARKS.md), the LeNet-like CNN's steps took
+    12.6 ms split against 14.8 at batch 64, 24.8 against 36.0 at 128, and tied at 32 (parts of 16); a stack
+    of dense layers alone lost (dense256,dropout0.5: 2.3 ms against 1.4 at 64, 6.7 against 5.7 at 512), its
+    products too small to pay for the threads. The notes' ``Network`` keeps its own steps (compiled or not).
+    """
+    if isinstance(network, Network) or not convolves(network):
+        return 1
+    parts = min(network.backend.parallel_parts(), batch_size // PART_FROM)
+    return parts if parts > 1 else 1
+
+
+def convolves(network) -> bool:
+    """Whether a layer stack has a convolution (whose products are worth a core each)."""
+    return any(isinstance(layer, Conv2D) for layer in network.layers)
+
+
+def compute_threads(network, batch_size: int = 0):
+    """The backend's threads for this network's steps of ``batch_size`` samples (0: scoring, full batch):
+    the notes' small products on one BLAS thread (``Backend.compute_threads``), as a layer stack's split steps
+    (each part one thread: ``step_parts``); a layer stack's other work on all of BLAS's, as a convolution's
+    products (0.8 GFLOP a step for the LeNet-like CNN) share well between cores."""
+    if isinstance(network, Network) or step_parts(network, batch_size) > 1:
         return network.backend.compute_threads()
     return contextlib.nullcontext()
 
@@ -297,7 +323,7 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
         if progress is not None:
             progress(m)
     else:
-        with compute_threads(network):
+        with compute_threads(network, batch_size):
             correct = _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate, first_step)
     return float(losses.sum(dtype=xp.float64)) / m, int(correct) / m
 
@@ -310,7 +336,7 @@ def compiled_path(network, optimizer=None):
 
 
 def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate, first_step) -> int:
-    ops, xp = network.backend, network.backend.xp
+    xp = network.backend.xp
     m = len(data)
     order = xp.asarray(rng.permutation(m))  # reshuffle every epoch
     labels = data.labels[order]  # the epoch's labels in visiting order: each batch's are a slice
@@ -321,21 +347,43 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
                                            progress)
         if correct is not None:
             return correct
-    correct = 0
+    correct, parts = 0, step_parts(network, batch_size)
     for step, start in enumerate(range(0, m, batch_size)):
         if rate is not None:
             optimizer.lr = rate(step)
         network.step = first_step + step
         stop = min(start + batch_size, m)
-        ws = network.workspace(stop - start)
-        A0 = ops.gather_scaled(data.images, order[start:stop], network.dtype, out=ws.A0)
-        Z, activations = network.forward(A0, ws)
-        correct += ops.count_correct(Z, labels[start:stop])
-        network.backward(Z, activations, labels[start:stop], ws, losses=losses[start:stop])
-        optimizer.step(ws.grad_groups)
+        if parts > 1:
+            grads, batch_correct = split_step_gradients(network, data.images, order[start:stop], labels[start:stop],
+                                                        losses[start:stop], parts)
+        else:
+            grads, batch_correct = step_gradients(network, data.images, order[start:stop], labels[start:stop],
+                                                  losses[start:stop])
+        correct += batch_correct
+        optimizer.step(grads)
         if progress is not None:
             progress(stop - start)
     return correct
+
+
+def step_gradients(network, images, index, labels, losses):
+    """One step's forward and backward pass over ``images[index]`` in the workspace of its size:
+    (grad_groups, correct count, on the device); the per-sample losses go into ``losses``."""
+    ops = network.backend
+    ws = network.workspace(len(index))
+    A0 = ops.gather_scaled(images, index, network.dtype, out=ws.A0)
+    Z, activations = network.forward(A0, ws)
+    correct = ops.count_correct(Z, labels)
+    network.backward(Z, activations, labels, ws, losses=losses)
+    return ws.grad_groups, correct
+
+
+def split_step_gradients(network, images, index, labels, losses, parts: int):
+    """``step_gradients`` with the batch split into ``parts`` chunks of consecutive samples, walked in parallel
+    (``full_batch_gradients``): the chunks' means weighted by their shares, added in order, and dropout's
+    masks those of the whole batch (each chunk draws its own samples' columns)."""
+    batch = images[index]  # the batch's digits in visiting order, so that each chunk is a slice
+    return network.full_batch_gradients(batch, labels, losses, -(-len(index) // parts), parts)
 
 
 def new_network(backend, config: TrainConfig, inputs: int, classes: int = CLASSES):
