@@ -45,14 +45,7 @@ import weakref
 
 import numpy as np
 
-try:
-    import numba
-    from numba import njit
-
-    _IMPORT_ERROR = None
-except ImportError as error:  # the NumPy path runs instead
-    numba = None
-    _IMPORT_ERROR = error
+from gpunet.backends.numba_jit import IMPORT_ERROR as _IMPORT_ERROR, jit, numba  # numba None: the NumPy path runs
 
 BLOCK = 64  # samples per BLAS product (see the module docstring)
 KINDS = {"GradientDescent": 0, "Momentum": 1, "Adam": 2}
@@ -76,8 +69,8 @@ def unavailable_reason() -> str | None:
 
 
 if numba is not None:
-    _jit = njit(nogil=True, cache=True)
-    _parallel_jit = njit(nogil=True, cache=True, parallel=True)
+    _jit = jit()
+    _parallel_jit = jit(parallel=True)
 
     @_jit
     def _block_pass(images, index, first, lo, hi, r, labels, losses, Ws, bs, As, dZs, dWs, partials, block):

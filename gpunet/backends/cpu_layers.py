@@ -20,9 +20,12 @@ same bits (tests/test_cpu_layers.py). Importing this module needs numba.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-_jit = njit(nogil=True, cache=True)
+from gpunet.backends.numba_jit import IMPORT_ERROR, jit, numba
+
+if numba is None:
+    raise ImportError(f"numba is not usable: {IMPORT_ERROR}")
+_jit = jit()
 DTYPES = (np.float32, np.float64)
 
 
