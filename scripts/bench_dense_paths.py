@@ -5,7 +5,8 @@
 
 Where numba is installed, ``CpuBackend`` runs every one of the notes' dense networks on the compiled path
 (``gpunet.backends.cpu_fused``); this script measures whether that pays at every width: one training
-epoch (``train_epoch``, as ``gpunet train`` runs it) of each width on each path
+epoch (``train_epoch`` with ``gpunet train``'s settings for the optimizer: its default lr and weight decay,
+the cosine schedule's rates of a run's second epoch) of each width on each path
 (``CpuBackend(compiled=None/False)``), the two paths taking turns (``bench.compare``), from the same
 initial weights. It prints the medians, the fastest in brackets, and the ratio compiled / NumPy.
 A benchmark, not a test: nothing here passes or fails.
@@ -27,7 +28,8 @@ from gpunet.backends import cpu_fused  # noqa: E402
 from gpunet.backends.cpu import CpuBackend  # noqa: E402
 from gpunet.nn.model import Network, init_params, layer_sizes  # noqa: E402
 from gpunet.nn.optimizers import DEFAULTS, make_optimizer  # noqa: E402
-from gpunet.training.loop import DeviceData, compute_threads, train_epoch  # noqa: E402
+from gpunet.training.loop import (DeviceData, TrainConfig, compute_threads, learning_rate,  # noqa: E402
+                                  steps_per_epoch, train_epoch)
 
 WIDTHS = ("16,16", "32,32", "64,64", "128,64", "128,128", "256,128", "512,256", "800,800")
 
@@ -38,16 +40,19 @@ class DenseEpoch:
     def __init__(self, hidden: tuple[int, ...], compiled: bool, digits, batch: int, optimizer: str):
         self.backend = CpuBackend(compiled=None if compiled else False)
         self.network = Network(self.backend, init_params(layer_sizes(hidden), "he", 0, np.float32))
-        self.optimizer = make_optimizer(optimizer, self.network.groups, DEFAULTS[optimizer]["lr"])
+        config = TrainConfig.for_optimizer(optimizer, batch_size=batch)
+        self.optimizer = make_optimizer(optimizer, self.network.groups, config.lr, config.weight_decay)
         self.data = DeviceData(self.backend, digits)
         self.batch, self.rng = batch, np.random.default_rng(1)
+        steps = steps_per_epoch(len(digits), batch)
+        self.rate = lambda k: learning_rate(config, steps + k, steps)  # the second epoch's: past the warm-up
         path = self.backend.compiled_path(self.network, self.optimizer)
         if (path is cpu_fused) != compiled:
             raise SystemExit(f"hidden {hidden}: the compiled path {'does not' if compiled else 'does'} run it")
 
     def run(self, _batch: int) -> None:
         with compute_threads(self.network):
-            train_epoch(self.network, self.optimizer, self.data, self.batch, self.rng)
+            train_epoch(self.network, self.optimizer, self.data, self.batch, self.rng, rate=self.rate)
 
 
 def ms(value: float) -> str:
@@ -77,6 +82,10 @@ def main() -> None:
         sides = {path: DenseEpoch(hidden, path == "compiled", digits, args.batch, args.optimizer)
                  for path in ("compiled", "numpy")}
         times = bench.compare(sides, args.batch, args.repeats, rounds=min(args.repeats, 3))
+        failed = {path: t for path, t in times.items() if isinstance(t, str)}  # compare's message for a failed side
+        if failed:
+            print(f"| {text} | " + " | ".join(failed.get(path, "-") for path in ("compiled", "numpy")) + " | - |")
+            continue
         med = {path: statistics.median(t) * 1e3 for path, t in times.items()}
         best = {path: min(t) * 1e3 for path, t in times.items()}
         print(f"| {text} | {ms(med['compiled'])} ({ms(best['compiled'])}) | {ms(med['numpy'])} "

@@ -170,3 +170,23 @@ def test_the_dense_paths_benchmark_times_both_paths_at_each_width():
     for row in rows:
         compiled, numpy, ratio = (float(re.sub(r"[^\d.]", "", cell.split("(")[0])) for cell in row.split("|")[2:5])
         assert compiled > 0 and numpy > 0 and abs(ratio - compiled / numpy) < 0.01 + 0.01 * ratio
+
+
+def test_the_dense_paths_benchmark_reports_a_failing_path_in_its_row(monkeypatch, capsys):
+    pytest.importorskip("numba")
+    spec = importlib.util.spec_from_file_location("bench_dense_paths", SCRIPT.parent / "bench_dense_paths.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    real_run = script.DenseEpoch.run
+
+    def run(self, batch):
+        if not self.backend.compiled_path(self.network, self.optimizer):
+            raise MemoryError("no room")
+        real_run(self, batch)
+
+    monkeypatch.setattr(script.DenseEpoch, "run", run)
+    monkeypatch.setattr(sys, "argv", ["bench_dense_paths.py", "--samples", "256", "--widths", "8,8", "--repeats", "1",
+                                      "--batch", "32", "--data", str(SCRIPT.parent / "no such file")])
+    script.main()
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 8,8 |"))
+    assert "MemoryError: no room" in row
