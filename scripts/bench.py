@@ -24,10 +24,11 @@ the fastest in brackets. A CNN epoch takes seconds, so its sides take turns ever
 epoch instead (``--cnn-repeats`` rounds), each epoch after a short untimed warm-up.
 
 ``--threads N`` holds PyTorch's intra-op threads and the BLAS libraries (threadpoolctl) to N for the
-whole run, so that both sides may use as many; the 16-16 network's mini-batch epochs hold BLAS to one
-thread of their own accord (``CpuBackend.compute_threads``; the CNN's use BLAS's N), and gpunet's own
-thread pools (the full-batch step's two parts, numba's, the CNN's layer passes' one thread per core) are
-not held. bench.py prints the settings it ran with.
+whole run, so that both sides may use as many; gpunet's mini-batch epochs hold BLAS to one thread of their
+own accord (``CpuBackend.compute_threads``): the 16-16 network's, and the CNN's, whose steps are split into
+one part per core (``training.loop.step_parts``), each part on a thread of gpunet's own pool. gpunet's own
+thread pools (the full-batch step's and the CNN steps' parts, numba's) are not held. bench.py prints the
+settings it ran with, and how gpunet's CNN steps run.
 """
 
 from __future__ import annotations
@@ -399,6 +400,23 @@ def gpunet_backend(device: str):
     return CupyBackend()
 
 
+def cnn_steps(backend) -> str:
+    """How gpunet's training loop takes the CNN's steps of CNN_BATCH: split between the cores, or whole."""
+    try:
+        from gpunet.training.loop import step_parts
+    except ImportError:  # a checkout from before split steps
+        return "whole steps, BLAS on its threads"
+    from gpunet.nn.model import LayerStack, arch_input_shape, build_layers, init_stack_params, parse_arch_text
+
+    arch = parse_arch_text(CNN_ARCH)
+    shape = arch_input_shape(arch, 784)
+    network = LayerStack(backend, arch, init_stack_params(build_layers(arch, shape, 10), "he", 0, np.float32), shape)
+    parts = step_parts(network, CNN_BATCH)
+    if parts > 1:
+        return f"each step of {CNN_BATCH} split into {parts} parts, one per core, BLAS on one thread each"
+    return "whole steps, BLAS on its threads"
+
+
 def describe_cuda(backend, torch) -> str:
     text = f"GPU: {backend.describe()}"
     if torch is not None and torch.cuda.is_available():
@@ -513,7 +531,7 @@ def main() -> None:
             path = backend.cpu_path() if hasattr(backend, "cpu_path") else "NumPy array calls (this checkout has no other)"
             print(f"gpunet on the CPU: {path}")
             if args.cnn_repeats > 0 and hasattr(backend, "layers_path"):
-                print(f"gpunet's CNN on the CPU: {backend.layers_path()}")
+                print(f"gpunet's CNN on the CPU: {backend.layers_path()}; {cnn_steps(backend)}")
         rows += measure(device, backend, digits, batches, args.repeats, torch, args.cnn_repeats)
 
     reads = read_times(args.data)
