@@ -35,13 +35,15 @@ DEFAULTS = {
 def flush_subnormals(x, scratch) -> None:
     """x <- 0 wherever |x| is below the dtype's smallest normal number (in place; NaN and inf stay).
 
-    Why: a parameter whose gradient is exactly 0 (the weight of a border pixel, blank in every MNIST
-    digit) has a moment that only decays, m <- 0.9 m, and after ~750 steps it is a subnormal number,
-    where it stays (0.9 times the smallest subnormal rounds back to it). x86 CPUs compute on
-    subnormals about 100 times slower: 14% of the 16-16 network's Adam mean was subnormal after one
-    epoch, and the compiled path's epochs took 2.7x as long (BENCHMARKS.md). A step of m/(sqrt(s) + eps)
-    with m that small moves no weight that is not itself that small. GPUs compute on subnormals at full
-    speed, so only NumPy arrays are flushed. ``scratch``: an array like x, overwritten.
+    Why: a parameter whose gradient was not 0 and then is 0 for good (a rarely inked pixel's weight
+    once no digit inks it, a hidden unit's weights once its ReLU never fires) has a moment that only
+    decays, m <- 0.9 m; after ~750 steps it is a subnormal number, where it stays (0.9 times the
+    smallest subnormal rounds back to it). x86 CPUs compute on subnormals about 100 times slower: a
+    sixth of the 16-16 network's Adam mean was subnormal after 1,300 steps, and the compiled path's
+    epochs took 2.7x as long (BENCHMARKS.md). A step of m/(sqrt(s) + eps) with m that small moves no
+    weight that is not itself that small (for eps far above sqrt(tiny), as the default 1e-8 is). GPUs
+    compute on subnormals at full speed, so only NumPy arrays are flushed. ``scratch``: an array like x,
+    overwritten.
     """
     if not isinstance(x, np.ndarray):
         return
