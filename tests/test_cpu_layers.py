@@ -38,6 +38,18 @@ def assert_same_bits(got, want, what):
     assert np.array_equal(np.signbit(got), np.signbit(want)), f"{what}: a zero's sign differs"
 
 
+@pytest.fixture
+def ran(monkeypatch):
+    """The names of the compiled passes called, in order (the backend asked them, not the generic code)."""
+    names = []
+    for name in ("im2col", "col2im", "max_pool", "max_pool_backward", "bias_relu", "relu_backward"):
+        def counted(*args, _pass=getattr(cpu_layers, name), _name=name):
+            names.append(_name)
+            return _pass(*args)
+        monkeypatch.setattr(cpu_layers, name, counted)
+    return names
+
+
 def special_values(x, rng):
     """x with NaNs, infinities, zeros of both signs and repeated values (ties) scattered through it."""
     x = x.copy()
@@ -49,16 +61,17 @@ def special_values(x, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("C, H, W, m, k, pads", CONV_CASES)
-def test_im2col_gives_the_generic_bits(C, H, W, m, k, pads, dtype):
+def test_im2col_gives_the_generic_bits(C, H, W, m, k, pads, dtype, ran):
     rng = np.random.default_rng(1)
     x = special_values(rng.standard_normal((C, H, W, m)).astype(dtype), rng)
     assert COMPILED._layer_passes(x) is cpu_layers
     assert_same_bits(COMPILED.im2col(x, k, pads), GENERIC.im2col(x, k, pads), "im2col")
+    assert ran == ["im2col"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("C, H, W, m, k, pads", CONV_CASES)
-def test_col2im_gives_the_generic_bits(C, H, W, m, k, pads, dtype):
+def test_col2im_gives_the_generic_bits(C, H, W, m, k, pads, dtype, ran):
     """Each input element sums its entries from 0 in ascending (i, j) both ways: the same rounding at every add."""
     rng = np.random.default_rng(2)
     H_out, W_out = H + sum(pads) - k + 1, W + sum(pads) - k + 1
@@ -70,11 +83,12 @@ def test_col2im_gives_the_generic_bits(C, H, W, m, k, pads, dtype):
     special = special_values(columns, rng)
     assert_same_bits(COMPILED.col2im(special, (C, H, W, m), k, pads),
                      GENERIC.col2im(special, (C, H, W, m), k, pads), "col2im of NaN, inf and zeros")
+    assert ran == ["col2im", "col2im"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("C, H, W, m, size", POOL_CASES)
-def test_max_pool_gives_the_generic_maxima_and_argmaxes(C, H, W, m, size, dtype):
+def test_max_pool_gives_the_generic_maxima_and_argmaxes(C, H, W, m, size, dtype, ran):
     """Ties (the first entry wins), NaNs (kept; the last entry), infinities and zeros of both signs."""
     rng = np.random.default_rng(3)
     x = special_values(rng.standard_normal((C, H, W, m)).astype(dtype), rng)
@@ -83,11 +97,12 @@ def test_max_pool_gives_the_generic_maxima_and_argmaxes(C, H, W, m, size, dtype)
     want_y, want_argmax = GENERIC.max_pool(x, size)
     assert_same_bits(y, want_y, "max_pool's maxima")
     assert argmax.dtype == np.uint8 and np.array_equal(argmax, want_argmax), "max_pool's argmaxes differ"
+    assert ran == ["max_pool"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("C, H, W, m, size", POOL_CASES)
-def test_max_pool_backward_gives_the_generic_bits(C, H, W, m, size, dtype):
+def test_max_pool_backward_gives_the_generic_bits(C, H, W, m, size, dtype, ran):
     """dy routed to each window's argmax, 0 elsewhere and on the floored rows and columns; a NaN or inf shows."""
     rng = np.random.default_rng(4)
     x = special_values(rng.standard_normal((C, H, W, m)).astype(dtype), rng)
@@ -96,11 +111,12 @@ def test_max_pool_backward_gives_the_generic_bits(C, H, W, m, size, dtype):
     assert COMPILED._layer_passes(dy) is cpu_layers
     got = COMPILED.max_pool_backward(dy, argmax, x.shape, size)
     assert_same_bits(got, GENERIC.max_pool_backward(dy, argmax, x.shape, size), "max_pool_backward")
+    assert ran == ["max_pool_backward"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (32, 73728 // 8), (256, 128)])
-def test_bias_relu_and_its_backward_give_the_generic_bits(shape, dtype):
+def test_bias_relu_and_its_backward_give_the_generic_bits(shape, dtype, ran):
     rng = np.random.default_rng(5)
     Z = special_values(rng.standard_normal(shape).astype(dtype), rng)
     b = special_values(rng.standard_normal((shape[0], 1)).astype(dtype), rng)
@@ -110,6 +126,7 @@ def test_bias_relu_and_its_backward_give_the_generic_bits(shape, dtype):
     assert_same_bits(A, want_A, "bias_relu")
     dA = special_values(rng.standard_normal(shape).astype(dtype), rng)
     assert_same_bits(COMPILED.relu_backward(dA.copy(), A), GENERIC.relu_backward(dA.copy(), A), "relu_backward")
+    assert ran == ["bias_relu", "relu_backward"]
 
 
 def test_what_the_kernels_do_not_take_goes_the_generic_way():
