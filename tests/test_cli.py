@@ -942,3 +942,21 @@ def test_the_banner_says_how_a_layer_stacks_passes_run(capsys, tmp_path, monkeyp
     banner = next(line for line in out.splitlines() if line.startswith("Network "))
     expected = "layer passes compiled with numba" if numba_there else "layer passes as NumPy array calls"
     assert expected in banner and "CPU (NumPy" in banner, banner
+
+
+BROKEN_NUMBA = 'raise ImportError("Numba needs NumPy 2.3 or less. Got NumPy 2.4.")\n'
+
+
+@pytest.mark.parametrize("arch", ["dense16", "conv2k3,pool2,dense8"], ids=["dense", "layer stack"])
+def test_a_numba_that_fails_to_import_leaves_the_numpy_path(tmp_path, arch):
+    """A numba built for another NumPy raises at import: training runs NumPy's array calls and says why."""
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "numba" / "__init__.py").write_text(BROKEN_NUMBA)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    run_ = subprocess.run([sys.executable, "-m", "gpunet", "train", "--device", "cpu", "--arch", arch, "--epochs", "1",
+                           "--val-size", "100", "--out", str(tmp_path / "m.npz")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert run_.returncode in (0, 3), run_.stderr  # 3: one epoch may learn too little; the path is what is tested
+    assert "Traceback" not in run_.stderr and (tmp_path / "m.npz").exists()
+    banner = next(line for line in run_.stdout.splitlines() if line.startswith("Network "))
+    assert "NumPy array calls" in banner and "Numba needs NumPy" in banner, banner

@@ -38,16 +38,16 @@ class CpuBackend(Backend):
             import numba
 
             return f"steps compiled with numba {numba.__version__}"
-        reason = "turned off" if self.compiled is False else "numba or scipy is not installed"
+        reason = "turned off" if self.compiled is False else _not_compiled_because("numba or scipy")
         return f"steps as NumPy array calls ({reason})"
 
     def layers_path(self) -> str:
-        """How a layer stack's hot operations run: compiled passes on the cores (numba), or NumPy's array calls."""
+        """How a layer stack's hot operations run: compiled passes (numba), or NumPy's array calls and why."""
         if self.compiled is not False and _cpu_layers() is not None:
             import numba
 
             return f"layer passes compiled with numba {numba.__version__}"
-        reason = "turned off" if self.compiled is False else "numba is not installed"
+        reason = "turned off" if self.compiled is False else _not_compiled_because("numba")
         return f"layer passes as NumPy array calls ({reason})"
 
     def compiled_path(self, network, optimizer=None):
@@ -173,13 +173,25 @@ def _cpu_fused():
     return cpu_fused
 
 
+def _not_compiled_because(needed: str) -> str:
+    """Why the compiled passes cannot run where they were not turned off: what they need is not installed, or
+    numba is there but does not import (built for another NumPy)."""
+    from gpunet.backends import numba_jit
+
+    if numba_jit.IMPORT_ERROR is not None and importlib.util.find_spec("numba") is not None:
+        return f"numba is installed but does not import: {numba_jit.IMPORT_ERROR}"
+    return f"{needed} is not installed"
+
+
 @lru_cache(maxsize=1)
 def _cpu_layers():
     """gpunet.backends.cpu_layers where numba imports, else None."""
     if importlib.util.find_spec("numba") is None:
         return None
-    from gpunet.backends import cpu_layers
-
+    try:
+        from gpunet.backends import cpu_layers
+    except ImportError:  # numba is there but does not import (built for another NumPy): numba_jit says why
+        return None
     return cpu_layers
 
 
