@@ -34,6 +34,7 @@ settings it ran with, and how gpunet's CNN steps run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import statistics
@@ -49,10 +50,26 @@ ROOT = Path(__file__).resolve().parent.parent
 _other = sys.argv[sys.argv.index("--gpunet-root") + 1] if "--gpunet-root" in sys.argv[:-1] else None
 sys.path.insert(0, str(Path(_other).resolve() if _other else ROOT))
 
-from gpunet.backends.cpu import CpuBackend  # noqa: E402
-from gpunet.nn.model import Network, init_params, layer_sizes  # noqa: E402
-from gpunet.nn.optimizers import make_optimizer  # noqa: E402
-from gpunet.training.loop import DeviceData, train_epoch  # noqa: E402
+# Older checkouts (before c4e1515) keep the same modules flat in gpunet/: --gpunet-root times them too.
+FLAT_NAMES = {"backends.cpu": "backend", "backends.cuda": "backend_cuda", "nn.model": "model",
+              "nn.optimizers": "optimizers", "training.loop": "training", "files.data": "data"}
+
+
+def gpunet_module(name: str):
+    """gpunet's module ``name`` (as in this checkout's folders), or its flat twin in an older checkout."""
+    try:
+        return importlib.import_module(f"gpunet.{name}")
+    except ModuleNotFoundError:
+        if name not in FLAT_NAMES:
+            raise
+        return importlib.import_module(f"gpunet.{FLAT_NAMES[name]}")
+
+
+CpuBackend = gpunet_module("backends.cpu").CpuBackend
+Network, init_params, layer_sizes = (getattr(gpunet_module("nn.model"), name)
+                                     for name in ("Network", "init_params", "layer_sizes"))
+make_optimizer = gpunet_module("nn.optimizers").make_optimizer
+DeviceData, train_epoch = gpunet_module("training.loop").DeviceData, gpunet_module("training.loop").train_epoch
 
 M = 41_000  # the full-batch step's m: train.csv's 42,000 digits less the 1,000 held out
 HIDDEN = (16, 16)
@@ -169,7 +186,10 @@ class GpunetCNN:
     """gpunet's LayerStack of CNN_ARCH (what ``gpunet train --arch`` builds), Adam, its own train_epoch."""
 
     def __init__(self, backend, digits):
-        from gpunet.nn.model import LayerStack, arch_input_shape, build_layers, init_stack_params, parse_arch_text
+        model = gpunet_module("nn.model")
+        LayerStack, arch_input_shape, build_layers, init_stack_params, parse_arch_text = (
+            model.LayerStack, model.arch_input_shape, model.build_layers, model.init_stack_params,
+            model.parse_arch_text)
 
         self.backend = backend
         arch = parse_arch_text(CNN_ARCH)
@@ -288,9 +308,9 @@ def cnn_epoch_flops(m: int) -> int:
 
     A convolution's products are its dense formula's on H_out.W_out columns per sample (im2col).
     """
-    from gpunet.nn.model import arch_input_shape, build_layers, parse_arch_text
-
-    arch = parse_arch_text(CNN_ARCH)
+    model = gpunet_module("nn.model")
+    arch = model.parse_arch_text(CNN_ARCH)
+    arch_input_shape, build_layers = model.arch_input_shape, model.build_layers
     layers = [layer for layer in build_layers(arch, arch_input_shape(arch, 784), 10) if layer.param_shapes()]
     per_sample = [2 * layer.outputs * layer.fan_in * int(np.prod(layer.output_shape[1:])) for layer in layers]
     return m * (2 * sum(per_sample) + sum(per_sample[1:]))
@@ -299,8 +319,8 @@ def cnn_epoch_flops(m: int) -> int:
 def read_times(data: Path = DATA) -> tuple[float, float] | None:
     """Seconds to read train.csv.gz with gpunet.files.data: the first time (parsing) and from its cache."""
     try:
-        from gpunet.files.data import load_digits
-    except ImportError:
+        load_digits = gpunet_module("files.data").load_digits
+    except (ImportError, AttributeError):
         return None
     if not data.is_file():
         return None
@@ -380,8 +400,7 @@ def load_average() -> str:
 def devices(choice: str) -> list[str]:
     found = ["cpu"]
     if choice in ("all", "cuda"):
-        from gpunet.backends import cuda as backend_cuda
-
+        backend_cuda = gpunet_module("backends.cuda")
         reason = backend_cuda.unavailable_reason()
         if reason is None:
             found.append("cuda")
@@ -395,16 +414,13 @@ def devices(choice: str) -> list[str]:
 def gpunet_backend(device: str):
     if device == "cpu":
         return CpuBackend()
-    from gpunet.backends.cuda import CupyBackend
-
-    return CupyBackend()
+    return gpunet_module("backends.cuda").CupyBackend()
 
 
 def cnn_steps(backend) -> str:
     """How gpunet's training loop takes the CNN's steps of CNN_BATCH: split between the cores, or whole."""
-    try:
-        from gpunet.training.loop import step_parts
-    except ImportError:  # a checkout from before split steps
+    step_parts = getattr(gpunet_module("training.loop"), "step_parts", None)
+    if step_parts is None:  # a checkout from before split steps
         return "whole steps, BLAS on its threads"
     from gpunet.nn.model import LayerStack, arch_input_shape, build_layers, init_stack_params, parse_arch_text
 
