@@ -195,3 +195,34 @@ def test_split_epochs_hold_blas_to_one_thread_and_whole_ones_do_not(monkeypatch)
     assert compute_threads(cnn, 64) is held
     assert compute_threads(cnn, 32) is not held and compute_threads(cnn) is not held
     assert compute_threads(Network(CPU, init_params([784, 16, 10], "he", 0, np.float32))) is held
+
+
+@pytest.mark.parametrize("m, parts", SPLITS + [(127, 2), (65, 2)])
+def test_each_part_of_a_split_step_takes_one_chunk(monkeypatch, m, parts):
+    """Chunks of ceil(m / parts) samples, one per part, so that every part has work for its thread."""
+    network = stack(ARCHS[0], np.float64)
+    taken = []
+    whole = network._chunk_gradients
+
+    def spy(images, labels, losses, start, stop, m_, key):
+        taken.append((key, start, stop))
+        return whole(images, labels, losses, start, stop, m_, key)
+
+    monkeypatch.setattr(network, "_chunk_gradients", spy)
+    images, index, labels = batch(m)
+    chunk = -(-m // parts)
+    network.full_batch_gradients(images[index], labels, np.empty(m), chunk, parts)
+    assert sorted(key for key, _, _ in taken) == list(range(parts)), taken
+    assert sorted((start, stop) for _, start, stop in taken) == [(i * chunk, min(m, (i + 1) * chunk))
+                                                                 for i in range(parts)]
+
+
+def test_numpys_error_handling_holds_in_the_parts_threads():
+    """train() silences overflow for a diverging run (it says so once); the parts' threads must too."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="ignore", invalid="ignore"):
+            results = CPU.parallel_map(lambda i: np.float32(3e38) * np.float32(10), range(2))
+    assert all(np.isinf(r) for r in results)

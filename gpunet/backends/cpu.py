@@ -99,8 +99,14 @@ class CpuBackend(Backend):
         blas = _blas_threads()
         if len(items) < 2 or blas is None:
             return super().parallel_map(fn, items)
+        errors = np.geterr()  # NumPy's error handling is per thread: the caller's holds in the pool's too
+
+        def with_callers_errors(item):
+            with np.errstate(**errors):
+                return fn(item)
+
         with blas.limit(limits=1):
-            return list(_thread_pool().map(fn, items))
+            return list(_thread_pool().map(with_callers_errors, items))
 
     def compute_threads(self):
         """A context for the mini-batch training loop: BLAS on one thread.

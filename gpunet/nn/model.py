@@ -349,7 +349,9 @@ class FlatParameters:
         m = int(labels.shape[0])
         if chunk >= m:
             return self._chunk_gradients(images, labels, losses, 0, m, m, key=0)
-        bounds = [m * i // parts // chunk * chunk for i in range(parts)] + [m]  # parts start on a chunk boundary
+        # Each part starts on the chunk boundary nearest its share (rounding down put a whole batch of
+        # one chunk a part into the last part whenever m was odd: no part ran in parallel).
+        bounds = [min(m, (m * i // parts + chunk // 2) // chunk * chunk) for i in range(parts)] + [m]
 
         def run(i):
             total, correct = None, 0
