@@ -263,7 +263,8 @@ def step_parts(network, batch_size: int) -> int:
 
     A layer stack with a convolution: as many parts as the backend has (the CPU's cores; 1 on CUDA), each of
     at least PART_FROM samples. Each part's forward and backward pass runs on one core with BLAS on one
-    thread, then one optimizer step. Measured on 2 cores (BENCHMARKS.md), the LeNet-like CNN's steps took
+    thread, then one optimizer step. Measured on 2 cores with a throwaway timing loop (not kept; BENCHMARKS.md
+    has the epochs), the LeNet-like CNN's steps took
     12.6 ms split against 14.8 at batch 64, 24.8 against 36.0 at 128, and tied at 32 (parts of 16); a stack
     of dense layers alone lost (dense256,dropout0.5: 2.3 ms against 1.4 at 64, 6.7 against 5.7 at 512), its
     products too small to pay for the threads. The notes' ``Network`` keeps its own steps (compiled or not).
