@@ -464,3 +464,10 @@ def test_a_model_file_with_unusable_training_settings_is_named(tmp_path, fitted)
     np.savez(tmp_path / "edited.npz", **arrays)
     with pytest.raises(ModelFileError, match=r"edited\.npz: its training settings cannot be used: lr=-1: "):
         gpunet.load(tmp_path / "edited.npz")
+
+
+def test_a_fraction_of_val_size_that_leaves_too_few_is_named_as_given():
+    X = np.random.default_rng(0).random((20, 784))
+    y = np.arange(20) % 2
+    with pytest.raises(ValueError, match=r"val_size=0\.96 comes to 19\), leaving 1 to train on"):
+        Classifier(val_size=0.96, epochs=1, device="cpu").fit(X, y)

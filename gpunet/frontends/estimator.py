@@ -117,7 +117,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"Classifier needs at least two classes to learn; y holds one: {self.classes_[0]!r}")
         images, self.input_scale_ = _inputs_for_fit(X)
         config = self._config(len(images))
-        check_val_size(config.val_size, len(images))  # a SettingError: a ValueError naming val_size
+        given = "" if self.val_size == config.val_size else f" (val_size={self.val_size!r} comes to {config.val_size:,})"
+        check_val_size(config.val_size, len(images), "samples" + given)  # a SettingError: a ValueError naming val_size
         learned_from, held_out = validation_rows(len(images), config.val_size, config.seed)
         train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
         val_set = Samples(images[held_out], encoded[held_out].astype(train_set.labels.dtype))
