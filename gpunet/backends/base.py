@@ -26,6 +26,9 @@ class Backend:
 
     name = "generic"
     xp = np
+    # Whether training workspaces give each layer arrays to reuse (layers.Scratch) that the layer operations'
+    # ``out=`` arguments then receive; where False they get None and every step makes fresh arrays.
+    reuses_layer_arrays = False
 
     def describe(self) -> str:
         """The backend in a few words, for the training banner and `gpunet info`."""
@@ -143,19 +146,22 @@ class Backend:
         return activations.softmax(self.xp, Z)
 
     # -- the layers' hot operations (gpunet/nn/layers.py's generic code) ----------
-    def im2col(self, x, k: int, pads):
+    # ``out`` (and ``argmax_out``): an array of the result's shape and dtype that the result MAY be written
+    # into (the CPU backend's compiled passes do); callers use the returned array. The generic code here
+    # makes its own.
+    def im2col(self, x, k: int, pads, out=None):
         """The k x k patches of maps x (C, H, W, m) as columns (C.k.k, H_out.W_out.m): ``layers.im2col``."""
         return layers.im2col(self.xp, x, k, pads)
 
-    def col2im(self, columns, input_shape, k: int, pads):
+    def col2im(self, columns, input_shape, k: int, pads, out=None):
         """The gradient of im2col, maps ``input_shape`` (C, H, W, m): ``layers.col2im``."""
         return layers.col2im(self.xp, columns, input_shape, k, pads)
 
-    def max_pool(self, x, size: int):
+    def max_pool(self, x, size: int, out=None, argmax_out=None):
         """(y, uint8 argmax) of size x size windows, stride ``size``, of maps x: ``layers.max_pool``."""
         return layers.max_pool(self.xp, x, size)
 
-    def max_pool_backward(self, dy, argmax, input_shape, size: int):
+    def max_pool_backward(self, dy, argmax, input_shape, size: int, out=None):
         """dx of the maps ``input_shape``: each window's dy at its argmax: ``layers.max_pool_backward``."""
         return layers.max_pool_backward(self.xp, dy, argmax, input_shape, size)
 

@@ -20,6 +20,7 @@ class CpuBackend(Backend):
 
     name = "cpu"
     xp = np
+    reuses_layer_arrays = True  # fresh arrays of megabytes cost page faults at every step
 
     def __init__(self, compiled: bool | None = None):
         """``compiled``: use the compiled CPU path (:mod:`gpunet.backends.cpu_fused`) where it applies.
@@ -128,22 +129,22 @@ class CpuBackend(Backend):
         passes = _cpu_layers()
         return passes if passes is not None and passes.takes(*arrays) else None
 
-    def im2col(self, x, k: int, pads):
+    def im2col(self, x, k: int, pads, out=None):
         passes = self._layer_passes(x)
-        return passes.im2col(x, k, pads) if passes else super().im2col(x, k, pads)
+        return passes.im2col(x, k, pads, out) if passes else super().im2col(x, k, pads)
 
-    def col2im(self, columns, input_shape, k: int, pads):
+    def col2im(self, columns, input_shape, k: int, pads, out=None):
         passes = self._layer_passes(columns)
-        return passes.col2im(columns, input_shape, k, pads) if passes else \
+        return passes.col2im(columns, input_shape, k, pads, out) if passes else \
             super().col2im(columns, input_shape, k, pads)
 
-    def max_pool(self, x, size: int):
+    def max_pool(self, x, size: int, out=None, argmax_out=None):
         passes = self._layer_passes(x)
-        return passes.max_pool(x, size) if passes else super().max_pool(x, size)
+        return passes.max_pool(x, size, out, argmax_out) if passes else super().max_pool(x, size)
 
-    def max_pool_backward(self, dy, argmax, input_shape, size: int):
+    def max_pool_backward(self, dy, argmax, input_shape, size: int, out=None):
         passes = self._layer_passes(dy) if argmax.dtype == np.uint8 and argmax.flags.c_contiguous else None
-        return passes.max_pool_backward(dy, argmax, input_shape, size) if passes else \
+        return passes.max_pool_backward(dy, argmax, input_shape, size, out) if passes else \
             super().max_pool_backward(dy, argmax, input_shape, size)
 
     def bias_relu(self, Z, b):

@@ -152,38 +152,40 @@ def _relu_backward(dA, A):
 
 
 # -- the backend's operations, on arrays ``takes`` accepts -------------------------------------------
-def im2col(x, k: int, pads):
+# ``out``: a C-ordered array of the result's shape and dtype to write it into (a workspace's), or None.
+def im2col(x, k: int, pads, out=None):
     """``layers.im2col``: the columns (C.k.k, H_out.W_out.m) of maps x (C, H, W, m)."""
     before, after = pads
     C, H, W, m = x.shape
     H_out, W_out = H + before + after - k + 1, W + before + after - k + 1
-    patches = np.empty((C, k, k, H_out, W_out, m), dtype=x.dtype)
+    shape = (C, k, k, H_out, W_out, m)
+    patches = np.empty(shape, dtype=x.dtype) if out is None else out.reshape(shape)
     _im2col(x, k, before, patches)
     return patches.reshape(C * k * k, H_out * W_out * m)
 
 
-def col2im(columns, input_shape, k: int, pads):
+def col2im(columns, input_shape, k: int, pads, out=None):
     """``layers.col2im``: the maps ``input_shape`` (C, H, W, m) whose elements sum the entries that copied them."""
     C, H, W, m = input_shape
     before, after = pads
     H_out, W_out = H + before + after - k + 1, W + before + after - k + 1
-    dx = np.empty(input_shape, dtype=columns.dtype)
+    dx = np.empty(input_shape, dtype=columns.dtype) if out is None else out
     _col2im(columns.reshape(C, k, k, H_out, W_out, m), before, dx)
     return dx
 
 
-def max_pool(x, size: int):
+def max_pool(x, size: int, out=None, argmax_out=None):
     """``layers.max_pool``: (y, uint8 argmax) of size x size windows of maps x."""
     C, H, W, m = x.shape
-    y = np.empty((C, H // size, W // size, m), dtype=x.dtype)
-    argmax = np.empty(y.shape, dtype=np.uint8)
+    y = np.empty((C, H // size, W // size, m), dtype=x.dtype) if out is None else out
+    argmax = np.empty(y.shape, dtype=np.uint8) if argmax_out is None else argmax_out
     _max_pool(x, size, y, argmax)
     return y, argmax
 
 
-def max_pool_backward(dy, argmax, input_shape, size: int):
+def max_pool_backward(dy, argmax, input_shape, size: int, out=None):
     """``layers.max_pool_backward``: dx of maps ``input_shape``, each window's dy at its argmax."""
-    dx = np.empty(input_shape, dtype=dy.dtype)
+    dx = np.empty(input_shape, dtype=dy.dtype) if out is None else out
     _max_pool_backward(dy, argmax, size, dx)
     return dx
 

@@ -12,8 +12,12 @@ Every layer has one small interface (shapes leave out the sample axis m):
     initial_params(rng, init)                     fresh [W, b] as NumPy arrays
     params                                        [W, b] as the caller sets them: views of one flat
                                                   array (all weights, then all biases) as in model.py
-    forward(x, training) -> (y, saved)            saved: what backward needs
-    backward(dy, saved, grads=None, input_grad=True) -> (dx, [dW, db])
+    forward(x, training, scratch) -> (y, saved)   saved: what backward needs
+    backward(dy, saved, grads=None, input_grad=True, scratch) -> (dx, [dW, db])
+
+``scratch`` (a ``Scratch``, default ``FRESH``) holds the layer's large arrays from one step to the next:
+a training workspace gives each layer its own, so that the CPU does not map and fault in fresh pages for
+im2col's columns, the maps and their gradients at every step. With ``FRESH`` every result is a new array.
 
 ``dy`` is the loss's gradient with respect to the layer's output, with the loss's 1/m already in it
 (as model.py's dZ), so no layer divides by m. ``backward`` may overwrite ``dy``; it writes the
@@ -27,6 +31,8 @@ activations.py: the generic code that ``backend.Backend`` runs, and the referenc
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -64,28 +70,68 @@ class Layer:
         return []
 
 
+# -- arrays kept from step to step ----------------------------------------------------------------
+class Scratch:
+    """One layer's arrays in one workspace, by role ("columns", "dx", ...), made on first use and reused.
+
+    An array holds its role's result until the same role's next call (the next step), so a value saved for
+    backward must have a role of its own; two layers, or two parts of a split step, never share a Scratch.
+    """
+
+    def __init__(self, xp):
+        self.xp, self.arrays = xp, {}
+
+    def array(self, role: str, shape, dtype):
+        """The (uninitialised) array of ``role``, shaped ``shape``, of ``dtype``."""
+        kept = self.arrays.get(role)
+        if kept is None or kept.shape != tuple(shape) or kept.dtype != dtype:
+            kept = self.arrays[role] = self.xp.empty(shape, dtype)
+        return kept
+
+    def outs(self, **roles):
+        """Keyword arguments {name: ``array(*spec)``} for a backend operation, from name=(role, shape, dtype)."""
+        return {name: self.array(*spec) for name, spec in roles.items()}
+
+
+class _Fresh(Scratch):
+    """No arrays kept: every role is None, i.e. the operation makes a new array (prediction, CUDA, tests)."""
+
+    def __init__(self):
+        super().__init__(None)
+
+    def array(self, role: str, shape, dtype):
+        return None
+
+    def outs(self, **roles):
+        """{}: the operation is called without ``out`` (the CUDA backend's operations take none)."""
+        return {}
+
+
+FRESH = _Fresh()
+
+
 # -- the notes' dense formula, shared by Dense and Conv2D ------------------------------------------
-def affine(backend, W, b, A, relu: bool):
-    """Z = W . A + b for A (inputs, columns); then A_out = relu(Z) in place where ``relu``."""
-    Z = backend.xp.matmul(W, A)
+def affine(backend, W, b, A, relu: bool, out=None):
+    """Z = W . A + b for A (inputs, columns); then A_out = relu(Z) in place where ``relu``. ``out``: for Z, or None."""
+    Z = backend.xp.matmul(W, A, out=out)
     if relu:
         return backend.bias_relu(Z, b)
     Z += b
     return Z
 
 
-def affine_backward(backend, W, A, Y, dY, relu: bool, grads=None, input_grad=True):
+def affine_backward(backend, W, A, Y, dY, relu: bool, grads=None, input_grad=True, dA_out=None):
     """The backward rules of ``affine``: (dA, [dW, db]) from dY = dL/dY, with A its input and Y its output.
 
         dZ = dY * relu'(Z)    (the mask read from Y = relu(Z); dZ = dY without relu; dY is overwritten)
-        dW = dZ . A^T         db = sum of dZ over columns         dA = W^T . dZ
+        dW = dZ . A^T         db = sum of dZ over columns         dA = W^T . dZ   (into ``dA_out`` if given)
     """
     xp = backend.xp
     dZ = backend.relu_backward(dY, Y) if relu else dY
     dW, db = grads if grads is not None else (None, None)
     dW = xp.matmul(dZ, A.T, out=dW)
     db = dZ.sum(axis=1, keepdims=True, out=db)
-    dA = xp.matmul(W.T, dZ) if input_grad else None
+    dA = xp.matmul(W.T, dZ, out=dA_out) if input_grad else None
     return dA, [dW, db]
 
 
@@ -133,16 +179,17 @@ class Dense(_Affine):
         self.fan_in = input_shape[0]
         return (self.outputs,)
 
-    def forward(self, x, training: bool = False):
+    def forward(self, x, training: bool = False, scratch: Scratch = FRESH):
         """y = relu(W . x + b) (or W . x + b); saved: (x, y)."""
         W, b = self.params
-        y = affine(self.backend, W, b, x, self.relu)
+        y = affine(self.backend, W, b, x, self.relu, out=scratch.array("y", (self.outputs, x.shape[-1]), x.dtype))
         return y, (x, y)
 
-    def backward(self, dy, saved, grads=None, input_grad=True):
+    def backward(self, dy, saved, grads=None, input_grad=True, scratch: Scratch = FRESH):
         """(dx, [dW, db]): ``affine_backward``."""
         x, y = saved
-        return affine_backward(self.backend, self.params[0], x, y, dy, self.relu, grads, input_grad)
+        return affine_backward(self.backend, self.params[0], x, y, dy, self.relu, grads, input_grad,
+                               dA_out=scratch.array("dx", x.shape, dy.dtype) if input_grad else None)
 
 
 # -- convolution -----------------------------------------------------------------------------------
@@ -234,22 +281,27 @@ class Conv2D(_Affine):
         self.fan_in = C * self.k * self.k
         return (self.outputs, H_out, W_out)
 
-    def forward(self, x, training: bool = False):
+    def forward(self, x, training: bool = False, scratch: Scratch = FRESH):
         """y = relu(W . im2col(x) + b) as maps (filters, H_out, W_out, m); saved: (columns, y as (filters, -1))."""
         W, b = self.params
-        columns = self.backend.im2col(x, self.k, self.pads)
-        Y = affine(self.backend, W, b, columns, self.relu)
+        positions = math.prod(self.output_shape[1:]) * x.shape[-1]
+        columns = self.backend.im2col(x, self.k, self.pads,
+                                      **scratch.outs(out=("columns", (self.fan_in, positions), x.dtype)))
+        Y = affine(self.backend, W, b, columns, self.relu, out=scratch.array("y", (self.outputs, positions), x.dtype))
         return Y.reshape(*self.output_shape, x.shape[-1]), (columns, Y)
 
-    def backward(self, dy, saved, grads=None, input_grad=True):
+    def backward(self, dy, saved, grads=None, input_grad=True, scratch: Scratch = FRESH):
         """(dx, [dW, db]): ``affine_backward`` on the columns, then ``col2im``."""
         columns, Y = saved
         m = dy.shape[-1]
         dcolumns, grads = affine_backward(self.backend, self.params[0], columns, Y, dy.reshape(self.outputs, -1),
-                                          self.relu, grads, input_grad)
+                                          self.relu, grads, input_grad,
+                                          dA_out=scratch.array("dcolumns", columns.shape, dy.dtype) if input_grad else None)
         if not input_grad:
             return None, grads
-        return self.backend.col2im(dcolumns, (*self.input_shape, m), self.k, self.pads), grads
+        dx_shape = (*self.input_shape, m)
+        return self.backend.col2im(dcolumns, dx_shape, self.k, self.pads,
+                                   **scratch.outs(out=("dx", dx_shape, dy.dtype))), grads
 
 
 # -- max-pooling -----------------------------------------------------------------------------------
@@ -310,15 +362,19 @@ class MaxPool2D(Layer):
             raise ValueError(f"pool{self.size}: {H}x{W} maps hold no {self.size}x{self.size} window")
         return (C, H // self.size, W // self.size)
 
-    def forward(self, x, training: bool = False):
+    def forward(self, x, training: bool = False, scratch: Scratch = FRESH):
         """(y, saved = argmax)."""
-        return self.backend.max_pool(x, self.size)
+        shape = (*self.output_shape, x.shape[-1])
+        return self.backend.max_pool(x, self.size, **scratch.outs(out=("y", shape, x.dtype),
+                                                                  argmax_out=("argmax", shape, np.uint8)))
 
-    def backward(self, dy, saved, grads=None, input_grad=True):
+    def backward(self, dy, saved, grads=None, input_grad=True, scratch: Scratch = FRESH):
         """(dx, [])."""
         if not input_grad:
             return None, []
-        return self.backend.max_pool_backward(dy, saved, (*self.input_shape, dy.shape[-1]), self.size), []
+        dx_shape = (*self.input_shape, dy.shape[-1])
+        return self.backend.max_pool_backward(dy, saved, dx_shape, self.size,
+                                              **scratch.outs(out=("dx", dx_shape, dy.dtype))), []
 
 
 # -- dropout ---------------------------------------------------------------------------------------
@@ -421,7 +477,7 @@ class Dropout(Layer):
         mask = self.backend.dropout_mask(x.shape, self.p, self.seed, self.step, x.dtype, first_sample)
         return x * mask, mask
 
-    def backward(self, dy, saved, grads=None, input_grad=True):
+    def backward(self, dy, saved, grads=None, input_grad=True, scratch: Scratch = FRESH):
         """(dx, [])."""
         if not input_grad:
             return None, []
@@ -440,11 +496,11 @@ class Flatten(Layer):
     def _build(self, input_shape) -> tuple:
         return (int(np.prod(input_shape)),)
 
-    def forward(self, x, training: bool = False):
+    def forward(self, x, training: bool = False, scratch: Scratch = FRESH):
         """(y, saved = None): a view where x is C-ordered."""
         return x.reshape(-1, x.shape[-1]), None
 
-    def backward(self, dy, saved, grads=None, input_grad=True):
+    def backward(self, dy, saved, grads=None, input_grad=True, scratch: Scratch = FRESH):
         """(dx, [])."""
         return dy.reshape(*self.input_shape, dy.shape[-1]), []
 

@@ -471,7 +471,8 @@ class StackWorkspace:
     """A ``LayerStack``'s buffers for batches of m samples, reused by every step: the batch, the loss's
     results and the gradients (views of one flat array laid out as the network's parameters).
 
-    The layers' own values (im2col's columns, the maps) are made by each step.
+    Each layer also gets a ``layers.Scratch`` of its own here (where the backend reuses layer arrays) for
+    its large values (im2col's columns, the maps and their gradients), which each step overwrites.
     """
 
     def __init__(self, network, m: int):
@@ -486,6 +487,7 @@ class StackWorkspace:
         self.grad_flat = xp.zeros_like(network.flat)
         self.grads = network.views_of(self.grad_flat)
         self.grad_groups = network.groups_of(self.grad_flat)
+        self.scratch = [L.Scratch(xp) if backend.reuses_layer_arrays else L.FRESH for _ in network.layers]
 
 
 class LayerStack(FlatParameters):
@@ -534,12 +536,12 @@ class LayerStack(FlatParameters):
         """
         y = A0 if len(self.input_shape) == 1 else L.as_maps(A0, self.input_shape)
         saved = []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             if isinstance(layer, L.Dropout):
                 layer.step = self.step
                 y, kept = layer.forward(y, training, first_sample)
             else:
-                y, kept = layer.forward(y, training)
+                y, kept = layer.forward(y, training, L.FRESH if ws is None else ws.scratch[index])
             saved.append(kept)
         return y, saved
 
@@ -567,7 +569,8 @@ class LayerStack(FlatParameters):
             if has_params:
                 k -= 2
             dy, layer_grads = layer.backward(dy, saved[index], grads[k:k + 2] if has_params else None,
-                                             input_grad=index > 0)  # without a workspace: [None, None], new arrays
+                                             input_grad=index > 0,  # without a workspace: [None, None], new arrays
+                                             scratch=L.FRESH if ws is None else ws.scratch[index])
             if has_params:
                 grads[k:k + 2] = layer_grads
         return grads, losses
