@@ -190,3 +190,13 @@ def test_the_dense_paths_benchmark_reports_a_failing_path_in_its_row(monkeypatch
     script.main()
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 8,8 |"))
     assert "MemoryError: no room" in row
+
+
+def test_the_cnn_alone_benchmark_times_gpunets_epochs():
+    script = SCRIPT.parent / "bench_cnn_alone.py"
+    run = subprocess.run([sys.executable, str(script), "gpunet", "--samples", "256", "--epochs", "2",
+                          "--data", str(SCRIPT.parent / "no such file")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    line = run.stdout.strip().splitlines()[-1]
+    epochs = [float(t.replace(",", "")) for t in line.split("CNN epochs ")[1].split(" ms;")[0].split()]
+    assert line.startswith("gpunet alone (synthetic") and len(epochs) == 2 and all(t > 0 for t in epochs), line
