@@ -290,7 +290,12 @@ def test_draw_with_the_mouse_read_the_prediction_clear(browser, server, network)
         wait_until_answered(page)
         label, probs = shown(page)
         assert sum(probs) == pytest.approx(1, abs=SUM_OF_ROUNDED)
-        bar = page.evaluate(f"() => document.querySelector('#prob-{label} .fill').getBoundingClientRect().width")
+        # The bar's width eases to its value (an 80 ms CSS transition): read it once its animations are done.
+        bar = page.evaluate(f"""async () => {{
+            const fill = document.querySelector('#prob-{label} .fill');
+            await Promise.all(fill.getAnimations().map(animation => animation.finished));
+            return fill.getBoundingClientRect().width;
+        }}""")
         track = page.evaluate(f"() => document.querySelector('#prob-{label} .track').getBoundingClientRect().width")
         assert bar == pytest.approx(track * probs[int(label)], abs=2)
         assert check_matches_server(page, server, network) == 1
