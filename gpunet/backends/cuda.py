@@ -204,25 +204,25 @@ class CupyBackend(Backend):
         return super().count_correct(Z, labels)
 
     # -- the layers' hot operations: conv.cu, pool.cu, dropout.cu ---------------
-    def im2col(self, x, k: int, pads):
+    def im2col(self, x, k: int, pads, out=None):
         """The conv.cu kernel for C-contiguous maps (C, H, W, m); the generic code otherwise."""
         if _on_device(x) and x.ndim == 4:
             return kernels.im2col(x, k, pads)
         return super().im2col(x, k, pads)
 
-    def col2im(self, columns, input_shape, k: int, pads):
+    def col2im(self, columns, input_shape, k: int, pads, out=None):
         """The conv.cu gather kernel for C-contiguous columns; the generic code otherwise."""
         if _on_device(columns) and columns.ndim == 2:
             return kernels.col2im(columns, input_shape, k, pads)
         return super().col2im(columns, input_shape, k, pads)
 
-    def max_pool(self, x, size: int):
+    def max_pool(self, x, size: int, out=None, argmax_out=None):
         """The pool.cu kernel for C-contiguous maps (C, H, W, m); the generic code otherwise."""
         if _on_device(x) and x.ndim == 4 and 2 <= size <= 16:
             return kernels.max_pool(x, size)
         return super().max_pool(x, size)
 
-    def max_pool_backward(self, dy, argmax, input_shape, size: int):
+    def max_pool_backward(self, dy, argmax, input_shape, size: int, out=None):
         """The pool.cu kernel for C-contiguous dy and its uint8 argmax; the generic code otherwise."""
         if (_on_device(dy) and dy.ndim == 4 and 2 <= size <= 16 and isinstance(argmax, cupy.ndarray)
                 and argmax.dtype == np.uint8 and argmax.shape == dy.shape and argmax.flags.c_contiguous):

@@ -88,10 +88,6 @@ class Scratch:
             kept = self.arrays[role] = self.xp.empty(shape, dtype)
         return kept
 
-    def outs(self, **roles):
-        """Keyword arguments {name: ``array(*spec)``} for a backend operation, from name=(role, shape, dtype)."""
-        return {name: self.array(*spec) for name, spec in roles.items()}
-
 
 class _Fresh(Scratch):
     """No arrays kept: every role is None, i.e. the operation makes a new array (prediction, CUDA, tests)."""
@@ -101,10 +97,6 @@ class _Fresh(Scratch):
 
     def array(self, role: str, shape, dtype):
         return None
-
-    def outs(self, **roles):
-        """{}: the operation is called without ``out`` (the CUDA backend's operations take none)."""
-        return {}
 
 
 FRESH = _Fresh()
@@ -286,7 +278,7 @@ class Conv2D(_Affine):
         W, b = self.params
         positions = math.prod(self.output_shape[1:]) * x.shape[-1]
         columns = self.backend.im2col(x, self.k, self.pads,
-                                      **scratch.outs(out=("columns", (self.fan_in, positions), x.dtype)))
+                                      out=scratch.array("columns", (self.fan_in, positions), x.dtype))
         Y = affine(self.backend, W, b, columns, self.relu, out=scratch.array("y", (self.outputs, positions), x.dtype))
         return Y.reshape(*self.output_shape, x.shape[-1]), (columns, Y)
 
@@ -301,7 +293,7 @@ class Conv2D(_Affine):
             return None, grads
         dx_shape = (*self.input_shape, m)
         return self.backend.col2im(dcolumns, dx_shape, self.k, self.pads,
-                                   **scratch.outs(out=("dx", dx_shape, dy.dtype))), grads
+                                   out=scratch.array("dx", dx_shape, dy.dtype)), grads
 
 
 # -- max-pooling -----------------------------------------------------------------------------------
@@ -365,8 +357,8 @@ class MaxPool2D(Layer):
     def forward(self, x, training: bool = False, scratch: Scratch = FRESH):
         """(y, saved = argmax)."""
         shape = (*self.output_shape, x.shape[-1])
-        return self.backend.max_pool(x, self.size, **scratch.outs(out=("y", shape, x.dtype),
-                                                                  argmax_out=("argmax", shape, np.uint8)))
+        return self.backend.max_pool(x, self.size, out=scratch.array("y", shape, x.dtype),
+                                     argmax_out=scratch.array("argmax", shape, np.uint8))
 
     def backward(self, dy, saved, grads=None, input_grad=True, scratch: Scratch = FRESH):
         """(dx, [])."""
@@ -374,7 +366,7 @@ class MaxPool2D(Layer):
             return None, []
         dx_shape = (*self.input_shape, dy.shape[-1])
         return self.backend.max_pool_backward(dy, saved, dx_shape, self.size,
-                                              **scratch.outs(out=("dx", dx_shape, dy.dtype))), []
+                                              out=scratch.array("dx", dx_shape, dy.dtype)), []
 
 
 # -- dropout ---------------------------------------------------------------------------------------
