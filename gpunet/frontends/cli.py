@@ -25,6 +25,8 @@ from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_replaci
 from gpunet.training.loop import DTYPES, SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
+# `gpunet plot --kind`: gpunet.frontends.plots.KINDS as the command line spells them (imported there with matplotlib)
+PLOT_KINDS = ("learning-curves", "confusion-matrix", "misclassified", "weights")
 
 
 class StopSignals:
@@ -540,17 +542,21 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
                    "[default: the validation digits the model was trained beside]")
 @click.option("--out", "out_dir", type=path_type(), default=Path("plots"), show_default=True,
               help="Folder for the PNG files (created if missing).")
-def plot(model, data, out_dir):
+@click.option("--kind", "kinds", type=click.Choice(PLOT_KINDS), multiple=True,
+              help="Draw only this plot (repeat for several). [default: all four]")
+def plot(model, data, out_dir, kinds):
     """Plot learning curves, confusion matrix, misclassified digits and first-layer weights."""
     from gpunet.backends.cpu import CpuBackend
     from gpunet.files.data import load_digits
-    from gpunet.frontends.plots import plot_network, prepare_out_dir, require_matplotlib
+    from gpunet.frontends.plots import KINDS, NEED_DIGITS, plot_network, prepare_out_dir, require_matplotlib
 
+    kinds = [kind.replace("-", "_") for kind in kinds] or KINDS
     require_matplotlib()
     network, meta = load_network(model, CpuBackend())  # read once; a model of other inputs is one line, here
-    prepare_out_dir(out_dir)
-    digits = load_digits(data, labeled=True) if data is not None else None
-    report_plots(plot_network(network, meta, model, out_dir, digits))
+    prepare_out_dir(out_dir, kinds=kinds)
+    needs_digits = any(kind in NEED_DIGITS for kind in kinds)
+    digits = load_digits(data, labeled=True) if data is not None and needs_digits else None
+    report_plots(plot_network(network, meta, model, out_dir, digits, kinds))
 
 
 @cli.command()
