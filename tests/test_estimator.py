@@ -537,9 +537,9 @@ def training_sets(monkeypatch):
 
 def test_fit_trains_on_all_the_data_it_is_given_in_every_fold(small, training_sets):
     X, y = small
-    cross_val_score(Classifier(epochs=1, device="cpu"), X[:600], y[:600], cv=3)
+    cross_val_score(Classifier(epochs=3, device="cpu"), X[:600], y[:600], cv=3)
     assert training_sets == [(400, 0)] * 3
-    clf = Classifier(epochs=1, device="cpu").fit(X[:600], y[:600])
+    clf = Classifier(epochs=3, device="cpu").fit(X[:600], y[:600])
     assert training_sets[-1] == (600, 0) and len(clf.validation_indices_) == 0
     assert clf.history_[-1]["val_accuracy"] is None and clf.history_[-1]["train_accuracy"] is not None
 
@@ -548,7 +548,7 @@ def test_fit_trains_on_all_the_data_it_is_given_in_every_fold(small, training_se
                                              ({"patience": 2, "val_size": 30}, 30)])
 def test_fit_holds_out_only_what_it_is_asked_to(small, training_sets, asked, held_out):
     X, y = small
-    clf = Classifier(epochs=1, device="cpu", **asked).fit(X[:600], y[:600])
+    clf = Classifier(epochs=3, device="cpu", **asked).fit(X[:600], y[:600])
     assert training_sets == [(600 - held_out, held_out)] and len(clf.validation_indices_) == held_out
 
 
