@@ -69,9 +69,9 @@ def test_device_auto_falls_back_to_the_cpu_with_a_notice(capsys, tmp_path):
     if backend_cuda.unavailable_reason() is None:
         pytest.skip("a GPU is usable here")
     code, out, err = run(capsys, "train", "--epochs", "1", "--hidden", "8", "--out", str(tmp_path / "m.npz"))
-    assert code == 0
-    assert "Note: CUDA is not usable" in err and "running on the CPU" in err and err.count("\n") == 1
-    assert "CPU (NumPy" in out
+    assert code == 0 and err == ""
+    (banner,) = [line for line in out.splitlines() if line.startswith("Network ")]
+    assert "CPU (NumPy" in banner and "CUDA is not usable" in banner and "running on the CPU" in banner
 
 
 def test_device_cuda_without_a_gpu_exits_2_with_one_line(capsys, tmp_path):
@@ -960,3 +960,74 @@ def test_a_numba_that_fails_to_import_leaves_the_numpy_path(tmp_path, arch):
     assert "Traceback" not in run_.stderr and (tmp_path / "m.npz").exists()
     banner = next(line for line in run_.stdout.splitlines() if line.startswith("Network "))
     assert "NumPy array calls" in banner and "Numba needs NumPy" in banner, banner
+
+
+# Issue 17, finding 19: after the README's test set-up (CuPy's NVRTC installed) on a machine without a GPU, every
+# command printed the CUDA notice and every Classifier.fit/predict raised a RuntimeWarning.
+
+@pytest.fixture
+def cupy_without_a_gpu(monkeypatch):
+    """CuPy installed where no GPU is usable, on any machine; returns the reason the probe gives.
+
+    Each test's reason is its own, so that a notice given once a process is given in each test.
+    """
+    import uuid
+
+    from gpunet.backends import cuda as backend_cuda
+
+    reason = f"no usable CUDA driver (CUDARuntimeError: {uuid.uuid4().hex}); install the NVIDIA driver"
+    monkeypatch.setattr(backend_cuda, "cupy", backend_cuda.cupy or object())
+    monkeypatch.setattr(backend_cuda, "unavailable_reason", lambda: reason)
+    return reason
+
+
+def test_cuda_not_usable_is_said_once_in_trains_banner_and_by_no_other_command(capsys, tmp_path, cupy_without_a_gpu,
+                                                                               digits):
+    from PIL import Image
+
+    model = tmp_path / "m.npz"
+    code, out, err = run(capsys, "train", "--epochs", "2", "--hidden", "16", "--out", str(model))
+    assert code == 0 and err == "", err
+    (banner,) = [line for line in out.splitlines() if line.startswith("Network ")]
+    assert out.count("no usable CUDA driver") == 1 and "no usable CUDA driver" in banner  # the reason's gist
+    images, labels = digits
+    labeled = write_csv(tmp_path / "labeled.csv", images, labels)
+    Image.fromarray(255 - images[0].reshape(28, 28)).save(tmp_path / "digit.png")
+    for command in (["predict", "--model", str(model), "--data", str(write_csv(tmp_path / "test.csv", images)),
+                     "--out", str(tmp_path / "submission.csv")],
+                    ["predict", "--model", str(model), "--image", str(tmp_path / "digit.png")],
+                    ["evaluate", "--model", str(model), "--data", str(labeled)]):
+        code, out, err = run(capsys, *command)
+        assert code == 0, err
+        assert "CUDA" not in out + err and err == "", (command[0], out, err)
+
+
+def test_info_without_a_usable_gpu_compiles_the_kernels_only_when_asked(capsys, monkeypatch, cupy_without_a_gpu):
+    """The finding: `gpunet info` took 27 s where CuPy is installed without a GPU: it compiled every kernel with
+    NVRTC for three architectures, a developer's check, at every call."""
+    pytest.importorskip("cupy", reason="gpunet info reports CuPy's versions")
+    from gpunet.backends import kernels
+
+    compiled = []
+    monkeypatch.setattr(kernels, "compile_check", lambda archs=None: compiled.append(archs))
+    code, out, err = run(capsys, "info")
+    assert code == 0, err
+    assert compiled == []
+    assert f"cuda: not usable: {cupy_without_a_gpu}" in out
+    assert out.splitlines()[-1].strip().startswith("kernels: not compiled (gpunet info --kernels")
+    code, out, err = run(capsys, "info", "--kernels")
+    assert code == 0, err
+    assert len(compiled) == 1 and out.splitlines()[-1].strip().startswith("kernels: compile with NVRTC for")
+
+
+def test_the_dev_extra_holds_every_extra_the_tests_use():
+    """The README's test set-up (pip install -e ".[dev]") installs what each part of the suite needs: the plots,
+    the notebook, the compiled CPU paths, Dask, and CuPy's NVRTC for the kernels (not CuPy's CUDA libraries)."""
+    import tomllib
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for name in ("plot", "notebook", "fast", "dask", "kernels"):
+        assert set(extras[name]) <= set(extras["dev"]), name
+    assert not any("[ctk]" in requirement for requirement in extras["dev"])

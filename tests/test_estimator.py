@@ -1,6 +1,7 @@
 """gpunet.Classifier: scikit-learn's own estimator checks, arrays and DataFrames, model files both ways, composition."""
 
 import os
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -18,7 +19,7 @@ import gpunet
 from gpunet.files.data import load_sample
 from gpunet.frontends.estimator import Classifier
 from tests.conftest import run
-from tests.test_cli import write_csv
+from tests.test_cli import cupy_without_a_gpu, write_csv  # noqa: F401 (a fixture)
 from tests.tolerances import assert_counts_within, pass_bounds
 
 PIXEL_COLUMNS = [f"pixel{i}" for i in range(784)]
@@ -56,7 +57,7 @@ def sample_frame():
 @pytest.fixture(scope="module")
 def fitted(sample_frame):
     train = sample_frame.iloc[:6000]
-    return Classifier(epochs=3, device="cpu").fit(train.drop(columns="label"), train.label)
+    return Classifier(epochs=3, val_size=0.1, device="cpu").fit(train.drop(columns="label"), train.label)
 
 
 def test_fit_on_a_dataframe_learns_the_digits(fitted, sample_frame):
@@ -70,7 +71,7 @@ def test_fit_on_a_dataframe_learns_the_digits(fitted, sample_frame):
 
 def test_the_validation_rows_are_the_ones_history_scored(fitted, sample_frame):
     rows = fitted.validation_indices_
-    assert len(rows) == 600 and len(set(rows)) == 600 and rows.max() < 6000  # "auto": a tenth of 6,000
+    assert len(rows) == 600 and len(set(rows)) == 600 and rows.max() < 6000  # val_size=0.1: a tenth of 6,000
     held_out = sample_frame.iloc[:6000].iloc[rows]
     correct = round(fitted.score(held_out.drop(columns="label"), held_out.label) * 600)
     # The loop validated on one BLAS thread, predict_proba on all: the same count but for near-ties.
@@ -128,8 +129,11 @@ def test_options_are_the_command_lines_defaults():
                                 "optimizer": "adam", "schedule": None, "weight_decay": None, "init": "he",
                                 "val_size": "auto", "patience": None, "seed": 0, "device": "auto",
                                 "dtype": "float32", "verbose": False}
-    assert clf._config() == TrainConfig.for_optimizer("adam")
-    assert Classifier(optimizer="sgd", hidden="32")._config() == TrainConfig.for_optimizer("sgd", hidden=(32,))
+    # but for val_size: fit trains on all it is given, unless early stopping asks for gpunet train's 1,000
+    assert clf._config() == TrainConfig.for_optimizer("adam", val_size=0)
+    assert Classifier(patience=3)._config() == TrainConfig.for_optimizer("adam", patience=3)
+    assert Classifier(optimizer="sgd", hidden="32")._config() == TrainConfig.for_optimizer("sgd", hidden=(32,),
+                                                                                          val_size=0)
 
 
 # -- model files, both ways -----------------------------------------------------------------------
@@ -234,12 +238,13 @@ def test_the_package_face():
         gpunet.nothing_here  # noqa: B018
 
 
-@pytest.mark.parametrize("samples, val_size, held_out", [(20_000, "auto", 1000), (600, "auto", 60), (30, "auto", 3),
-                                                         (600, 0.25, 150), (600, 7, 7), (600, 0, 0)])
-def test_val_size_holds_out_what_it_says(samples, val_size, held_out):
+@pytest.mark.parametrize("samples, val_size, patience, held_out", [
+    (20_000, "auto", 2, 1000), (600, "auto", 2, 60), (30, "auto", 2, 3), (600, "auto", None, 0),
+    (600, 0.25, None, 150), (600, 7, None, 7), (600, 0, None, 0)])
+def test_val_size_holds_out_what_it_says(samples, val_size, patience, held_out):
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(samples, 2)), np.arange(samples) % 2
-    clf = Classifier(val_size=val_size, epochs=1, device="cpu").fit(X, y)
+    clf = Classifier(val_size=val_size, patience=patience, epochs=1, device="cpu").fit(X, y)
     assert len(clf.validation_indices_) == held_out
     assert (clf.history_[0]["val_accuracy"] is None) == (held_out == 0)
 
@@ -275,7 +280,7 @@ def test_verbose_prints_the_command_lines_epoch_lines(capsys):
     import re
 
     X, y = np.random.default_rng(0).normal(size=(60, 3)), np.arange(60) % 2
-    Classifier(epochs=2, device="cpu", verbose=True).fit(X, y)
+    Classifier(epochs=2, val_size=6, device="cpu", verbose=True).fit(X, y)
     lines = capsys.readouterr().out.splitlines()
     pattern = (r"epoch {k}/2  loss \d+\.\d{{4}}  acc +\d+\.\d\d%  val_loss \d+\.\d{{4}}  val_acc +\d+\.\d\d%  "
                r"\(\d+\.\d\ds\)")
@@ -380,10 +385,10 @@ def test_a_cli_model_clones_and_refits_on_small_data(capsys, tmp_path, small):
     code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "m.npz"))
     assert code == 0, err
     loaded = gpunet.load(tmp_path / "m.npz")
-    assert loaded.val_size == "auto"  # the CLI's default 1,000, as the estimator says it
+    assert loaded.val_size == "auto"  # the CLI's default, as the estimator's default says it
     X, y = small
     refit = clone(loaded).fit(X[:600], y[:600])
-    assert len(refit.validation_indices_) == 60
+    assert len(refit.validation_indices_) == 0  # "auto" without patience: trains on all it is given
 
 
 def test_a_failed_run_stays_failed_through_python(capsys, tmp_path):
@@ -471,3 +476,95 @@ def test_a_fraction_of_val_size_that_leaves_too_few_is_named_as_given():
     y = np.arange(20) % 2
     with pytest.raises(ValueError, match=r"val_size=0\.96 comes to 19\), leaving 1 to train on"):
         Classifier(val_size=0.96, epochs=1, device="cpu").fit(X, y)
+
+
+# Issue 17, finding 21: the README's list of Classifier's parameters omitted `arch`.
+
+def test_the_readme_lists_every_parameter_of_the_classifier():
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("- Its parameters are `gpunet train`'s options")
+    listed = re.findall(r"`(\w+)`", readme[start:readme.index(")", start)])
+    assert len(listed) == len(set(listed)) and sorted(listed) == sorted(Classifier().get_params())
+
+
+# Issue 17, finding 20: gpunet.load of a model from `gpunet train`, then predict(DataFrame), warned on every call
+# "X has feature names, but Classifier was fitted without feature names".
+
+def test_a_model_trained_from_a_kaggle_csv_takes_its_dataframes_without_a_warning(capsys, tmp_path, sample_frame):
+    train_csv = tmp_path / "train.csv"
+    sample_frame.iloc[:1500].to_csv(train_csv, index=False)
+    code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--val-size", "100",
+                       "--data", str(train_csv), "--out", str(tmp_path / "m.npz"))
+    assert code == 0, err
+    loaded = gpunet.load(tmp_path / "m.npz")
+    assert list(loaded.feature_names_in_) == PIXEL_COLUMNS  # the CSV's pixel columns, as a DataFrame fit records
+    test = pd.read_csv(train_csv).drop(columns="label").iloc[:100]  # as the README's flow reads a Kaggle CSV
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predicted = [loaded.predict(test) for _ in range(2)]
+    expected = loaded.classes_[loaded.network().probabilities(test.to_numpy().astype(np.uint8)).argmax(axis=1)]
+    np.testing.assert_array_equal(predicted[0], expected)
+    np.testing.assert_array_equal(predicted[1], expected)
+    with pytest.raises(ValueError, match="feature names"):  # checked as for any estimator fitted on a DataFrame
+        loaded.predict(test[test.columns[::-1]])
+
+
+def test_a_model_trained_from_files_without_column_names_records_none(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "m.npz"))
+    assert code == 0, err
+    assert not hasattr(gpunet.load(tmp_path / "m.npz"), "feature_names_in_")  # the bundled sample: an .npz
+
+
+# Issue 17, finding 22: Classifier().fit(X, y) held out a tenth of the data it was given, inside every
+# cross-validation fold too; scikit-learn's classifiers train on all of it unless early stopping is asked for.
+
+@pytest.fixture
+def training_sets(monkeypatch):
+    """(training samples, validation samples) of each training run from now on."""
+    import gpunet.training.loop
+
+    sizes, real_train = [], gpunet.training.loop.train
+
+    def recording_train(backend, train_set, val_set, *args, **kwargs):
+        sizes.append((len(train_set), len(val_set)))
+        return real_train(backend, train_set, val_set, *args, **kwargs)
+
+    monkeypatch.setattr(gpunet.training.loop, "train", recording_train)
+    return sizes
+
+
+def test_fit_trains_on_all_the_data_it_is_given_in_every_fold(small, training_sets):
+    X, y = small
+    cross_val_score(Classifier(epochs=3, device="cpu"), X[:600], y[:600], cv=3)
+    assert training_sets == [(400, 0)] * 3
+    clf = Classifier(epochs=3, device="cpu").fit(X[:600], y[:600])
+    assert training_sets[-1] == (600, 0) and len(clf.validation_indices_) == 0
+    assert clf.history_[-1]["val_accuracy"] is None and clf.history_[-1]["train_accuracy"] is not None
+
+
+@pytest.mark.parametrize("asked, held_out", [({"patience": 2}, 60), ({"val_size": 0.25}, 150), ({"val_size": 100}, 100),
+                                             ({"patience": 2, "val_size": 30}, 30)])
+def test_fit_holds_out_only_what_it_is_asked_to(small, training_sets, asked, held_out):
+    X, y = small
+    clf = Classifier(epochs=3, device="cpu", **asked).fit(X[:600], y[:600])
+    assert training_sets == [(600 - held_out, held_out)] and len(clf.validation_indices_) == held_out
+
+
+# Issue 17, finding 19: where CuPy is installed but no GPU is usable, every Classifier.fit/predict raised a
+# RuntimeWarning (the CUDA notice).
+
+def test_without_a_usable_gpu_the_estimator_runs_on_the_cpu_without_a_warning(cupy_without_a_gpu, small, capsys):
+    X, y = small
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            clf = Classifier(epochs=3).fit(X[:1000], y[:1000])
+            clf.predict(X[1000:1100])
+            clf.predict_proba(X[1000:1100])
+    assert capsys.readouterr() == ("", "")
+    Classifier(epochs=3, verbose=True).fit(X[:1000], y[:1000])  # verbose output says it, as gpunet train's banner
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("Note: ") and "no usable CUDA driver" in out.splitlines()[0]
+    assert out.count("no usable CUDA driver") == 1

@@ -218,3 +218,56 @@ def test_bad_parameters_stop_the_notebook_before_training_and_keep_the_users_fil
     assert fit.execution_count is None, "the notebook trained before refusing"
     assert notes.read_text() == "my notes\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]  # no submission written
+
+
+# Issue 17, finding 21: the notebook failed as shipped (FileNotFoundError: train.csv.gz), and what it needs
+# (nbclient, ipykernel, matplotlib) was in no extra the README names.
+
+def test_the_notebook_runs_as_shipped_on_the_bundled_sample(tmp_path, kernel_manager_class):
+    """Run in a folder without Kaggle's files, parameters untouched: it trains on the sample and writes OUT."""
+    notebook = execute(committed_notebook(), tmp_path, kernel_manager_class)
+    errors = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs
+              if out.output_type == "error"]
+    assert errors == []
+    sample = load_sample()
+    submission = pd.read_csv(tmp_path / "submission.csv")
+    assert list(submission.ImageId) == list(range(1, 1001))  # the sample's last 1,000 digits
+    # 30 epochs on 9,000 digits score above 90% on new digits; rows out of order would score about 10%.
+    assert np.mean(submission.Label.to_numpy() == sample.labels[10_000:]) > 0.85
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["submission.csv"]
+
+
+def notebook_imports() -> set[str]:
+    """The top-level modules the notebook's code cells import."""
+    modules = set()
+    for cell in committed_notebook().cells:
+        if cell.cell_type == "code":
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Import):
+                    modules |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom):
+                    modules.add(node.module.split(".")[0])
+    return modules
+
+
+def requirement_names(requirements) -> set[str]:
+    import re
+
+    return {re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower() for requirement in requirements}
+
+
+def test_the_readme_names_an_extra_that_holds_what_the_notebook_needs():
+    import tomllib
+
+    root = NOTEBOOK.parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    readme = (root / "README.md").read_text()
+    paragraph = next(p for p in readme.split("\n\n") if p.startswith("`examples/kaggle_digits.ipynb`"))
+    assert 'pip install -e ".[notebook]"' in paragraph
+    extra = requirement_names(project["optional-dependencies"]["notebook"])
+    assert {"matplotlib", "nbclient", "ipykernel"} <= extra  # to draw, and a kernel and runner to run it in
+    distributions = {"sklearn": "scikit-learn"}
+    core = requirement_names(project["dependencies"]) | {"gpunet"}
+    missing = {module for module in notebook_imports() - set(sys.stdlib_module_names)
+               if distributions.get(module, module) not in core | extra}
+    assert missing == set()

@@ -18,22 +18,23 @@ HIDDEN = 32
 TRAIN = ["train", "--device", "cpu", "--hidden", str(HIDDEN), "--epochs", "2", "--batch-size", "128"]
 
 
-def expected_sizes(units: int) -> dict:
+def expected_sizes(units: int, shown: int = 40) -> dict:
     def pixels(inches):
         return (round(inches[0] * plots.DPI), round(inches[1] * plots.DPI))
 
     return {
         plots.FILES["learning_curves"]: (1000, 400),
         plots.FILES["confusion_matrix"]: (700, 600),
-        plots.FILES["misclassified"]: (1000, 800),
+        plots.FILES["misclassified"]: pixels(plots.misclassified_size(shown)),  # a full grid for 40 or more
         plots.FILES["weights"]: pixels(plots.weights_size(units)),
     }
 
 
-def check_pngs(folder, units=HIDDEN):
-    """Every plot is a PNG of its size with more than one colour; returns them as arrays."""
+def check_pngs(folder, units=HIDDEN, shown=40):
+    """Every plot is a PNG of its size with more than one colour (``shown``: misclassified digits drawn);
+    returns them as arrays."""
     images = {}
-    for name, size in expected_sizes(units).items():
+    for name, size in expected_sizes(units, shown).items():
         path = folder / name
         assert path.is_file(), f"{name} not written"
         with Image.open(path) as image:
@@ -88,7 +89,13 @@ def test_plot_on_given_labeled_data(capsys, trained, tmp_path):
     np.savez(data, images=sample.images[:300], labels=sample.labels[:300])
     code, out, err = run(capsys, "plot", "--model", str(trained[1]), "--data", str(data), "--out", str(tmp_path))
     assert code == 0, err
-    check_pngs(tmp_path)
+    from gpunet.backends.cpu import CpuBackend
+    from gpunet.frontends.cli import load_network
+
+    probs = load_network(trained[1], CpuBackend())[0].probabilities(sample.images[:300])
+    wrong = int(np.sum(probs.argmax(axis=1) != sample.labels[:300]))
+    assert 0 < wrong
+    check_pngs(tmp_path, shown=min(wrong, 40))
 
 
 def test_without_hidden_layer_the_weights_are_the_class_templates(capsys, monkeypatch, tmp_path, small_data):
@@ -391,3 +398,98 @@ def test_plot_reads_the_model_file_once(capsys, monkeypatch, trained, tmp_path):
     assert code == 0, err
     assert len(reads) == 1, reads
     check_pngs(tmp_path / "plots")
+
+
+# Issue 17, finding 18: titles and sizes by content, for every kind of model; one kind of plot alone.
+
+CNN = "conv4k5,pool2,dense16"
+
+
+def mistakes(count: int, total: int = 1000):
+    """(images, truth, probabilities) with exactly ``count`` digits misclassified."""
+    images, truth, probs = predictions(total)
+    wrong = probs.argmax(axis=1) != truth
+    probs[wrong] = np.eye(10)[truth[wrong]]  # every mistake corrected ...
+    for k in range(count):  # ... then ``count`` made
+        probs[k] = np.eye(10)[(truth[k] + 1) % 10]
+    return images, truth, probs
+
+
+def content_box(png_path) -> tuple[float, float]:
+    """(width, height) of the box around everything drawn (pixels not white), as shares of the picture's."""
+    with Image.open(png_path) as image:
+        pixels = np.asarray(image.convert("L"))
+    rows, columns = np.flatnonzero((pixels < 250).any(axis=1)), np.flatnonzero((pixels < 250).any(axis=0))
+    return (columns[-1] - columns[0] + 1) / pixels.shape[1], (rows[-1] - rows[0] + 1) / pixels.shape[0]
+
+
+def test_a_cnns_learning_curves_are_titled_with_its_layers(capsys, monkeypatch, tmp_path, small_data):
+    """The finding: a CNN's learning-curve title read "network , adam ..." (plots read layer_sizes only)."""
+    figures = record_saved_figures(monkeypatch)
+    model = tmp_path / "cnn.npz"
+    code, _, err = run(capsys, "train", "--device", "cpu", "--arch", CNN, "--epochs", "1", "--data", str(small_data),
+                       "--out", str(model), "--plot", str(tmp_path / "plots"))
+    assert code == 0, err
+    title = figures[plots.FILES["learning_curves"]].texts[0].get_text()
+    assert "".join(title.split()).startswith("Learningcurves:network784-conv4k5-pool2-dense16-10,adamlr0.01,"), title
+
+
+def test_a_dense_models_learning_curves_are_titled_with_its_layer_sizes():
+    title = plots.learning_curves(plots.require_matplotlib(), history_meta("train.csv", 3)).texts[0].get_text()
+    assert title == "Learning curves: network 784-16-16-10, adam lr 0.01, trained on train.csv"
+
+
+@pytest.mark.parametrize("wrong", [1, 3, 10, 17])
+def test_few_misclassified_digits_fill_their_figure(tmp_path, wrong):
+    """The finding: 10 misclassified digits filled two rows of a 5 x 8 grid, the figure two-thirds blank."""
+    figure = plots.misclassified(plots.require_matplotlib(), *mistakes(wrong), "test.csv")
+    path = plots.save(figure, tmp_path / "misclassified.png")
+    width, height = content_box(path)
+    assert height > 0.85, f"{wrong} digits: {100 * (1 - height):.0f}% of the height blank"
+    if wrong >= 5:  # fewer than 5 cells are narrower than the title: it sets the width (MISCLASSIFIED_MIN_WIDTH)
+        assert width > 0.85, f"{wrong} digits: {100 * (1 - width):.0f}% of the width blank"
+    assert texts_outside(figure) == []
+    assert f"{wrong} of 1,000 digits" in figure.texts[0].get_text()
+
+
+def test_the_misclassified_grid_is_as_even_as_its_bounds_allow():
+    assert [plots.misclassified_grid(n) for n in (1, 8, 9, 10, 17, 40, 1000)] == [
+        (1, 1), (1, 8), (2, 5), (2, 5), (3, 6), (5, 8), (5, 8)]
+
+
+@pytest.mark.parametrize("kind", ["learning-curves", "weights"])
+def test_plot_kind_draws_that_plot_alone_even_when_the_training_data_is_gone(capsys, tmp_path, small_data, kind):
+    data = tmp_path / "digits.npz"
+    data.write_bytes(small_data.read_bytes())
+    model = tmp_path / "model.npz"
+    code, _, err = run(capsys, *TRAIN, "--data", str(data), "--val-size", "100", "--out", str(model))
+    assert code == 0, err
+    data.unlink()  # the curves and the weights need no digits: plot must not ask for them
+    folder = tmp_path / "plots"
+    code, out, err = run(capsys, "plot", "--model", str(model), "--kind", kind, "--out", str(folder))
+    assert code == 0, err
+    name = plots.FILES[kind.replace("-", "_")]
+    assert sorted(p.name for p in folder.iterdir()) == [name]
+    assert out == f"Plots: {folder / name}\n"
+    with Image.open(folder / name) as image:
+        assert image.size == expected_sizes(HIDDEN)[name]
+
+
+def test_plot_kind_can_be_given_twice_and_checks_only_its_own_files(capsys, trained, tmp_path):
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    (folder / plots.FILES["weights"]).write_text("my notes")  # not drawn: not in the way
+    code, out, err = run(capsys, "plot", "--model", str(trained[1]), "--kind", "misclassified",
+                         "--kind", "confusion-matrix", "--out", str(folder))
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [plots.FILES["confusion_matrix"], plots.FILES["misclassified"], plots.FILES["weights"]])
+    assert (folder / plots.FILES["weights"]).read_text() == "my notes"
+    code, _, err = run(capsys, "plot", "--model", str(trained[1]), "--kind", "scatter", "--out", str(folder))
+    assert code == 2 and "--kind" in err and err.count("\n") == 1
+
+
+def test_the_command_lines_plot_kinds_are_the_plots_kinds():
+    from gpunet.frontends.cli import PLOT_KINDS
+
+    assert [kind.replace("-", "_") for kind in PLOT_KINDS] == list(plots.KINDS)

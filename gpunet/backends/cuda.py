@@ -245,12 +245,13 @@ def _version(number: int) -> str:
     return f"{number // 1000}.{number % 1000 // 10}"
 
 
-def device_report() -> list[str]:
+def device_report(compile_kernels: bool = True) -> list[str]:
     """Lines for ``gpunet info``, under its line saying whether CUDA is usable and if not, why:
     CuPy and CUDA versions, each device, and whether the kernels compile.
 
     Works without a GPU or driver: the kernels are compiled with NVRTC for the
     architectures the package claims that NVRTC supports (and each present device's).
+    ``compile_kernels=False`` leaves that out (it takes tens of seconds) and says how to ask for it.
     """
     if cupy is None:
         return [f"CuPy: not installed; {INSTALL_HINT}"]
@@ -263,7 +264,8 @@ def device_report() -> list[str]:
             line, arch = _device_line(device_id)
             lines.append(line)
             device_archs.append(arch)
-    lines.append(_kernels_line(device_archs))
+    lines.append(_kernels_line(device_archs) if compile_kernels else
+                 "kernels: not compiled (gpunet info --kernels compiles them with NVRTC, no GPU needed)")
     return lines
 
 

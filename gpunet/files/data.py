@@ -63,6 +63,9 @@ class Digits:
     images: np.ndarray
     labels: np.ndarray | None
     source: str
+    # The pixels' column names where the file has them (a Kaggle CSV: pixel0, ..., pixel783), recorded in the
+    # model as scikit-learn's estimators record a DataFrame's (feature_names_in_); None for IDX and .npz.
+    feature_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
@@ -89,6 +92,7 @@ def load_digits(path: str | os.PathLike, *, labeled: bool) -> Digits:
     """
     name = os.fspath(path)
     where = Path(name)
+    feature_names = None
     if not where.exists():
         raise DataError(f"{name}: no such file or directory")
     if where.is_dir():
@@ -97,6 +101,7 @@ def load_digits(path: str | os.PathLike, *, labeled: bool) -> Digits:
         images, labels = _read_idx_cached(where, labels_path, name)
     elif (kind := _format_of(where, name)) == "csv":
         images, labels = _cached([where], lambda: _read_csv(where, name))
+        feature_names = PIXEL_COLUMNS  # the header is Kaggle's, checked column by column
     elif kind == "npz":
         images, labels = _read_npz(where, name, labeled)
     else:
@@ -109,7 +114,7 @@ def load_digits(path: str | os.PathLike, *, labeled: bool) -> Digits:
         images, labels = _read_idx_cached(where, labels_path, name)
     if labeled and labels is None:
         raise DataError(f"{name}: holds no labels (a test file?); labeled digits are needed here")
-    return Digits(images, labels if labeled else None, name)
+    return Digits(images, labels if labeled else None, name, feature_names)
 
 
 def load_sample() -> Digits:
@@ -162,7 +167,7 @@ def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 
 def _subset(digits: Digits, rows: np.ndarray, part: str) -> Digits:
     labels = None if digits.labels is None else digits.labels[rows]
-    return Digits(digits.images[rows], labels, f"{digits.source} ({part})")
+    return Digits(digits.images[rows], labels, f"{digits.source} ({part})", digits.feature_names)
 
 
 # --- telling formats apart ---------------------------------------------------------------------

@@ -25,6 +25,8 @@ from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_replaci
 from gpunet.training.loop import DTYPES, SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
+# `gpunet plot --kind`: gpunet.frontends.plots.KINDS as the command line spells them (imported there with matplotlib)
+PLOT_KINDS = ("learning-curves", "confusion-matrix", "misclassified", "weights")
 
 
 class StopSignals:
@@ -124,17 +126,10 @@ class TrainingFailed(GpunetError):
     """Training ran but gave no usable model (diverged, or no better than chance): exit code 3."""
 
 
-def choose_backend(device: str):
-    """The backend for --device, printing the fallback notice if there is one."""
-    backend, notice = get_backend(device)
-    say_notice(notice)
-    return backend
-
-
-def say_notice(notice: str | None) -> None:
-    """The --device auto fallback's one line, if there is one."""
-    if notice:
-        click.echo(f"Note: {notice}", err=True)
+def backend_for(device: str):
+    """The backend for --device. The --device auto fallback's notice (CuPy installed, no usable GPU) is said by
+    train's banner alone: a CPU-only machine with CuPy (the tests' set-up) would hear it at every command."""
+    return get_backend(device)[0]
 
 
 def plural(n: int, word: str) -> str:
@@ -226,14 +221,13 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         train_digits, val_digits = split_validation(digits, val_size, seed)
     except SettingError as error:  # too many held out for this data
         raise usage_error(ctx, error) from None
-    say_notice(notice)  # after the inputs are known good: bad input gets its one line alone
     sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
     click.echo(f"Data: {digits.source}: {len(digits):,} digits -> {len(train_digits):,} training, "
                f"{len(val_digits):,} validation")
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
     click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
                f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, "
-               f"{dtype} on {device_text(backend, arch)}")
+               f"{dtype} on {device_text(backend, arch)}" + (f"; {notice}" if notice else ""))
 
     report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:
@@ -409,6 +403,7 @@ def save_result(out: Path, result, config, digits, backend) -> Path:
         **result.network.architecture(),
         "classes": list(range(10)),
         "normalization": {"scale": 1 / 255, "offset": 0.0},
+        "feature_names": None if digits.feature_names is None else list(digits.feature_names),  # gpunet.load's
         "training": {**config.as_dict(), "hidden": list(config.hidden), "data": digits.source,
                      "data_sha256": fingerprint(digits.images, digits.labels), "device": backend.name},
         "history": [vars(m) for m in result.history],
@@ -479,10 +474,9 @@ def predict(ctx, model, data, images, as_json, out, device, more_images):
     if as_json:
         raise click.UsageError("--json goes with --image")
     out = check_out_path("--out", out, SUBMISSION, data=data, model=model)
-    backend, notice = get_backend(device)
+    backend = backend_for(device)
     network, meta = load_network(model, backend, digit_classes=False)
     digits = load_digits(data, labeled=False)
-    say_notice(notice)
     labels = class_labels(meta, network)[predict_labels(network, digits)]
     write_atomically(out, lambda f: f.write(submission_csv(labels).encode()))
     click.echo(f"Wrote {plural(len(labels), 'prediction')} to {out}")
@@ -510,9 +504,8 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
 
     from gpunet.frontends.images import ImageError, load_digit
 
-    backend, notice = get_backend(device)
+    backend = backend_for(device)
     network, _ = load_network(model, backend)
-    say_notice(notice)
     answers, failed = [], 0
     for path in paths:
         try:
@@ -540,17 +533,21 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
                    "[default: the validation digits the model was trained beside]")
 @click.option("--out", "out_dir", type=path_type(), default=Path("plots"), show_default=True,
               help="Folder for the PNG files (created if missing).")
-def plot(model, data, out_dir):
+@click.option("--kind", "kinds", type=click.Choice(PLOT_KINDS), multiple=True,
+              help="Draw only this plot (repeat for several). [default: all four]")
+def plot(model, data, out_dir, kinds):
     """Plot learning curves, confusion matrix, misclassified digits and first-layer weights."""
     from gpunet.backends.cpu import CpuBackend
     from gpunet.files.data import load_digits
-    from gpunet.frontends.plots import plot_network, prepare_out_dir, require_matplotlib
+    from gpunet.frontends.plots import KINDS, NEED_DIGITS, plot_network, prepare_out_dir, require_matplotlib
 
+    kinds = [kind.replace("-", "_") for kind in kinds] or KINDS
     require_matplotlib()
     network, meta = load_network(model, CpuBackend())  # read once; a model of other inputs is one line, here
-    prepare_out_dir(out_dir)
-    digits = load_digits(data, labeled=True) if data is not None else None
-    report_plots(plot_network(network, meta, model, out_dir, digits))
+    prepare_out_dir(out_dir, kinds=kinds)
+    needs_digits = any(kind in NEED_DIGITS for kind in kinds)
+    digits = load_digits(data, labeled=True) if data is not None and needs_digits else None
+    report_plots(plot_network(network, meta, model, out_dir, digits, kinds))
 
 
 @cli.command()
@@ -589,10 +586,9 @@ def evaluate(model, data, device):
     """
     from gpunet.files.data import load_digits
 
-    backend, notice = get_backend(device)
+    backend = backend_for(device)
     network, meta = load_network(model, backend)
     digits = load_digits(data, labeled=True)
-    say_notice(notice)
     held_out, learned_from = split_as_in_training(digits, meta)
     if learned_from is None:
         score_digits(network, digits, f"{digits.source}: {plural(len(digits), 'digit')}")
@@ -656,7 +652,10 @@ def score_digits(network, digits, title: str) -> None:
 
 
 @cli.command()
-def info():
+@click.option("--kernels", "compile_kernels", is_flag=True,
+              help="Compile the CUDA kernels with NVRTC for every claimed architecture (tens of seconds; no GPU "
+                   "needed). Done anyway where a GPU is usable.")
+def info(compile_kernels):
     """Versions, the backends found, and CUDA devices."""
     from importlib.metadata import version
 
@@ -669,7 +668,8 @@ def info():
     click.echo(f"  cpu: NumPy (always available); {CpuBackend().cpu_path()}")
     reason = backend_cuda.unavailable_reason()
     click.echo(f"  cuda: {'available' if reason is None else 'not usable: ' + reason}")
-    for line in backend_cuda.device_report():
+    # Without a usable GPU the compile is a developer's check, not an answer to "what is here": asked for alone.
+    for line in backend_cuda.device_report(compile_kernels=compile_kernels or reason is None):
         click.echo(f"  {line}")
 
 

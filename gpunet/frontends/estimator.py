@@ -29,8 +29,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from gpunet.nn.model import INPUTS
 
 PIXEL_SCALE = 1 / 255
-_NOTICES_GIVEN: set[str] = set()
 IMAGE_SIDE = 28
+AUTO_HELD_OUT = 1000  # val_size="auto" with early stopping: as many as gpunet train holds out, or a tenth of fewer
 
 
 class Samples:
@@ -61,16 +61,20 @@ class Classifier(ClassifierMixin, BaseEstimator):
     val_size : "auto", int or float, default "auto"
         Samples held out (a seeded shuffle) for the per-epoch validation in
         ``history_`` and early stopping: a count, a fraction in (0, 1), or
-        "auto": 1,000 as ``gpunet train`` holds out, or a tenth of smaller data
-        sets; 0 trains on all of them. At least 2 samples must be left to train on.
+        "auto": none, so that ``fit`` trains on all the data it is given as
+        scikit-learn's classifiers do (in every cross-validation fold too),
+        unless ``patience`` asks for early stopping, which then holds out 1,000
+        as ``gpunet train`` does, or a tenth of smaller data sets. 0 trains on
+        all of them. At least 2 samples must be left to train on.
     patience : int or None, default None
-        Early stopping on validation loss, keeping the best weights.
+        Early stopping on validation loss, keeping the best weights (needs held-out samples).
     seed : int, default 0
         The split, the initial weights and the shuffle.
     device : {"auto", "cpu", "cuda"}, default "auto"
     dtype : {"float32", "float64"}, default "float32"
     verbose : bool, default False
-        Print one line per epoch.
+        Print one line per epoch, after a line saying why CUDA is not used where CuPy is installed but no GPU
+        is usable (``device="auto"``; never a warning).
 
     Attributes
     ----------
@@ -122,7 +126,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         learned_from, held_out = validation_rows(len(images), config.val_size, config.seed)
         train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
         val_set = Samples(images[held_out], encoded[held_out].astype(train_set.labels.dtype))
-        backend = self._backend()
+        backend = self._backend(say_notice=self.verbose)
         try:
             report = (lambda m: print(m.describe(config.epochs))) if self.verbose else None
             result = train(backend, train_set, val_set, config, on_epoch=report,
@@ -164,17 +168,19 @@ class Classifier(ClassifierMixin, BaseEstimator):
             self.optimizer, hidden=() if self.arch is not None else self.hidden, arch=self.arch, epochs=self.epochs,
             batch_size=self.batch_size, lr=self.lr,
             schedule=self.schedule, weight_decay=self.weight_decay, init=self.init,
-            val_size=_validation_count(self.val_size, samples) if held_out is None else held_out,
+            val_size=_validation_count(self.val_size, samples, self.patience) if held_out is None else held_out,
             patience=self.patience, seed=self.seed,
             dtype=self.dtype)
 
-    def _backend(self):
+    def _backend(self, say_notice: bool = False):
+        """The backend for ``device``. ``auto`` where CuPy is installed but no GPU is usable is the CPU, as a
+        machine without CuPy gets: said only in ``verbose`` output (``say_notice``), never as a warning,
+        which a CPU-only machine would get at every fit and predict and every fold of a search."""
         from gpunet.backends.devices import get_backend
 
         backend, notice = get_backend(self.device)
-        if notice and notice not in _NOTICES_GIVEN:  # once a process, not at every fit and predict
-            _NOTICES_GIVEN.add(notice)
-            warnings.warn(notice, RuntimeWarning, stacklevel=3)
+        if notice and say_notice:
+            print(f"Note: {notice}")
         return backend
 
 
@@ -257,7 +263,7 @@ def load(path) -> Classifier:
         clf.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
     clf.input_scale_ = input_scale(meta) or PIXEL_SCALE
     if clf.val_size == 1000 and "estimator" not in meta:
-        clf.val_size = "auto"  # gpunet train's default: "auto" holds out 1,000 of the data sets it fits
+        clf.val_size = "auto"  # gpunet train's default, as the estimator's default says it (refits on any data)
     clf.stop_reason_ = meta.get("stop_reason", "completed")
     clf.history_ = meta.get("history", [])
     clf.best_epoch_ = meta.get("best_epoch")
@@ -315,10 +321,16 @@ def _json_label(label):
     return label.item() if isinstance(label, np.generic) else label
 
 
-def _validation_count(val_size, samples: int | None) -> int:
-    """How many of ``samples`` to hold out for ``val_size`` ("auto", a count or a fraction)."""
+def _validation_count(val_size, samples: int | None, patience=None) -> int:
+    """How many of ``samples`` to hold out for ``val_size`` ("auto", a count or a fraction).
+
+    "auto" holds out none unless early stopping (``patience``) needs them, as scikit-learn's MLPClassifier
+    holds out its validation_fraction only with early_stopping=True.
+    """
     if isinstance(val_size, str):
-        return 1000 if samples is None else min(1000, samples // 10)
+        if patience is None:
+            return 0
+        return AUTO_HELD_OUT if samples is None else min(AUTO_HELD_OUT, samples // 10)
     if isinstance(val_size, float):
         return 0 if samples is None else int(val_size * samples)
     return int(val_size)

@@ -25,13 +25,19 @@ FILES = {
     "misclassified": "misclassified.png",
     "weights": "first_layer_weights.png",
 }
+KINDS = tuple(FILES)  # every plot, in this order; `gpunet plot --kind` draws some alone
+NEED_DIGITS = ("confusion_matrix", "misclassified")  # the plots drawn from labeled digits
 # Figure sizes in inches (pixels = inches * DPI); the weights grid grows with the hidden units.
 CURVES_SIZE = (10.0, 4.0)
 CONFUSION_SIZE = (7.0, 6.0)
 CONFUSION_TITLE_WIDTH = 4.5  # inches: the title is centred on the matrix, left of the colour bar
 TITLE_MARGIN = 0.2  # inches kept clear at each side of a title
-MISCLASSIFIED_GRID = (5, 8)  # rows, columns: the most confident mistakes first
-MISCLASSIFIED_SIZE = (10.0, 8.0)
+MISCLASSIFIED_GRID = (5, 8)  # rows, columns at most: the most confident mistakes first
+MISCLASSIFIED_CELL = 1.1  # inches across one digit's cell; the grid has as many cells as digits shown (or about)
+MISCLASSIFIED_MIN_WIDTH = 5.0  # inches: room for the title's lines
+MISCLASSIFIED_TITLE_BAND = 0.7  # inches above the grid for two title lines
+MISCLASSIFIED_MARGIN = 0.1  # inches around the figure's contents
+MISCLASSIFIED_CELL_PIXELS = (34, 46, 16)  # width, height, caption: mosaic pixels of a 28x28 digit under a caption
 WEIGHTS_WIDTH = 12.0  # inches across the grid, unless the cells would leave these bounds:
 WEIGHTS_CELL_MAX = 1.2  # inches per unit at most (few units)
 WEIGHTS_CELL_MIN = 0.6  # inches per unit at least (many units): room for the label "unit 1023"
@@ -52,8 +58,9 @@ def require_matplotlib():
     return Figure
 
 
-def prepare_out_dir(out_dir: Path, option: str = "--out") -> Path:
-    """Create the folder if missing; refuse a file in its place (checked before any work)."""
+def prepare_out_dir(out_dir: Path, option: str = "--out", kinds=KINDS) -> Path:
+    """Create the folder if missing; refuse a file in its place, or one of the ``kinds``' names that is no image
+    (checked before any work)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GpunetError(f"{option} {out_dir}: is a file; give a folder for the plots")
@@ -61,7 +68,7 @@ def prepare_out_dir(out_dir: Path, option: str = "--out") -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise GpunetError(f"{option} {out_dir}: cannot create the folder ({error.strerror or error})") from None
-    for name in FILES.values():  # replace only images: never a user's other file of that name
+    for name in (FILES[kind] for kind in kinds):  # replace only images: never a user's other file of that name
         path = out_dir / name
         if path.is_symlink() or (path.exists() and not (path.is_file() and kind_of(path) in (None, PNG))):
             raise GpunetError(f"{option} {out_dir}: {name} there is not a PNG image; refusing to replace it, "
@@ -97,8 +104,8 @@ def training_validation_digits(meta: dict, model_path) -> "Digits":  # noqa: F82
     return split_validation(digits, val_size, seed)[1]
 
 
-def write_plots(model_path, out_dir, digits=None) -> list[Path]:
-    """Write the four PNG files for a saved model into ``out_dir``; returns their paths.
+def write_plots(model_path, out_dir, digits=None, kinds=KINDS) -> list[Path]:
+    """Write the PNG files of ``kinds`` (all four by default) for a saved model into ``out_dir``; returns their paths.
 
     ``digits`` (labeled) feed the confusion matrix and the misclassified grid;
     by default the model's own validation digits.
@@ -109,27 +116,33 @@ def write_plots(model_path, out_dir, digits=None) -> list[Path]:
     require_matplotlib()
     params, meta = load_model(model_path)
     return plot_network(network_from_file(params, meta, CpuBackend(), str(model_path)), meta, model_path, out_dir,
-                        digits)
+                        digits, kinds)
 
 
-def plot_network(network, meta: dict, model_path, out_dir, digits=None) -> list[Path]:
-    """``write_plots`` for a model already read: its network (on the CPU) and metadata, from ``model_path``."""
+def plot_network(network, meta: dict, model_path, out_dir, digits=None, kinds=KINDS) -> list[Path]:
+    """``write_plots`` for a model already read: its network (on the CPU) and metadata, from ``model_path``.
+
+    Labeled digits are read (or re-derived) only for the kinds drawn from them: the learning curves and the
+    weights of a model whose training data is gone can still be drawn alone.
+    """
     Figure = require_matplotlib()
-    out_dir = prepare_out_dir(out_dir)
-    if digits is None:
-        digits = training_validation_digits(meta, model_path)
-    if digits.labels is None:
-        raise GpunetError(f"{digits.source}: holds no labels; the confusion matrix needs labeled digits")
-    probs = network.probabilities(digits.images)
-    W1 = network.host_params()[0]
+    kinds = [kind for kind in KINDS if kind in kinds]  # each once, in the usual order
+    out_dir = prepare_out_dir(out_dir, kinds=kinds)
+    if any(kind in NEED_DIGITS for kind in kinds):
+        if digits is None:
+            digits = training_validation_digits(meta, model_path)
+        if digits.labels is None:
+            raise GpunetError(f"{digits.source}: holds no labels; the confusion matrix needs labeled digits")
+        probs = network.probabilities(digits.images)
 
-    figures = {
-        "learning_curves": learning_curves(Figure, meta),
-        "confusion_matrix": confusion_matrix(Figure, digits.labels, probs.argmax(axis=1), digits.source),
-        "misclassified": misclassified(Figure, digits.images, digits.labels, probs, digits.source),
-        "weights": first_layer_weights(Figure, W1, hidden=len(network.params) > 2, kernel=first_kernel(network)),
+    draw = {
+        "learning_curves": lambda: learning_curves(Figure, meta),
+        "confusion_matrix": lambda: confusion_matrix(Figure, digits.labels, probs.argmax(axis=1), digits.source),
+        "misclassified": lambda: misclassified(Figure, digits.images, digits.labels, probs, digits.source),
+        "weights": lambda: first_layer_weights(Figure, network.host_params()[0], hidden=len(network.params) > 2,
+                                               kernel=first_kernel(network)),
     }
-    return [save(figure, out_dir / FILES[name]) for name, figure in figures.items()]
+    return [save(draw[kind](), out_dir / FILES[kind]) for kind in kinds]
 
 
 def first_kernel(network) -> int | None:
@@ -178,12 +191,29 @@ def wrap_to_width(text, width: float) -> None:
 
 
 def describe(meta: dict) -> str:
-    """The model in a few words (layer sizes, optimizer and rate, training data), for plot titles."""
-    sizes = "-".join(str(s) for s in meta.get("layer_sizes", []))
-    training = meta.get("training") or {}
+    """The model in a few words (its layers, optimizer and rate, training data), for plot titles."""
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     optimizer, lr = training.get("optimizer"), training.get("lr")
-    settings = f", {optimizer} lr {lr:g}" if optimizer and isinstance(lr, (int, float)) else ""
-    return f"network {sizes}{settings}, trained on {training.get('data', 'unknown data')}"
+    settings = (f", {optimizer} lr {lr:g}" if isinstance(optimizer, str) and isinstance(lr, (int, float))
+                and not isinstance(lr, bool) else "")
+    data = training.get("data")
+    return f"{network_text(meta)}{settings}, trained on {data if isinstance(data, str) else 'unknown data'}"
+
+
+def network_text(meta: dict) -> str:
+    """The layers as `gpunet train`'s banner names them: "network 784-16-16-10" (the notes' network, version 1:
+    ``layer_sizes``), "network 784-conv8k5-pool2-dense32-10" (an ``architecture`` spec, version 2)."""
+    sizes = meta.get("layer_sizes")
+    if isinstance(sizes, list) and sizes and all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
+        return "network " + "-".join(map(str, sizes))
+    spec, shape, outputs = meta.get("architecture"), meta.get("input_shape"), meta.get("outputs")
+    if isinstance(spec, str) and spec:
+        inputs = (math.prod(shape) if isinstance(shape, list) and shape
+                  and all(isinstance(s, int) and not isinstance(s, bool) for s in shape) else None)
+        parts = [*([str(inputs)] if inputs else []), *spec.split(","),
+                 *([str(outputs)] if isinstance(outputs, int) and not isinstance(outputs, bool) else [])]
+        return "network " + "-".join(parts)
+    return "a network of unrecorded layers"
 
 
 def learning_curves(Figure, meta: dict):
@@ -257,11 +287,12 @@ def misclassified(Figure, images: np.ndarray, truth: np.ndarray, probs: np.ndarr
     confidence = probs[np.arange(len(probs)), predicted]
     wrong = np.flatnonzero(predicted != truth)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
-    n_rows, n_cols = MISCLASSIFIED_GRID
-    shown = wrong[: n_rows * n_cols]
-    cell_w, cell_h, caption = 34, 46, 16  # pixels of the tiled picture: a 28x28 digit under a caption
+    shown = wrong[: math.prod(MISCLASSIFIED_GRID)]
+    n_rows, n_cols = misclassified_grid(len(shown))
+    cell_w, cell_h, caption = MISCLASSIFIED_CELL_PIXELS
     mosaic = np.zeros((n_rows * cell_h, n_cols * cell_w))
-    figure = Figure(figsize=MISCLASSIFIED_SIZE, dpi=DPI, layout="constrained")
+    figure = Figure(figsize=misclassified_size(len(shown)), dpi=DPI, layout="constrained")
+    figure.get_layout_engine().set(w_pad=MISCLASSIFIED_MARGIN / 2, h_pad=MISCLASSIFIED_MARGIN / 2)
     axes = figure.subplots()
     for cell, k in enumerate(shown):
         row, col = divmod(cell, n_cols)
@@ -275,8 +306,27 @@ def misclassified(Figure, images: np.ndarray, truth: np.ndarray, probs: np.ndarr
         axes.text(0.5, 0.5, "no misclassified digits", fontsize=16, ha="center", transform=axes.transAxes)
     more = f" (the {len(shown)} most confident shown)" if len(wrong) > len(shown) else ""
     title = figure.suptitle(f"Misclassified: {len(wrong):,} of {len(truth):,} digits of {source}{more}")
-    wrap_to_width(title, MISCLASSIFIED_SIZE[0] - 2 * TITLE_MARGIN)
+    wrap_to_width(title, misclassified_size(len(shown))[0] - 2 * TITLE_MARGIN)
     return figure
+
+
+def misclassified_grid(count: int) -> tuple[int, int]:
+    """(rows, columns) for ``count`` digits: at most MISCLASSIFIED_GRID, as few rows as that allows, and the
+    columns then evened out (10 digits: 2 x 5, not a row of 8 over a row of 2)."""
+    max_rows, max_cols = MISCLASSIFIED_GRID
+    count = max(1, min(count, max_rows * max_cols))
+    rows = math.ceil(count / max_cols)
+    return rows, math.ceil(count / rows)
+
+
+def misclassified_size(count: int) -> tuple[float, float]:
+    """The misclassified figure's size in inches (whole pixels) for ``count`` digits shown: its grid of cells,
+    the title's band and margins, so that a few mistakes do not leave most of the picture blank."""
+    rows, columns = misclassified_grid(count)
+    cell_w, cell_h, _ = MISCLASSIFIED_CELL_PIXELS
+    width = max(MISCLASSIFIED_MIN_WIDTH, columns * MISCLASSIFIED_CELL + 2 * MISCLASSIFIED_MARGIN)
+    height = MISCLASSIFIED_TITLE_BAND + rows * MISCLASSIFIED_CELL * cell_h / cell_w + 2 * MISCLASSIFIED_MARGIN
+    return whole_pixels(width), whole_pixels(height)
 
 
 def weights_grid(units: int) -> tuple[int, int]:
