@@ -303,9 +303,7 @@ def _save_then(path: Path, save, publish, noun: str):
             tmp.unlink(missing_ok=True)
     except OSError as error:
         kept = f"{path} is as it was" if existed else f"nothing is at {path}"
-        where = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
-        raise SaveError(f"{path}: could not save {noun}: {error.strerror or error}{where}; nothing was saved, "
-                        f"{kept}") from None
+        raise SaveError(f"{path}: could not save {noun}: {error.strerror or error}; nothing was saved, {kept}") from None
 
 
 @contextlib.contextmanager
