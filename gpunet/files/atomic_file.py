@@ -34,9 +34,14 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_folder(folder) -> None:
-    """Flush a folder's entries (a rename in it) to the disk; ``folder`` a path or an open descriptor.
+    """Flush a folder's entries (a rename in it) to the disk; ``folder`` a path, an open descriptor or None.
     Where the system cannot (some file systems refuse a folder's fsync), the rename stands as it is."""
-    fd = folder if isinstance(folder, int) else os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    if folder is None:
+        return
+    try:
+        fd = folder if isinstance(folder, int) else os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a system that cannot open a folder (Windows)
+        return
     try:
         with contextlib.suppress(OSError):
             os.fsync(fd)

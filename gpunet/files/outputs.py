@@ -308,8 +308,13 @@ def _save_then(path: Path, save, publish, noun: str):
 
 @contextlib.contextmanager
 def _folder_locked(folder: Path):
-    """The folder's descriptor, locked against other gpunet processes publishing there (where the system can)."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    """The folder's descriptor, locked against other gpunet processes publishing there (where the system can;
+    None where it cannot open a folder, as on Windows: the checks just before the rename still run)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield None
+        return
     try:
         if fcntl is not None:
             with contextlib.suppress(OSError):  # a file system without locks: the checks still run
