@@ -134,3 +134,28 @@ def test_the_handler_only_notes_the_signal():
     assert stop.commit()
     stop.handle(signal.SIGINT, None)  # after the commit: only reported
     assert not stop.asked() and stop.exit_code_after(0) == 0 and "SIGINT" in stop.late_note()
+
+
+def test_a_signal_while_predict_reads_replaces_nothing_and_exits_143(capsys, monkeypatch, tmp_path, model_bytes):
+    import gpunet.files.data
+    from gpunet.frontends import cli
+    from tests.conftest import run
+    from tests.test_your_files import digits_csv
+
+    model, out = tmp_path / "model.npz", tmp_path / "submission.csv"
+    model.write_bytes(model_bytes)
+    out.write_text("ImageId,Label\n1,7\n")
+    data = digits_csv(tmp_path / "test.csv")
+    real_load = gpunet.files.data.load_digits
+
+    def load_then_terminated(*args, **kwargs):
+        assert signal.getsignal(signal.SIGTERM) == cli.STOP_SIGNALS.handle  # never the default: it would end pytest
+        signal.raise_signal(signal.SIGTERM)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(gpunet.files.data, "load_digits", load_then_terminated)
+    code, stdout, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                            "--out", str(out))
+    assert code == 143 and err.strip() == "Aborted." and stdout == "", err
+    assert out.read_text() == "ImageId,Label\n1,7\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.npz", "submission.csv", "test.csv"]
