@@ -1,7 +1,6 @@
 """Issue 17, "a user's file replaced" (findings 1-6, 9, 23): one rule for the files gpunet may replace, a replaced
 model kept as model.previous.npz, a save that fails or dies leaving nothing of its own and saying what was kept."""
 
-import errno
 import os
 import re
 import signal
@@ -20,10 +19,7 @@ from tests.conftest import run
 def model_bytes(tmp_path_factory):
     """A small gpunet model trained through the CLI, as bytes."""
     out = tmp_path_factory.mktemp("model") / "model.npz"
-    try:
-        run_quietly("train", "--device", "cpu", "--epochs", "1", "--hidden", "32", "--out", str(out))
-    finally:
-        pass
+    run_quietly("train", "--device", "cpu", "--epochs", "1", "--hidden", "32", "--out", str(out))
     return out.read_bytes()
 
 
