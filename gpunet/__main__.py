@@ -9,7 +9,7 @@ def run() -> None:
         from gpunet.frontends.cli import main
     except KeyboardInterrupt:
         sys.exit(130)
-    main()
+    main(restore_signals=False)
 
 
 if __name__ == "__main__":

@@ -203,3 +203,18 @@ def parse_metadata(name: str, raw) -> dict:
         raise ModelFileError(f"{name}: model format version {meta.get('format_version')!r} is not supported "
                              f"(this gpunet reads versions {FORMAT_VERSION} and {STACK_FORMAT_VERSION})")
     return meta
+
+
+# -- the metadata alone: how gpunet.files.outputs tells a gpunet model at --out from any other file --
+def load_metadata(path) -> dict:
+    """A model file's metadata, read and checked as ``load_model`` reads it (gpunet's format marker, a version
+    this gpunet reads); no array is read. ModelFileError with one line for anything else."""
+    name = str(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = _member_headers(archive, name)
+            return parse_metadata(name, _read_metadata(archive, members.get("metadata"), name))
+    except ValueError as exc:
+        raise ModelFileError(f"{name}: not a gpunet model file ({one_line(exc)})") from None
+    except ZIP_ERRORS as exc:
+        raise ModelFileError(f"{name}: not a readable .npz model file ({type(exc).__name__}: {one_line(exc)})") from None

@@ -2,54 +2,133 @@
 
 The rules (README, "Your files are safe"):
 
-* A command replaces only a file of the kind it writes: ``train`` a gpunet
-  model, ``predict`` a Kaggle submission. Anything else at ``--out`` (a
-  submission, an image, a model of another program) is refused before any
-  work, as is an ``--out`` that is one of the command's inputs; a model is checked again just before it
-  replaces one (``save_replacing_only``): a file that appeared meanwhile (another kind, or a write-protected or
-  unreadable one) is kept, the model goes beside it.
+* A command replaces only a file of the kind it writes, told by its content (``kind_of``): ``train`` a
+  gpunet model (a file whose metadata carries gpunet's format marker and a version this gpunet reads, not
+  any zip with a ``metadata`` member), ``predict`` a Kaggle submission (a header of exactly ``ImageId,Label``
+  and rows of two whole numbers). Anything else at ``--out`` is refused before any work, as is an ``--out``
+  that is one of the command's inputs; it is checked again just before the rename (``save_replacing_only``):
+  a file that appeared meanwhile (another kind, or a write-protected or unreadable one) is kept, the new
+  file goes beside it.
+* A replaced model is never lost: the one it replaces is kept beside it as ``model.previous.npz`` (one
+  generation, as ``cp --backup``), and where another run wrote ``--out`` after this one started, this one
+  goes beside it (``model.completed.npz``) rather than over it.
 * A run that did not finish well (interrupted, diverged, learned nothing)
   never replaces a file: it writes ``--out`` only where nothing is there yet,
   else a free name beside it (``model.interrupted.npz``), and says where.
-* Every file appears whole or not at all (:mod:`gpunet.files.atomic_file`): two runs
-  writing one ``--out`` at once leave one complete model.
+* Every file appears whole or not at all: it is written under a temporary name in its folder, flushed to
+  the disk (fsync), then renamed, and the folder flushed. Publishing is serialised between gpunet
+  processes by a lock on the folder, so two runs writing one ``--out`` at once both keep their models.
+  Temporary files of processes that died (SIGKILL, a power cut) are removed by the next save there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import os
+import re
+import socket
 import stat
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from gpunet.files.atomic_file import check_writable
+try:
+    import fcntl
+except ImportError:  # Windows: no folder lock; the checks just before the rename still hold
+    fcntl = None
+
+from gpunet.files.atomic_file import check_writable, fsync_file, fsync_folder
 from gpunet.files.data import ZIP_ERRORS
-from gpunet.errors import GpunetError
+from gpunet.errors import GpunetError, ModelFileError
 
 MODEL, SUBMISSION, PNG = "a gpunet model", "a Kaggle submission", "a PNG image"
 SUBMISSION_HEADER = b"ImageId,Label"
+# A submission is read whole to be recognised, up to this many bytes (some 1.5 million rows; Kaggle's has 28,000).
+SUBMISSION_LIMIT = 16 << 20
+SUBMISSION_ROWS = re.compile(rb"ImageId,Label\r?\n(?:[0-9]{1,18},[0-9]{1,18}\r?\n)*(?:[0-9]{1,18},[0-9]{1,18}\r?)?")
 MAX_BESIDE = 100  # model.interrupted.npz, model.interrupted-2.npz, ...
+PREVIOUS = "previous"  # model.previous.npz: the model a completed run replaced
+
+# Temporary files are named after this machine and process, so that the next save can tell a dead
+# process's leftovers (removed) from a running one's (kept): .gpunet-HOST-PID-xxxx.new, and the
+# atomic writer's ..gpunet-HOST-PID-xxxx.new.yyyy.tmp inside it.
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+TEMPORARY = re.compile(r"\.{1,2}gpunet-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-.*\.(?:new|tmp)")
 
 
 def kind_of(path: Path) -> str | None:
     """What the file at ``path`` holds, in words; None where it is empty (nothing to lose)."""
     with open(path, "rb") as f:
         head = f.read(16)
-    if not head:
-        return None
-    if head.startswith(SUBMISSION_HEADER):
-        return SUBMISSION
+        if not head:
+            return None
+        if head.startswith(SUBMISSION_HEADER):
+            return _submission_kind(head + f.read(SUBMISSION_LIMIT))
     if head.startswith(b"\x89PNG"):
         return PNG
     if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                return MODEL if "metadata.npy" in archive.namelist() else "a zip archive that is not a gpunet model"
-        except ZIP_ERRORS:
-            return "a zip archive gpunet cannot read"
+        return _zip_kind(path)
     return "another kind of file"
+
+
+def _submission_kind(content: bytes) -> str:
+    """SUBMISSION for a header of exactly ImageId,Label, then rows of two whole numbers, all within the bound."""
+    if len(content) > SUBMISSION_LIMIT:
+        return f"a file starting ImageId,Label too large to be a Kaggle submission (over {SUBMISSION_LIMIT >> 20} MiB)"
+    if SUBMISSION_ROWS.fullmatch(content) is None:
+        return "a file starting ImageId,Label that is not a Kaggle submission (a header of exactly ImageId,Label, " \
+               "then rows of two whole numbers)"
+    return SUBMISSION
+
+
+def _zip_kind(path: Path) -> str:
+    """MODEL where the metadata (read by the model file's own reader, with its bounds) is gpunet's."""
+    from gpunet.files.checkpoint import load_metadata
+
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except ZIP_ERRORS:
+        return "a zip archive gpunet cannot read"
+    try:
+        load_metadata(path)
+    except (ModelFileError, *ZIP_ERRORS):
+        return "a zip archive that is not a gpunet model this version reads"
+    return MODEL
+
+
+def describe_model(path: Path) -> str:
+    """The model at ``path`` in a few words: its architecture and validation accuracy, as its metadata says."""
+    from gpunet.files.checkpoint import load_metadata
+
+    try:
+        meta = load_metadata(path)
+    except (ModelFileError, *ZIP_ERRORS):
+        return "a gpunet model"
+    spec, sizes = meta.get("architecture"), meta.get("layer_sizes")
+    if isinstance(spec, str):
+        network = spec if len(spec) <= 200 and spec.isprintable() and spec.isascii() else "a stack of layers"
+    elif isinstance(sizes, list) and all(type(n) is int for n in sizes) and len(sizes) <= 100:
+        network = "-".join(map(str, sizes))
+    else:
+        network = "a gpunet network"
+    final = meta.get("final_metrics")
+    accuracy = final.get("val_accuracy") if isinstance(final, dict) else None
+    if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and 0 <= accuracy <= 1:
+        return f"the model {network}, validation accuracy {100 * accuracy:.2f}%"
+    return f"the model {network}, no validation accuracy recorded"
+
+
+def identity(path: Path):
+    """What is at ``path`` now, to tell later whether anyone wrote it meanwhile; None where nothing is."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def check_out_path(option: str, path: Path, kind: str, **inputs: Path | None) -> Path:
@@ -97,30 +176,93 @@ def names_beside(path: Path, tag: str):
         yield path.with_name(f"{path.stem}.{tag}-{n}{path.suffix}")
 
 
-def save_without_replacing(path: Path, tag: str, save) -> Path:
+def previous_path(path: Path) -> Path:
+    """Where a replaced model is kept: model.previous.npz beside model.npz."""
+    return path.with_name(f"{path.stem}.{PREVIOUS}{path.suffix}")
+
+
+@dataclass
+class Saved:
+    """Where a file went and what it took the place of (``save_replacing_only``)."""
+    path: Path
+    replaced: str | None = None  # what was at --out and is now at ``previous``, in words
+    previous: Path | None = None
+    beside_because: str | None = None  # why the file went beside --out rather than to it, in words
+
+
+class SaveError(GpunetError):
+    """A save that failed (a full disk, a folder gone): the message names the path and says what was kept."""
+
+
+UNCHECKED = object()
+
+
+def save_without_replacing(path: Path, tag: str, save, noun: str = "the model") -> Path:
     """``save(p)`` writes a complete file at ``p``; publish it at ``path``, or beside it if taken.
 
     Never replaces a file, not even one another process creates meanwhile: the
     file is written under a temporary name and hard-linked to a free name
     (a link fails where the name exists, atomically).
     """
-    return _save_then(path, save, lambda tmp: _publish_at_free_name(tmp, path, tag))
+    return _save_then(path, save, lambda tmp: _publish_at_free_name(tmp, path, tag), noun)
 
 
-def save_replacing_only(path: Path, kind: str, tag: str, save) -> Path:
+def save_replacing_only(path: Path, kind: str, tag: str, save, *, found_at_start=UNCHECKED,
+                        keep_previous: bool = False, refuse: bool = False, noun: str = "the model") -> Saved:
     """``save(p)`` writes a complete file at ``p``; publish it at ``path``, replacing only a file of ``kind``.
 
     ``path`` was checked before the work (``check_out_path``), but another file may have appeared there since:
     it is checked again once the new file is complete, just before the rename, and where it no longer holds
-    ``kind`` the file goes beside it as ``save_without_replacing`` puts it. Returns where it went.
+    ``kind`` the file goes beside it as ``save_without_replacing`` puts it (``refuse``: GpunetError instead).
+    ``found_at_start``: ``identity(path)`` when the work began; where something else is there now (another
+    run wrote it), the file goes beside it too. ``keep_previous``: the file replaced is kept as
+    model.previous.npz (replacing only a model there, or nothing), and ``Saved`` says which it was.
     """
-    def publish(tmp: Path) -> Path:
+    def publish(tmp: Path) -> Saved:
         if not _holds(path, kind):
-            return _publish_at_free_name(tmp, path, tag)
+            reason = (f"a file gpunet does not replace (another kind, write-protected or unreadable) appeared at "
+                      f"{path} while it ran")
+            return _beside(tmp, reason)
+        now = identity(path)
+        if found_at_start is not UNCHECKED and now != found_at_start and now is not None and now[2] > 0:
+            return _beside(tmp, f"another run wrote {path} after this one started")
+        if not keep_previous or now is None or now[2] == 0:
+            os.replace(tmp, path)
+            return Saved(path)
+        previous = previous_path(path)
+        if not _holds(previous, kind):
+            return _beside(tmp, f"{previous}, where the model at {path} would be kept, holds a file gpunet does "
+                                "not replace")
+        replaced = describe_model(path)
+        _keep_as_previous(path, previous)
         os.replace(tmp, path)
-        return path
+        return Saved(path, replaced=replaced, previous=previous)
 
-    return _save_then(path, save, publish)
+    def _beside(tmp: Path, reason: str) -> Saved:
+        if refuse:
+            raise GpunetError(f"{path}: {reason}; refusing to replace it, give another name")
+        return Saved(_publish_at_free_name(tmp, path, tag), beside_because=reason)
+
+    return _save_then(path, save, publish, noun)
+
+
+def _keep_as_previous(path: Path, previous: Path) -> None:
+    """Give the file at ``path`` the name ``previous`` too (a hard link, else a copy), replacing the one there."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".gpunet-{HOST}-{os.getpid()}-", suffix=".new")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        tmp.unlink()
+        try:
+            os.link(path, tmp)
+        except OSError:  # a file system without hard links
+            import shutil
+
+            shutil.copy2(path, tmp)
+            fsync_file(tmp)
+        os.replace(tmp, previous)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _holds(path: Path, kind: str) -> bool:
@@ -140,17 +282,70 @@ def _holds(path: Path, kind: str) -> bool:
         return False
 
 
-def _save_then(path: Path, save, publish) -> Path:
-    """``save`` into a temporary file beside ``path``, then ``publish(temporary)``; no temporary file is left."""
-    # A short name of its own: ``save`` may write it through a temporary file named after it (atomic_file).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gpunet-", suffix=".new")
-    os.close(fd)
-    tmp = Path(tmp)
+def _save_then(path: Path, save, publish, noun: str):
+    """``save`` into a temporary file beside ``path``, flush it to the disk, then ``publish(temporary)`` while
+    holding the folder's lock; no temporary file is left. An OSError is a SaveError naming ``path``."""
+    remove_stale_temporaries(path.parent)
+    existed = path.exists()
     try:
-        save(tmp)
-        return publish(tmp)
+        # A short name of its own: ``save`` may write it through a temporary file named after it (atomic_file).
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".gpunet-{HOST}-{os.getpid()}-", suffix=".new")
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            save(tmp)
+            fsync_file(tmp)
+            with _folder_locked(path.parent) as folder:
+                published = publish(tmp)
+                fsync_folder(folder)
+            return published
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as error:
+        kept = f"{path} is as it was" if existed else f"nothing is at {path}"
+        raise SaveError(f"{path}: could not save {noun}: {error.strerror or error}; nothing was saved, {kept}") from None
+
+
+@contextlib.contextmanager
+def _folder_locked(folder: Path):
+    """The folder's descriptor, locked against other gpunet processes publishing there (where the system can;
+    None where it cannot open a folder, as on Windows: the checks just before the rename still run)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield None
+        return
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # a file system without locks: the checks still run
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)  # closing releases the lock
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files that gpunet processes of this machine left in ``folder`` when they died."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = TEMPORARY.fullmatch(entry.name)
+        if match and match["host"] == HOST and not _alive(int(match["pid"])):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def _publish_at_free_name(tmp: Path, path: Path, tag: str) -> Path:

@@ -21,7 +21,8 @@ from gpunet.backends.devices import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS
-from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_replacing_only, save_without_replacing
+from gpunet.files.outputs import (MODEL, SUBMISSION, SaveError, check_out_path, identity, save_replacing_only,
+                                  save_without_replacing)
 from gpunet.training.loop import DTYPES, SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -30,33 +31,74 @@ PLOT_KINDS = ("learning-curves", "confusion-matrix", "misclassified", "weights")
 
 
 class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM both stop a command as Ctrl-C does: a KeyboardInterrupt, at once, or, while a
-    file is being saved (``held``), once the caller has said where it went (``stop_if_pending``). The exit code
-    is 128 + the signal's number (130, 143). A signal the parent process ignores stays ignored."""
+    """Ctrl-C (SIGINT) and SIGTERM ask a command to stop; the exit code is then 128 + the signal's number (130, 143).
+
+    The handler only notes the signal, never raises (an exception raised from a handler is lost where it lands in
+    a finalizer, and can land after a file was replaced). The command reads the note where stopping loses
+    nothing (``stop_if_asked``): the training loop between steps, ``train`` once more just before it saves,
+    ``predict`` and ``plot`` before they write, ``serve`` between requests. From ``commit()`` on, a command
+    replaces its output and finishes: a signal then is only reported (``late``) and the exit code is 0. So exit
+    130 or 143 always means that ``--out`` was not replaced. A signal the parent process ignores stays ignored."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.received = signal.SIGINT  # a KeyboardInterrupt that no handler saw (raised by Python) is Ctrl-C's
-        self.holding, self.pending = False, False
+        self.reset()
 
-    def exit_code(self) -> int:
-        return 128 + int(self.received)
+    def reset(self) -> None:
+        self.received = None  # the signal that asked to stop, before the commit
+        self.late = None  # a signal that came after the commit: reported, changes nothing
+        self.committed, self.restoring, self.forward = False, False, None
 
     def handle(self, signum, frame) -> None:
-        self.received = signum
-        if self.holding:
-            self.pending = True
-            return
-        raise KeyboardInterrupt
+        if self.restoring:  # the command is over: the signal is the previous handler's, once it is back
+            self.forward = self.forward or signum
+        elif self.committed:
+            self.late = self.late or signum
+        elif self.received is None:
+            self.received = signum
+
+    def asked(self) -> bool:
+        """Whether a signal has asked the command to stop (before its commit)."""
+        return self.received is not None
+
+    def stop_if_asked(self) -> None:
+        """Stop here (KeyboardInterrupt, raised by the command, not by the handler) where a signal asked to."""
+        if self.received is not None:
+            raise KeyboardInterrupt
+
+    def done_with_signal(self) -> None:
+        """The command ended as the signal asked and that is its normal end (``serve``): exit 0."""
+        self.received, self.committed = None, True
+
+    def commit(self) -> bool:
+        """The command is about to replace its output: False where a signal asked to stop before now (the caller
+        then replaces nothing); else True, and from now on signals only are reported."""
+        self.committed = True  # a signal handled from this line on is late; one handled before is ``received``
+        return self.received is None
+
+    def exit_code(self) -> int:
+        return 128 + int(self.received or signal.SIGINT)  # a KeyboardInterrupt Python raised itself is Ctrl-C's
+
+    def exit_code_after(self, failure_code: int) -> int:
+        """A failing command's exit code: 128 + the signal's number where one asked it to stop."""
+        return self.exit_code() if self.received is not None else failure_code
+
+    def late_note(self) -> str | None:
+        """The line saying a signal came once the output was being replaced, if one did."""
+        if self.late is None:
+            return None
+        return f"Note: {signal.Signals(self.late).name} came while the result was being saved; it is saved, exit 0"
 
     @contextlib.contextmanager
-    def installed(self):
-        """Handle the signals while the command runs (in the main thread, the only one that may); then as before.
+    def installed(self, restore: bool = True):
+        """Handle the signals while the command runs (in the main thread, the only one that may); then, where
+        ``restore``, as before (the ``gpunet`` process keeps them to its end: a signal after the work is done
+        must not kill it with 130 or 143 after it saved).
 
         Left alone: a signal ignored (SIG_IGN: ``cmd &`` in a script, ``trap '' TERM``), and one whose handler
         was set from C (``getsignal`` gives None), which could not be put back."""
-        self.received, self.holding, self.pending = signal.SIGINT, False, False
+        self.reset()
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -67,36 +109,17 @@ class StopSignals:
                     previous[number] = signal.signal(number, self.handle)
             yield
         finally:
-            self.restore(previous)
+            if restore:
+                self.restore(previous)
 
     def restore(self, previous: dict) -> None:
         """Put the previous handlers back; a signal that comes meanwhile goes to its previous handler after."""
-        noted, self.pending, self.holding = self.pending, False, True  # our handler only notes one now
+        self.restoring, self.forward = True, None
         for number, handler in previous.items():
             signal.signal(number, handler)
-        late, self.pending, self.holding = self.pending, noted, False
-        if late:
-            signal.raise_signal(self.received)
-
-    @contextlib.contextmanager
-    def held(self):
-        """Let a save finish whole: a signal received meanwhile is only noted (``pending``) until the caller has
-        said where the file went and calls ``stop_if_pending``."""
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-
-    def stop_if_pending(self) -> None:
-        """Stop now (KeyboardInterrupt) if a signal came during a held save."""
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-    def exit_code_after(self, failure_code: int) -> int:
-        """A failing command's exit code: 128 + the signal's number where one came during a held save."""
-        return self.exit_code() if self.pending else failure_code
+        self.restoring = False
+        if self.forward is not None:
+            signal.raise_signal(self.forward)
 
 
 STOP_SIGNALS = StopSignals()
@@ -208,6 +231,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
                           schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
                           patience=patience, seed=seed, dtype=dtype)
     out = check_out_path("--out", out, MODEL, data=data)
+    found_at_start = identity(out)  # a model another run writes at --out meanwhile is not replaced
     if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
         raise click.UsageError("--plot is a folder for the plots and --out the model file: give them different names")
     if plot_dir is not None:  # fail now, not after training
@@ -232,7 +256,8 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:
         result = run_training(backend, train_digits, val_digits, config, on_epoch=report,
-                              progress_factory=report.progress_bar if config.batch_size else None)
+                              progress_factory=report.progress_bar if config.batch_size else None,
+                              stop=STOP_SIGNALS.asked)
     except TrainingDiverged as exc:
         report.close()
         saved = save_failed_run(out, "diverged", exc.result, config, digits, backend) if exc.result.history else None
@@ -241,13 +266,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
                              f"{divergence_hint(config, cli_option)}{kept}") from None
     except TrainingInterrupted as exc:
         report.close()
-        if exc.result.history:
-            saved = save_failed_run(out, "interrupted", exc.result, config, digits, backend)
-            click.echo(f"Interrupted in epoch {exc.epoch}: saved the best model so far "
-                       f"(epoch {exc.result.best_epoch}) to {saved}", err=True)
-        else:
-            click.echo(f"Interrupted in epoch {exc.epoch}, before any epoch finished: nothing saved", err=True)
-        sys.exit(STOP_SIGNALS.exit_code())
+        stop_interrupted(out, exc.epoch, exc.result, config, digits, backend)
     report.close()
     final = result.final
     # Judged on the validation digits, or on the training digits where those are too few to tell.
@@ -260,7 +279,9 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
                              f"digit): the network learned nothing; "
                              f"{unlearned_hint(result.history, train_digits.labels, which, config, cli_option)}; "
                              f"saved it as {saved}")
-    out = save_completed_run(out, result, config, digits, backend)
+    if not STOP_SIGNALS.commit():  # a signal after the last step: the run stops before its save begins
+        stop_interrupted(out, len(result.history), result, config, digits, backend)
+    out = save_completed_run(out, found_at_start, result, config, digits, backend)
     if result.stop_reason == "early_stopping":
         click.echo(f"Early stopping: no better validation loss for {plural(patience, 'epoch')}; "
                    f"kept epoch {result.best_epoch}")
@@ -269,7 +290,6 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     else:
         click.echo(f"Training accuracy {100 * final.train_accuracy:.2f}% (epoch {result.best_epoch}; "
                    f"no validation digits); saved {out}")
-    STOP_SIGNALS.stop_if_pending()  # a signal during the save stops the run once it is said where the model went
     if plot_dir is not None:
         from gpunet.frontends.plots import write_plots
 
@@ -371,16 +391,34 @@ class ProgressBar:
         self.bar.close()
 
 
-def save_completed_run(out: Path, result, config, digits, backend) -> Path:
-    """Save a completed run at ``out``, replacing an older model there; where a file it may not replace appeared
-    there while training ran, beside it (model.completed.npz), saying so. Returns where it went."""
-    with STOP_SIGNALS.held():
-        saved = save_replacing_only(out, MODEL, "completed",
-                                    lambda path: save_result(path, result, config, digits, backend))
-    if saved != out:
-        click.echo(f"Note: a file gpunet does not replace (another kind, write-protected or unreadable) appeared at "
-                   f"{out} while training ran; left it as it is and saved the model as {saved}", err=True)
-    return saved
+def stop_interrupted(out: Path, epoch: int, result, config, digits, backend):
+    """End an interrupted run: its best model so far goes to ``out`` only where nothing is there, else beside it;
+    exit 128 + the signal's number."""
+    if result.history:
+        try:
+            saved = save_failed_run(out, "interrupted", result, config, digits, backend)
+        except SaveError as error:
+            raise GpunetError(f"interrupted in epoch {epoch}; {error}") from None
+        click.echo(f"Interrupted in epoch {epoch}: saved the best model so far "
+                   f"(epoch {result.best_epoch}) to {saved}", err=True)
+    else:
+        click.echo(f"Interrupted in epoch {epoch}, before any epoch finished: nothing saved", err=True)
+    sys.exit(STOP_SIGNALS.exit_code())
+
+
+def save_completed_run(out: Path, found_at_start, result, config, digits, backend) -> Path:
+    """Save a completed run at ``out``, keeping the model it replaces as model.previous.npz and saying which it
+    was; beside it (model.completed.npz), saying why, where a file it may not replace appeared at ``out`` or
+    another run wrote ``out`` after this one started (``found_at_start``). Returns where it went."""
+    saved = save_replacing_only(out, MODEL, "completed", lambda path: save_result(path, result, config, digits, backend),
+                                found_at_start=found_at_start, keep_previous=True)
+    if saved.beside_because:
+        click.echo(f"Note: {saved.beside_because}; left it as it is and saved the model as {saved.path}", err=True)
+    elif saved.replaced:
+        click.echo(f"Replaced {saved.replaced}; kept it as {saved.previous}")
+    if note := STOP_SIGNALS.late_note():
+        click.echo(note, err=True)
+    return saved.path
 
 
 def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Path:
@@ -389,8 +427,7 @@ def save_failed_run(out: Path, tag: str, result, config, digits, backend) -> Pat
     ``tag`` (interrupted, diverged, unlearned) is recorded as the model's stop_reason: commands that load
     it say so."""
     result.stop_reason = tag
-    with STOP_SIGNALS.held():
-        return save_without_replacing(out, tag, lambda path: save_result(path, result, config, digits, backend))
+    return save_without_replacing(out, tag, lambda path: save_result(path, result, config, digits, backend))
 
 
 def save_result(out: Path, result, config, digits, backend) -> Path:
@@ -458,7 +495,6 @@ def load_network(model_path: Path, backend, digit_classes: bool = True):
 @click.pass_context
 def predict(ctx, model, data, images, as_json, out, device, more_images):
     """Label digits and write a Kaggle 'Digit Recognizer' submission, or label your own images (--image)."""
-    from gpunet.files.atomic_file import write_atomically
     from gpunet.files.data import load_digits
 
     if more_images and not images:
@@ -478,8 +514,26 @@ def predict(ctx, model, data, images, as_json, out, device, more_images):
     network, meta = load_network(model, backend, digit_classes=False)
     digits = load_digits(data, labeled=False)
     labels = class_labels(meta, network)[predict_labels(network, digits)]
-    write_atomically(out, lambda f: f.write(submission_csv(labels).encode()))
-    click.echo(f"Wrote {plural(len(labels), 'prediction')} to {out}")
+    saved = write_submission(out, submission_csv(labels))
+    click.echo(f"Wrote {plural(len(labels), 'prediction')} to {saved}")
+
+
+def write_submission(out: Path, text: str) -> Path:
+    """Write the submission at ``out``, checked again just before the rename: where a file other than a submission
+    appeared there meanwhile, it is kept and the submission goes beside it (submission.new.csv), saying so."""
+    from gpunet.files.atomic_file import write_atomically
+
+    if not STOP_SIGNALS.commit():  # a signal while predicting: --out is not replaced
+        raise KeyboardInterrupt
+    saved = save_replacing_only(out, SUBMISSION, "new",
+                                lambda path: write_atomically(path, lambda f: f.write(text.encode())),
+                                noun="the submission")
+    if saved.beside_because:
+        click.echo(f"Note: {saved.beside_because}; left it as it is and wrote the submission to {saved.path}",
+                   err=True)
+    if note := STOP_SIGNALS.late_note():
+        click.echo(note, err=True)
+    return saved.path
 
 
 def submission_csv(labels) -> str:
@@ -547,6 +601,8 @@ def plot(model, data, out_dir, kinds):
     prepare_out_dir(out_dir, kinds=kinds)
     needs_digits = any(kind in NEED_DIGITS for kind in kinds)
     digits = load_digits(data, labeled=True) if data is not None and needs_digits else None
+    if not STOP_SIGNALS.commit():  # a signal while reading: no plot is replaced
+        raise KeyboardInterrupt
     report_plots(plot_network(network, meta, model, out_dir, digits, kinds))
 
 
@@ -565,9 +621,17 @@ def serve(model, host, port):
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"Note: listening on {host}: other machines on the network can reach the page", err=True)
     click.echo(f"Serving {model} at {server.url}  (Ctrl-C to stop)")
+    between_requests = server.service_actions
+
+    def stop_between_requests():  # serve_forever calls it at least every half second
+        between_requests()
+        STOP_SIGNALS.stop_if_asked()
+
+    server.service_actions = stop_between_requests
     try:
         server.serve_forever()
     except KeyboardInterrupt:
+        STOP_SIGNALS.done_with_signal()  # stopping is how serve ends: exit 0
         click.echo("Stopped.")
     finally:
         server.server_close()
@@ -673,11 +737,15 @@ def info(compile_kernels):
         click.echo(f"  {line}")
 
 
-def main(argv=None) -> None:
-    """Entry point: run the CLI and turn every expected failure into one line and an exit code."""
+def main(argv=None, restore_signals: bool = True) -> None:
+    """Entry point: run the CLI and turn every expected failure into one line and an exit code.
+
+    ``restore_signals``: put the previous signal handlers back at the end (False for the ``gpunet`` process
+    itself, which keeps its own to the last instruction)."""
     try:
-        with STOP_SIGNALS.installed():
+        with STOP_SIGNALS.installed(restore=restore_signals):
             cli.main(args=argv, prog_name="gpunet", standalone_mode=False)
+            STOP_SIGNALS.stop_if_asked()  # a signal no step of the command read (evaluate, info): stop as asked
     except click.exceptions.NoArgsIsHelpError as exc:  # `gpunet` alone: show help, as click does
         click.echo(exc.ctx.get_help())
     except click.UsageError as exc:

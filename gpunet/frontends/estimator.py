@@ -19,6 +19,7 @@ scaled pixels, or any real features). A model fitted on pixels takes pixels.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -210,13 +211,19 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     # -- model files -------------------------------------------------------------
     def save(self, path) -> None:
-        """Write the model as a gpunet ``.npz`` (no pickle), readable by ``gpunet.load`` and ``gpunet predict``."""
+        """Write the model as a gpunet ``.npz`` (no pickle), readable by ``gpunet.load`` and ``gpunet predict``.
+
+        Replaces only a gpunet model (as ``gpunet train`` does, ``gpunet.files.outputs``): a file of any other
+        kind at ``path``, a link, a folder or a write-protected file raises GpunetError naming it, before the
+        save and again just before the rename."""
         from gpunet.files.checkpoint import save_model
+        from gpunet.files.outputs import MODEL, check_out_path, save_replacing_only
 
         check_is_fitted(self, "params_")
         final = self.history_[self.best_epoch_ - 1] if self.history_ else None
         names = getattr(self, "feature_names_in_", None)
-        save_model(path, self.params_, {
+        path = check_out_path("Classifier.save:", Path(path), MODEL)
+        metadata = {
             **self.architecture_,
             "classes": [_json_label(c) for c in self.classes_],
             "normalization": {"scale": self.input_scale_, "offset": 0.0},
@@ -228,7 +235,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
             "best_epoch": self.best_epoch_,
             "stop_reason": getattr(self, "stop_reason_", "completed"),
             "final_metrics": final,
-        })
+        }
+        save_replacing_only(path, MODEL, "new", lambda temporary: save_model(temporary, self.params_, metadata),
+                            refuse=True)
 
     # -- scikit-learn's tags -------------------------------------------------------
     def __sklearn_tags__(self):

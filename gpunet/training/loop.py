@@ -204,7 +204,7 @@ class TrainingDiverged(Exception):
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C: the network holds the best weights so far."""
+    """Ctrl-C, or a stop asked for (``train``'s ``stop``): the network holds the best weights so far."""
 
     def __init__(self, epoch: int, result: TrainResult):
         super().__init__(f"interrupted in epoch {epoch}")
@@ -400,8 +400,27 @@ def new_network(backend, config: TrainConfig, inputs: int, classes: int = CLASSE
     return LayerStack(backend, arch, params, input_shape, classes, seed=config.seed)
 
 
+class StopAsked(Exception):
+    """Raised between two steps where ``train``'s ``stop()`` says true; ``train`` turns it into TrainingInterrupted."""
+
+
+def checking_between_steps(progress, stop):
+    """The epoch's progress callable (called after every step, or every few compiled steps), which first
+    advances ``progress`` and then raises StopAsked where ``stop()`` says true; None where neither is given."""
+    if stop is None:
+        return progress
+
+    def step_done(samples: int) -> None:
+        if progress is not None:
+            progress(samples)
+        if stop():
+            raise StopAsked
+
+    return step_done
+
+
 def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None, progress_factory=None,
-          classes: int = CLASSES):
+          classes: int = CLASSES, stop=None):
     """Train a fresh network on labels 0..classes-1; returns a TrainResult.
 
     ``train_digits`` and ``val_digits`` hold ``images`` (m, features) and
@@ -411,6 +430,9 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
     ``on_epoch(metrics)`` is called after each epoch. ``progress_factory(total)``
     may return a callable advanced by the number of samples after each batch
     (a progress bar), with a ``close()`` method.
+
+    ``stop()``, if given, is asked between steps and before each epoch (a signal handler sets what it reads:
+    handlers never raise into the loop); where it says true, the run stops as Ctrl-C stops it.
 
     Raises TrainingDiverged or TrainingInterrupted carrying the result so far;
     in both cases the network already holds the weights to keep.
@@ -428,13 +450,16 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
     epoch = 0
     try:
         for epoch in range(1, config.epochs + 1):
+            if stop is not None and stop():
+                raise StopAsked
             started = time.perf_counter()
             first_step = (epoch - 1) * steps
             bar = progress_factory(len(train_data)) if progress_factory else None
             try:
                 # A diverging run is reported below, once, rather than warned about at every overflow.
                 with np.errstate(over="ignore", invalid="ignore"):
-                    train_loss, train_acc = train_epoch(network, optimizer, train_data, config.batch_size, rng, bar,
+                    train_loss, train_acc = train_epoch(network, optimizer, train_data, config.batch_size, rng,
+                                                        checking_between_steps(bar, stop),
                                                         rate=lambda k: learning_rate(config, first_step + k, steps),
                                                         first_step=first_step)
                     with compute_threads(network):  # BLAS threads left spinning would slow the next epoch
@@ -466,7 +491,7 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
                 network.load_params(best_params)
                 result.stop_reason = "early_stopping"
                 return result
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopAsked):
         network.load_params(best_params)
         result.stop_reason = "interrupted"
         raise TrainingInterrupted(epoch, result) from None
