@@ -202,3 +202,17 @@ def test_gpunet_train_says_which_device_auto_chose(h100, tmp_path, capsys):
     assert device_line.startswith("Device: --device auto chose the CPU: the cost model predicts ")
     network_line = next(line for line in lines if line.startswith("Network "))
     assert " on CPU" in network_line and "CUDA" not in network_line
+
+
+def test_the_predictions_script_prints_benchmarks_rows():
+    """scripts/predict_step_times.py: a row for the default network per optimizer and one for the CNN."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "predict_step_times.py"
+    done = subprocess.run([sys.executable, str(script), "--gpu", "h200"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 784") or line.startswith("| CNN")]
+    assert [row.split(" | ")[2] for row in rows] == ["46 / 16", "26 / 16", "30 / 16", "62 / 30"]
+    assert done.stdout.startswith("GPU: H200, 4.80 TB/s")
