@@ -213,7 +213,7 @@ class Cpu:
 # 89-113 GFLOP/s over widths 64-800 (16-16: 36.3 ms) -> 110 GFLOP/s and 25 us a step; Adam's epochs are
 # 2.2-2.9 ns a parameter a step longer than SGD's at widths 64-800 -> 2.5 ns. Momentum was not measured:
 # half Adam's. The CNN's (Adam, batch 128) predicted 8.9 s an epoch against 7.6-9.0 s measured at 3a0b604.
-CPU_REFERENCE = Cpu("the CPU (modelled on a 2-core x86)", 25 * US, 110e9,
+CPU_REFERENCE = Cpu("a 2-core x86", 25 * US, 110e9,
                     {"gd": 0.0, "sgd": 0.0, "momentum": 1.25e-9, "adam": 2.5e-9})
 
 
@@ -230,10 +230,10 @@ class Step:
     batch: int
 
 
-def network_layers(hidden=(16, 16), arch: str | None = None):
+def network_layers(hidden=(16, 16), arch: str | None = None, inputs: int = INPUTS, classes: int = CLASSES):
     """The built layers of ``--hidden`` sizes or an ``--arch`` spec (with the implied Flatten and output layer)."""
     parts = parse_arch_text(arch) if arch else tuple(f"dense{units}" for units in hidden)
-    return build_layers(parts, arch_input_shape(parts, INPUTS), CLASSES)
+    return build_layers(parts, arch_input_shape(parts, inputs), classes)
 
 
 def step_work(layers, batch: int, optimizer: str = "adam", weight_decay: float = 0.0, itemsize: int = 4,
@@ -241,8 +241,9 @@ def step_work(layers, batch: int, optimizer: str = "adam", weight_decay: float =
     """The launches, bytes and FLOPs of one training step of ``layers`` (network_layers) on ``batch`` samples."""
     table, m = STEP_LAUNCHES[case], batch
     launches = table["data"] + table["loss"]
-    values = INPUTS * m + 2 * CLASSES * m + m  # the batch written as floats; the logits read, dZ and losses written
-    data_bytes = INPUTS * m + 8 * m  # its uint8 pixels and int64 indices
+    features, classes = math.prod(layers[0].input_shape), math.prod(layers[-1].output_shape)
+    values = features * m + 2 * classes * m + m  # the batch written as floats; the logits read, dZ and losses written
+    data_bytes = features * m + 8 * m  # its uint8 pixels and int64 indices
     flops, parameters, first = 0.0, 0, True
     for layer in layers:
         part = _part(layer)
@@ -334,8 +335,8 @@ class Choice:
         chosen = "the GPU" if self.device == "cuda" else "the CPU"
         how = "as one CUDA graph" if self.graph else "launched one by one from Python"
         return (f"--device auto chose {chosen}: the cost model predicts {self.gpu_step / US:,.0f} us a step on "
-                f"{self.gpu} ({self.launches} kernels {how}) against {self.cpu_step / US:,.0f} us on "
-                f"{CPU_REFERENCE.name.removeprefix('the ')} (BENCHMARKS.md)")
+                f"{self.gpu} ({self.launches} kernels {how}) against {self.cpu_step / US:,.0f} us on the CPU "
+                f"(modelled on {CPU_REFERENCE.name}; BENCHMARKS.md)")
 
 
 def choose(step: Step, gpu: Gpu, graph: bool = False, cpu: Cpu = CPU_REFERENCE, itemsize: int = 4) -> Choice:
@@ -345,12 +346,12 @@ def choose(step: Step, gpu: Gpu, graph: bool = False, cpu: Cpu = CPU_REFERENCE, 
     return Choice("cuda" if gpu_step < cpu_step else "cpu", gpu_step, cpu_step, gpu.name, step.launches.total, graph)
 
 
-def training_step(config, samples: int, case: str = LAUNCHES_NOW) -> Step:
+def training_step(config, samples: int, inputs: int = INPUTS, classes: int = CLASSES, case: str = LAUNCHES_NOW) -> Step:
     """The Step of a run's settings (a TrainConfig: hidden, arch, batch_size, optimizer, weight_decay, dtype)
-    on ``samples`` training digits (a full batch is all of them)."""
+    on ``samples`` training samples (a full batch is all of them) of ``inputs`` features and ``classes`` classes."""
     import numpy as np
 
     batch = config.batch_size if 0 < config.batch_size < samples else samples
-    layers = network_layers(config.hidden, config.arch)
+    layers = network_layers(config.hidden, config.arch, inputs, classes)
     return step_work(layers, max(batch, 1), config.optimizer, config.weight_decay, np.dtype(config.dtype).itemsize,
                      case)
