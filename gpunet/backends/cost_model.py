@@ -63,7 +63,7 @@ class Launches:
 # (forward | backward). Check against `python scripts/bench.py --launches` (the stand-in's counts) after
 # a change to the CUDA backend's step; tests/test_cost_model.py holds the totals to issue 15's table and budgets.
 STEP_LAUNCHES = {
-    "today": {  # counted on the CuPy stand-in at 8942c6a
+    "today": {  # the split by layer read off the code at 8942c6a; its totals by kind are issue 15's stand-in count
         "data": Launches(raw=1),  # gather_scaled: the batch's pixels, scaled and transposed
         "loss": Launches(raw=2, elementwise=2),  # softmax_cross_entropy, count_correct; the count's zero fill, its sum
         "dense": Launches(raw=2, reductions=1, cublas=2),  # W.A, bias_relu | relu_backward, db = sum(dZ), dW
