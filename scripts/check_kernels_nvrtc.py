@@ -12,8 +12,10 @@ environment's version for the other CUDA major and that major's NVRTC package
 (what cupy-cuda1Xx[ctk] installs for NVRTC), with this checkout on PYTHONPATH.
 
 For each NVRTC: every module compiles, cubin and PTX, without warnings, for each
-architecture the package claims that this NVRTC supports (at least one), and
-`gpunet info`'s kernels line says so. With the other NVRTC, tests/test_kernels.py
+architecture the package claims that this NVRTC supports (at least one), and as
+PTX for the newest architecture this NVRTC supports (what a device newer than
+NVRTC runs, JIT-compiled by the driver: kernels.kernel_target), and `gpunet
+info`'s kernels line says so. With the other NVRTC, tests/test_kernels.py
 runs too (`pytest -m kernels`: NVRTC compiles, the kernels walked on the CPU).
 Exit status 0 when all of it holds, else 1 with what failed; 2 when the other
 environment cannot be installed.
@@ -52,6 +54,9 @@ def check_here() -> list[str]:
     failures = [] if archs else [f"NVRTC {version[0]}.{version[1]} supports none of the claimed architectures"]
     for arch in archs:
         failures += compile_failures(kernels, arch)
+    newest = max(supported)
+    print(f"  and PTX of NVRTC's newest, compute_{newest}, for devices newer than this NVRTC:")
+    failures += compile_failures(kernels, newest, targets=("ptx",))
     line = backend_cuda.device_report()[-1]
     print(f"gpunet info: {line}", flush=True)
     if not line.startswith("kernels: compile with NVRTC for "):
@@ -59,17 +64,18 @@ def check_here() -> list[str]:
     return failures
 
 
-def compile_failures(kernels, arch: int) -> list[str]:
-    """Every module for ``arch``, as cubin and as PTX: what failed or warned."""
+def compile_failures(kernels, arch: int, targets=("cubin", "ptx")) -> list[str]:
+    """Every module for ``arch``, as each of ``targets``: what failed or warned."""
     failures = []
-    for target in ("cubin", "ptx"):
+    for target in targets:
         try:
             compiled = kernels.compile_for_arch(arch, target=target)
         except kernels.KernelCompileError as exc:
             failures.append(gist(exc))
             continue
         failures += [f"{c.module}.cu for sm_{arch} ({target}) warns: {w}" for c in compiled for w in c.warnings()]
-        print(f"  sm_{arch} {target}: " + ", ".join(f"{c.module}.cu {c.size} bytes" for c in compiled))
+        print(f"  {'sm' if target == 'cubin' else 'compute'}_{arch} {target}: "
+              + ", ".join(f"{c.module}.cu {c.size} bytes" for c in compiled))
     return failures
 
 

@@ -589,8 +589,29 @@ def test_gpunet_info_lists_the_device(cuda, monkeypatch, capsys):
     assert "CUDA runtime" in out and "driver 12.9" in out
     assert ("device 0: CuPy stand-in (NumPy, kernels walked on the CPU), compute capability 8.6, 0.0 GiB"
             in lines)
+    assert "device 0 runs the kernels as cubin sm_86 (machine code from NVRTC)" in lines
     claimed = ", ".join(f"sm_{arch}" for arch in kernels.compile_archs())
-    assert lines[-1].startswith(f"kernels: compile with NVRTC for {claimed}, sm_86")  # and the device's own
+    newest = kernels.newest_arch()  # and the device's own, and the PTX a newer device would run
+    assert lines[-1].startswith(f"kernels: compile with NVRTC for {claimed}, sm_86, PTX compute_{newest}")
+
+
+def test_gpunet_info_says_a_device_newer_than_nvrtc_runs_ptx(cuda, monkeypatch, capsys):
+    """A device of a major architecture this NVRTC does not know runs PTX of NVRTC's newest, and `gpunet info` says so."""
+    from gpunet.backends import cuda as backend_cuda
+    from tests.conftest import run
+
+    monkeypatch.setattr(backend_cuda, "unavailable_reason", lambda: None)
+    newest = kernels.newest_arch()
+    future = 10 * (newest // 10 + 1)  # the next major architecture, e.g. 13.0 for NVRTC 12.9's sm_121
+    monkeypatch.setitem(backend_cuda.cupy.DEVICE_PROPERTIES, "major", future // 10)
+    monkeypatch.setitem(backend_cuda.cupy.DEVICE_PROPERTIES, "minor", 0)
+    code, out, err = run(capsys, "info")
+    assert code == 0, err
+    lines = [line.strip() for line in out.splitlines()]
+    assert (f"device 0 runs the kernels as PTX compute_{newest}, JIT-compiled by the driver: the device is newer "
+            f"than this NVRTC's newest architecture, sm_{newest}") in lines
+    claimed = ", ".join(f"sm_{arch}" for arch in kernels.compile_archs())
+    assert lines[-1].startswith(f"kernels: compile with NVRTC for {claimed}, PTX compute_{newest}")
 
 
 # -- choosing the device: a probe of every piece training needs -------------------------------------

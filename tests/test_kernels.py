@@ -101,21 +101,79 @@ def test_the_claimed_architectures_an_nvrtc_lacks_are_left_out(monkeypatch):
     assert kernels.compile_archs() == (80, 90)
     assert kernels.compile_archs((70,)) == ()
     compiled = []
-    monkeypatch.setattr(kernels, "compile_for_arch", lambda arch, *rest, **options: compiled.append(arch) or [])
-    assert kernels.compile_check() is None and compiled == [80, 90]
+    monkeypatch.setattr(kernels, "compile_for_arch",
+                        lambda arch, *rest, target="cubin": compiled.append((target, arch)) or [])
+    assert kernels.compile_check() is None and compiled == [("cubin", 80), ("cubin", 90), ("ptx", 121)]
     line = backend_cuda._kernels_line([])
-    assert line == "kernels: compile with NVRTC for sm_80, sm_90 (this NVRTC does not support sm_70)"
+    assert line == ("kernels: compile with NVRTC for sm_80, sm_90, PTX compute_121 "
+                    "(this NVRTC does not support sm_70)")
     monkeypatch.setattr(kernels, "supported_archs", lambda: (100, 120))
     failure = kernels.compile_check()
     assert failure.startswith("NVRTC ") and failure.endswith(" supports none of sm_70, sm_80, sm_90")
 
 
-@pytest.mark.parametrize("capability", [75, 86, 87, 88, 89, 90, 100, 120, 121, 130])
-def test_nvrtc_arch_is_the_architecture_cupy_compiles_for(capability):
-    """CuPy compiles a cubin for the device's own architecture, capped at NVRTC's newest (cupy/cuda/compiler.py)."""
+@pytest.mark.parametrize("capability", [75, 86, 87, 88, 89, 90, 100, 120, 121])
+def test_a_cubin_is_built_for_the_architecture_cupy_compiles_for(capability):
+    """Where a device's major architecture is one NVRTC knows, its kernels are the cubin CuPy builds: the device's
+    own architecture capped at NVRTC's newest (cupy/cuda/compiler.py)."""
     from cupy.cuda import compiler  # needs no device: the cap comes from NVRTC's version
 
-    assert kernels.nvrtc_arch(capability) == min(capability, int(compiler._get_max_compute_capability()))
+    assert kernels.device_target(capability) == ("cubin", min(capability, int(compiler._get_max_compute_capability())))
+
+
+@pytest.mark.parametrize(("capability", "supported", "target"), [
+    (86, (75, 80, 86, 89, 90), ("cubin", 86)),   # NVRTC knows the device: its own cubin
+    (89, (75, 80, 86), ("cubin", 86)),           # a newer minor of a major NVRTC knows: sm_86 runs on 8.9
+    (121, (90, 100, 120), ("cubin", 120)),       # likewise sm_120 on 12.1
+    (100, (75, 80, 86, 89, 90), ("ptx", 90)),    # a Blackwell card with CUDA 12.6's NVRTC: PTX of sm_90
+    (90, (75, 80, 86, 89), ("ptx", 89)),         # sm_89 machine code does not run on 9.0
+    (130, (75, 90, 100, 120, 121), ("ptx", 121)),  # a device newer than any NVRTC here
+    (103, (90, 100, 103), ("cubin", 103)),
+])
+def test_a_device_newer_than_nvrtc_runs_ptx_of_its_newest_architecture(capability, supported, target):
+    assert kernels.kernel_target(capability, supported) == target
+
+
+class FakeRawModule:
+    """cupy.RawModule as _LazyModule uses it: what it was given, and the names looked up (checked in a PTX file)."""
+
+    def __init__(self, code=None, *, path=None, options=(), name_expressions=None):
+        self.code, self.options, self.name_expressions = code, options, name_expressions
+        self.ptx = Path(path).read_text() if path is not None else None
+        self.looked_up = []
+
+    def get_function(self, name):
+        if self.ptx is not None:
+            assert f".entry {name}(" in self.ptx, f"{name} is not an entry of the PTX"
+        self.looked_up.append(name)
+        return name
+
+
+@pytest.mark.parametrize("capability", ["86", "next major"])
+def test_a_kernel_module_loads_as_cubin_or_as_ptx_for_a_newer_device(monkeypatch, capability):
+    """On a device NVRTC knows, CuPy compiles the source (a cubin); on a newer one, the module is PTX of NVRTC's
+    newest architecture, compiled by NVRTC here and loaded by path, each kernel found by its mangled symbol."""
+    import sys
+    from types import SimpleNamespace
+
+    newest = kernels.newest_arch()
+    device = str(10 * (newest // 10 + 1)) if capability == "next major" else capability
+    made = []
+    fake = SimpleNamespace(RawModule=lambda *args, **kw: made.append(FakeRawModule(*args, **kw)) or made[-1],
+                           cuda=SimpleNamespace(Device=lambda: SimpleNamespace(compute_capability=device)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    module = kernels._LazyModule("layers")
+    assert module.function("bias_relu<float>") is not None and module.function("relu_backward<double>") is not None
+    (raw,) = made  # loaded once
+    if capability == "86":
+        assert raw.code == kernels.read_source("layers") and raw.ptx is None
+        assert raw.name_expressions == kernels.name_expressions("layers")
+        assert raw.looked_up == ["bias_relu<float>", "relu_backward<double>"]
+    else:
+        assert raw.code is None and f".target sm_{newest}" in raw.ptx
+        symbols = kernels.compile_for_arch(newest, ["layers"], target="ptx")[0].lowered
+        assert sorted(raw.looked_up) == sorted(symbols.values())  # every kernel, by its symbol, at load
+        assert module.function("bias_relu<float>") == symbols["bias_relu<float>"]
 
 
 def test_kernel_writes_are_the_non_const_pointers_of_each_signature():

@@ -256,15 +256,15 @@ def device_report(compile_kernels: bool = True) -> list[str]:
     if cupy is None:
         return [f"CuPy: not installed; {INSTALL_HINT}"]
     lines = [f"CuPy {cupy.__version__}", "CUDA " + ", ".join(_versions())]
-    device_archs = []
+    device_targets = []
     if unavailable_reason() is not None:
         lines.append("CUDA devices: none usable")
     else:
         for device_id in range(cupy.cuda.runtime.getDeviceCount()):
-            line, arch = _device_line(device_id)
-            lines.append(line)
-            device_archs.append(arch)
-    lines.append(_kernels_line(device_archs) if compile_kernels else
+            line, target = _device_line(device_id)
+            lines += [line, _runs_line(device_id, target)]
+            device_targets.append(target)
+    lines.append(_kernels_line(device_targets) if compile_kernels else
                  "kernels: not compiled (gpunet info --kernels compiles them with NVRTC, no GPU needed)")
     return lines
 
@@ -286,27 +286,41 @@ def _versions() -> list[str]:
     return versions
 
 
-def _device_line(device_id: int) -> tuple[str, int]:
-    """A device's line (name, compute capability, memory) and the architecture CuPy compiles for on it."""
+def _device_line(device_id: int) -> tuple[str, tuple[str, int]]:
+    """A device's line (name, compute capability, memory) and what it runs: ("cubin" or "ptx", arch)."""
     props = cupy.cuda.runtime.getDeviceProperties(device_id)
     major, minor = props["major"], props["minor"]
     line = (f"device {device_id}: {_text(props['name'])}, compute capability {major}.{minor}, "
             f"{props['totalGlobalMem'] / 2**30:.1f} GiB")
-    return line, kernels.nvrtc_arch(10 * major + minor)
-
-
-def _kernels_line(device_archs) -> str:
-    """Whether the kernels compile for the claimed architectures NVRTC supports, and for each device's."""
     try:
-        archs = list(kernels.compile_archs())
+        return line, kernels.device_target(10 * major + minor)
+    except kernels.KernelCompileError:  # no NVRTC: the kernels line says so
+        return line, ("cubin", 10 * major + minor)
+
+
+def _runs_line(device_id: int, target: tuple[str, int]) -> str:
+    """Which build of the kernels a device runs: its cubin, or PTX that the driver JIT-compiles for it."""
+    kind, arch = target
+    if kind == "cubin":
+        return f"device {device_id} runs the kernels as cubin sm_{arch} (machine code from NVRTC)"
+    return (f"device {device_id} runs the kernels as PTX compute_{arch}, JIT-compiled by the driver: "
+            f"the device is newer than this NVRTC's newest architecture, sm_{arch}")
+
+
+def _kernels_line(device_targets) -> str:
+    """Whether the kernels compile for the claimed architectures NVRTC supports and for each device's, and as
+    PTX for NVRTC's newest architecture (what a device newer than NVRTC runs)."""
+    try:
+        archs, newest = list(kernels.compile_archs()), kernels.newest_arch()
     except kernels.KernelCompileError as exc:
         return f"kernels: do NOT compile: {str(exc).splitlines()[0]}"
     dropped = [arch for arch in kernels.ARCHS if arch not in archs]
-    archs += [arch for arch in device_archs if arch not in archs]
-    failure = kernels.compile_check(archs)
-    targets = ", ".join(f"sm_{arch}" for arch in archs)
+    archs += [arch for kind, arch in device_targets if kind == "cubin" and arch not in archs]
+    ptx_archs = [newest] + [arch for kind, arch in device_targets if kind == "ptx" and arch != newest]
+    failure = kernels.compile_check(archs, ptx_archs)
+    targets = ", ".join([f"sm_{arch}" for arch in archs] + [f"PTX compute_{arch}" for arch in ptx_archs])
     if failure is not None:
-        return f"kernels: do NOT compile{' for ' + targets if targets else ''}: {failure}"
+        return f"kernels: do NOT compile{' for ' + targets if archs else ''}: {failure}"
     line = f"kernels: compile with NVRTC for {targets}"
     if dropped:
         line += f" (this NVRTC does not support {', '.join(f'sm_{arch}' for arch in dropped)})"

@@ -35,3 +35,19 @@ def get_backend(device: str):
         raise DeviceError(f"--device cuda: {reason}")
     short_reason = reason.split(";")[0].split(" (")[0]  # the gist; `gpunet info` gives the details
     return CpuBackend(), f"CUDA is not usable ({short_reason}); running on the CPU"
+
+
+def follow_cost_model(device: str, backend, step, graph: bool = False):
+    """``(backend, line)``: for ``--device auto`` where CUDA is usable, the CUDA backend where the cost model
+    (gpunet.backends.cost_model) predicts one training ``step`` faster on this device than on the CPU, else a
+    CpuBackend, and the banner's line saying which and why; any other case ``(backend, None)`` unchanged
+    (``--device cuda`` forces the GPU).
+    """
+    if device != "auto" or backend.name != "cuda":
+        return backend, None
+    from gpunet.backends import cost_model
+    from gpunet.backends import cuda as backend_cuda
+
+    gpu = cost_model.gpu_from_properties(backend_cuda.cupy.cuda.runtime.getDeviceProperties(backend.device.id))
+    choice = cost_model.choose(step, gpu, graph=graph)
+    return (backend if choice.device == "cuda" else CpuBackend()), choice.line()

@@ -20,12 +20,14 @@ wrappers' argument passing is checked without a GPU too.
 architecture without touching a device or driver: the tests and
 ``gpunet info`` use it to tell whether the kernels compile, for the
 architectures of :func:`compile_archs` (those the package claims that the
-installed NVRTC supports).
+installed NVRTC supports), and as PTX for the newest architecture NVRTC knows
+(what a device newer than NVRTC runs: :func:`kernel_target`).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +133,7 @@ class Compiled:
     lowered: dict[str, str]  # name expression -> mangled symbol
     size: int  # bytes of cubin or PTX
     log: str = ""
+    binary: bytes = field(default=b"", repr=False)  # the cubin or PTX itself
 
     def warnings(self) -> list[str]:
         """Log lines that warn about the source (not NVRTC's note that old architectures are deprecated)."""
@@ -175,26 +178,42 @@ def compile_archs(claimed=ARCHS) -> tuple[int, ...]:
     return tuple(arch for arch in claimed if arch in supported)
 
 
-def nvrtc_arch(capability: int) -> int:
-    """The architecture CuPy compiles for on a device of compute capability ``capability`` (e.g. 86).
+def newest_arch() -> int:
+    """The newest GPU architecture the installed NVRTC compiles for: the PTX that newer devices run."""
+    return max(supported_archs())
 
-    As CuPy does (cupy/cuda/compiler.py): the device's own, capped at the
-    newest architecture NVRTC knows, as a cubin (``-arch=sm_XX``). A cubin is
-    machine code that runs only on its own major architecture, at its minor
-    version or above: sm_86 code runs on 8.6 and 8.9, never on 9.0. So on a
-    device of a newer major architecture than NVRTC knows the kernels do not
-    load (PTX, ``-arch=compute_XX``, would be JIT-compiled forward by the
-    driver, but CuPy builds PTX only with CUPY_COMPILE_WITH_PTX=1); the device
-    probe of gpunet.backends.cuda launches the kernels and so finds out.
+
+def kernel_target(capability: int, supported) -> tuple[str, int]:
+    """How the kernels are built for a device of compute capability ``capability`` (e.g. 86 for 8.6)
+    by an NVRTC that supports the architectures ``supported``: ``("cubin", arch)`` or ``("ptx", arch)``.
+
+    A cubin (``-arch=sm_XY``, machine code) runs only on its own major
+    architecture, at its minor version or above: sm_86 code runs on 8.6 and
+    8.9, never on 9.0. So, as CuPy does (cupy/cuda/compiler.py), the cubin of
+    the device's own architecture capped at NVRTC's newest, where that cap is
+    of the device's major (sm_120 on a 12.1 device); on a device of a newer
+    major than NVRTC knows (10.0 with CUDA 12.6's NVRTC, whose newest is
+    sm_90), that cubin would not load, so PTX of NVRTC's newest
+    (``-arch=compute_90``), which the driver JIT-compiles for the device when
+    the module loads (CuPy builds no PTX unless CUPY_COMPILE_WITH_PTX=1).
     """
-    return min(capability, max(supported_archs()))
+    newest = max(supported)
+    arch = min(int(capability), newest)
+    if arch // 10 == int(capability) // 10:
+        return "cubin", arch
+    return "ptx", newest
+
+
+def device_target(capability: int) -> tuple[str, int]:
+    """:func:`kernel_target` for a device of ``capability`` with the installed NVRTC."""
+    return kernel_target(capability, supported_archs())
 
 
 def compile_for_arch(arch: int, modules=None, target: str = "cubin") -> list[Compiled]:
     """Compile ``modules`` (default: all) with NVRTC for GPU architecture ``arch`` (e.g. 80).
 
-    ``target="cubin"`` passes ``-arch=sm_<arch>`` (what CuPy builds, see
-    :func:`nvrtc_arch`), ``"ptx"`` passes ``-arch=compute_<arch>``. Calls NVRTC
+    ``target="cubin"`` passes ``-arch=sm_<arch>``, ``"ptx"`` passes
+    ``-arch=compute_<arch>`` (which of the two a device runs: :func:`kernel_target`). Calls NVRTC
     directly through CuPy's bindings: CuPy's own compile helpers ask the device
     for its architecture, this never touches a device or driver. Raises
     KernelCompileError with NVRTC's log when a source does not compile.
@@ -226,14 +245,16 @@ def compile_for_arch(arch: int, modules=None, target: str = "cubin") -> list[Com
             binary = nvrtc.getCUBIN(program) if target == "cubin" else nvrtc.getPTX(program)
         finally:
             nvrtc.destroyProgram(program)
-        results.append(Compiled(module, int(arch), target, lowered, len(binary), log))
+        results.append(Compiled(module, int(arch), target, lowered, len(binary), log, bytes(binary)))
     return results
 
 
-def compile_check(archs=None) -> str | None:
-    """None when every kernel compiles for every arch in ``archs``, else the first failure in one line.
+def compile_check(archs=None, ptx_archs=None) -> str | None:
+    """None when every kernel compiles for every arch in ``archs`` (cubin) and ``ptx_archs`` (PTX), else the
+    first failure in one line.
 
-    ``archs``: by default :func:`compile_archs`, the claimed ones the installed NVRTC supports.
+    ``archs``: by default :func:`compile_archs`, the claimed ones the installed NVRTC supports;
+    ``ptx_archs``: by default NVRTC's newest (:func:`newest_arch`), the PTX a newer device runs.
     """
     try:
         if archs is None:
@@ -241,8 +262,12 @@ def compile_check(archs=None) -> str | None:
         if not archs:
             version = ".".join(map(str, nvrtc_version()))
             return f"NVRTC {version} supports none of {', '.join(f'sm_{arch}' for arch in ARCHS)}"
+        if ptx_archs is None:
+            ptx_archs = (newest_arch(),)
         for arch in archs:
             compile_for_arch(arch)
+        for arch in ptx_archs:
+            compile_for_arch(arch, target="ptx")
     except (KernelCompileError, FileNotFoundError) as exc:
         return str(exc).splitlines()[0]
     return None
@@ -290,15 +315,32 @@ class _LazyModule:
             if name not in name_expressions(self.module):
                 raise KeyError(f"{name} is not compiled in {self.module}.cu")
             if self._raw is None:
-                import cupy
-
-                self._raw = cupy.RawModule(
-                    code=read_source(self.module),
-                    options=NVRTC_OPTIONS,
-                    name_expressions=name_expressions(self.module),
-                )
-            fn = self._functions[name] = self._raw.get_function(name)
+                self._load()  # a PTX module has every function looked up already
+            fn = self._functions.get(name)
+            if fn is None:
+                fn = self._functions[name] = self._raw.get_function(name)
         return fn
+
+    def _load(self) -> None:
+        """Build the module for the current device: a cubin as CuPy builds it, or PTX (:func:`kernel_target`)."""
+        import cupy
+
+        target, arch = device_target(int(cupy.cuda.Device().compute_capability))
+        if target == "cubin":
+            self._raw = cupy.RawModule(
+                code=read_source(self.module),
+                options=NVRTC_OPTIONS,
+                name_expressions=name_expressions(self.module),
+            )
+            return
+        # PTX: compiled here, loaded from a file (RawModule loads a cubin or PTX by path), every kernel
+        # looked up by its mangled symbol while the file exists.
+        compiled = compile_for_arch(arch, [self.module], target="ptx")[0]
+        with tempfile.TemporaryDirectory(prefix="gpunet-ptx-") as folder:
+            path = Path(folder) / f"{self.module}.compute_{arch}.ptx"
+            path.write_bytes(compiled.binary)
+            self._raw = cupy.RawModule(path=str(path))
+            self._functions = {name: self._raw.get_function(symbol) for name, symbol in compiled.lowered.items()}
 
 
 _MODULES = {module: _LazyModule(module) for module in MODULES}

@@ -17,7 +17,7 @@ import click
 import numpy as np
 
 from gpunet import __version__
-from gpunet.backends.devices import DEVICES, get_backend
+from gpunet.backends.devices import DEVICES, follow_cost_model, get_backend
 from gpunet.errors import DeviceError, GpunetError
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS
@@ -178,7 +178,8 @@ def cli():
 
 
 device_option = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-                             help="auto: a usable CUDA GPU, else the CPU.")
+                             help="auto: a usable CUDA GPU, else the CPU; to train, the GPU only where the cost "
+                                  "model (BENCHMARKS.md) predicts its step faster than the CPU's.")
 
 
 @cli.command(epilog="\b\n--arch SPEC: " + ARCH_HELP)
@@ -222,6 +223,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
                                          unlearned_hint)
+    from gpunet.backends.cost_model import training_step
     from gpunet.training.loop import SettingError, TrainingDiverged, TrainingInterrupted, train as run_training
 
     if arch is not None and ctx.get_parameter_source("hidden") is not click.core.ParameterSource.DEFAULT:
@@ -245,6 +247,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         train_digits, val_digits = split_validation(digits, val_size, seed)
     except SettingError as error:  # too many held out for this data
         raise usage_error(ctx, error) from None
+    backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)))
     sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
     click.echo(f"Data: {digits.source}: {len(digits):,} digits -> {len(train_digits):,} training, "
                f"{len(val_digits):,} validation")
@@ -252,6 +255,8 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
                f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, "
                f"{dtype} on {device_text(backend, arch)}" + (f"; {notice}" if notice else ""))
+    if device_choice:
+        click.echo(f"Device: {device_choice}")
 
     report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:

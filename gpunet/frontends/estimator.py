@@ -128,6 +128,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
         train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
         val_set = Samples(images[held_out], encoded[held_out].astype(train_set.labels.dtype))
         backend = self._backend(say_notice=self.verbose)
+        backend, device_choice = self._follow_cost_model(backend, config, len(train_set), X.shape[1])
+        if device_choice and self.verbose:
+            print(device_choice)
         try:
             report = (lambda m: print(m.describe(config.epochs))) if self.verbose else None
             result = train(backend, train_set, val_set, config, on_epoch=report,
@@ -183,6 +186,16 @@ class Classifier(ClassifierMixin, BaseEstimator):
         if notice and say_notice:
             print(f"Note: {notice}")
         return backend
+
+    def _follow_cost_model(self, backend, config, samples: int, features: int):
+        """device="auto" with a usable GPU: the CPU where the cost model predicts this network's step slower on
+        the GPU (as ``gpunet train --device auto``), and the line saying which and why."""
+        from gpunet.backends.cost_model import training_step
+        from gpunet.backends.devices import follow_cost_model
+
+        if self.device != "auto" or backend.name != "cuda":
+            return backend, None
+        return follow_cost_model(self.device, backend, training_step(config, samples, features, len(self.classes_)))
 
 
     # -- using it --------------------------------------------------------------
