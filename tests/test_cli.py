@@ -1010,7 +1010,7 @@ def test_info_without_a_usable_gpu_compiles_the_kernels_only_when_asked(capsys, 
     from gpunet.backends import kernels
 
     compiled = []
-    monkeypatch.setattr(kernels, "compile_check", lambda archs=None: compiled.append(archs))
+    monkeypatch.setattr(kernels, "compile_check", lambda archs=None, ptx_archs=(): compiled.append(archs))
     code, out, err = run(capsys, "info")
     assert code == 0, err
     assert compiled == []
