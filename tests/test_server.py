@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -677,3 +678,56 @@ def test_the_server_header_names_no_version(server):
     for method in ("GET", "BREW"):
         _, headers, _ = response_headers(server, method)
         assert headers["server"] == "gpunet"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the script reads the server's memory from /proc")
+def test_the_load_script_runs_on_a_small_crowd():
+    """scripts/server_load.py (the crowd of the issue's done-when) works; on this small scale, nothing is timed."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "server_load.py"
+    result = subprocess.run([sys.executable, str(script), "--posts", "12", "--big", "2", "--big-side", "512",
+                             "--limit", "120", "--probe-goal", "1000", "--memory-goal", "100000"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def answered(what):
+        counts = re.search(what + r": \{(.*)\}", result.stdout)[1]
+        return sum(int(n) for status, n in re.findall(r"'(200|503|413)': (\d+)", counts))
+
+    assert answered(r"normal POSTs") == 12, result.stdout  # each answered: 200, or 503 if it waited too long
+    assert answered(r"512x512 POSTs") == 2, result.stdout
+    assert re.search(r"server memory: peak \d+ MB", result.stdout) and "Traceback" not in result.stdout
+
+
+def test_a_busy_server_is_asked_again(browser, server, network):
+    """A 503 (the server's bound on requests in flight) is not the answer: the page asks again after Retry-After."""
+    page = browser.new_page()
+    refused = []
+
+    def refuse_once_when_armed(route):
+        if page.evaluate("() => window.armed === true") and not refused:
+            refused.append(route.request.url)
+            route.fulfill(status=503, headers={"Retry-After": "1", "Content-Type": "application/json"},
+                          body='{"error": "the server is busy with other drawings; try again"}')
+        else:
+            route.continue_()
+    try:
+        page.goto(f"http://{server[0]}:{server[1]}/")
+        page.route("**/predict", refuse_once_when_armed)
+        box = page.locator("#pad").bounding_box()
+        points = stroke_points(box, "1")
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(x, y)
+        page.mouse.up()
+        wait_until_answered(page)
+        page.evaluate("() => { window.armed = true; }")
+        page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.2 * box["height"])
+        page.mouse.down()  # one more dot, its one request refused (the button stays down: no other request)
+        page.wait_for_function("() => document.getElementById('pad').dataset.state === 'busy'", timeout=10000)
+        wait_until_answered(page)
+        assert len(refused) == 1
+        check_matches_server(page, server, network)  # the answer shown is for the drawing with the dot
+        page.mouse.up()
+    finally:
+        page.close()

@@ -16,9 +16,9 @@ What any page the user visits, or a crowd of requests, could do to it, and what 
   must say ``Content-Type: application/json`` (which a cross-site form or "simple" fetch cannot
   send, and whose preflight OPTIONS is refused). All 403, 415 or 405.
 - a crowd: connections beyond MAX_CONNECTIONS wait in a listen backlog of LISTEN_BACKLOG;
-  at most IN_FLIGHT requests hold a body in memory and at most WORKERS decode a drawing at once
-  (:class:`gpunet.frontends.admission.Gate`, newest first); the rest wait at most PATIENCE
-  seconds, or are answered 503 with Retry-After. A body over MAX_BODY bytes and a drawing over
+  at most IN_FLIGHT requests hold a body in memory (let in newest first, see
+  :class:`gpunet.frontends.admission.Gate`) and at most WORKERS decode a drawing at once; the
+  rest wait at most PATIENCE seconds, or are answered 503 with Retry-After. A body over MAX_BODY bytes and a drawing over
   MAX_PIXELS are refused (413) before they are read or decoded.
 - malformed HTTP: a strict Content-Length (digits only, one header, no Transfer-Encoding), 408
   for a body that stalls SOCKET_TIMEOUT seconds, 400 for JSON of any depth that is not the
@@ -55,7 +55,7 @@ MAX_PIXELS = 1024 * 1024
 DRAIN_LIMIT = 16 * MAX_BODY  # a refused body up to this size is read and dropped
 SOCKET_TIMEOUT = 10  # seconds a client may stall mid-request
 WORKERS = 2  # drawings decoded and answered at once (the GIL lets little more run in parallel)
-IN_FLIGHT = 32  # requests holding their body in memory, waiting for a worker or working
+IN_FLIGHT = 8  # requests holding their body in memory, waiting (oldest first) for a worker or working
 QUEUE = 256  # requests waiting for one of the IN_FLIGHT places; one more refuses the oldest
 PATIENCE = 10.0  # seconds a request waits for a place before it is refused (503)
 MAX_CONNECTIONS = 4096  # connections served at once (a thread each); more wait in the listen backlog
@@ -374,7 +374,9 @@ class DigitServer(ThreadingHTTPServer):
         self.page = page()
         self.audience = Audience({address[0], self.server_address[0]}, self.server_address[1])
         self.in_flight = Gate(IN_FLIGHT, QUEUE, PATIENCE)
-        self.workers = Gate(WORKERS, IN_FLIGHT, PATIENCE)
+        # Oldest first here: a request let in ahead of others keeps its place (newest first at both
+        # steps would leave it behind every later one, for as long as the burst lasts).
+        self.workers = threading.Semaphore(WORKERS)
         self.max_connections = connection_limit()
         self.connections = 0
         self._room = threading.Condition()
@@ -390,12 +392,12 @@ class DigitServer(ThreadingHTTPServer):
             except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply
                 raise RequestError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
             del body
-            if not self.workers.enter():
+            if not self.workers.acquire(timeout=PATIENCE):
                 raise Busy()
             try:
                 return predict_drawing(self.network, payload)
             finally:
-                self.workers.leave()
+                self.workers.release()
         finally:
             self.in_flight.leave()
 
