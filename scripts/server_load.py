@@ -3,7 +3,7 @@
 Starts `gpunet serve` on a free port of 127.0.0.1 (loopback only), then, all at once:
   --posts   POST /predict with a 280x280 drawing, as the page sends (default 2,000), each on its own connection;
   --big     POST /predict with a --big-side x --big-side drawing (default 50 of 2048x2048);
-and meanwhile a probe asks, one after another, for the page (GET /) and for one normal drawing
+and meanwhile a probe (a process of its own) asks, one after another, for the page (GET /) and for one normal drawing
 (POST /predict), each on a fresh connection, as a user's browser would. It reports each probe's
 time to answer, the answers the crowd got, and the server's memory (VmRSS sampled, VmHWM at the
 end). Bounded: every connection and the whole run have time limits (--limit), the server is
@@ -21,6 +21,7 @@ import asyncio
 import base64
 import io
 import json
+import multiprocessing
 import os
 import re
 import resource
@@ -89,27 +90,35 @@ async def crowd(port: int, posts: list[bytes], big: list[bytes], limit: float) -
     return Counter(results[:len(posts)]), Counter(results[len(posts):]), time.perf_counter() - start
 
 
-class Probe(threading.Thread):
-    """A user meanwhile: GET / and POST one normal drawing, one after another, each on a fresh connection."""
+class Probe:
+    """A user meanwhile: GET / and POST one normal drawing, one after another, each on a fresh connection.
+
+    It runs in a process of its own (``probe_process``), so that its times are the server's, not
+    those of this process's event loop busy with the crowd.
+    """
 
     def __init__(self, port: int, body: bytes, limit: float):
-        super().__init__(daemon=True)
         self.port, self.body, self.limit = port, body, limit
-        self.answers: list[tuple[str, str, float, float]] = []  # (what, status, seconds, when it was sent)
-        self.stop = threading.Event()
-        self.start_time = time.perf_counter()
+        self.answers: list[tuple[str, str, float, float]] = []  # (what, status, seconds, when sent: time.time())
 
     def ask(self, what: str, request: bytes) -> None:
-        start = time.perf_counter()
+        sent, start = time.time(), time.perf_counter()
         status = asyncio.run(exchange(self.port, request, self.limit))
-        self.answers.append((what, status, time.perf_counter() - start, start - self.start_time))
+        self.answers.append((what, status, time.perf_counter() - start, sent))
 
-    def run(self) -> None:
-        page = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % self.port
-        while not self.stop.is_set():
-            self.ask("GET /", page)
-            self.ask("POST /predict", post_bytes(self.port, self.body))
-            self.stop.wait(0.05)
+    def ask_both(self) -> None:
+        self.ask("GET /", b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % self.port)
+        self.ask("POST /predict", post_bytes(self.port, self.body))
+
+
+def probe_process(port: int, body: bytes, limit: float, ready, stop, answers) -> None:
+    """Ask both, again and again, from ``ready`` until ``stop``; then put the answers on the queue ``answers``."""
+    probe = Probe(port, body, limit)
+    ready.set()
+    while not stop.is_set():
+        probe.ask_both()
+        stop.wait(0.05)
+    answers.put(probe.answers)
 
 
 class Memory(threading.Thread):
@@ -215,13 +224,17 @@ def main(argv=None) -> int:
             memory = Memory(process.pid)
             memory.start()
             calm = Probe(port, posts[0], args.limit)
-            calm.ask("GET /", b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % port)
-            calm.ask("POST /predict", post_bytes(port, posts[0]))
-            probe = Probe(port, posts[0], args.limit)
-            probe.start()
+            calm.ask_both()
+            spawn = multiprocessing.get_context("spawn")
+            ready, stop, answers = spawn.Event(), spawn.Event(), spawn.Queue()
+            prober = spawn.Process(target=probe_process, args=(port, posts[0], args.limit, ready, stop, answers))
+            prober.start()
+            ready.wait(args.limit)
+            crowd_start = time.time()
             normal, large, seconds = asyncio.run(asyncio.wait_for(crowd(port, posts, big, args.limit), args.limit * 2))
-            probe.stop.set()
-            probe.join(args.limit)
+            stop.set()
+            probe_answers = answers.get(timeout=args.limit)
+            prober.join(args.limit)
             time.sleep(0.5)
             after = memory.read("VmRSS")
             peak = memory.read("VmHWM")
@@ -237,12 +250,12 @@ def main(argv=None) -> int:
     print(f"  {args.big_side}x{args.big_side} POSTs: {dict(sorted(large.items()))}")
     probe_goal_met = True
     for what in ("GET /", "POST /predict"):
-        answers = [(status, s) for w, status, s, _ in probe.answers if w == what]
+        answers = [(status, s) for w, status, s, _ in probe_answers if w == what]
         statuses = Counter(status for status, _ in answers)
         print(f"probe {what} meanwhile: {summary([s for _, s in answers])}; {dict(sorted(statuses.items()))}")
         probe_goal_met &= all(s <= args.probe_goal and status.isdigit() for status, s in answers)
-    slow = [f"{what} sent at {at:.1f} s: {status} after {s:.2f} s" for what, status, s, at in probe.answers
-            if s > args.probe_goal]
+    slow = [f"{what} sent at {at - crowd_start:.1f} s: {status} after {s:.2f} s"
+            for what, status, s, at in probe_answers if s > args.probe_goal]
     if slow:
         print("  slower than the goal: " + "; ".join(slow))
     print(f"server memory: peak {peak:.0f} MB (VmHWM), largest sample {max(memory.samples, default=0):.0f} MB, "

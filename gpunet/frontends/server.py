@@ -18,8 +18,8 @@ What any page the user visits, or a crowd of requests, could do to it, and what 
 - a crowd: connections beyond MAX_CONNECTIONS wait in a listen backlog of LISTEN_BACKLOG;
   at most IN_FLIGHT requests hold a body in memory (let in newest first, see
   :class:`gpunet.frontends.admission.Gate`) and at most WORKERS decode a drawing at once; the
-  rest wait at most PATIENCE seconds, or are answered 503 with Retry-After. A body over MAX_BODY bytes and a drawing over
-  MAX_PIXELS are refused (413) before they are read or decoded.
+  rest wait at most PATIENCE seconds, or are answered 503 with Retry-After. A body over
+  MAX_BODY bytes and a drawing over MAX_PIXELS are refused (413) before they are read or decoded.
 - malformed HTTP: a strict Content-Length (digits only, one header, no Transfer-Encoding), 408
   for a body that stalls SOCKET_TIMEOUT seconds, 400 for JSON of any depth that is not the
   expected object, 405/501 for other methods.
@@ -36,7 +36,6 @@ import binascii
 import ipaddress
 import json
 import re
-import resource
 import socket
 import threading
 import traceback
@@ -66,7 +65,7 @@ FILE_RESERVE = 64  # file descriptors kept free of connections (the model, the l
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\[\]:/@\s]+))(?::(?P<port>[0-9]{1,5}))?")
-CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")  # what int() accepts beyond this ("1_0", " 10", "+10", "١٠") is refused
+CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")  # what int() accepts beyond this ("1_0", "+10") is refused
 SECURITY_HEADERS = (
     ("Cache-Control", "no-store"),
     ("X-Content-Type-Options", "nosniff"),
@@ -439,6 +438,10 @@ class DigitServer6(DigitServer):
 
 def connection_limit() -> int:
     """MAX_CONNECTIONS, or fewer when the process may not open that many files."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return MAX_CONNECTIONS
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
