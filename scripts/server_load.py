@@ -136,6 +136,12 @@ class Memory(threading.Thread):
                     return int(line.split()[1]) / 1024
         raise RuntimeError(f"no {field} for process {self.pid}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server so far (/proc/PID/stat)."""
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def run(self) -> None:
         while not self.stop.wait(0.02):
             try:
@@ -230,8 +236,10 @@ def main(argv=None) -> int:
             prober = spawn.Process(target=probe_process, args=(port, posts[0], args.limit, ready, stop, answers))
             prober.start()
             ready.wait(args.limit)
-            crowd_start = time.time()
+            crowd_start, cpu_before = time.time(), memory.cpu_seconds()
             normal, large, seconds = asyncio.run(asyncio.wait_for(crowd(port, posts, big, args.limit), args.limit * 2))
+            cpu = memory.cpu_seconds() - cpu_before
+            load = os.getloadavg()[0]
             stop.set()
             probe_answers = answers.get(timeout=args.limit)
             prober.join(args.limit)
@@ -245,7 +253,8 @@ def main(argv=None) -> int:
     print(f"gpunet serve on 127.0.0.1:{port}, pid {process.pid}; {os.cpu_count()} CPUs")
     print("before the crowd: " + ", ".join(f"{what} {status} in {1000 * s:.0f} ms" for what, status, s, _ in calm.answers))
     print(f"crowd: {args.posts} normal POSTs and {args.big} of {args.big_side}x{args.big_side}, all at once; "
-          f"all answered in {seconds:.1f} s")
+          f"all answered in {seconds:.1f} s, using {cpu:.1f} s of the server's CPU time "
+          f"(load average {load:.1f} on {os.cpu_count()} CPUs)")
     print(f"  normal POSTs: {dict(sorted(normal.items()))}")
     print(f"  {args.big_side}x{args.big_side} POSTs: {dict(sorted(large.items()))}")
     probe_goal_met = True

@@ -56,7 +56,9 @@ SOCKET_TIMEOUT = 10  # seconds a client may stall mid-request
 WORKERS = 2  # drawings decoded and answered at once (the GIL lets little more run in parallel)
 IN_FLIGHT = 8  # requests holding their body in memory, waiting (oldest first) for a worker or working
 QUEUE = 256  # requests waiting for one of the IN_FLIGHT places; one more refuses the oldest
-PATIENCE = 10.0  # seconds a request waits for a place before it is refused (503)
+# Seconds a request waits for a place, then 503 (Retry-After): the page sends a drawing per stroke, and
+# one that waited longer is stale; it is better asked again with the drawing as it is by then.
+PATIENCE = 0.5
 MAX_CONNECTIONS = 4096  # connections served at once (a thread each); more wait in the listen backlog
 LISTEN_BACKLOG = 4096  # connections the kernel holds for us (Linux caps it at net.core.somaxconn)
 RETRY_AFTER = 1  # seconds, in a 503's Retry-After
