@@ -3,7 +3,7 @@
 The rules (README, "Your files are safe"):
 
 * A command replaces only a file of the kind it writes: ``train`` a gpunet
-  model, ``predict`` a Kaggle submission. Anything else at ``--out`` (a
+  model, ``predict`` a Kaggle submission (and at ``--probabilities`` a file of class probabilities). Anything else at ``--out`` (a
   submission, an image, a model of another program) is refused before any
   work, as is an ``--out`` that is one of the command's inputs; a model is checked again just before it
   replaces one (``save_replacing_only``): a file that appeared meanwhile (another kind, or a write-protected or
@@ -30,15 +30,19 @@ from gpunet.errors import GpunetError
 
 MODEL, SUBMISSION, PNG = "a gpunet model", "a Kaggle submission", "a PNG image"
 SUBMISSION_HEADER = b"ImageId,Label"
+PROBABILITIES = "a file of class probabilities"
+HEAD_BYTES = 64  # as much of a file as its kind is told from: the probabilities header (39 bytes) fits
 MAX_BESIDE = 100  # model.interrupted.npz, model.interrupted-2.npz, ...
 
 
 def kind_of(path: Path) -> str | None:
     """What the file at ``path`` holds, in words; None where it is empty (nothing to lose)."""
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(HEAD_BYTES)
     if not head:
         return None
+    if holds_probabilities(head):
+        return PROBABILITIES
     if head.startswith(SUBMISSION_HEADER):
         return SUBMISSION
     if head.startswith(b"\x89PNG"):
@@ -52,19 +56,32 @@ def kind_of(path: Path) -> str | None:
     return "another kind of file"
 
 
-def check_out_path(option: str, path: Path, kind: str, **inputs: Path | None) -> Path:
+def probabilities_header(classes: int = 10) -> str:
+    """The first line of ``predict --probabilities``'s CSV: ImageId,p0,...,p9 (p_k: the probability of class k)."""
+    return ",".join(["ImageId", *(f"p{k}" for k in range(classes))])
+
+
+def holds_probabilities(head: bytes) -> bool:
+    """Whether a file's first bytes are the probabilities header, a whole line of it."""
+    header = probabilities_header().encode()
+    return head.startswith(header + b"\n") or head.startswith(header + b"\r\n")
+
+
+def check_out_path(option: str, path: Path, kind: str, **inputs) -> Path:
     """Fail before any work if ``path`` cannot be written, is an input, or holds another kind of file.
 
-    ``kind``: what the command writes (MODEL or SUBMISSION); ``inputs``: the
-    command's input files by option name (``data=...``).
+    ``kind``: what the command writes (MODEL, SUBMISSION or PROBABILITIES); ``inputs``: the
+    command's input files by option name (``data=...``; a tuple for an option given more than once).
     """
     if path.is_dir():
         raise GpunetError(f"{option} {path}: is a folder; give a file name")
     if not path.parent.is_dir():
         raise GpunetError(f"{option} {path}: folder '{path.parent}' does not exist")
-    for name, source in inputs.items():
-        if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
-            raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, give another name")
+    for name, sources in inputs.items():
+        for source in sources if isinstance(sources, (tuple, list)) else (sources,):  # --model a --model b
+            if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
+                raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, "
+                                  "give another name")
     if path.is_symlink():  # replacing it would replace the link, not the file it points to: say so instead
         raise GpunetError(f"{option} {path}: is a symbolic link; give the name of a file, not a link")
     if path.exists():

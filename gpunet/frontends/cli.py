@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -21,7 +22,8 @@ from gpunet.backends.devices import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS
-from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_replacing_only, save_without_replacing
+from gpunet.files.outputs import (MODEL, PROBABILITIES, SUBMISSION, check_out_path, probabilities_header,
+                                  save_replacing_only, save_without_replacing)
 from gpunet.training.loop import DTYPES, SCHEDULES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -450,7 +452,9 @@ def load_network(model_path: Path, backend, digit_classes: bool = True):
 
 
 @cli.command()
-@click.option("--model", type=path_type(), default=Path("model.npz"), show_default=True)
+@click.option("--model", "models", type=path_type(), multiple=True, default=[Path("model.npz")], show_default=True,
+              help="A model file; give it more than once (--model a.npz --model b.npz) to label by the mean of "
+                   "the models' probabilities (an ensemble; their architectures may differ).")
 @click.option("--data", type=path_type(), default=None,
               help="Digits to label: Kaggle test.csv[.gz] (a train.csv also works; its labels are ignored), IDX or .npz.")
 @click.option("--image", "images", type=path_type(), multiple=True,
@@ -458,11 +462,16 @@ def load_network(model_path: Path, backend, digit_classes: bool = True):
 @click.option("--json", "as_json", is_flag=True, help="With --image: print a JSON list of {file, label, probabilities}.")
 @click.option("--out", type=path_type(), default=Path("submission.csv"), show_default=True,
               help="Kaggle submission file: ImageId,Label with ImageId counting from 1.")
+@click.option("--probabilities", type=path_type(), default=None, metavar="FILE",
+              help="With --data: also write each digit's ten class probabilities, a CSV of ImageId,p0,...,p9 "
+                   "(replacing only such a file).")
 @device_option
 @click.argument("more_images", nargs=-1, type=path_type(), metavar="")
 @click.pass_context
-def predict(ctx, model, data, images, as_json, out, device, more_images):
-    """Label digits and write a Kaggle 'Digit Recognizer' submission, or label your own images (--image)."""
+def predict(ctx, models, data, images, as_json, out, probabilities, device, more_images):
+    """Label digits and write a Kaggle 'Digit Recognizer' submission, or label your own images (--image).
+
+    With several --model files each digit gets the mean of the models' probabilities (soft voting)."""
     from gpunet.files.atomic_file import write_atomically
     from gpunet.files.data import load_digits
 
@@ -473,19 +482,74 @@ def predict(ctx, model, data, images, as_json, out, device, more_images):
     if images:
         if ctx.get_parameter_source("out") is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--out goes with --data; with --image the labels are printed (--json for JSON)")
-        return predict_images(model, images + more_images, as_json, device)
+        if probabilities is not None:
+            raise click.UsageError("--probabilities goes with --data; with --image, --json prints the probabilities")
+        return predict_images(models, images + more_images, as_json, device)
     if data is None:
         raise click.UsageError("give --data FILE (digits to label) or --image FILE... (your own images)")
     if as_json:
         raise click.UsageError("--json goes with --image")
-    out = check_out_path("--out", out, SUBMISSION, data=data, model=model)
+    if probabilities is not None and same_path(out, probabilities):
+        raise click.UsageError("--out is the submission and --probabilities the probabilities: give them different names")
+    out = check_out_path("--out", out, SUBMISSION, data=data, model=models)
+    if probabilities is not None:
+        check_out_path("--probabilities", probabilities, PROBABILITIES, data=data, model=models)
     backend, notice = get_backend(device)
-    network, meta = load_network(model, backend, digit_classes=False)
+    # p0..p9 name the digits: the probabilities of models of other classes have no column names here
+    ensemble, classes = load_ensemble(models, backend, digit_classes=probabilities is not None)
     digits = load_digits(data, labeled=False)
     say_notice(notice)
-    labels = class_labels(meta, network)[predict_labels(network, digits)]
+    probs = ensemble.probabilities(digits.images)
+    labels = classes[probs.argmax(axis=1)]
+    if probabilities is not None:
+        write_atomically(probabilities, lambda f: f.write(probabilities_csv(probs).encode()))
+        click.echo(f"Wrote the probabilities of {plural(len(probs), 'digit')} to {probabilities}")
     write_atomically(out, lambda f: f.write(submission_csv(labels).encode()))
-    click.echo(f"Wrote {plural(len(labels), 'prediction')} to {out}")
+    mean = f" (the mean of {len(models)} models' probabilities)" if len(models) > 1 else ""
+    click.echo(f"Wrote {plural(len(labels), 'prediction')} to {out}{mean}")
+
+
+def same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same name, through links, or two hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def load_ensemble(models, backend, digit_classes: bool = True):
+    """(Ensemble of the --model files, the class labels they share), each file loaded by ``load_network``;
+    one line naming a file whose classes are not those of the first."""
+    from gpunet.nn.ensemble import Ensemble
+
+    networks, classes = [], None
+    for model in models:
+        network, meta = load_network(model, backend, digit_classes)
+        labels = class_labels(meta, network)
+        if classes is not None and labels.tolist() != classes.tolist():
+            raise GpunetError(f"{model}: its classes ({classes_text(labels)}) are not those of {models[0]} "
+                              f"({classes_text(classes)}); the models of an ensemble must score the same classes")
+        networks.append(network)
+        classes = labels
+    return Ensemble(networks), classes
+
+
+def classes_text(classes) -> str:
+    """A model's classes in a line: the first five, then '...'."""
+    values = classes.tolist()
+    return ", ".join(map(repr, values[:5])) + (", ..." if len(values) > 5 else "")
+
+
+def probabilities_csv(probs) -> str:
+    """ImageId,p0,...,p9 rows, ImageId from 1; each probability as the shortest text that reads back the same
+    float64 (Python's repr)."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    text.write(probabilities_header(probs.shape[1]) + "\n")
+    writer.writerows([image_id, *row] for image_id, row in enumerate(probs.tolist(), start=1))
+    return text.getvalue()
 
 
 def submission_csv(labels) -> str:
@@ -500,8 +564,8 @@ def submission_csv(labels) -> str:
     return text.getvalue()
 
 
-def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
-    """One line per image (digit, then the top three probabilities), or a JSON list.
+def predict_images(models, paths, as_json: bool, device: str) -> None:
+    """One line per image (digit, then the top three probabilities: the mean of the models'), or a JSON list.
 
     An image that cannot be used gets one error line and the rest are still
     labeled; the exit status is 1 if any failed.
@@ -511,7 +575,7 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
     from gpunet.frontends.images import ImageError, load_digit
 
     backend, notice = get_backend(device)
-    network, _ = load_network(model, backend)
+    network, _ = load_ensemble(models, backend)
     say_notice(notice)
     answers, failed = [], 0
     for path in paths:
