@@ -275,8 +275,9 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     if final.val_accuracy is not None:
         click.echo(f"Validation accuracy {100 * final.val_accuracy:.2f}% (epoch {result.best_epoch}); saved {out}")
     else:
-        click.echo(f"Training accuracy {100 * final.train_accuracy:.2f}% (epoch {result.best_epoch}; "
-                   f"no validation digits); saved {out}")
+        click.echo(f"No validation accuracy: trained on every digit (--val-size 0), so nothing estimates the "
+                   f"accuracy on new digits; training accuracy {100 * final.train_accuracy:.2f}% while training "
+                   f"(epoch {result.best_epoch}); saved {out}")
     STOP_SIGNALS.stop_if_pending()  # a signal during the save stops the run once it is said where the model went
     if plot_dir is not None:
         from gpunet.frontends.plots import write_plots
