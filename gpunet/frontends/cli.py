@@ -25,6 +25,7 @@ from gpunet.nn.optimizers import OPTIMIZERS
 from gpunet.files.outputs import (MODEL, PROBABILITIES, SUBMISSION, check_out_path, probabilities_header,
                                   save_replacing_only, save_without_replacing)
 from gpunet.training.loop import DTYPES, SCHEDULES
+from gpunet.training.presets import PRESETS, command_line
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -165,7 +166,24 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
                              help="auto: a usable CUDA GPU, else the CPU.")
 
 
-@cli.command(epilog="\b\n--arch SPEC: " + ARCH_HELP)
+def use_preset(ctx, param, name: str | None) -> str | None:
+    """Click callback for --preset (eager: before the other options): the preset's settings become the defaults
+    of the options not given (click's default_map), so an option given wins."""
+    if name is not None:
+        ctx.default_map = {**(ctx.default_map or {}), **PRESETS[name]}
+    return name
+
+
+def presets_help() -> str:
+    """--help's list of the presets, each as the options it stands for."""
+    return "\b\n--preset NAME: the options each stands for (any option given replaces its value):\n" + \
+        "\n".join(f"  {name}: {command_line(name)}" for name in PRESETS)
+
+
+@cli.command(epilog="\b\n--arch SPEC: " + ARCH_HELP + "\n\n" + presets_help())
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, is_eager=True, callback=use_preset,
+              help="Settings for a purpose (listed below): notes: the notes' recipe; default: the defaults; fast: the "
+                   "fastest road to 99%; mlp, cnn: the best MLP and CNN in about 15 minutes. Options given override it.")
 @click.option("--data", type=path_type(), default=None,
               help="Labeled digits: Kaggle train.csv[.gz], MNIST IDX file or folder, or .npz. Default: the bundled sample.")
 @device_option
@@ -200,16 +218,18 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
 @click.option("--plot", "plot_dir", type=path_type(), default=None,
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
 @click.pass_context
-def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size,
-          patience, seed, dtype, out, plot_dir):
+def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init,
+          val_size, patience, seed, dtype, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
                                          unlearned_hint)
     from gpunet.training.loop import SettingError, TrainingDiverged, TrainingInterrupted, train as run_training
 
-    if arch is not None and ctx.get_parameter_source("hidden") is not click.core.ParameterSource.DEFAULT:
-        raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
+    if arch is not None and given_by_user(ctx, "hidden"):
+        if given_by_user(ctx, "arch"):
+            raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
+        arch = None  # --hidden given replaces the preset's layers
     hidden, arch = network_shape(hidden, arch)
     config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                           schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
@@ -230,6 +250,10 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         raise usage_error(ctx, error) from None
     say_notice(notice)  # after the inputs are known good: bad input gets its one line alone
     sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
+    if preset is not None:
+        changed = [cli_option(p.name) for p in ctx.command.params
+                   if (p.name in PRESETS[preset] or p.name in ("hidden", "arch")) and given_by_user(ctx, p.name)]
+        click.echo(f"Preset {preset}" + (f", with {', '.join(changed)} as given" if changed else ""))
     click.echo(f"Data: {digits.source}: {len(digits):,} digits -> {len(train_digits):,} training, "
                f"{len(val_digits):,} validation")
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
@@ -286,6 +310,13 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
             click.echo("Plots: no validation digits (--val-size 0): the confusion matrix and misclassified "
                        "digits are of the training digits")
         report_plots(write_plots(out, plot_dir, val_digits if len(val_digits) else train_digits))
+
+
+def given_by_user(ctx, name: str) -> bool:
+    """Whether the user gave option ``name`` (on the command line or through the environment), rather than its
+    default or a --preset's value."""
+    source = ctx.get_parameter_source(name)
+    return source not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
 
 
 def train_config(ctx, optimizer: str, **options):

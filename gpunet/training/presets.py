@@ -1,0 +1,42 @@
+"""Named sets of training settings: ``gpunet train --preset notes|default|fast|mlp|cnn``.
+
+Each preset is a plain mapping of ``gpunet train``'s option names (as Python spells them, which are also
+``TrainConfig``'s fields) to values as the command line takes them. The command line fills every option the
+user did not give from it (click's ``default_map``), so an option given always wins over the preset's value;
+``--hidden`` or ``--arch`` given replaces the preset's network, whichever of the two the preset names.
+
+Where the values come from (figures: README, "Getting a top score", and BENCHMARKS.md):
+
+* ``notes``: the design notes' recipe, 784-16-16-10, full-batch gradient descent W <- W - alpha.dW,
+  uniform initial weights in [-0.5, 0.5), alpha 0.1, 500 steps.
+* ``default``: what ``gpunet train`` does with no options (the optimizer's defaults of ``nn/optimizers.py``).
+* ``fast``: the shortest road to 99% found: the LeNet-like CNN with Adam at the default rate, 4 epochs.
+* ``cnn``: the LeNet-like CNN trained longer at AdamW's usual rate (2e-3, weight decay 0.01) with the
+  warm-up-then-cosine schedule (a one-cycle shape), as the PyTorch reference recipe of issue 16.
+* ``mlp``: the dropout MLP of Srivastava et al. (2014), 3 x 1024 ReLU units with dropout 0.5 after each
+  (and 0.2 on the inputs), sized in epochs to about 15 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+LENET = "conv32k5,pool2,conv64k5,pool2,dense256,dropout0.5"
+DROPOUT_MLP = "dropout0.2,dense1024,dropout0.5,dense1024,dropout0.5,dense1024,dropout0.5"
+
+PRESETS: dict[str, dict] = {
+    "notes": {"hidden": "16,16", "optimizer": "gd", "init": "seed", "lr": 0.1, "epochs": 500, "batch_size": 0,
+              "schedule": "constant", "weight_decay": 0.0},
+    "default": {"hidden": "16,16", "optimizer": "adam", "init": "he", "lr": 0.01, "epochs": 30, "batch_size": 64,
+                "schedule": "cosine", "weight_decay": 0.1},
+    "fast": {"arch": LENET, "optimizer": "adam", "init": "he", "lr": 0.01, "epochs": 4, "batch_size": 64,
+             "schedule": "cosine", "weight_decay": 0.1},
+    "mlp": {"arch": DROPOUT_MLP, "optimizer": "adam", "init": "he", "lr": 0.001, "epochs": 30, "batch_size": 128,
+            "schedule": "cosine", "weight_decay": 0.01},
+    "cnn": {"arch": LENET, "optimizer": "adam", "init": "he", "lr": 0.002, "epochs": 15, "batch_size": 64,
+            "schedule": "cosine", "weight_decay": 0.01},
+}
+
+
+def command_line(name: str) -> str:
+    """The preset as the options it stands for: "--hidden 16,16 --optimizer gd ..."."""
+    return " ".join(f"--{option.replace('_', '-')} {value:g}" if isinstance(value, float)
+                    else f"--{option.replace('_', '-')} {value}" for option, value in PRESETS[name].items())
