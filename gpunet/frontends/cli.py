@@ -183,7 +183,7 @@ def presets_help() -> str:
 @cli.command(epilog="\b\n--arch SPEC: " + ARCH_HELP + "\n\n" + presets_help())
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None, is_eager=True, callback=use_preset,
               help="Settings for a purpose (listed below): notes: the notes' recipe; default: the defaults; fast: the "
-                   "fastest road to 99%; mlp, cnn: the best MLP and CNN in about 15 minutes. Options given override it.")
+                   "fastest road to 99%; mlp, cnn: an MLP and a CNN sized to about 15 minutes. Options given override it.")
 @click.option("--data", type=path_type(), default=None,
               help="Labeled digits: Kaggle train.csv[.gz], MNIST IDX file or folder, or .npz. Default: the bundled sample.")
 @device_option
