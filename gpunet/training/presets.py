@@ -16,8 +16,8 @@ Where the values come from (README, "Getting a top score", has what was measured
   warm-up, then a decay to 0: one-cycle's shape), the PyTorch reference recipe of issue 16; 30 epochs of about 10 s on 2 cores
   leave room in 15 minutes for augmentation's cost.
 * ``mlp``: the dropout MLP of Srivastava et al. (2014), 3 x 1024 ReLU units with dropout 0.5 after each and
-  0.2 on the inputs; an epoch took 60 CPU-seconds at batch 64 (3 x 1024, no input dropout), so 20 epochs
-  come to about 10-20 minutes on 2 cores, as well as the two cores share the products.
+  0.2 on the inputs; an epoch of it took 41 CPU-seconds at batch 128, so 20 epochs come to about 7-14
+  minutes on 2 cores, as well as the two cores share the products.
 """
 
 from __future__ import annotations
