@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Classifier": "gpunet.frontends.estimator",
     "load": "gpunet.frontends.estimator",
+    "mean_proba": "gpunet.frontends.estimator",
     "Network": "gpunet.nn.model",
     "train": "gpunet.training.loop",
     "TrainConfig": "gpunet.training.loop",

@@ -5,7 +5,7 @@ The rules (README, "Your files are safe"):
 * A command replaces only a file of the kind it writes, told by its content (``kind_of``): ``train`` a
   gpunet model (a file whose metadata carries gpunet's format marker and a version this gpunet reads, not
   any zip with a ``metadata`` member), ``predict`` a Kaggle submission (a header of exactly ``ImageId,Label``
-  and rows of two whole numbers). Anything else at ``--out`` is refused before any work, as is an ``--out``
+  and rows of two whole numbers), and at ``--probabilities`` a file of class probabilities (``ImageId,p0,...,p9``). Anything else at ``--out`` is refused before any work, as is an ``--out``
   that is one of the command's inputs; it is checked again just before the rename (``save_replacing_only``):
   a file that appeared meanwhile (another kind, or a write-protected or unreadable one) is kept, the new
   file goes beside it.
@@ -49,6 +49,8 @@ SUBMISSION_HEADER = b"ImageId,Label"
 # A submission is read whole to be recognised, up to this many bytes (some 1.5 million rows; Kaggle's has 28,000).
 SUBMISSION_LIMIT = 16 << 20
 SUBMISSION_ROWS = re.compile(rb"ImageId,Label\r?\n(?:[0-9]{1,18},[0-9]{1,18}\r?\n)*(?:[0-9]{1,18},[0-9]{1,18}\r?)?")
+PROBABILITIES = "a file of class probabilities"
+HEAD_BYTES = 64  # as much of a file as its kind is told from: the probabilities header (39 bytes) fits
 MAX_BESIDE = 100  # model.interrupted.npz, model.interrupted-2.npz, ...
 PREVIOUS = "previous"  # model.previous.npz: the model a completed run replaced
 
@@ -62,9 +64,11 @@ TEMPORARY = re.compile(r"\.{1,2}gpunet-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-.*\
 def kind_of(path: Path) -> str | None:
     """What the file at ``path`` holds, in words; None where it is empty (nothing to lose)."""
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(HEAD_BYTES)
         if not head:
             return None
+        if holds_probabilities(head):
+            return PROBABILITIES
         if head.startswith(SUBMISSION_HEADER):
             return _submission_kind(head + f.read(SUBMISSION_LIMIT))
     if head.startswith(b"\x89PNG"):
@@ -131,19 +135,32 @@ def identity(path: Path):
     return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
 
 
-def check_out_path(option: str, path: Path, kind: str, **inputs: Path | None) -> Path:
+def probabilities_header(classes: int = 10) -> str:
+    """The first line of ``predict --probabilities``'s CSV: ImageId,p0,...,p9 (p_k: the probability of class k)."""
+    return ",".join(["ImageId", *(f"p{k}" for k in range(classes))])
+
+
+def holds_probabilities(head: bytes) -> bool:
+    """Whether a file's first bytes are the probabilities header, a whole line of it."""
+    header = probabilities_header().encode()
+    return head.startswith(header + b"\n") or head.startswith(header + b"\r\n")
+
+
+def check_out_path(option: str, path: Path, kind: str, **inputs) -> Path:
     """Fail before any work if ``path`` cannot be written, is an input, or holds another kind of file.
 
-    ``kind``: what the command writes (MODEL or SUBMISSION); ``inputs``: the
-    command's input files by option name (``data=...``).
+    ``kind``: what the command writes (MODEL, SUBMISSION or PROBABILITIES); ``inputs``: the
+    command's input files by option name (``data=...``; a tuple for an option given more than once).
     """
     if path.is_dir():
         raise GpunetError(f"{option} {path}: is a folder; give a file name")
     if not path.parent.is_dir():
         raise GpunetError(f"{option} {path}: folder '{path.parent}' does not exist")
-    for name, source in inputs.items():
-        if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
-            raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, give another name")
+    for name, sources in inputs.items():
+        for source in sources if isinstance(sources, (tuple, list)) else (sources,):  # --model a --model b
+            if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
+                raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, "
+                                  "give another name")
     if path.is_symlink():  # replacing it would replace the link, not the file it points to: say so instead
         raise GpunetError(f"{option} {path}: is a symbolic link; give the name of a file, not a link")
     if path.exists():

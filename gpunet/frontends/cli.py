@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -21,9 +22,10 @@ from gpunet.backends.devices import DEVICES, follow_cost_model, get_backend
 from gpunet.errors import DeviceError, GpunetError
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS
-from gpunet.files.outputs import (MODEL, SUBMISSION, SaveError, check_out_path, identity, save_replacing_only,
-                                  save_without_replacing)
+from gpunet.files.outputs import (MODEL, PROBABILITIES, SUBMISSION, SaveError, check_out_path, identity,
+                                  probabilities_header, save_replacing_only, save_without_replacing)
 from gpunet.training.loop import DTYPES, SCHEDULES
+from gpunet.training.presets import PRESETS, command_line
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 # `gpunet plot --kind`: gpunet.frontends.plots.KINDS as the command line spells them (imported there with matplotlib)
@@ -182,7 +184,24 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
                                   "model (BENCHMARKS.md) predicts its step faster than the CPU's.")
 
 
-@cli.command(epilog="\b\n--arch SPEC: " + ARCH_HELP)
+def use_preset(ctx, param, name: str | None) -> str | None:
+    """Click callback for --preset (eager: before the other options): the preset's settings become the defaults
+    of the options not given (click's default_map), so an option given wins."""
+    if name is not None:
+        ctx.default_map = {**(ctx.default_map or {}), **PRESETS[name]}
+    return name
+
+
+def presets_help() -> str:
+    """--help's list of the presets, each as the options it stands for."""
+    return "\b\n--preset NAME: the options each stands for (any option given replaces its value):\n" + \
+        "\n".join(f"  {name}: {command_line(name)}" for name in PRESETS)
+
+
+@cli.command(epilog="\b\n--arch SPEC: " + ARCH_HELP + "\n\n" + presets_help())
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, is_eager=True, callback=use_preset,
+              help="Settings for a purpose (listed below): notes: the notes' recipe; default: the defaults; fast: the "
+                   "fastest road to 99%; mlp, cnn: an MLP and a CNN sized to about 15 minutes. Options given override it.")
 @click.option("--data", type=path_type(), default=None,
               help="Labeled digits: Kaggle train.csv[.gz], MNIST IDX file or folder, or .npz. Default: the bundled sample.")
 @device_option
@@ -217,8 +236,8 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
 @click.option("--plot", "plot_dir", type=path_type(), default=None,
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
 @click.pass_context
-def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size,
-          patience, seed, dtype, out, plot_dir):
+def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init,
+          val_size, patience, seed, dtype, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
@@ -226,8 +245,10 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     from gpunet.backends.cost_model import training_step
     from gpunet.training.loop import SettingError, TrainingDiverged, TrainingInterrupted, train as run_training
 
-    if arch is not None and ctx.get_parameter_source("hidden") is not click.core.ParameterSource.DEFAULT:
-        raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
+    if arch is not None and given_by_user(ctx, "hidden"):
+        if given_by_user(ctx, "arch"):
+            raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
+        arch = None  # --hidden given replaces the preset's layers
     hidden, arch = network_shape(hidden, arch)
     config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                           schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
@@ -249,6 +270,10 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
         raise usage_error(ctx, error) from None
     backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)))
     sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
+    if preset is not None:
+        changed = [cli_option(p.name) for p in ctx.command.params
+                   if (p.name in PRESETS[preset] or p.name in ("hidden", "arch")) and given_by_user(ctx, p.name)]
+        click.echo(f"Preset {preset}" + (f", with {', '.join(changed)} as given" if changed else ""))
     click.echo(f"Data: {digits.source}: {len(digits):,} digits -> {len(train_digits):,} training, "
                f"{len(val_digits):,} validation")
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
@@ -293,8 +318,9 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     if final.val_accuracy is not None:
         click.echo(f"Validation accuracy {100 * final.val_accuracy:.2f}% (epoch {result.best_epoch}); saved {out}")
     else:
-        click.echo(f"Training accuracy {100 * final.train_accuracy:.2f}% (epoch {result.best_epoch}; "
-                   f"no validation digits); saved {out}")
+        click.echo(f"No validation accuracy: trained on every digit (--val-size 0), so nothing estimates the "
+                   f"accuracy on new digits; training accuracy {100 * final.train_accuracy:.2f}% while training "
+                   f"(epoch {result.best_epoch}); saved {out}")
     if plot_dir is not None:
         from gpunet.frontends.plots import write_plots
 
@@ -302,6 +328,13 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
             click.echo("Plots: no validation digits (--val-size 0): the confusion matrix and misclassified "
                        "digits are of the training digits")
         report_plots(write_plots(out, plot_dir, val_digits if len(val_digits) else train_digits))
+
+
+def given_by_user(ctx, name: str) -> bool:
+    """Whether the user gave option ``name`` (on the command line or through the environment), rather than its
+    default or a --preset's value."""
+    source = ctx.get_parameter_source(name)
+    return source not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
 
 
 def train_config(ctx, optimizer: str, **options):
@@ -487,7 +520,9 @@ def load_network(model_path: Path, backend, digit_classes: bool = True):
 
 
 @cli.command()
-@click.option("--model", type=path_type(), default=Path("model.npz"), show_default=True)
+@click.option("--model", "models", type=path_type(), multiple=True, default=[Path("model.npz")], show_default=True,
+              help="A model file; give it more than once (--model a.npz --model b.npz) to label by the mean of "
+                   "the models' probabilities (an ensemble; their architectures may differ).")
 @click.option("--data", type=path_type(), default=None,
               help="Digits to label: Kaggle test.csv[.gz] (a train.csv also works; its labels are ignored), IDX or .npz.")
 @click.option("--image", "images", type=path_type(), multiple=True,
@@ -495,11 +530,16 @@ def load_network(model_path: Path, backend, digit_classes: bool = True):
 @click.option("--json", "as_json", is_flag=True, help="With --image: print a JSON list of {file, label, probabilities}.")
 @click.option("--out", type=path_type(), default=Path("submission.csv"), show_default=True,
               help="Kaggle submission file: ImageId,Label with ImageId counting from 1.")
+@click.option("--probabilities", type=path_type(), default=None, metavar="FILE",
+              help="With --data: also write each digit's ten class probabilities, a CSV of ImageId,p0,...,p9 "
+                   "(replacing only such a file).")
 @device_option
 @click.argument("more_images", nargs=-1, type=path_type(), metavar="")
 @click.pass_context
-def predict(ctx, model, data, images, as_json, out, device, more_images):
-    """Label digits and write a Kaggle 'Digit Recognizer' submission, or label your own images (--image)."""
+def predict(ctx, models, data, images, as_json, out, probabilities, device, more_images):
+    """Label digits and write a Kaggle 'Digit Recognizer' submission, or label your own images (--image).
+
+    With several --model files each digit gets the mean of the models' probabilities (soft voting)."""
     from gpunet.files.data import load_digits
 
     if more_images and not images:
@@ -509,36 +549,89 @@ def predict(ctx, model, data, images, as_json, out, device, more_images):
     if images:
         if ctx.get_parameter_source("out") is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--out goes with --data; with --image the labels are printed (--json for JSON)")
-        return predict_images(model, images + more_images, as_json, device)
+        if probabilities is not None:
+            raise click.UsageError("--probabilities goes with --data; with --image, --json prints the probabilities")
+        return predict_images(models, images + more_images, as_json, device)
     if data is None:
         raise click.UsageError("give --data FILE (digits to label) or --image FILE... (your own images)")
     if as_json:
         raise click.UsageError("--json goes with --image")
-    out = check_out_path("--out", out, SUBMISSION, data=data, model=model)
+    if probabilities is not None and same_path(out, probabilities):
+        raise click.UsageError("--out is the submission and --probabilities the probabilities: give them different names")
+    out = check_out_path("--out", out, SUBMISSION, data=data, model=models)
+    if probabilities is not None:
+        check_out_path("--probabilities", probabilities, PROBABILITIES, data=data, model=models)
     backend = backend_for(device)
-    network, meta = load_network(model, backend, digit_classes=False)
+    # p0..p9 name the digits: the probabilities of models of other classes have no column names here
+    ensemble, classes = load_ensemble(models, backend, digit_classes=probabilities is not None)
     digits = load_digits(data, labeled=False)
-    labels = class_labels(meta, network)[predict_labels(network, digits)]
-    saved = write_submission(out, submission_csv(labels))
-    click.echo(f"Wrote {plural(len(labels), 'prediction')} to {saved}")
-
-
-def write_submission(out: Path, text: str) -> Path:
-    """Write the submission at ``out``, checked again just before the rename: where a file other than a submission
-    appeared there meanwhile, it is kept and the submission goes beside it (submission.new.csv), saying so."""
-    from gpunet.files.atomic_file import write_atomically
-
-    if not STOP_SIGNALS.commit():  # a signal while predicting: --out is not replaced
+    probs = ensemble.probabilities(digits.images)
+    labels = classes[probs.argmax(axis=1)]
+    if not STOP_SIGNALS.commit():  # a signal while predicting: neither --out nor --probabilities is replaced
         raise KeyboardInterrupt
-    saved = save_replacing_only(out, SUBMISSION, "new",
-                                lambda path: write_atomically(path, lambda f: f.write(text.encode())),
-                                noun="the submission")
-    if saved.beside_because:
-        click.echo(f"Note: {saved.beside_because}; left it as it is and wrote the submission to {saved.path}",
-                   err=True)
+    if probabilities is not None:
+        saved = write_result(probabilities, PROBABILITIES, probabilities_csv(probs), "the probabilities")
+        click.echo(f"Wrote the probabilities of {plural(len(probs), 'digit')} to {saved}")
+    saved = write_result(out, SUBMISSION, submission_csv(labels), "the submission")
+    mean = f" (the mean of {len(models)} models' probabilities)" if len(models) > 1 else ""
+    click.echo(f"Wrote {plural(len(labels), 'prediction')} to {saved}{mean}")
     if note := STOP_SIGNALS.late_note():
         click.echo(note, err=True)
+
+
+def write_result(out: Path, kind: str, text: str, noun: str) -> Path:
+    """Write ``text`` at ``out``, checked again just before the rename: where a file other than one of ``kind``
+    appeared there meanwhile, it is kept and the new file goes beside it (submission.new.csv), saying so."""
+    from gpunet.files.atomic_file import write_atomically
+
+    saved = save_replacing_only(out, kind, "new", lambda path: write_atomically(path, lambda f: f.write(text.encode())),
+                                noun=noun)
+    if saved.beside_because:
+        click.echo(f"Note: {saved.beside_because}; left it as it is and wrote {noun} to {saved.path}", err=True)
     return saved.path
+
+
+def same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same name, through links, or two hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def load_ensemble(models, backend, digit_classes: bool = True):
+    """(Ensemble of the --model files, the class labels they share), each file loaded by ``load_network``;
+    one line naming a file whose classes are not those of the first."""
+    from gpunet.nn.ensemble import Ensemble
+
+    networks, classes = [], None
+    for model in models:
+        network, meta = load_network(model, backend, digit_classes)
+        labels = class_labels(meta, network)
+        if classes is not None and labels.tolist() != classes.tolist():
+            raise GpunetError(f"{model}: its classes ({classes_text(labels)}) are not those of {models[0]} "
+                              f"({classes_text(classes)}); the models of an ensemble must score the same classes")
+        networks.append(network)
+        classes = labels
+    return Ensemble(networks), classes
+
+
+def classes_text(classes) -> str:
+    """A model's classes in a line: the first five, then '...'."""
+    values = classes.tolist()
+    return ", ".join(map(repr, values[:5])) + (", ..." if len(values) > 5 else "")
+
+
+def probabilities_csv(probs) -> str:
+    """ImageId,p0,...,p9 rows, ImageId from 1; each probability as the shortest text that reads back the same
+    float64 (Python's repr)."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    text.write(probabilities_header(probs.shape[1]) + "\n")
+    writer.writerows([image_id, *row] for image_id, row in enumerate(probs.tolist(), start=1))
+    return text.getvalue()
 
 
 def submission_csv(labels) -> str:
@@ -553,8 +646,8 @@ def submission_csv(labels) -> str:
     return text.getvalue()
 
 
-def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
-    """One line per image (digit, then the top three probabilities), or a JSON list.
+def predict_images(models, paths, as_json: bool, device: str) -> None:
+    """One line per image (digit, then the top three probabilities: the mean of the models'), or a JSON list.
 
     An image that cannot be used gets one error line and the rest are still
     labeled; the exit status is 1 if any failed.
@@ -564,7 +657,7 @@ def predict_images(model: Path, paths, as_json: bool, device: str) -> None:
     from gpunet.frontends.images import ImageError, load_digit
 
     backend = backend_for(device)
-    network, _ = load_network(model, backend)
+    network, _ = load_ensemble(models, backend)
     answers, failed = [], 0
     for path in paths:
         try:

@@ -298,6 +298,29 @@ def load(path) -> Classifier:
     return clf
 
 
+def mean_proba(classifiers, X) -> np.ndarray:
+    """The mean of fitted classifiers' ``predict_proba(X)``: soft voting over models fitted apart, of any
+    architectures (``gpunet predict --model a.npz --model b.npz`` does the same with model files).
+
+    ValueError where there are none, or where their ``classes_`` differ (the columns would not line up).
+    scikit-learn's ``VotingClassifier(voting="soft")`` does the same for estimators it fits itself.
+    """
+    classifiers = list(classifiers)
+    if not classifiers:
+        raise ValueError("mean_proba needs at least one fitted classifier")
+    for clf in classifiers:
+        check_is_fitted(clf)
+    first = classifiers[0].classes_
+    for k, clf in enumerate(classifiers[1:], start=1):
+        if not (len(clf.classes_) == len(first) and np.array_equal(clf.classes_, first)):
+            raise ValueError(f"classifier {k}'s classes_ {list(clf.classes_)!r} are not classifier 0's "
+                             f"{list(first)!r}: the probabilities' columns would not line up")
+    total = classifiers[0].predict_proba(X)
+    for clf in classifiers[1:]:
+        total = total + clf.predict_proba(X)
+    return total / len(classifiers)
+
+
 def _flatten_images(X):
     """(m, 28, 28) image arrays -> (m, 784); anything else as it is (validate_data checks it)."""
     if isinstance(X, np.ndarray) and X.ndim == 3 and X.shape[1:] == (IMAGE_SIDE, IMAGE_SIDE):
