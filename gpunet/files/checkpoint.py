@@ -203,13 +203,10 @@ def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def input_scale(meta: dict) -> float | None:
-    """What the model multiplies its inputs by (1/255: pixels); None where the metadata's value is no
-    positive number. Files without one were written for pixels."""
-    normalization = meta.get("normalization", {"scale": 1 / 255})
-    scale = normalization.get("scale") if isinstance(normalization, dict) else None
-    valid = isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0
-    return float(scale) if valid else None
+def input_scale(meta: dict) -> float:
+    """What the model multiplies its inputs by (1/255: pixels), from checked metadata (a positive number);
+    files without one were written for pixels."""
+    return float(meta.get("normalization", {}).get("scale", 1 / 255))
 
 
 def network_from_file(params: list[np.ndarray], meta: dict, backend, name: str):
