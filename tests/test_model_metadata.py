@@ -224,8 +224,9 @@ BREACHES = [
                                            "hexadecimal digits"),
     ({"training": {"optimizer": "adam\x1b[2J"}}, "metadata field training.optimizer is the text 'adam\\x1b[2J'"),
     ({"training": {"seed": 10**30}}, "metadata field training.seed is a number of 31 digits"),
-    ({"estimator": {"hidden": {"a": 1}}}, "metadata field estimator.hidden is an object"),
-    ({"estimator": {"\x1b[2J": [[1]]}}, "metadata field estimator.\\x1b[2J is a list of 1 item"),
+    ({"estimator": {"lr": float("nan")}}, "metadata field estimator.lr is nan"),
+    ({"estimator": {"hidden": [1, {"a": [float("inf")]}]}}, "metadata field estimator.hidden is a list of 2 items"),
+    ({"estimator": {"\x1b[2J": ["x" * 5000]}}, "metadata field estimator.\\x1b[2J is a list of 1 item"),
     ({"history": [{"epoch": 1}, {"lr": 0.1}]}, "metadata field history[1].epoch is missing; it must be a whole number"),
     ({"history": [{"epoch": 1, "train_loss": "low"}]}, "metadata field history[0].train_loss is the text 'low'"),
     ({"history": [{"epoch": 1, "val_accuracy": 1.5}]}, "metadata field history[0].val_accuracy is 1.5; it must be "
@@ -249,6 +250,22 @@ def test_every_field_is_checked_against_its_rule(tmp_path, trained, change, says
     line = str(refused.value)
     assert line.startswith(f"{tmp_path / 'm.npz'}: ") and says in line and "\n" not in line, line
     assert "\x1b" not in line
+
+
+@pytest.mark.parametrize("parameter, value", [("hidden", {"a": 1}), ("device", [1]), ("val_size", "half"),
+                                              ("optimizer", {"name": "adam"}), ("arch", ["conv2k5"])])
+def test_estimator_parameters_of_another_kind_are_refused_by_gpunet_load(tmp_path, trained, parameter, value):
+    """The schema lets any plain JSON value through as a Classifier parameter; the estimator's own checks, which
+    gpunet.load runs, refuse the ones it cannot use in one line."""
+    import gpunet
+
+    meta = metadata_of(trained)
+    meta["estimator"] = {parameter: value}
+    path = rewritten(trained, tmp_path / "m.npz", meta)
+    with pytest.raises(ModelFileError) as refused:
+        gpunet.load(path)
+    line = str(refused.value)
+    assert line.startswith(f"{path}: its training settings cannot be used: {parameter}") and "\n" not in line, line
 
 
 def test_models_gpunet_writes_pass_the_schema(capsys, tmp_path, trained, digits_file):

@@ -240,13 +240,16 @@ class Record(Rule):
 
 @dataclass(frozen=True)
 class Plain(Rule):
-    """A Classifier parameter's value (get_params): null, true/false, a finite number, a text, or a list of those
-    (hidden=(16, 16)); what each must be is the estimator's to check when it loads them."""
-    must = f"null, true, false, a finite number, text of at most {MAX_TEXT:,} characters or a list of those"
+    """A Classifier parameter's value (get_params): null, true/false, a finite number, a text, or a list or an
+    object of those (hidden=(16, 16)). What each parameter must be is the estimator's to check when it loads
+    them (a ValueError there is one line too); its nesting is the metadata's, bounded before parsing."""
+    must = (f"null, true, false, a finite number, text of at most {MAX_TEXT:,} characters, or a list or an object "
+            "of those")
 
     def accepts(self, value) -> bool:
-        scalar = (lambda v: v is None or isinstance(v, bool) or Number().accepts(v) or Text(MAX_TEXT).accepts(v))
-        return scalar(value) or (isinstance(value, list) and len(value) <= MAX_LAYERS and all(map(scalar, value)))
+        if isinstance(value, (list, dict)):
+            return all(map(self.accepts, value.values() if isinstance(value, dict) else value))
+        return value is None or isinstance(value, bool) or Number().accepts(value) or Text(MAX_TEXT).accepts(value)
 
 
 # --- the schema -----------------------------------------------------------------------------------
