@@ -740,7 +740,8 @@ def read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, header: NpyHeader)
         member.read(header.size)
         data = _read_at_most(member, header.nbytes)
     if len(data) != header.nbytes:
-        raise ValueError(f"'{printable(info.filename)}' ends after {len(data):,} of its {header.nbytes:,} bytes of data")
+        raise ValueError(f"'{printable(info.filename)}' ends after {len(data):,} of its {header.nbytes:,} bytes "
+                         "of data")
     order = "F" if header.fortran_order else "C"
     return np.frombuffer(data, header.dtype).reshape(header.shape, order=order)
 
