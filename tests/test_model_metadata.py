@@ -25,7 +25,7 @@ import pytest
 
 from gpunet.errors import ModelFileError, printable
 from gpunet.files import checkpoint
-from gpunet.files.checkpoint import load_model, read_metadata
+from gpunet.files.checkpoint import load_model, load_metadata
 from gpunet.files.data import fingerprint, load_digits, load_sample
 from gpunet.files.model_schema import MAX_DEPTH, nesting_depth
 from gpunet.nn.model import MAX_LAYERS
@@ -274,12 +274,12 @@ def test_models_gpunet_writes_pass_the_schema(capsys, tmp_path, trained, digits_
 
     import gpunet
 
-    assert read_metadata(trained) == load_model(trained)[1]
+    assert load_metadata(trained) == load_model(trained)[1]
     cnn = tmp_path / "cnn.npz"
     code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--arch", "conv2k5,pool4,dropout0.5,dense8",
                        "--data", str(digits_file), "--val-size", "200", "--out", str(cnn))
     assert code in (0, 3) and cnn.exists(), err  # 3: saved, having learned too little in one epoch
-    assert read_metadata(cnn)["architecture"] == "conv2k5,pool4,dropout0.5,dense8"
+    assert load_metadata(cnn)["architecture"] == "conv2k5,pool4,dropout0.5,dense8"
     sample = load_sample()
     X = pd.DataFrame(sample.images[:300] / 255.0, columns=[f"p{i}" for i in range(784)])
     y = np.array(["zero", "one", "two"])[sample.labels[:300] % 3]
@@ -328,7 +328,7 @@ def test_an_architecture_longer_than_max_layers_is_refused(tmp_path, cnn, layers
     meta = metadata_of(cnn)
     meta["architecture"] = "conv2k5,pool4," + ",".join(["dropout0"] * layers)
     path = rewritten(cnn, tmp_path / "model.npz", meta, compressed=True)
-    for read in (load_model, read_metadata):
+    for read in (load_model, load_metadata):
         with pytest.raises(ModelFileError) as refused:
             read(path)
         assert says in str(refused.value) and "\n" not in str(refused.value)
@@ -471,13 +471,13 @@ def test_a_zip64_end_record_is_read_for_the_count(tmp_path, trained, monkeypatch
 # --- the metadata alone, for telling a gpunet model from another file -------------------------------
 
 
-def test_read_metadata_reads_no_weights(tmp_path, trained):
+def test_load_metadata_reads_no_weights(tmp_path, trained):
     """A model whose weights are damaged has readable metadata; load_model refuses the weights."""
     members = members_of(trained)
     members["W1.npy"] = stored(b"not an array")
     path = tmp_path / "model.npz"
     path.write_bytes(zip_archive(members))
-    assert read_metadata(path) == metadata_of(trained)
+    assert load_metadata(path) == metadata_of(trained)
     with pytest.raises(ModelFileError, match="'W1.npy' is not a readable .npy array"):
         load_model(path)
 
@@ -487,9 +487,9 @@ def test_read_metadata_reads_no_weights(tmp_path, trained):
     ('{"format": "gpunet-model", "format_version": 3}', "model format version 3 is not supported"),
     ('{"format": "gpunet-model", "format_version": 1}', "metadata field layer_sizes is missing"),
 ])
-def test_read_metadata_refuses_what_is_not_a_gpunet_model(tmp_path, metadata, says):
+def test_load_metadata_refuses_what_is_not_a_gpunet_model(tmp_path, metadata, says):
     """The issue's own example of a user's file with a metadata member (finding 1) is no gpunet model."""
     path = tmp_path / "experiment.npz"
     np.savez(path, metadata=np.array(metadata), measurements=np.arange(10.0))
     with pytest.raises(ModelFileError, match=re.escape(f"{path}: {says}")):
-        read_metadata(path)
+        load_metadata(path)

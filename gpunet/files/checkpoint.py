@@ -75,12 +75,13 @@ def load_model(path) -> tuple[list[np.ndarray], dict]:
     return params, meta
 
 
-def read_metadata(path) -> dict:
+def load_metadata(path) -> dict:
     """The metadata of a gpunet model file, checked as ``load_model`` checks it, without reading any weights.
 
-    A cheap answer to "is this a gpunet model?": a dict carrying the format marker and a version this gpunet
-    reads, or ModelFileError with one line saying why not (no such file, not a zip, no metadata, another
-    format, an unknown version, a field out of its bounds). The weights are not checked against it."""
+    A cheap answer to "is this a gpunet model?" (how ``outputs`` tells a model at --out from a user's other
+    file): a dict carrying the format marker and a version this gpunet reads, or ModelFileError with one line
+    saying why not (no such file, not a zip, too many members, no metadata, another format, an unknown
+    version, a field out of its bounds). Only the metadata member is read; the weights are not checked."""
     name = str(path)
     with model_archive(path) as archive:
         info = npz_members(archive).get("metadata")
