@@ -1,4 +1,7 @@
-"""The one exception type a user sees as a one-line message (never a traceback)."""
+"""The one exception type a user sees as a one-line message (never a traceback), and text from files made fit
+to be in one."""
+
+MAX_SHOWN = 80  # characters of a file's text that a message shows
 
 
 class GpunetError(Exception):
@@ -15,3 +18,11 @@ class ModelFileError(GpunetError):
 
 class DeviceError(GpunetError):
     """The asked-for device cannot be used."""
+
+
+def printable(text: str, limit: int = MAX_SHOWN) -> str:
+    """Text from a file (a zip member's name, a metadata field) as a message may show it: unprintable characters
+    escaped (``\\x1b``, ``\\u202e``), cut to ``limit`` characters. A terminal never receives a file's escape
+    sequences, and the message stays one short line."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")

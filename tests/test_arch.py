@@ -289,11 +289,11 @@ def stack_file(tmp_path, **changes):
     ({"architecture": "conv2k3,pool2,conv2k40"}, "metadata's architecture 'conv2k3,pool2,conv2k40'"),
     ({"architecture": "conv2k3,pool2,dense4"}, "W2 has shape (10, 338) and dtype float32, expected (4, 338)"),
     ({"architecture": "conv3k3,pool2"}, "W1 has shape (2, 9)"),
-    ({"architecture": 7}, "no valid architecture"),
-    ({"input_shape": [1, 28]}, "no valid input_shape"),
+    ({"architecture": 7}, "metadata field architecture is 7; it must be text"),
+    ({"input_shape": [1, 28]}, "metadata field input_shape is a list of 2 items; it must be a list of 1 or 3 items"),
     ({"input_shape": [1, 2, 2]}, "does not fit"),
-    ({"outputs": 0}, "no valid outputs"),
-    ({"outputs": True}, "no valid outputs"),
+    ({"outputs": 0}, "metadata field outputs is 0; it must be a whole number from 1 to 100,000"),
+    ({"outputs": True}, "metadata field outputs is true; it must be a whole number"),
 ])
 def test_bad_stack_metadata_is_refused_with_one_line(tmp_path, changes, says):
     path = stack_file(tmp_path, **changes)

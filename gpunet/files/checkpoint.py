@@ -14,7 +14,9 @@ are still written as version 1, so that every gpunet reads them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import struct
 import zipfile
 from pathlib import Path
 
@@ -23,14 +25,17 @@ import numpy as np
 from gpunet import __version__
 from gpunet.files.atomic_file import write_atomically
 from gpunet.files.data import ZIP_ERRORS, NpyHeader, npy_header, npz_members, one_line, read_npy
-from gpunet.errors import ModelFileError
+from gpunet.files.model_schema import FORMAT, FORMAT_VERSION, STACK_FORMAT_VERSION, metadata_from_json
+from gpunet.errors import ModelFileError, printable
+from gpunet.nn.model import MAX_LAYERS
 
-FORMAT = "gpunet-model"
-FORMAT_VERSION = 1  # the notes' dense network
-STACK_FORMAT_VERSION = 2  # a stack of layers: the architecture is the spec
-MAX_INPUT_SIDE = 100_000  # a version 2 model's input shape, per axis
-# The JSON metadata, stored as UTF-32: ~800 bytes an epoch of history, so some 80,000 epochs.
-METADATA_LIMIT = 64 << 20
+# The JSON metadata, stored as UTF-32 (4 bytes a character): ~800 bytes an epoch of history, so some 20,000
+# epochs. Parsed, JSON takes up to ~25 bytes a character (a list of {} objects): this bounds it to ~100 MB.
+METADATA_LIMIT = 16 << 20
+# Members a model may have: W_k and b_k of each layer with parameters (MAX_LAYERS and the output), the metadata.
+MAX_MEMBERS = 2 * (MAX_LAYERS + 1) + 1
+# Bytes of the zip's directory of members: 46 bytes a member, its name (W12.npy) and a zip64 field fit in 1 KiB.
+MAX_DIRECTORY = MAX_MEMBERS << 10
 
 
 def save_model(path, params: list[np.ndarray], metadata: dict) -> None:
@@ -55,10 +60,39 @@ def save_model(path, params: list[np.ndarray], metadata: dict) -> None:
 def load_model(path) -> tuple[list[np.ndarray], dict]:
     """Return ``(params, metadata)``; ModelFileError with one line for anything wrong.
 
-    Every member's .npy header is read first, then the metadata (size-bounded); names, shapes and
-    dtypes are checked against the metadata before any array data is inflated, and each array is
-    read no further than its header says. A file built to inflate to gigabytes costs its headers.
+    The zip's directory is bounded first (members, bytes), then every member's .npy header is read, then the
+    metadata (size-bounded, checked field by field: ``model_schema``); names, shapes and dtypes are checked
+    against the metadata before any array data is inflated, and each array is read no further than its header
+    says. A file built to inflate to gigabytes costs its headers.
     """
+    name = str(path)
+    with model_archive(path) as archive:
+        members = _member_headers(archive, name)
+        meta = _metadata(archive, members.pop("metadata", None), name)
+        shapes = _param_shapes(meta, name)
+        _check_members(members, shapes, name)
+        params = [_read_param(archive, key, *members[key], name) for key in shapes]
+    return params, meta
+
+
+def load_metadata(path) -> dict:
+    """The metadata of a gpunet model file, checked as ``load_model`` checks it, without reading any weights.
+
+    A cheap answer to "is this a gpunet model?" (how ``outputs`` tells a model at --out from a user's other
+    file): a dict carrying the format marker and a version this gpunet reads, or ModelFileError with one line
+    saying why not (no such file, not a zip, too many members, no metadata, another format, an unknown
+    version, a field out of its bounds). Only the metadata member is read; the weights are not checked."""
+    name = str(path)
+    with model_archive(path) as archive:
+        info = npz_members(archive).get("metadata")
+        meta = _metadata(archive, None if info is None else (info, npy_header(archive, info)), name)
+    stack_architecture(meta, name)  # a version 2 spec that parses, at most MAX_LAYERS long, and fits its input
+    return meta
+
+
+@contextlib.contextmanager
+def model_archive(path):
+    """The model file open as a zip whose directory is within bounds; errors reading it become ModelFileError."""
     path = Path(path)
     name = str(path)
     if path.is_dir():
@@ -68,17 +102,50 @@ def load_model(path) -> tuple[list[np.ndarray], dict]:
     if not zipfile.is_zipfile(path):  # a plainer message than zipfile's own
         raise ModelFileError(f"{name}: not a readable .npz model file (not a zip archive)")
     try:
+        _check_directory(path, name)
         with zipfile.ZipFile(path) as archive:
-            members = _member_headers(archive, name)
-            meta = parse_metadata(name, _read_metadata(archive, members.pop("metadata", None), name))
-            shapes = _param_shapes(meta, name)
-            _check_members(members, shapes, name)
-            params = [_read_param(archive, key, *members[key], name) for key in shapes]
+            if len(archive.infolist()) > MAX_MEMBERS:  # the end record read by zipfile's own rules, to be sure
+                raise ModelFileError(f"{name}: holds {len(archive.infolist()):,} members; a gpunet model holds at "
+                                     f"most {MAX_MEMBERS:,}")
+            yield archive
     except ValueError as exc:
-        raise ModelFileError(f"{name}: not a gpunet model file ({one_line(exc)})") from None
+        raise ModelFileError(f"{name}: not a gpunet model file ({printable(one_line(exc), 300)})") from None
     except ZIP_ERRORS as exc:
-        raise ModelFileError(f"{name}: not a readable .npz model file ({type(exc).__name__}: {one_line(exc)})") from None
-    return params, meta
+        raise ModelFileError(f"{name}: not a readable .npz model file "
+                             f"({type(exc).__name__}: {printable(one_line(exc), 300)})") from None
+
+
+_END = struct.Struct("<4s4H2LH")  # the zip's end of central directory record
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+
+
+def _check_directory(path: Path, name: str) -> None:
+    """Refuse a zip whose directory lists more than MAX_MEMBERS members or takes more than MAX_DIRECTORY bytes,
+    from its end record alone: zipfile reads the whole directory into objects when it opens the file."""
+    with path.open("rb") as file:
+        size = file.seek(0, 2)
+        tail_start = max(0, size - _END.size - 0xFFFF)  # the record, then a comment of up to 64 KiB
+        file.seek(tail_start)
+        tail = file.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + _END.size > len(tail):
+            return  # zipfile says what is wrong
+        *_, members, directory, _offset, _comment = _END.unpack_from(tail, at)
+        locator_at = tail_start + at - _END64_LOCATOR.size
+        if locator_at >= 0:
+            file.seek(locator_at)
+            locator = file.read(_END64_LOCATOR.size)
+            if locator[:4] == b"PK\x06\x07":
+                file.seek(_END64_LOCATOR.unpack(locator)[2])
+                record = file.read(_END64.size)
+                if len(record) == _END64.size and record[:4] == b"PK\x06\x06":
+                    members, directory = _END64.unpack(record)[7], _END64.unpack(record)[8]
+    if members > MAX_MEMBERS:
+        raise ModelFileError(f"{name}: holds {members:,} members; a gpunet model holds at most {MAX_MEMBERS:,}")
+    if directory > MAX_DIRECTORY:
+        raise ModelFileError(f"{name}: its zip directory is {directory:,} bytes; a gpunet model's is at most "
+                             f"{MAX_DIRECTORY:,}")
 
 
 def _member_headers(archive: zipfile.ZipFile, name: str) -> dict[str, tuple[zipfile.ZipInfo, NpyHeader]]:
@@ -89,42 +156,39 @@ def _member_headers(archive: zipfile.ZipFile, name: str) -> dict[str, tuple[zipf
     return members
 
 
-def _read_metadata(archive: zipfile.ZipFile, member: tuple[zipfile.ZipInfo, NpyHeader] | None, name: str):
-    """The metadata as a 0-d string array, or None when there is none; read only when it is small."""
+def _metadata(archive: zipfile.ZipFile, member: tuple[zipfile.ZipInfo, NpyHeader] | None, name: str) -> dict:
+    """The metadata member, size-bounded, read and checked field by field (``model_schema``)."""
     if member is None:
-        return None
+        raise ModelFileError(f"{name}: not a gpunet model (no metadata)")
     info, header = member
+    if header.dtype.hasobject:
+        raise ModelFileError(f"{name}: holds pickled Python objects; gpunet model files never do, refusing to load it")
     size = max(info.file_size, header.nbytes)  # read_npy also holds the zip's size to the header's
     if size > METADATA_LIMIT:
         raise ModelFileError(f"{name}: metadata is {size:,} bytes; gpunet reads at most {METADATA_LIMIT:,}")
     if header.dtype.kind != "U" or header.shape != ():
         raise ModelFileError(f"{name}: metadata is not valid JSON (it is a {header.dtype} array of shape {header.shape})")
-    return read_npy(archive, info, header)
+    return metadata_from_json(str(read_npy(archive, info, header)[()]), name)
 
 
 def stack_architecture(meta: dict, name: str):
     """(spec parts, input shape, outputs) of a version 2 model's metadata; None for a version 1 (dense) one.
 
-    ModelFileError naming what is wrong: a spec --arch would refuse, or one that does not fit its input.
+    ``meta`` is checked metadata (``model_schema``: the fields' types, the spec's grammar and length);
+    ModelFileError naming the architecture where it does not fit its input (a kernel larger than the maps).
     """
     if meta.get("format_version") != STACK_FORMAT_VERSION:
         return None
-    from gpunet.nn.model import MAX_UNITS, build_layers, parse_arch_text
+    from gpunet.nn.model import build_layers, parse_arch_text
 
-    spec, input_shape, outputs = meta.get("architecture"), meta.get("input_shape"), meta.get("outputs")
-    if not isinstance(spec, str):
-        raise ModelFileError(f"{name}: metadata has no valid architecture")
-    if not (isinstance(input_shape, list) and len(input_shape) in (1, 3)
-            and all(type(n) is int and 0 < n <= MAX_INPUT_SIDE for n in input_shape)):
-        raise ModelFileError(f"{name}: metadata has no valid input_shape")
-    if not (type(outputs) is int and 0 < outputs <= MAX_UNITS):
-        raise ModelFileError(f"{name}: metadata has no valid outputs")
+    spec, input_shape, outputs = meta["architecture"], tuple(meta["input_shape"]), meta["outputs"]
     try:
         arch = parse_arch_text(spec)
-        build_layers(arch, tuple(input_shape), outputs)
+        build_layers(arch, input_shape, outputs)
     except ValueError as error:
-        raise ModelFileError(f"{name}: metadata's architecture {spec!r}: {one_line(error)}") from None
-    return arch, tuple(input_shape), outputs
+        raise ModelFileError(f"{name}: metadata's architecture '{printable(spec)}': "
+                             f"{printable(one_line(error), 300)}") from None
+    return arch, input_shape, outputs
 
 
 def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, ...]]:
@@ -132,9 +196,7 @@ def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, ...]]:
     stack = stack_architecture(meta, name)
     if stack is not None:
         return _stack_param_shapes(*stack)
-    sizes = meta.get("layer_sizes")
-    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(isinstance(s, int) and s > 0 for s in sizes)):
-        raise ModelFileError(f"{name}: metadata has no valid layer_sizes")
+    sizes = meta["layer_sizes"]
     shapes = {}
     for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         shapes[f"W{k}"] = (fan_out, fan_in)
@@ -142,13 +204,10 @@ def _param_shapes(meta: dict, name: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def input_scale(meta: dict) -> float | None:
-    """What the model multiplies its inputs by (1/255: pixels); None where the metadata's value is no
-    positive number. Files without one were written for pixels."""
-    normalization = meta.get("normalization", {"scale": 1 / 255})
-    scale = normalization.get("scale") if isinstance(normalization, dict) else None
-    valid = isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0
-    return float(scale) if valid else None
+def input_scale(meta: dict) -> float:
+    """What the model multiplies its inputs by (1/255: pixels), from checked metadata (a positive number);
+    files without one were written for pixels."""
+    return float(meta.get("normalization", {}).get("scale", 1 / 255))
 
 
 def network_from_file(params: list[np.ndarray], meta: dict, backend, name: str):
@@ -179,7 +238,9 @@ def _check_members(members: dict[str, tuple[zipfile.ZipInfo, NpyHeader]], shapes
         if header.shape != shape or header.dtype.kind != "f":
             raise ModelFileError(f"{name}: {key} has shape {header.shape} and dtype {header.dtype}, expected {shape} floats")
     if unexpected := sorted(set(members) - set(shapes)):
-        raise ModelFileError(f"{name}: unexpected arrays {unexpected}")
+        shown = ", ".join(f"'{printable(key, 40)}'" for key in unexpected[:5])
+        more = f", ... ({len(unexpected):,} in all)" if len(unexpected) > 5 else ""
+        raise ModelFileError(f"{name}: unexpected arrays [{shown}{more}]")
 
 
 def _read_param(archive: zipfile.ZipFile, key: str, info: zipfile.ZipInfo, header: NpyHeader, name: str) -> np.ndarray:
@@ -187,34 +248,3 @@ def _read_param(archive: zipfile.ZipFile, key: str, info: zipfile.ZipInfo, heade
     if not np.isfinite(array).all():
         raise ModelFileError(f"{name}: {key} holds NaN or infinite values")
     return array
-
-
-def parse_metadata(name: str, raw) -> dict:
-    """The metadata member's JSON as a dict, or ModelFileError naming what is wrong."""
-    if raw is None:
-        raise ModelFileError(f"{name}: not a gpunet model (no metadata)")
-    try:
-        meta = json.loads(str(raw[()]))
-    except (ValueError, TypeError):
-        raise ModelFileError(f"{name}: metadata is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(f"{name}: not a gpunet model (format is not {FORMAT!r})")
-    if meta.get("format_version") not in (FORMAT_VERSION, STACK_FORMAT_VERSION):
-        raise ModelFileError(f"{name}: model format version {meta.get('format_version')!r} is not supported "
-                             f"(this gpunet reads versions {FORMAT_VERSION} and {STACK_FORMAT_VERSION})")
-    return meta
-
-
-# -- the metadata alone: how gpunet.files.outputs tells a gpunet model at --out from any other file --
-def load_metadata(path) -> dict:
-    """A model file's metadata, read and checked as ``load_model`` reads it (gpunet's format marker, a version
-    this gpunet reads); no array is read. ModelFileError with one line for anything else."""
-    name = str(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = _member_headers(archive, name)
-            return parse_metadata(name, _read_metadata(archive, members.get("metadata"), name))
-    except ValueError as exc:
-        raise ModelFileError(f"{name}: not a gpunet model file ({one_line(exc)})") from None
-    except ZIP_ERRORS as exc:
-        raise ModelFileError(f"{name}: not a readable .npz model file ({type(exc).__name__}: {one_line(exc)})") from None

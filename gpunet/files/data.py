@@ -27,7 +27,7 @@ from typing import BinaryIO
 import numpy as np
 
 from gpunet.files.atomic_file import write_atomically
-from gpunet.errors import DataError
+from gpunet.errors import DataError, printable
 
 SIDE = 28
 PIXELS = SIDE * SIDE
@@ -605,7 +605,7 @@ def _read_npz(path: Path, name: str, labeled: bool) -> tuple[np.ndarray, np.ndar
             images = read_npy(archive, members[images_key], images_header)
             labels = None if labels_header is None else read_npy(archive, members[labels_key], labels_header)
     except (ValueError, *ZIP_ERRORS) as error:
-        raise DataError(f"{name}: cannot read as .npz ({one_line(error)})") from None
+        raise DataError(f"{name}: cannot read as .npz ({printable(one_line(error), 300)})") from None
     images = np.ascontiguousarray(_as_uint8(images.reshape(count, PIXELS), 255, images_key, name))
     if labels is not None:
         labels = _as_uint8(labels, 9, labels_key, name)
@@ -627,7 +627,8 @@ def _npz_keys(keys: set[str], labeled: bool, name: str) -> tuple[str, str]:
         if chosen[0] not in keys:
             raise DataError(f"{name}: no '{chosen[0]}' array")
         return chosen
-    found = ", ".join(sorted(keys)) or "nothing"
+    shown = [printable(key, 40) for key in sorted(keys)[:10]] + (["..."] if len(keys) > 10 else [])
+    found = ", ".join(shown) or "nothing"
     raise DataError(f"{name}: no 'images' array (nor Keras's x_train/y_train); it holds {found}")
 
 
@@ -706,11 +707,11 @@ def npz_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     for info in archive.infolist():
         key = info.filename.removesuffix(".npy")
         if key in members:
-            raise ValueError(f"two members are named '{info.filename}'")
+            raise ValueError(f"two members are named '{printable(info.filename)}'")
         if info.flag_bits & 0x1:
-            raise ValueError(f"'{info.filename}' is encrypted")
+            raise ValueError(f"'{printable(info.filename)}' is encrypted")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ValueError(f"'{info.filename}' is compressed with method {info.compress_type}; "
+            raise ValueError(f"'{printable(info.filename)}' is compressed with method {info.compress_type}; "
                              "only stored or deflated members are read")
         members[key] = info
     return members
@@ -725,7 +726,7 @@ def npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> NpyHeader:
                 raise ValueError(f"format version {version[0]}.{version[1]} is not read")
             shape, fortran_order, dtype = _NPY_HEADER_READERS[version](member)
         except Exception as error:  # numpy's header parser raises several kinds on bad bytes, as does zipfile
-            raise ValueError(f"'{info.filename}' is not a readable .npy array ({one_line(error)})") from None
+            raise ValueError(f"'{printable(info.filename)}' is not a readable .npy array ({one_line(error)})") from None
         return NpyHeader(shape, dtype, fortran_order, member.tell())
 
 
@@ -736,15 +737,16 @@ def read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, header: NpyHeader)
     more than it holds costs what it holds.
     """
     if header.dtype.hasobject:
-        raise ValueError(f"'{info.filename}' holds Python objects (pickled); they are never loaded")
+        raise ValueError(f"'{printable(info.filename)}' holds Python objects (pickled); they are never loaded")
     if info.file_size != header.size + header.nbytes:
-        raise ValueError(f"'{info.filename}' is {info.file_size:,} bytes, but its header declares "
+        raise ValueError(f"'{printable(info.filename)}' is {info.file_size:,} bytes, but its header declares "
                          f"{header.size + header.nbytes:,} ({header.dtype} {header.shape})")
     with archive.open(info) as member:
         member.read(header.size)
         data = _read_at_most(member, header.nbytes)
     if len(data) != header.nbytes:
-        raise ValueError(f"'{info.filename}' ends after {len(data):,} of its {header.nbytes:,} bytes of data")
+        raise ValueError(f"'{printable(info.filename)}' ends after {len(data):,} of its {header.nbytes:,} bytes "
+                         "of data")
     order = "F" if header.fortran_order else "C"
     return np.frombuffer(data, header.dtype).reshape(header.shape, order=order)
 

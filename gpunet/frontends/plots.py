@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gpunet.files.atomic_file import check_writable
-from gpunet.errors import GpunetError
+from gpunet.errors import GpunetError, printable
 from gpunet.files.outputs import PNG, kind_of
 
 DPI = 100
@@ -100,7 +100,7 @@ def training_validation_digits(meta: dict, model_path) -> "Digits":  # noqa: F82
     elif Path(source).exists():
         digits = load_digits(source, labeled=True)
     else:
-        raise GpunetError(f"{model_path}: was trained on {source}, which is not found from here; {ask}")
+        raise GpunetError(f"{model_path}: was trained on {printable(source)}, which is not found from here; {ask}")
     return split_validation(digits, val_size, seed)[1]
 
 

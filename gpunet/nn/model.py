@@ -30,6 +30,7 @@ INPUTS = 784
 CLASSES = 10
 INITS = ("he", "seed")
 MAX_UNITS = 100_000  # per hidden layer: larger ones only fail later, allocating gigabytes
+MAX_LAYERS = 1_000  # hidden layers in a spec: deeper stacks do not train without normalization, and cost per layer
 EVAL_CHUNK = 8192  # digits per forward pass when scoring or predicting: bounds memory, keeps BLAS busy
 EVAL_MEMORY = 256 << 20  # bytes of activations a LayerStack's forward pass may hold when scoring or predicting
 DIGIT_MAPS = (1, 28, 28)  # a digit's 784 pixels as the one-channel map convolutions read
@@ -42,6 +43,7 @@ def parse_hidden_text(value: str) -> tuple[int, ...]:
         return ()
     if not text:  # an unset shell variable, say: not silently a network with no hidden layer
         raise ValueError("is empty; give layer sizes such as 16,16, or 'none' for no hidden layer")
+    check_layer_count(text)
     try:
         sizes = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -84,6 +86,7 @@ def parse_arch_text(value: str) -> tuple[str, ...]:
         return ()
     if not text:
         raise ValueError("is empty; give layers such as conv32k5,pool2,dense128, or 'none' for no hidden layer")
+    check_layer_count(text)
     parts, seen_dense = [], False
     for number, raw in enumerate(text.split(","), start=1):
         part = canonical_part(raw.strip(), number)
@@ -94,6 +97,12 @@ def parse_arch_text(value: str) -> tuple[str, ...]:
                              "take maps, so they go before the dense layers")
         parts.append(part)
     return tuple(parts)
+
+
+def check_layer_count(text: str) -> None:
+    """ValueError where a comma-separated spec names more than MAX_LAYERS layers (counted before any is read)."""
+    if (count := text.count(",") + 1) > MAX_LAYERS:
+        raise ValueError(f"names {count:,} layers; at most {MAX_LAYERS:,}")
 
 
 def canonical_part(part: str, number: int) -> str:
