@@ -19,6 +19,7 @@ import numpy as np
 from gpunet import __version__
 from gpunet.backends.devices import DEVICES, get_backend
 from gpunet.errors import DeviceError, GpunetError
+from gpunet.nn.augment import DEFAULT_RANGES
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS
 from gpunet.files.outputs import MODEL, SUBMISSION, check_out_path, save_replacing_only, save_without_replacing
@@ -193,13 +194,17 @@ device_option = click.option("--device", type=click.Choice(DEVICES), default="au
               help="Stop after N epochs without a better validation loss and keep the best weights.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the initial weights and the shuffle.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@click.option("--augment", is_flag=True, default=False,
+              help=f"Each epoch, draw every training digit through a fresh random affine transform, bilinear: "
+                   f"{DEFAULT_RANGES.describe()}, uniform in each range; reproducible from --seed. Validation digits "
+                   f"are never augmented.")
 @click.option("--out", type=path_type(), default=Path("model.npz"), show_default=True,
               help="Where to write the model (.npz).")
 @click.option("--plot", "plot_dir", type=path_type(), default=None,
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
 @click.pass_context
 def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init, val_size,
-          patience, seed, dtype, out, plot_dir):
+          patience, seed, dtype, augment, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
@@ -211,7 +216,7 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     hidden, arch = network_shape(hidden, arch)
     config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                           schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
-                          patience=patience, seed=seed, dtype=dtype)
+                          patience=patience, seed=seed, dtype=dtype, augment=augment)
     out = check_out_path("--out", out, MODEL, data=data)
     if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
         raise click.UsageError("--plot is a folder for the plots and --out the model file: give them different names")
@@ -234,6 +239,8 @@ def train(ctx, data, device, hidden, arch, epochs, batch_size, lr, optimizer, sc
     click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
                f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, "
                f"{dtype} on {device_text(backend, arch)}")
+    if config.augment:
+        click.echo(f"Augmentation: {DEFAULT_RANGES.describe()}, drawn afresh each epoch")
 
     report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:
