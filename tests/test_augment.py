@@ -361,20 +361,43 @@ def test_a_broken_kernel_fails(walk, tmp_path, monkeypatch, typo):
         process.close()
 
 
-# -- the CUDA backend on the CuPy stand-in ------------------------------------------------------------
-@pytest.mark.kernels
+# -- the CUDA backend: on a device, and on the CuPy stand-in --------------------------------------------
+@pytest.fixture(params=[pytest.param("device", marks=pytest.mark.gpu),
+                        pytest.param("stand-in", marks=pytest.mark.kernels)])
+def cuda(request):
+    """CupyBackend on a real device (skipped where none is usable), or on the CuPy stand-in (kernels walked)."""
+    if request.param == "device":
+        from tests.conftest import cuda_skip_reason
+
+        reason = cuda_skip_reason()
+        if reason is not None:
+            pytest.skip(f"no usable CUDA device: {reason}")
+        from gpunet.backends.devices import get_backend
+
+        return get_backend("cuda")[0]
+    return request.getfixturevalue("stand_in_cuda")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_the_cuda_backend_gives_the_cpu_result_for_the_same_seed(stand_in_cuda, walk, dtype):
-    """The same seed's transforms, drawn on the host, sent to the "device": the kernel's batch is the CPU
-    backend's within the derived bound."""
+def test_the_cuda_backend_gives_the_cpu_result_for_the_same_seed(cuda, dtype):
+    """The same seed's transforms, drawn on the host, sent to the device: the kernel's batch is the CPU
+    backend's within the derived bound (both computations' roundings, a GPU's fused multiply-adds among them)."""
     images = digits(90)
     transforms = augment.draw_transforms(7, 3, 90).astype(dtype)
     index = np.random.default_rng(3).permutation(90)[:64]
-    xp = stand_in_cuda.xp
-    got = stand_in_cuda.gather_augmented(xp.asarray(images), xp.asarray(index), xp.asarray(transforms), dtype)
-    assert [launch.name for launch in walk.launches] == [f"affine_augment<{kernels.CTYPES[np.dtype(dtype)]}>"]
+    xp = cuda.xp
+    got = cuda.gather_augmented(xp.asarray(images), xp.asarray(index), xp.asarray(transforms), dtype)
+    assert isinstance(got, xp.ndarray) and got.flags.c_contiguous  # the kernel's result (the generic one is too)
     want = CpuBackend().gather_augmented(images, index, transforms, dtype)
-    assert_within(got.get(), want, 2 * augment_bound(transforms[index], dtype), "the device's A0")
+    assert_within(got.get(), want, augment_bound(transforms[index], dtype), "the device's A0")
+
+
+@pytest.mark.kernels
+def test_the_cuda_backend_launches_the_kernel(stand_in_cuda, walk):
+    xp = stand_in_cuda.xp
+    transforms = xp.asarray(augment.draw_transforms(0, 1, 10).astype(np.float32))
+    stand_in_cuda.gather_augmented(xp.asarray(digits(10)), xp.asarray(np.arange(4)), transforms, np.float32)
+    assert [launch.name for launch in walk.launches] == ["affine_augment<float>"]
 
 
 @pytest.mark.kernels
