@@ -127,7 +127,7 @@ def test_options_are_the_command_lines_defaults():
     assert clf.get_params() == {"hidden": (16, 16), "arch": None, "epochs": None, "batch_size": None, "lr": None,
                                 "optimizer": "adam", "schedule": None, "weight_decay": None, "init": "he",
                                 "val_size": "auto", "patience": None, "seed": 0, "device": "auto",
-                                "dtype": "float32", "verbose": False}
+                                "dtype": "float32", "verbose": False, "augment": False}
     assert clf._config() == TrainConfig.for_optimizer("adam")
     assert Classifier(optimizer="sgd", hidden="32")._config() == TrainConfig.for_optimizer("sgd", hidden=(32,))
 
