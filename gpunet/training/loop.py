@@ -398,8 +398,9 @@ def split_step_gradients(network, images, index, labels, losses, parts: int, tra
     """``step_gradients`` with the batch split into ``parts`` chunks of consecutive samples, walked in parallel
     (``full_batch_gradients``): the chunks' means weighted by their shares, added in order, and dropout's
     masks those of the whole batch (each chunk draws its own samples' columns)."""
-    batch = images[index]  # the batch's digits in visiting order, so that each chunk is a slice
-    if transforms is not None:  # augmented: the drawn digits as float rows, which the chunks cast, not scale
+    if transforms is None:
+        batch = images[index]  # the batch's digits in visiting order, so that each chunk is a slice
+    else:  # augmented: the drawn digits as float rows, which the chunks cast, not scale
         batch = network.backend.gather_augmented(images, index, transforms, network.dtype).T
     return network.full_batch_gradients(batch, labels, losses, -(-len(index) // parts), parts)
 
