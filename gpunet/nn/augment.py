@@ -41,6 +41,10 @@ tests/tolerances.py's ``augment_bound`` gives that bound.
 The random parameters are drawn on the host, per sample, from a generator of (seed, epoch) alone
 (``draw_transforms``): the CPU and the GPU get the same transforms, a run is reproduced from its seed, and
 an epoch's draws do not depend on the epochs before it or on the shuffle, which keeps its own generator.
+The training loop draws them (``TrainConfig.augment``) and never for the validation digits.
+
+This module sits in nn/ beside layers.py, not in training/: the backends run ``affine_sample`` as their
+generic code (as they run layers.im2col), and backends import from nn, never from training.
 """
 
 from __future__ import annotations
