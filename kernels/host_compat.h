@@ -24,6 +24,7 @@ struct gpunet_dim3 {
 extern gpunet_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 using std::exp;
+using std::floor;
 using std::isnan;
 using std::log;
 using std::nan;

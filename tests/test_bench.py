@@ -200,3 +200,16 @@ def test_the_cnn_alone_benchmark_times_gpunets_epochs():
     line = run.stdout.strip().splitlines()[-1]
     epochs = [float(t.replace(",", "")) for t in line.split("CNN epochs ")[1].split(" ms;")[0].split()]
     assert line.startswith("gpunet alone (synthetic") and len(epochs) == 2 and all(t > 0 for t in epochs), line
+
+
+def test_bench_augment_runs_on_a_small_sample():
+    """scripts/bench_augment.py: the augmented and plain epochs and the passes alone, with their ratio."""
+    script = SCRIPT.parent / "bench_augment.py"
+    run = subprocess.run([sys.executable, str(script), "--samples", "200", "--rounds", "1",
+                          "--data", str(SCRIPT.parent / "no such file")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[0].startswith("CNN conv32k5,pool2,conv64k5,pool2,dense256,dropout0.5, batch 64, 200 digits (synthetic")
+    assert [line.split(":")[0].strip() for line in lines[1:5]] == ["plain", "augmented", "augmentation alone",
+                                                                     "numpy pass"]
+    assert lines[-1].startswith("augmented epoch / plain epoch: ") and "% of a plain epoch" in lines[-1]

@@ -128,7 +128,7 @@ def test_options_are_the_command_lines_defaults():
     assert clf.get_params() == {"hidden": (16, 16), "arch": None, "epochs": None, "batch_size": None, "lr": None,
                                 "optimizer": "adam", "schedule": None, "weight_decay": None, "init": "he",
                                 "val_size": "auto", "patience": None, "seed": 0, "device": "auto",
-                                "dtype": "float32", "verbose": False}
+                                "dtype": "float32", "verbose": False, "augment": False}
     # but for val_size: fit trains on all it is given, unless early stopping asks for gpunet train's 1,000
     assert clf._config() == TrainConfig.for_optimizer("adam", val_size=0)
     assert Classifier(patience=3)._config() == TrainConfig.for_optimizer("adam", patience=3)

@@ -281,6 +281,7 @@ def test_wrappers_launch_only_compiled_instantiations(dtype):
     pooled, argmax = kernels.max_pool(maps, 2, launcher=record)
     kernels.max_pool_backward(pooled, argmax, maps.shape, 2, launcher=record)
     kernels.dropout_mask(np.empty((4, 5), dtype), 0.5, 1, 2, launcher=record)
+    kernels.affine_augment(images, np.array([3, 1]), np.zeros((6, 6), dtype), dtype, 28, launcher=record)
     launched = {(launch.module, launch.kernel) for launch in record.launches}
     assert launched == {(module, name) for module, names in kernels.MODULES.items() for name in names}
     for launch in record.launches:

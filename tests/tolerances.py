@@ -66,6 +66,29 @@ def assert_counts_within(got, want, ambiguous: int, what: str = "correct count")
     assert abs(int(got) - int(want)) <= ambiguous, f"{what}: {got} != {want} ({ambiguous} samples near a tie)"
 
 
+# -- augmentation (gpunet/nn/augment.py) -------------------------------------------------------
+def augment_bound(transforms, dtype, side: int = 28) -> np.ndarray:
+    """How far apart two computations of gpunet.nn.augment.affine_sample's A0 (side.side, k) in ``dtype`` may
+    land, per element, from the same ``transforms`` (k, 6) (already in ``dtype``).
+
+    Each coordinate xs = a.xo + b.yo + c0 is within gamma_3.(|a.xo| + |b.yo| + |c0|) of its exact value in any
+    order, fused into multiply-adds or not (the bound of the module docstring): two computations are twice that
+    apart. The exact interpolation is continuous (across floor's steps too) and moves by at most |dxs| + |dys|:
+    pixels are 0..1 after scaling, the border 0, so no slope is above 1 per pixel. And each computation is
+    within about 10u of the exact interpolation at its own coordinates (results are at most 1): fx and gx = 1 - fx
+    off by u and 2u, which top and bottom carry (2u) beside their own products and sum (gamma_2), the value
+    carrying theirs and its weights' beside its own (8u in all), and the scaling by fl(1/255) (2u). gamma_16 is
+    taken for each, with room. Plus a few of the dtype's smallest normal numbers, which a GPU flushes to zero.
+    """
+    t = np.abs(np.asarray(transforms, dtype=np.float64))
+    grid = np.arange(side, dtype=np.float64)
+    xo, yo = np.tile(grid, side)[None, :], np.repeat(grid, side)[None, :]
+    reach_x = t[:, 0:1] * xo + t[:, 1:2] * yo + t[:, 2:3]
+    reach_y = t[:, 3:4] * xo + t[:, 4:5] * yo + t[:, 5:6]
+    bound = 2 * gamma(3, dtype) * (reach_x + reach_y) + 2 * gamma(16, dtype) + 8 * float(np.finfo(dtype).tiny)
+    return np.ascontiguousarray(bound.T)
+
+
 # -- one forward and backward pass -----------------------------------------------------------------
 @dataclass
 class PassBounds:

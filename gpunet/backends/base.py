@@ -18,7 +18,7 @@ import contextlib
 
 import numpy as np
 
-from gpunet.nn import activations, layers, loss
+from gpunet.nn import activations, augment, layers, loss
 
 
 class Backend:
@@ -99,6 +99,15 @@ class Backend:
         if pixels:
             out *= scale
         return out
+
+    def gather_augmented(self, images, index, transforms, dtype, out=None):
+        """A0 as ``gather_scaled`` gives it, each digit first drawn through its transform: ``augment.affine_sample``.
+
+        ``images``: the uint8 data set (m, side.side); ``transforms``: (m, 6) inverse-map coefficients of
+        ``dtype``, one row per sample of the data set (``augment.draw_transforms``); ``index`` and ``out`` as for
+        ``gather_scaled`` (the result MAY be written into ``out``; callers use the returned array).
+        """
+        return augment.affine_sample(self.xp, images, index, transforms, dtype, augment.side_of(images))
 
     def bias_relu(self, Z, b):
         """A = relu(Z + b) for Z = W.A_prev (the matrix product is done by the caller).

@@ -10,6 +10,7 @@ from functools import lru_cache
 import numpy as np
 
 from gpunet.backends.base import Backend
+from gpunet.nn import augment
 
 SAMPLE_MAJOR_FROM = 128  # samples; see CpuBackend.empty_layer
 FULL_BATCH_CHUNK = 512  # samples: 1.6 MB of float32 pixels, inside a core's 2 MB L2 cache
@@ -121,6 +122,13 @@ class CpuBackend(Backend):
         blas = _blas_threads()
         return blas.limit(limits=1) if blas is not None else super().compute_threads()
 
+    def gather_augmented(self, images, index, transforms, dtype, out=None):
+        """The compiled pass of cpu_augment.py where numba is (NumPy's calls take half a CNN step); else the generic code."""
+        passes = _cpu_augment() if self.compiled is not False else None
+        if passes is not None and passes.takes(images, index, transforms, dtype):
+            return passes.affine_sample(images, index, transforms, dtype, augment.side_of(images), out)
+        return super().gather_augmented(images, index, transforms, dtype)
+
     # -- the layers' hot operations: compiled passes where numba is (cpu_layers.py) ------------------------
     def _layer_passes(self, *arrays):
         """:mod:`gpunet.backends.cpu_layers` where its kernels take these arrays and may run, else None."""
@@ -200,6 +208,18 @@ def _cpu_layers():
     except ImportError:  # numba is there but does not import (built for another NumPy): numba_jit says why
         return None
     return cpu_layers
+
+
+@lru_cache(maxsize=1)
+def _cpu_augment():
+    """gpunet.backends.cpu_augment where numba imports, else None."""
+    if importlib.util.find_spec("numba") is None:
+        return None
+    try:
+        from gpunet.backends import cpu_augment
+    except ImportError:  # numba is there but does not import: numba_jit says why
+        return None
+    return cpu_augment
 
 
 def _cores() -> int:

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from gpunet.backends import kernels
-from gpunet.nn import layers
+from gpunet.nn import augment, layers
 from gpunet.backends.base import Backend
 
 try:  # optional: the CPU backend works without it
@@ -31,6 +31,7 @@ LIBRARY_HINT = ("install CuPy with its CUDA libraries: pip install 'gpunet[cuda1
 PROBE_Z = np.array([[1.0, 0.0, 3.0], [2.0, 0.0, -1.0]], np.float32)  # largest: row 1, row 0 (a tie), row 0
 PROBE_LABELS = np.array([1, 0, 1], np.int32)  # two right
 PROBE_PIXELS = np.array([[0, 255]], np.uint8)
+PROBE_DIGIT = np.arange(augment.SIDE ** 2, dtype=np.int64).reshape(1, -1).astype(np.uint8)  # pixels 0..255, 0..255, ...
 PROBE_MAPS = np.array([2.0, -1.0, 0.5, 4.0, 3.0, 1.0], np.float32).reshape(1, 2, 3, 1)  # one 2x3 map
 
 
@@ -106,6 +107,8 @@ def _kernels_answer() -> bool:
     columns = kernels.im2col(cupy.asarray(PROBE_MAPS), 2, (0, 0))  # conv.cu
     pooled, _ = kernels.max_pool(cupy.asarray(PROBE_MAPS), 2)  # pool.cu
     dropped = kernels.dropout_mask(cupy.empty((2, 4), np.float32), 0.5, 0, 0, first_sample=3)  # dropout.cu
+    unmoved = kernels.affine_augment(cupy.asarray(PROBE_DIGIT), None, cupy.asarray(augment.identity(1), np.float32),
+                                     np.float32, augment.SIDE)  # augment.cu
     return (
         int(count) == 2
         and cupy.asnumpy(mask).tolist() == (PROBE_Z > 0).astype(np.float32).tolist()
@@ -113,6 +116,7 @@ def _kernels_answer() -> bool:
         and cupy.asnumpy(columns).tolist() == layers.im2col(np, PROBE_MAPS, 2, (0, 0)).tolist()
         and cupy.asnumpy(pooled).tolist() == [[[[4.0]]]]
         and cupy.asnumpy(dropped).tolist() == layers.dropout_mask(np, (2, 4), 0.5, 0, 0, np.float32, 3).tolist()
+        and cupy.asnumpy(unmoved).tolist() == (PROBE_DIGIT.T.astype(np.float32) * np.float32(1 / 255)).tolist()
     )
 
 
@@ -235,6 +239,22 @@ class CupyBackend(Backend):
             return kernels.dropout_mask(cupy.empty(shape, dtype=dtype), p, seed, step, first_sample=first_sample)
         return super().dropout_mask(shape, p, seed, step, dtype, first_sample)
 
+
+    # -- augmentation: augment.cu ------------------------------------------------------------
+    def gather_augmented(self, images, index, transforms, dtype, out=None):
+        """The augment.cu kernel for uint8 images and their transforms on the device; the generic code otherwise."""
+        if (
+            kernels.supports(dtype)
+            and isinstance(images, cupy.ndarray)
+            and images.dtype == np.uint8
+            and images.ndim == 2
+            and images.flags.c_contiguous
+            and _on_device(transforms)
+            and transforms.dtype == np.dtype(dtype)
+            and (out is None or _on_device(out) and out.dtype == np.dtype(dtype))
+        ):
+            return kernels.affine_augment(images, index, transforms, dtype, augment.side_of(images), out)
+        return super().gather_augmented(images, index, transforms, dtype)
 
 def _text(value) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

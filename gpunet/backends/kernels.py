@@ -43,6 +43,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "conv": ("im2col", "col2im"),
     "pool": ("max_pool", "max_pool_backward"),
     "dropout": ("dropout_mask",),
+    "augment": ("affine_augment",),
 }
 # NumPy dtype -> the kernel templates' T. Other dtypes use the generic xp code.
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -69,6 +70,7 @@ WRITES: dict[str, tuple[int, ...]] = {
     "max_pool": (1, 2),
     "max_pool_backward": (2,),
     "dropout_mask": (0,),
+    "affine_augment": (3,),
 }
 # Threads per block; a grid of at most MAX_BLOCKS blocks covers any size with
 # its grid-stride loop.
@@ -627,3 +629,40 @@ def dropout_mask(mask, p: float, seed: int, step: int, *, first_sample: int = 0,
         args = (mask, key, threshold, scale, _i64(mask.size // samples), _i64(samples), _i64(first_sample))
         _run(Launch("dropout", op, ctype, grid, block, args), launcher)
     return mask
+
+
+# -- augmentation -------------------------------------------------------------------------------------
+def affine_augment(images, index, transforms, dtype, side: int, out=None, *, launcher=None):
+    """A0 (side.side, batch): digits ``images[index]`` each drawn through its inverse map ``transforms[index]``,
+    bilinear, scaled by 1/255, one thread per output element: gpunet.nn.augment.affine_sample.
+
+    images: the uint8 data set (rows, side.side), C-contiguous; index: integer row numbers (batch,), or None for
+    every row in order; transforms: (rows, 6) of ``dtype``, C-contiguous; out: optional (side.side, batch) array
+    to write into. A row number outside [0, rows) gives a NaN column instead of reading out of bounds.
+    """
+    op = "affine_augment"
+    xp = _array_module(images)
+    dtype = np.dtype(dtype)
+    ctype = _ctype(op, dtype)
+    side = int(side)
+    _require(side >= 1, op, f"the side must be at least 1, not {side}")
+    _require(images.ndim == 2 and images.shape[1] == side * side, op,
+             f"images must be (rows, {side * side}), not {images.shape}")
+    _require(images.dtype == np.uint8, op, f"images must be uint8, not {images.dtype}")
+    _require(images.flags.c_contiguous, op, "images must be C-contiguous")
+    rows = images.shape[0]
+    _require(transforms.shape == (rows, 6), op, f"transforms must be ({rows}, 6), not {transforms.shape}")
+    _require(transforms.dtype == dtype, op, f"transforms must be {dtype}, not {transforms.dtype}")
+    _require(transforms.flags.c_contiguous, op, "transforms must be C-contiguous")
+    if index is None:
+        index = xp.arange(rows, dtype=np.int64)
+    index = xp.asarray(index)
+    _require(index.ndim == 1, op, f"index must be 1-D, not {index.shape}")
+    _require(index.dtype.kind in "iu", op, f"index must be integers, not {index.dtype}")
+    index = xp.ascontiguousarray(index.astype(np.int64, copy=False))
+    A0 = _output(op, xp, out, "out", (side * side, index.size), dtype)
+    if A0.size:
+        grid, block = launch_shape(A0.size)
+        args = (images, index, transforms, A0, _i64(rows), _i64(side), _i64(index.size))
+        _run(Launch("augment", op, ctype, grid, block, args), launcher)
+    return A0

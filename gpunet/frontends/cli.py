@@ -20,6 +20,7 @@ import numpy as np
 from gpunet import __version__
 from gpunet.backends.devices import DEVICES, follow_cost_model, get_backend
 from gpunet.errors import DeviceError, GpunetError
+from gpunet.nn.augment import DEFAULT_RANGES
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS
 from gpunet.files.outputs import (MODEL, PROBABILITIES, SUBMISSION, SaveError, check_out_path, identity,
@@ -231,13 +232,17 @@ def presets_help() -> str:
               help="Stop after N epochs without a better validation loss and keep the best weights.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the initial weights and the shuffle.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@click.option("--augment", is_flag=True, default=False,
+              help=f"Each epoch, draw every training digit through a fresh random affine transform, bilinear: "
+                   f"{DEFAULT_RANGES.describe()}, uniform in each range; reproducible from --seed. Validation digits "
+                   f"are never augmented.")
 @click.option("--out", type=path_type(), default=Path("model.npz"), show_default=True,
               help="Where to write the model (.npz).")
 @click.option("--plot", "plot_dir", type=path_type(), default=None,
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
 @click.pass_context
 def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init,
-          val_size, patience, seed, dtype, out, plot_dir):
+          val_size, patience, seed, dtype, augment, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
@@ -252,7 +257,7 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
     hidden, arch = network_shape(hidden, arch)
     config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                           schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
-                          patience=patience, seed=seed, dtype=dtype)
+                          patience=patience, seed=seed, dtype=dtype, augment=augment)
     out = check_out_path("--out", out, MODEL, data=data)
     found_at_start = identity(out)  # a model another run writes at --out meanwhile is not replaced
     if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
@@ -282,6 +287,8 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
                f"{dtype} on {device_text(backend, arch)}" + (f"; {notice}" if notice else ""))
     if device_choice:
         click.echo(f"Device: {device_choice}")
+    if config.augment:
+        click.echo(f"Augmentation: {DEFAULT_RANGES.describe()}, drawn afresh each epoch")
 
     report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:

@@ -73,6 +73,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
         The split, the initial weights and the shuffle.
     device : {"auto", "cpu", "cuda"}, default "auto"
     dtype : {"float32", "float64"}, default "float32"
+    augment : bool, default False
+        Each epoch, every training digit drawn through a fresh random affine transform (``gpunet train
+        --augment``: rotation, zoom, shift; gpunet/nn/augment.py); needs 28 x 28 pixel digits.
     verbose : bool, default False
         Print one line per epoch, after a line saying why CUDA is not used where CuPy is installed but no GPU
         is usable (``device="auto"``; never a warning).
@@ -90,7 +93,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden=(16, 16), arch=None, epochs=None, batch_size=None, lr=None, optimizer="adam", schedule=None,
                  weight_decay=None, init="he", val_size="auto", patience=None, seed=0, device="auto", dtype="float32",
-                 verbose=False):
+                 verbose=False, augment=False):
         self.hidden = hidden
         self.arch = arch
         self.epochs = epochs
@@ -106,6 +109,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
+        self.augment = augment
 
     # -- learning --------------------------------------------------------------
     def fit(self, X, y):
@@ -174,7 +178,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
             schedule=self.schedule, weight_decay=self.weight_decay, init=self.init,
             val_size=_validation_count(self.val_size, samples, self.patience) if held_out is None else held_out,
             patience=self.patience, seed=self.seed,
-            dtype=self.dtype)
+            dtype=self.dtype, augment=self.augment)
 
     def _backend(self, say_notice: bool = False):
         """The backend for ``device``. ``auto`` where CuPy is installed but no GPU is usable is the CPU, as a

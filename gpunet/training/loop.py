@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gpunet.errors import GpunetError
+from gpunet.nn import augment
 from gpunet.nn.layers import Conv2D
 from gpunet.nn.model import (CLASSES, INITS, MAX_UNITS, LayerStack, Network, arch_input_shape, build_layers,
                           init_params, init_stack_params, layer_sizes, parse_arch_text, parse_hidden_text)
@@ -68,6 +69,7 @@ SETTINGS = {
     "schedule": _one_of(SCHEDULES),
     "init": _one_of(INITS),
     "dtype": _one_of(DTYPES),
+    "augment": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
 }
 
 
@@ -124,6 +126,7 @@ class TrainConfig:
     patience: int | None = None
     seed: int = 0
     dtype: str = "float32"
+    augment: bool = False  # each epoch, every training digit through a fresh random transform (nn/augment.py)
 
     def __post_init__(self):
         """Refuse a setting that cannot be trained with (SettingError), then hold NumPy scalars as Python ones."""
@@ -137,6 +140,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "seed", "val_size"):
             setattr(self, name, int(getattr(self, name)))
         self.lr, self.weight_decay = float(self.lr), float(self.weight_decay)
+        self.augment = bool(self.augment)
         self.patience = None if self.patience is None else int(self.patience)
 
     def as_dict(self) -> dict:
@@ -295,11 +299,14 @@ def steps_per_epoch(m: int, batch_size: int) -> int:
     return 1 if batch_size <= 0 else -(-m // batch_size)
 
 
-def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, progress=None, rate=None, first_step=0):
+def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, progress=None, rate=None, first_step=0,
+                transforms=None):
     """One pass over the shuffled training data; returns (mean loss, accuracy) seen while training.
 
     ``rate(k)``, if given, is the learning rate for the epoch's k-th step; ``first_step`` is the run's
     count of steps before this epoch (``network.step`` during each step: dropout's masks depend on it).
+    ``transforms``, if given, are the epoch's augmentation, one row per training digit (``augment.draw_transforms``
+    in the network's dtype, on the backend): each batch is drawn through them (``gather_augmented``).
 
     Each step writes into the network's preallocated workspace for its batch
     size; the per-sample losses go into one array for the epoch, summed once at
@@ -313,11 +320,13 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
         if rate is not None:
             optimizer.lr = rate(0)
         network.step = first_step
-        compiled = compiled_path(network)
+        compiled = compiled_path(network) if transforms is None else None
         result = None if compiled is None else compiled.full_batch_gradients(
             network, data.images, data.labels, losses, ops.full_batch_chunk(m), ops.parallel_parts(), ops.parallel_map)
-        if result is None:
-            result = network.full_batch_gradients(data.images, data.labels, losses, ops.full_batch_chunk(m),
+        if result is None:  # augmented: the one batch is every digit drawn through its transform, as float rows
+            images = data.images if transforms is None else \
+                ops.gather_augmented(data.images, None, transforms, network.dtype).T
+            result = network.full_batch_gradients(images, data.labels, losses, ops.full_batch_chunk(m),
                                                   ops.parallel_parts())
         grads, correct = result
         optimizer.step(grads)
@@ -325,7 +334,8 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
             progress(m)
     else:
         with compute_threads(network, batch_size):
-            correct = _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate, first_step)
+            correct = _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate, first_step,
+                                       transforms)
     return float(losses.sum(dtype=xp.float64)) / m, int(correct) / m
 
 
@@ -336,12 +346,13 @@ def compiled_path(network, optimizer=None):
     return network.backend.compiled_path(network, optimizer)
 
 
-def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate, first_step) -> int:
+def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate, first_step,
+                     transforms=None) -> int:
     xp = network.backend.xp
     m = len(data)
     order = xp.asarray(rng.permutation(m))  # reshuffle every epoch
     labels = data.labels[order]  # the epoch's labels in visiting order: each batch's are a slice
-    compiled = compiled_path(network, optimizer)
+    compiled = compiled_path(network, optimizer) if transforms is None else None  # it reads the digits as they are
     if compiled is not None:  # the same steps as the loop below, as compiled code
         rates = [optimizer.lr if rate is None else rate(k) for k in range(steps_per_epoch(m, batch_size))]
         correct = compiled.minibatch_epoch(network, optimizer, data.images, order, labels, losses, batch_size, rates,
@@ -356,10 +367,10 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
         stop = min(start + batch_size, m)
         if parts > 1:
             grads, batch_correct = split_step_gradients(network, data.images, order[start:stop], labels[start:stop],
-                                                        losses[start:stop], parts)
+                                                        losses[start:stop], parts, transforms)
         else:
             grads, batch_correct = step_gradients(network, data.images, order[start:stop], labels[start:stop],
-                                                  losses[start:stop])
+                                                  losses[start:stop], transforms)
         correct += batch_correct
         optimizer.step(grads)
         if progress is not None:
@@ -367,24 +378,49 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
     return correct
 
 
-def step_gradients(network, images, index, labels, losses):
+def step_gradients(network, images, index, labels, losses, transforms=None):
     """One step's forward and backward pass over ``images[index]`` in the workspace of its size:
-    (grad_groups, correct count, on the device); the per-sample losses go into ``losses``."""
+    (grad_groups, correct count, on the device); the per-sample losses go into ``losses``.
+    ``transforms``: each digit drawn through its own first (augmentation), or None."""
     ops = network.backend
     ws = network.workspace(len(index))
-    A0 = ops.gather_scaled(images, index, network.dtype, out=ws.A0)
+    if transforms is None:
+        A0 = ops.gather_scaled(images, index, network.dtype, out=ws.A0)
+    else:
+        A0 = ops.gather_augmented(images, index, transforms, network.dtype, out=ws.A0)
     Z, activations = network.forward(A0, ws)
     correct = ops.count_correct(Z, labels)
     network.backward(Z, activations, labels, ws, losses=losses)
     return ws.grad_groups, correct
 
 
-def split_step_gradients(network, images, index, labels, losses, parts: int):
+def split_step_gradients(network, images, index, labels, losses, parts: int, transforms=None):
     """``step_gradients`` with the batch split into ``parts`` chunks of consecutive samples, walked in parallel
     (``full_batch_gradients``): the chunks' means weighted by their shares, added in order, and dropout's
     masks those of the whole batch (each chunk draws its own samples' columns)."""
-    batch = images[index]  # the batch's digits in visiting order, so that each chunk is a slice
+    if transforms is None:
+        batch = images[index]  # the batch's digits in visiting order, so that each chunk is a slice
+    else:  # augmented: the drawn digits as float rows, which the chunks cast, not scale
+        batch = network.backend.gather_augmented(images, index, transforms, network.dtype).T
     return network.full_batch_gradients(batch, labels, losses, -(-len(index) // parts), parts)
+
+
+def check_augmentable(images) -> None:
+    """SettingError naming ``augment`` unless the training images are digits it can draw: uint8 28 x 28 pixels."""
+    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != augment.SIDE ** 2:
+        raise SettingError("augment", True, f"draws {augment.SIDE}x{augment.SIDE} pixel digits (uint8 0-255, "
+                                            f"{augment.SIDE ** 2} a digit); these are {images.shape[1]} "
+                                            f"{'pixels' if images.dtype == np.uint8 else 'float features'} a sample")
+
+
+def epoch_transforms(backend, config: TrainConfig, epoch: int, m: int):
+    """The epoch's augmentation on the backend, one row per training digit, in the run's dtype; None without it.
+
+    Drawn on the host from (seed, epoch) alone (``augment.draw_transforms``): the CPU and a GPU get the same ones.
+    """
+    if not config.augment:
+        return None
+    return backend.asarray(augment.draw_transforms(config.seed, epoch, m).astype(config.dtype))
 
 
 def new_network(backend, config: TrainConfig, inputs: int, classes: int = CLASSES):
@@ -437,6 +473,8 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
     Raises TrainingDiverged or TrainingInterrupted carrying the result so far;
     in both cases the network already holds the weights to keep.
     """
+    if config.augment:
+        check_augmentable(train_digits.images)
     network = new_network(backend, config, train_digits.images.shape[1], classes)
     optimizer = make_optimizer(config.optimizer, network.groups, config.lr, config.weight_decay)
     train_data = DeviceData(backend, train_digits)
@@ -461,7 +499,9 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
                     train_loss, train_acc = train_epoch(network, optimizer, train_data, config.batch_size, rng,
                                                         checking_between_steps(bar, stop),
                                                         rate=lambda k: learning_rate(config, first_step + k, steps),
-                                                        first_step=first_step)
+                                                        first_step=first_step,
+                                                        transforms=epoch_transforms(backend, config, epoch,
+                                                                                    len(train_data)))
                     with compute_threads(network):  # BLAS threads left spinning would slow the next epoch
                         val_loss, val_acc = evaluate(network, val_data) if val_data else (None, None)
             finally:

@@ -38,6 +38,7 @@
 
 gpunet_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
+#include "augment.cu"
 #include "conv.cu"
 #include "data.cu"
 #include "dropout.cu"
@@ -253,6 +254,14 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
         T* A0 = a.array<T>(1);
         const long long rows = a.scalar<long long>(2), features = a.scalar<long long>(3);
         walk(grid, block, reverse, [&] { transpose_scaled<T>(images, A0, rows, features); });
+    } else if (kernel == "affine_augment") {
+        need(a, kernel, 7);
+        const unsigned char* images = a.array<unsigned char>(0);
+        const long long* index = a.array<long long>(1);
+        const T* transforms = a.array<T>(2);
+        T* A0 = a.array<T>(3);
+        const long long rows = a.scalar<long long>(4), side = a.scalar<long long>(5), batch = a.scalar<long long>(6);
+        walk(grid, block, reverse, [&] { affine_augment<T>(images, index, transforms, A0, rows, side, batch); });
     } else if (kernel == "im2col" || kernel == "col2im") {
         need(a, kernel, 10);
         const T* in = a.array<T>(0);
