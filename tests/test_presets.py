@@ -136,3 +136,14 @@ def test_help_lists_each_presets_settings(capsys):
     for name in PRESETS:
         assert f"  {name}: {command_line(name)}" in out
     assert "--hidden 16,16 --optimizer gd --init seed --lr 0.1 --epochs 500 --batch-size 0" in command_line("notes")
+
+
+def test_a_preset_that_augments_can_be_told_not_to():
+    """cnn turns augmentation on; --no-augment given wins over it, as any option given does."""
+    assert PRESETS["cnn"]["augment"] is True and "--augment" in command_line("cnn").split()
+    values, ctx = parsed("--preset", "cnn")
+    assert values["augment"] is True and ctx.get_parameter_source("augment") is SOURCE.DEFAULT_MAP
+    values, ctx = parsed("--preset", "cnn", "--no-augment")
+    assert values["augment"] is False and ctx.get_parameter_source("augment") is SOURCE.COMMANDLINE
+    values, _ = parsed("--augment")
+    assert values["augment"] is True

@@ -232,7 +232,7 @@ def presets_help() -> str:
               help="Stop after N epochs without a better validation loss and keep the best weights.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the initial weights and the shuffle.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
-@click.option("--augment", is_flag=True, default=False,
+@click.option("--augment/--no-augment", default=False, show_default=True,
               help=f"Each epoch, draw every training digit through a fresh random affine transform, bilinear: "
                    f"{DEFAULT_RANGES.describe()}, uniform in each range; reproducible from --seed. Validation digits "
                    f"are never augmented.")
