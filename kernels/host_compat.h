@@ -27,6 +27,7 @@ using std::exp;
 using std::isnan;
 using std::log;
 using std::nan;
+using std::sqrt;
 
 inline int atomicAdd(int* address, int value)
 {

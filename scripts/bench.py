@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import platform
 import statistics
@@ -129,6 +130,14 @@ def bench_data(m: int = M, data: Path = DATA) -> tuple[Digits, str]:
 
 
 # -- the two sides ---------------------------------------------------------------------
+def optimizer(name: str, groups, lr: float, backend):
+    """gpunet's optimizer, given the backend (its whole step as one kernel on CUDA) where this checkout's takes one."""
+    if "backend" in inspect.signature(make_optimizer).parameters:
+        return make_optimizer(name, groups, lr, backend=backend)
+    return make_optimizer(name, groups, lr)
+
+
+
 class Gpunet:
     """gpunet's own training code: train_epoch with a batch of 0 (full batch) or b."""
 
@@ -136,7 +145,7 @@ class Gpunet:
         self.backend = backend
         self.network = Network(backend, init_params(layer_sizes(HIDDEN), "he", 0, np.float32))
         groups = getattr(self.network, "groups", self.network.params)  # older checkouts: per layer
-        self.optimizer = make_optimizer("sgd", groups, LR)
+        self.optimizer = optimizer("sgd", groups, LR, backend)
         self.data = DeviceData(backend, digits)
         self.rng = np.random.default_rng(1)
 
@@ -204,7 +213,7 @@ class GpunetCNN:
         shape = arch_input_shape(arch, 784)
         params = init_stack_params(build_layers(arch, shape, 10), "he", 0, np.float32)
         self.network = LayerStack(backend, arch, params, shape, 10)
-        self.optimizer = make_optimizer("adam", self.network.groups, CNN_LR)
+        self.optimizer = optimizer("adam", self.network.groups, CNN_LR, backend)
         self.data = DeviceData(backend, digits)
         self.warm_data = DeviceData(backend, Digits(digits.images[:CNN_WARM], digits.labels[:CNN_WARM]))
         self.rng = np.random.default_rng(1)

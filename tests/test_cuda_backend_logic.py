@@ -411,6 +411,45 @@ def test_dropout_masks_of_a_split_batch_launch_the_kernel_and_match_the_cpus(cud
         np.testing.assert_array_equal(on_host(chunk), whole[..., first:stop])
 
 
+@pytest.mark.parametrize("name", ["gd", "momentum", "adam"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_optimizer_step_is_one_kernel_and_the_generic_steps_bits(cuda, launched, name, dtype):
+    """Given the backend, an optimizer's whole step over a network's groups is one optimizers.cu launch, with
+    the bits of the generic optimizer's array operations on the same device arrays (the same elementwise
+    operations in the same order); over per-layer parameters, one launch per (W, b) pair."""
+    rng = np.random.default_rng(4)
+    network = Network(cuda, init_params(layer_sizes((16, 16)), "he", 0, dtype))
+    rule = "sgd" if name == "gd" else name
+    for params in (network.groups, network.params):
+        grads = [[cuda.asarray(rng.standard_normal(p.shape).astype(dtype)) for p in params] for _ in range(3)]
+        reference = make_optimizer(name, [p.copy() for p in params], 0.01, 0.1)
+        fused = make_optimizer(name, [p.copy() for p in params], 0.01, 0.1, backend=cuda)
+        for step in grads:
+            reference.step([g.copy() for g in step])
+            assert launched() == []  # no backend: the array operations
+            fused.step([g.copy() for g in step])
+            assert launched() == [f"{rule}_update<{ctype(dtype)}>"] * (len(params) // 2)
+        for got, want in zip(fused.params, reference.params):
+            np.testing.assert_array_equal(on_host(got), on_host(want))
+
+
+def test_an_optimizer_step_the_kernels_cannot_take_goes_the_generic_way(cuda, launched):
+    """float16 parameters, or a parameter list of odd length: the backend declines, and the array operations run."""
+    rng = np.random.default_rng(5)
+    for params in ([cuda.asarray(rng.standard_normal((4, 3)).astype(np.float16)) for _ in range(2)],
+                   [cuda.asarray(rng.standard_normal((4, 3)).astype(np.float32))]):
+        grads = [cuda.asarray(rng.standard_normal(p.shape).astype(p.dtype)) for p in params]
+        assert not cuda.optimizer_update("adam", params, grads, ([p * 0 for p in params],) * 2, decay=1.0, lr=0.1,
+                                         beta1=0.9, beta2=0.999, step_size=0.1, eps=1e-8)
+        reference = make_optimizer("adam", [p.copy() for p in params], 0.01, 0.1)
+        given = make_optimizer("adam", [p.copy() for p in params], 0.01, 0.1, backend=cuda)
+        reference.step(grads)
+        given.step(grads)
+        for got, want in zip(given.params, reference.params):
+            np.testing.assert_array_equal(on_host(got), on_host(want))
+    assert launched() == []
+
+
 # -- training end to end ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits():
@@ -430,7 +469,7 @@ def test_training_through_the_backend_matches_the_cpu(cuda, launched, digits):
     names = launched()
     steps = math.ceil(len(train_digits) / 64)  # 7 steps of 64, 64, ..., 16 samples
     per_step = ["gather_scaled<double>", "bias_relu<double>", "count_correct<double>",
-                "softmax_cross_entropy<double>", "relu_backward<double>"]  # fmt: skip
+                "softmax_cross_entropy<double>", "relu_backward<double>", "adam_update<double>"]  # fmt: skip
     per_eval = ["gather_scaled<double>", "bias_relu<double>", "softmax_cross_entropy<double>",
                 "count_correct<double>"]  # fmt: skip
     assert names == (per_step * steps + per_eval) * 2, "a hot operation fell back to the generic path"
@@ -458,7 +497,7 @@ def test_full_batch_training_through_the_backend(cuda, launched, digits):
     config = TrainConfig(hidden=(16,), epochs=2, batch_size=0, optimizer="gd", lr=0.5, seed=1)
     got = train(cuda, train_digits, val_digits, config)
     step = ["transpose_scaled<float>", "bias_relu<float>", "count_correct<float>",
-            "softmax_cross_entropy<float>", "relu_backward<float>"]  # fmt: skip
+            "softmax_cross_entropy<float>", "relu_backward<float>", "sgd_update<float>"]  # fmt: skip
     per_eval = ["gather_scaled<float>", "bias_relu<float>", "softmax_cross_entropy<float>", "count_correct<float>"]
     assert launched() == (step + per_eval) * 2
     reference = train(GENERIC, train_digits, val_digits, config)  # both take every digit as one chunk

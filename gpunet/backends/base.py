@@ -145,6 +145,12 @@ class Backend:
         """Class probabilities for prediction."""
         return activations.softmax(self.xp, Z)
 
+    def optimizer_update(self, rule: str, params, grads, state, **scalars) -> bool:
+        """Do an optimizer's whole step its own way and say True, or say False: the optimizer's array operations
+        (gpunet/nn/optimizers.py, the reference) then do it. ``rule``: "sgd", "momentum" or "adam"; ``state``:
+        the optimizer's per-parameter lists (velocity; mean, square); ``scalars``: decay, lr and the rule's own."""
+        return False
+
     # -- the layers' hot operations (gpunet/nn/layers.py's generic code) ----------
     # ``out`` (and ``argmax_out``): an array of the result's shape and dtype that the result MAY be written
     # into (the CPU backend's compiled passes do); callers use the returned array. The generic code here

@@ -229,6 +229,20 @@ class CupyBackend(Backend):
             return kernels.max_pool_backward(dy, argmax, input_shape, size)
         return super().max_pool_backward(dy, argmax, input_shape, size)
 
+    def optimizer_update(self, rule: str, params, grads, state, **scalars) -> bool:
+        """The optimizers.cu kernel of ``rule``, one launch per (weights, biases) pair (one in all for a network's
+        groups), where every array is a C-contiguous device array of one kernel dtype; else False."""
+        arrays = [*params, *grads, *(a for group in state for a in group)]
+        if (rule not in kernels.UPDATE_STATE or len(state) != kernels.UPDATE_STATE[rule] or len(params) % 2
+                or len(grads) != len(params) or not arrays or not _on_device(*arrays)
+                or any(len(group) != len(params) for group in state)
+                or any(a.shape != p.shape for group in (grads, *state) for p, a in zip(params, group))):
+            return False
+        for i in range(0, len(params), 2):
+            kernels.optimizer_update(rule, params[i:i + 2], grads[i:i + 2], [group[i:i + 2] for group in state],
+                                     **scalars)
+        return True
+
     def dropout_mask(self, shape, p: float, seed: int, step: int, dtype, first_sample: int = 0):
         """The dropout.cu kernel for float32/float64 masks (the generic mask's bits); the generic code otherwise."""
         if kernels.supports(dtype):

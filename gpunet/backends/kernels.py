@@ -41,6 +41,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "conv": ("im2col", "col2im"),
     "pool": ("max_pool", "max_pool_backward"),
     "dropout": ("dropout_mask",),
+    "optimizers": ("sgd_update", "momentum_update", "adam_update"),
 }
 # NumPy dtype -> the kernel templates' T. Other dtypes use the generic xp code.
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -67,6 +68,9 @@ WRITES: dict[str, tuple[int, ...]] = {
     "max_pool": (1, 2),
     "max_pool_backward": (2,),
     "dropout_mask": (0,),
+    "sgd_update": (0, 3),
+    "momentum_update": (0, 2, 4, 6),
+    "adam_update": (0, 2, 3, 5, 7, 8),
 }
 # Threads per block; a grid of at most MAX_BLOCKS blocks covers any size with
 # its grid-stride loop.
@@ -585,3 +589,82 @@ def dropout_mask(mask, p: float, seed: int, step: int, *, first_sample: int = 0,
         args = (mask, key, threshold, scale, _i64(mask.size // samples), _i64(samples), _i64(first_sample))
         _run(Launch("dropout", op, ctype, grid, block, args), launcher)
     return mask
+
+
+# -- the optimizers' updates: one kernel for every parameter -----------------------------------------
+def _update_arrays(op: str, params, *per_parameter):
+    """Check a (weights, biases) pair and the arrays shaped like each (gradients, state); return (ctype, sizes).
+
+    ``per_parameter``: pairs (name, (for the weights, for the biases)), each array shaped and typed as its
+    parameter and C-contiguous (each is read and written as a flat run of elements).
+    """
+    _require(len(params) == 2, op, f"params must be a (weights, biases) pair, not {len(params)} arrays")
+    dtype = params[0].dtype
+    ctype = _ctype(op, dtype)
+    for name, pair in (("params", params), *per_parameter):
+        _require(len(pair) == 2, op, f"{name} must be a pair like params, not {len(pair)} arrays")
+        for array, param in zip(pair, params):
+            _require(array.shape == param.shape, op, f"{name} must be shaped {param.shape}, not {array.shape}")
+            _require(array.dtype == dtype, op, f"{name} must be {dtype} like the parameters, not {array.dtype}")
+            _require(array.flags.c_contiguous, op, f"{name} must be C-contiguous")
+    return ctype, (_i64(params[0].size), _i64(params[1].size))
+
+
+def _launch_update(op: str, ctype: str, sizes, args, launcher) -> None:
+    n = int(sizes[0] + sizes[1])
+    if n:
+        grid, block = launch_shape(n)
+        _run(Launch("optimizers", op, ctype, grid, block, args), launcher)
+
+
+def sgd_update(params, grads, decay, lr, *, launcher=None) -> None:
+    """Gradient descent on (weights, biases) in one kernel: W <- W.decay, then p <- p - lr.g for both;
+    gpunet.nn.optimizers.GradientDescent. ``decay`` and ``lr`` are rounded to the parameters' dtype."""
+    op = "sgd_update"
+    ctype, (n_w, n_b) = _update_arrays(op, params, ("grads", grads))
+    t = params[0].dtype.type
+    (w, b), (dw, db) = params, grads
+    _launch_update(op, ctype, (n_w, n_b), (w, dw, n_w, b, db, n_b, t(decay), t(lr)), launcher)
+
+
+def momentum_update(params, grads, velocity, decay, lr, beta, *, launcher=None) -> None:
+    """Momentum on (weights, biases) in one kernel: W <- W.decay; v <- beta.v + g; p <- p - lr.v;
+    gpunet.nn.optimizers.Momentum."""
+    op = "momentum_update"
+    ctype, (n_w, n_b) = _update_arrays(op, params, ("grads", grads), ("velocity", velocity))
+    t = params[0].dtype.type
+    (w, b), (dw, db), (v_w, v_b) = params, grads, velocity
+    args = (w, dw, v_w, n_w, b, db, v_b, n_b, t(decay), t(lr), t(beta))
+    _launch_update(op, ctype, (n_w, n_b), args, launcher)
+
+
+def adam_update(params, grads, mean, square, decay, beta1, beta2, step_size, eps, *, launcher=None) -> None:
+    """Adam on (weights, biases) in one kernel: W <- W.decay; the moments; p <- p - step_size.m/(sqrt(s) + eps),
+    with both bias corrections in ``step_size``; gpunet.nn.optimizers.Adam."""
+    op = "adam_update"
+    ctype, (n_w, n_b) = _update_arrays(op, params, ("grads", grads), ("mean", mean), ("square", square))
+    t = params[0].dtype.type
+    (w, b), (dw, db), (m_w, m_b), (s_w, s_b) = params, grads, mean, square
+    scalars = (t(decay), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(step_size), t(eps))
+    args = (w, dw, m_w, s_w, n_w, b, db, m_b, s_b, n_b, *scalars)
+    _launch_update(op, ctype, (n_w, n_b), args, launcher)
+
+
+# The rules of gpunet.nn.optimizers that optimizers.cu has, and how many per-parameter state lists each keeps.
+UPDATE_STATE = {"sgd": 0, "momentum": 1, "adam": 2}
+
+
+def optimizer_update(rule: str, params, grads, state, *, decay, lr, launcher=None, **scalars) -> None:
+    """One optimizer step of ``rule`` on a (weights, biases) pair in one kernel; ``state``: the pair's state
+    arrays as the optimizer keeps them ((velocity,) or (mean, square), each a pair); ``scalars``: the rule's
+    own (beta; beta1, beta2, step_size, eps)."""
+    _require(rule in UPDATE_STATE, "optimizer_update", f"no kernel for the rule {rule!r}")
+    _require(len(state) == UPDATE_STATE[rule], "optimizer_update",
+             f"{rule} keeps {UPDATE_STATE[rule]} state lists, not {len(state)}")
+    if rule == "sgd":
+        sgd_update(params, grads, decay, lr, launcher=launcher)
+    elif rule == "momentum":
+        momentum_update(params, grads, state[0], decay, lr, scalars["beta"], launcher=launcher)
+    else:
+        adam_update(params, grads, state[0], state[1], decay, scalars["beta1"], scalars["beta2"],
+                    scalars["step_size"], scalars["eps"], launcher=launcher)

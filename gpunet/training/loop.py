@@ -416,7 +416,7 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
     in both cases the network already holds the weights to keep.
     """
     network = new_network(backend, config, train_digits.images.shape[1], classes)
-    optimizer = make_optimizer(config.optimizer, network.groups, config.lr, config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, network.groups, config.lr, config.weight_decay, backend=backend)
     train_data = DeviceData(backend, train_digits)
     val_data = DeviceData(backend, val_digits) if len(val_digits) else None
     rng = np.random.default_rng(config.seed + 1)  # the shuffle, independent of the init draws
