@@ -450,6 +450,39 @@ def test_an_optimizer_step_the_kernels_cannot_take_goes_the_generic_way(cuda, la
     assert launched() == []
 
 
+def test_layer_operations_write_into_the_arrays_offered(cuda, launched):
+    """im2col, col2im, max_pool, max_pool_backward and dropout_mask write into the out= arrays a layer keeps
+    (layers.Scratch) and return them, with the bits of their fresh results (the same kernels twice)."""
+    rng = np.random.default_rng(6)
+    xp = cuda.xp
+    x = cuda.asarray(rng.standard_normal((2, 6, 5, 3)).astype(np.float32))
+    columns = cuda.im2col(x, 3, (1, 1))
+    offered = xp.empty(columns.shape, np.float32)
+    assert cuda.im2col(x, 3, (1, 1), out=offered) is offered
+    np.testing.assert_array_equal(on_host(offered), on_host(columns))
+    dx = cuda.col2im(columns, x.shape, 3, (1, 1))
+    offered = xp.empty(x.shape, np.float32)
+    assert cuda.col2im(columns, x.shape, 3, (1, 1), out=offered) is offered
+    np.testing.assert_array_equal(on_host(offered), on_host(dx))
+    y, argmax = cuda.max_pool(x, 2)
+    out, argmax_out = xp.empty(y.shape, np.float32), xp.empty(y.shape, np.uint8)
+    got = cuda.max_pool(x, 2, out=out, argmax_out=argmax_out)
+    assert got[0] is out and got[1] is argmax_out
+    np.testing.assert_array_equal(on_host(out), on_host(y))
+    np.testing.assert_array_equal(on_host(argmax_out), on_host(argmax))
+    dx = cuda.max_pool_backward(y, argmax, x.shape, 2)
+    offered = xp.full(x.shape, np.nan, np.float32)  # every element written, the 0s too
+    assert cuda.max_pool_backward(y, argmax, x.shape, 2, out=offered) is offered
+    np.testing.assert_array_equal(on_host(offered), on_host(dx))
+    mask = cuda.dropout_mask((4, 9), 0.5, 3, 4, np.float32)
+    offered = xp.empty((4, 9), np.float32)
+    assert cuda.dropout_mask((4, 9), 0.5, 3, 4, np.float32, out=offered) is offered
+    np.testing.assert_array_equal(on_host(offered), on_host(mask))
+    assert len(launched()) == 10
+    wrong = xp.empty((4, 9), np.float64)  # an offer of another dtype is declined: a new array
+    assert cuda.dropout_mask((4, 9), 0.5, 3, 4, np.float32, out=wrong) is not wrong
+
+
 # -- training end to end ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits():
@@ -531,10 +564,10 @@ def test_the_transfer_count_catches_a_read_in_every_step(cuda, digits, monkeypat
     """The check above can fail: a count_correct that reads its count back makes one transfer per step."""
     train_digits, _ = digits
     on_device = cuda.count_correct
-    monkeypatch.setattr(cuda, "count_correct", lambda Z, labels: int(on_device(Z, labels)))
+    monkeypatch.setattr(cuda, "count_correct", lambda Z, labels, out=None: int(on_device(Z, labels, out=out)))
     _train_one_epoch(cuda, train_digits, 64)
     steps = math.ceil(len(train_digits) / 64)
-    assert [t.what for t in cuda.xp.transfers] == ["int()"] * steps + ["float()"]  # the total is a host int
+    assert [t.what for t in cuda.xp.transfers] == ["int()"] * steps + ["float()", "int()"]
 
 
 @pytest.mark.paths

@@ -389,14 +389,19 @@ def softmax_cross_entropy(Z, labels, out=None, *, launcher=None):
     return dZ, losses
 
 
-def count_correct(Z, labels, *, launcher=None):
+def count_correct(Z, labels, out=None, *, launcher=None):
     """How many columns of Z (classes, m) have their (first) largest logit at the label.
 
     A 0-d array on Z's device: reading it (int()) would wait for the GPU, so the caller decides when.
+    ``out``: a one-element int32 array (a counter kept for an epoch) that the count is added to, not
+    zeroed first; returned as a 0-d view.
     """
     op = "count_correct"
     xp, ctype, classes, m, labels = _logits_and_labels(op, Z, labels)
-    count = xp.zeros(1, dtype=np.int32)
+    if out is None:
+        count = xp.zeros(1, dtype=np.int32)
+    else:
+        count = _output(op, xp, out, "out", (1,), np.dtype(np.int32))
     if m:
         grid, block = launch_shape(m)
         args = (Z, labels, count, _i64(classes), _i64(m))
@@ -491,14 +496,15 @@ def _conv_args(shape, k, before, H_out, W_out) -> tuple:
     return tuple(_i64(n) for n in (C, H, W, m, k, before, H_out, W_out))
 
 
-def im2col(x, k: int, pads, *, launcher=None):
+def im2col(x, k: int, pads, out=None, *, launcher=None):
     """The k x k patches of maps x (C, H, W, m), padded by ``pads`` (before, after), as columns
-    (C.k.k, H_out.W_out.m), one thread per column entry: gpunet.nn.layers.im2col."""
+    (C.k.k, H_out.W_out.m), one thread per column entry: gpunet.nn.layers.im2col. ``out``: the columns'
+    array to write (every entry is written), or None for a new one."""
     op = "im2col"
     xp, ctype = _maps(op, "x", x)
     before, H_out, W_out = _conv_sizes(op, x.shape, k, pads)
     C, H, W, m = x.shape
-    columns = xp.empty((C * k * k, H_out * W_out * m), dtype=x.dtype)
+    columns = _output(op, xp, out, "out", (C * k * k, H_out * W_out * m), x.dtype)
     if columns.size:
         grid, block = launch_shape(columns.size)
         _run(Launch("conv", op, ctype, grid, block, (x, columns, *_conv_args(x.shape, k, before, H_out, W_out))),
@@ -506,9 +512,10 @@ def im2col(x, k: int, pads, *, launcher=None):
     return columns
 
 
-def col2im(columns, input_shape, k: int, pads, *, launcher=None):
+def col2im(columns, input_shape, k: int, pads, out=None, *, launcher=None):
     """The gradient of im2col: maps ``input_shape`` (C, H, W, m), each element the sum of the column entries
-    that copied it, one thread per element gathering them (no atomics): gpunet.nn.layers.col2im."""
+    that copied it, one thread per element gathering them (no atomics): gpunet.nn.layers.col2im. ``out``: the
+    maps' array to write (every element is written), or None for a new one."""
     op = "col2im"
     xp = _array_module(columns)
     ctype = _ctype(op, columns.dtype)
@@ -518,7 +525,7 @@ def col2im(columns, input_shape, k: int, pads, *, launcher=None):
     expected = (C * k * k, H_out * W_out * m)
     _require(columns.shape == expected, op, f"columns must be {expected} for maps {input_shape}, not {columns.shape}")
     _require(columns.flags.c_contiguous, op, "columns must be C-contiguous")
-    dx = xp.empty(input_shape, dtype=columns.dtype)
+    dx = _output(op, xp, out, "out", input_shape, columns.dtype)
     if dx.size:
         grid, block = launch_shape(dx.size)
         _run(Launch("conv", op, ctype, grid, block, (columns, dx, *_conv_args(input_shape, k, before, H_out, W_out))),
@@ -531,16 +538,17 @@ def _pool_size(op: str, size: int) -> int:
     return int(size)
 
 
-def max_pool(x, size: int, *, launcher=None):
+def max_pool(x, size: int, out=None, argmax_out=None, *, launcher=None):
     """(y, argmax) of size x size windows, stride ``size``, of maps x (C, H, W, m), one thread per output:
-    gpunet.nn.layers.max_pool (argmax uint8, the first largest entry; NaN pools to NaN)."""
+    gpunet.nn.layers.max_pool (argmax uint8, the first largest entry; NaN pools to NaN). ``out``,
+    ``argmax_out``: arrays to write them into (every entry is written), or None for new ones."""
     op = "max_pool"
     xp, ctype = _maps(op, "x", x)
     size = _pool_size(op, size)
     C, H, W, m = x.shape
     shape = (C, H // size, W // size, m)
-    y = xp.empty(shape, dtype=x.dtype)
-    argmax = xp.empty(shape, dtype=np.uint8)
+    y = _output(op, xp, out, "out", shape, x.dtype)
+    argmax = _output(op, xp, argmax_out, "argmax_out", shape, np.dtype(np.uint8))
     if y.size:
         grid, block = launch_shape(y.size)
         args = (x, y, argmax, *(_i64(n) for n in (C, H, W, m, size, shape[1], shape[2])))
@@ -548,9 +556,10 @@ def max_pool(x, size: int, *, launcher=None):
     return y, argmax
 
 
-def max_pool_backward(dy, argmax, input_shape, size: int, *, launcher=None):
+def max_pool_backward(dy, argmax, input_shape, size: int, out=None, *, launcher=None):
     """dx of maps ``input_shape``: each window's dy at its argmax entry, 0 elsewhere, one thread per input
-    element (no atomics): gpunet.nn.layers.max_pool_backward."""
+    element (no atomics): gpunet.nn.layers.max_pool_backward. ``out``: dx's array to write (every element is
+    written), or None for a new one."""
     op = "max_pool_backward"
     xp, ctype = _maps(op, "dy", dy)
     size = _pool_size(op, size)
@@ -562,7 +571,7 @@ def max_pool_backward(dy, argmax, input_shape, size: int, *, launcher=None):
     _require(argmax.shape == shape, op, f"argmax must be {shape} like dy, not {argmax.shape}")
     _require(argmax.dtype == np.uint8, op, f"argmax must be uint8, not {argmax.dtype}")
     _require(argmax.flags.c_contiguous, op, "argmax must be C-contiguous")
-    dx = xp.empty(input_shape, dtype=dy.dtype)
+    dx = _output(op, xp, out, "out", input_shape, dy.dtype)
     if dx.size:
         grid, block = launch_shape(dx.size)
         args = (dy, argmax, dx, *(_i64(n) for n in (C, H, W, m, size, shape[1], shape[2])))

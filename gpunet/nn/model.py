@@ -234,7 +234,9 @@ class Workspace:
     every dZ_k are C-ordered (units, m) arrays, so that their sums (softmax, db)
     add up in the same order as freshly allocated arrays would. The gradients are
     views of one flat array laid out as the network's parameters: ``grad_groups``
-    is [all dW, all db], matching the network's ``groups``.
+    is [all dW, all db], matching the network's ``groups``. The dZ_k are the rows
+    of one array ``dZ_stack`` (all units, m), layer after layer as the biases lie in
+    ``grad_groups[1]``: every db_k (a row sum of dZ_k) is then one sum over its rows.
     """
 
     def __init__(self, network, m: int):
@@ -243,7 +245,9 @@ class Workspace:
         self.m = m
         self.A0 = backend.empty_batch(sizes[0], m, dtype)
         self.Z = [backend.empty_layer(n, m, dtype) for n in sizes[1:-1]] + [xp.empty((sizes[-1], m), dtype)]
-        self.dZ = [xp.empty((n, m), dtype) for n in sizes[1:]]
+        self.dZ_stack = xp.empty((sum(sizes[1:]), m), dtype)
+        starts = np.cumsum([0, *sizes[1:]])
+        self.dZ = [self.dZ_stack[a:b] for a, b in zip(starts[:-1], starts[1:])]  # views: each C-contiguous
         self.losses = xp.empty(m, dtype)
         self.grad_flat = xp.zeros_like(network.flat)
         self.grads = network.views_of(self.grad_flat)
@@ -454,10 +458,13 @@ class Network(FlatParameters):
         for k in reversed(range(len(self.weights))):
             A_prev = activations[k]
             grads[2 * k] = xp.matmul(dZ, A_prev.T, out=grads[2 * k])  # dW = dZ.A^T (1/m already in dZ)
-            grads[2 * k + 1] = dZ.sum(axis=1, keepdims=True, out=grads[2 * k + 1])  # db = sum of dZ over samples
+            if ws is None:
+                grads[2 * k + 1] = dZ.sum(axis=1, keepdims=True)  # db = sum of dZ over samples
             if k > 0:
                 # dZ_{k-1} = W_k^T.dZ_k * relu'(Z_{k-1})
                 dZ = ops.relu_backward(xp.matmul(self.weights[k].T, dZ, out=dZ_out[k - 1]), A_prev)
+        if ws is not None:  # every db at once: the rows of dZ_stack summed into the biases' gradients, in order
+            ws.dZ_stack.sum(axis=1, out=ws.grad_groups[1])
         return grads, losses
 
 
@@ -539,7 +546,7 @@ class LayerStack(FlatParameters):
         for index, layer in enumerate(self.layers):
             if isinstance(layer, L.Dropout):
                 layer.step = self.step
-                y, kept = layer.forward(y, training, first_sample)
+                y, kept = layer.forward(y, training, first_sample, L.FRESH if ws is None else ws.scratch[index])
             else:
                 y, kept = layer.forward(y, training, L.FRESH if ws is None else ws.scratch[index])
             saved.append(kept)

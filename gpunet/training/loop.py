@@ -349,6 +349,7 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
         if correct is not None:
             return correct
     correct, parts = 0, step_parts(network, batch_size)
+    counter = xp.zeros(1, dtype=np.int32)  # the epoch's correct count, added to on the device by each whole step
     for step, start in enumerate(range(0, m, batch_size)):
         if rate is not None:
             optimizer.lr = rate(step)
@@ -357,24 +358,25 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
         if parts > 1:
             grads, batch_correct = split_step_gradients(network, data.images, order[start:stop], labels[start:stop],
                                                         losses[start:stop], parts)
+            correct += batch_correct
         else:
-            grads, batch_correct = step_gradients(network, data.images, order[start:stop], labels[start:stop],
-                                                  losses[start:stop])
-        correct += batch_correct
+            grads, _ = step_gradients(network, data.images, order[start:stop], labels[start:stop],
+                                      losses[start:stop], counter)
         optimizer.step(grads)
         if progress is not None:
             progress(stop - start)
-    return correct
+    return counter[0] if parts == 1 else correct
 
 
-def step_gradients(network, images, index, labels, losses):
+def step_gradients(network, images, index, labels, losses, counter=None):
     """One step's forward and backward pass over ``images[index]`` in the workspace of its size:
-    (grad_groups, correct count, on the device); the per-sample losses go into ``losses``."""
+    (grad_groups, correct count, on the device); the per-sample losses go into ``losses``. ``counter``: a
+    one-element int32 array the correct count is added to (then the count returned is the counter's)."""
     ops = network.backend
     ws = network.workspace(len(index))
     A0 = ops.gather_scaled(images, index, network.dtype, out=ws.A0)
     Z, activations = network.forward(A0, ws)
-    correct = ops.count_correct(Z, labels)
+    correct = ops.count_correct(Z, labels, out=counter)
     network.backward(Z, activations, labels, ws, losses=losses)
     return ws.grad_groups, correct
 
