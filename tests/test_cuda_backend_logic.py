@@ -501,8 +501,8 @@ def test_training_through_the_backend_matches_the_cpu(cuda, launched, digits):
 
     names = launched()
     steps = math.ceil(len(train_digits) / 64)  # 7 steps of 64, 64, ..., 16 samples
-    per_step = ["gather_scaled<double>", "bias_relu<double>", "count_correct<double>",
-                "softmax_cross_entropy<double>", "relu_backward<double>", "adam_update<double>"]  # fmt: skip
+    per_step = ["gather_scaled<double>", "bias_relu<double>", "softmax_cross_entropy_counted<double>",
+                "relu_backward<double>", "adam_update<double>"]  # fmt: skip
     per_eval = ["gather_scaled<double>", "bias_relu<double>", "softmax_cross_entropy<double>",
                 "count_correct<double>"]  # fmt: skip
     assert names == (per_step * steps + per_eval) * 2, "a hot operation fell back to the generic path"
@@ -529,8 +529,8 @@ def test_full_batch_training_through_the_backend(cuda, launched, digits):
     train_digits, val_digits = digits
     config = TrainConfig(hidden=(16,), epochs=2, batch_size=0, optimizer="gd", lr=0.5, seed=1)
     got = train(cuda, train_digits, val_digits, config)
-    step = ["transpose_scaled<float>", "bias_relu<float>", "count_correct<float>",
-            "softmax_cross_entropy<float>", "relu_backward<float>", "sgd_update<float>"]  # fmt: skip
+    step = ["transpose_scaled<float>", "bias_relu<float>", "softmax_cross_entropy_counted<float>",
+            "relu_backward<float>", "sgd_update<float>"]  # fmt: skip
     per_eval = ["gather_scaled<float>", "bias_relu<float>", "softmax_cross_entropy<float>", "count_correct<float>"]
     assert launched() == (step + per_eval) * 2
     reference = train(GENERIC, train_digits, val_digits, config)  # both take every digit as one chunk
@@ -561,10 +561,16 @@ def test_a_training_epoch_reads_the_device_only_at_its_end(cuda, digits, batch_s
 
 
 def test_the_transfer_count_catches_a_read_in_every_step(cuda, digits, monkeypatch):
-    """The check above can fail: a count_correct that reads its count back makes one transfer per step."""
+    """The check above can fail: a loss that reads the correct count back makes one transfer per step."""
     train_digits, _ = digits
-    on_device = cuda.count_correct
-    monkeypatch.setattr(cuda, "count_correct", lambda Z, labels, out=None: int(on_device(Z, labels, out=out)))
+    on_device = cuda.softmax_cross_entropy_counted
+
+    def read_each_step(Z, b, labels, counter, out=None):
+        result = on_device(Z, b, labels, counter, out)
+        int(counter[0])
+        return result
+
+    monkeypatch.setattr(cuda, "softmax_cross_entropy_counted", read_each_step)
     _train_one_epoch(cuda, train_digits, 64)
     steps = math.ceil(len(train_digits) / 64)
     assert [t.what for t in cuda.xp.transfers] == ["int()"] * steps + ["float()", "int()"]

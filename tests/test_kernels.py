@@ -215,6 +215,8 @@ def test_wrappers_launch_only_compiled_instantiations(dtype):
     images = rng.integers(0, 256, size=(6, 784), dtype=np.uint8)
     kernels.softmax_cross_entropy(Z, labels, launcher=record)
     kernels.count_correct(Z, labels, launcher=record)
+    kernels.softmax_cross_entropy_counted(Z.copy(), np.zeros((10, 1), dtype), labels, np.zeros(1, np.int32),
+                                          launcher=record)
     kernels.bias_relu(Z.copy(), np.zeros((10, 1), dtype), launcher=record)
     kernels.relu_backward(Z.copy(), Z, launcher=record)
     kernels.gather_scaled(images, np.array([3, 1]), dtype, launcher=record)
@@ -247,6 +249,13 @@ def test_wrappers_reject_what_the_kernels_cannot_take():
         lambda: kernels.softmax_cross_entropy(Z, labels[:3], launcher=record),
         lambda: kernels.softmax_cross_entropy(Z, labels.astype(np.float32), launcher=record),
         lambda: kernels.count_correct(Z[None], labels, launcher=record),
+        lambda: kernels.count_correct(Z, labels, out=np.zeros(1, np.int64), launcher=record),  # an int* counter
+        lambda: kernels.softmax_cross_entropy_counted(Z, np.zeros((9, 1), np.float32), labels, np.zeros(1, np.int32),
+                                                      launcher=record),
+        lambda: kernels.softmax_cross_entropy_counted(Z, np.zeros((10, 1), np.float64), labels,
+                                                      np.zeros(1, np.int32), launcher=record),
+        lambda: kernels.softmax_cross_entropy_counted(Z, np.zeros((10, 1), np.float32), labels,
+                                                      np.zeros(2, np.int32), launcher=record),
         lambda: kernels.bias_relu(Z, np.zeros((9, 1), np.float32), launcher=record),
         lambda: kernels.bias_relu(Z, np.zeros((10, 1), np.float64), launcher=record),
         lambda: kernels.bias_relu(Z[:, ::2], np.zeros((10, 1), np.float32), launcher=record),
@@ -752,5 +761,50 @@ def test_a_broken_optimizer_kernel_fails_the_comparison(tmp_path, monkeypatch):
         for rule in BROKEN_UPDATES:
             with pytest.raises(AssertionError, match="(Mismatched elements|not equal)"):
                 test_optimizer_update(HostWalk(process), np.float32, rule, (7, 3), "package")
+    finally:
+        process.close()
+
+
+# -- the output layer's end of a step: bias add, count and loss in one kernel ---------------------------
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_counted(walk, dtype, m, shape):
+    """The bias add, the count (added to a counter that already holds 5) and the loss, in one kernel: the bits
+    of the three steps it replaces, each walked as its own kernel (the same operations on each column)."""
+    rng = np.random.default_rng(m)
+    W_A = logits(rng, 10, m, dtype)  # Z_L without its bias
+    b = rng.standard_normal((10, 1)).astype(dtype)
+    labels = rng.integers(0, 10, size=m)
+    Z = W_A + b
+    want_dZ, want_losses = kernels.softmax_cross_entropy(Z, labels, launcher=walk)
+    want_count = int(kernels.count_correct(Z, labels, launcher=walk))
+    walked = walk.shaped(**SHAPES[shape])
+    got_Z, counter = W_A.copy(), np.full(1, 5, np.int32)
+    dZ, losses = kernels.softmax_cross_entropy_counted(got_Z, b, labels, counter, launcher=walked)
+    assert [launch.kernel for launch in walked.launches] == ["softmax_cross_entropy_counted"]
+    np.testing.assert_array_equal(got_Z, Z)  # one add each, written back
+    np.testing.assert_array_equal(dZ, want_dZ)
+    np.testing.assert_array_equal(losses, want_losses)
+    assert int(counter[0]) == 5 + want_count
+
+
+def test_a_broken_counted_loss_kernel_fails_the_comparison(tmp_path, monkeypatch):
+    """The test above can fail: a loss.cu whose fused kernel adds the bias by sample instead of by class."""
+    from tests.kernel_support import HostWalk, WalkProcess, build_walk
+
+    source = kernels.read_source("loss")
+    old = "            Z[c * m + i] += b[c];"
+    assert source.count(old) == 1
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    for path in kernels.source_dir().iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "loss.cu").write_text(source.replace(old, "            Z[c * m + i] += b[i % classes];"))
+    monkeypatch.setenv(kernels.KERNEL_DIR_ENV, str(folder))
+    process = WalkProcess(build_walk(tmp_path), tmp_path)
+    try:
+        with pytest.raises(AssertionError, match="(Mismatched elements|not equal)"):
+            test_softmax_cross_entropy_counted(HostWalk(process), np.float32, 7, "package")
     finally:
         process.close()

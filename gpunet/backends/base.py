@@ -147,6 +147,13 @@ class Backend:
         out += count
         return out[0]
 
+    def softmax_cross_entropy_counted(self, Z, b, labels, counter, out=None):
+        """The output layer's end of a training step: Z += b (the bias, in place), the correct count added to
+        ``counter`` (``count_correct``'s out=), then ``softmax_cross_entropy`` of the biased Z into ``out``."""
+        Z += b
+        self.count_correct(Z, labels, out=counter)
+        return self.softmax_cross_entropy(Z, labels, out=out)
+
     def softmax(self, Z):
         """Class probabilities for prediction."""
         return activations.softmax(self.xp, Z)

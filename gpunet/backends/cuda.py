@@ -211,6 +211,14 @@ class CupyBackend(Backend):
             return super().softmax_cross_entropy(Z, labels)
         return super().softmax_cross_entropy(Z, labels, out=out)
 
+    def softmax_cross_entropy_counted(self, Z, b, labels, counter, out=None):
+        """The loss.cu kernel that adds the bias, counts and takes the loss in one launch; the generic steps
+        otherwise."""
+        if (_on_device(Z, b, *(out or ())) and Z.ndim == 2 and b.shape == (Z.shape[0], 1)
+                and isinstance(counter, cupy.ndarray) and counter.shape == (1,) and counter.dtype == np.int32):
+            return kernels.softmax_cross_entropy_counted(Z, b, labels, counter, out)
+        return super().softmax_cross_entropy_counted(Z, b, labels, counter, out)
+
     def count_correct(self, Z, labels, out=None):
         """The loss.cu counting kernel where it applies (adding to ``out``, an int32 counter, where given); the
         count stays on the device."""

@@ -35,7 +35,7 @@ from gpunet.nn import layers
 
 # kernels/<file>.cu -> the __global__ templates it defines, each compiled for every CTYPES value.
 MODULES: dict[str, tuple[str, ...]] = {
-    "loss": ("softmax_cross_entropy", "count_correct"),
+    "loss": ("softmax_cross_entropy", "count_correct", "softmax_cross_entropy_counted"),
     "layers": ("bias_relu", "relu_backward"),
     "data": ("gather_scaled", "transpose_scaled"),
     "conv": ("im2col", "col2im"),
@@ -59,6 +59,7 @@ CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 WRITES: dict[str, tuple[int, ...]] = {
     "softmax_cross_entropy": (2, 3),
     "count_correct": (2,),
+    "softmax_cross_entropy_counted": (0, 3, 4, 5),
     "bias_relu": (0,),
     "relu_backward": (0,),
     "gather_scaled": (2,),
@@ -407,6 +408,29 @@ def count_correct(Z, labels, out=None, *, launcher=None):
         args = (Z, labels, count, _i64(classes), _i64(m))
         _run(Launch("loss", op, ctype, grid, block, args), launcher)
     return count[0]
+
+
+def softmax_cross_entropy_counted(Z, b, labels, count, out=None, *, launcher=None):
+    """The output layer's end of a step in one kernel: Z += b (in place), the correct columns added to
+    ``count`` (a one-element int32 counter), and (dZ, losses) as softmax_cross_entropy of the biased Z.
+
+    Z: logits without their bias (classes, m), C-contiguous; b: (classes, 1) of Z's dtype; labels: (m,)
+    integers; out: optional (dZ, losses) arrays to write into. Returns (dZ, losses).
+    """
+    op = "softmax_cross_entropy_counted"
+    xp, ctype, classes, m, labels = _logits_and_labels(op, Z, labels)
+    _require(b.shape in ((classes, 1), (classes,)), op, f"b must be ({classes}, 1), not {b.shape}")
+    _require(b.dtype == Z.dtype, op, f"b must be {Z.dtype} like Z, not {b.dtype}")
+    b = xp.ascontiguousarray(b)
+    count = _output(op, xp, count, "count", (1,), np.dtype(np.int32))
+    dZ_out, losses_out = (None, None) if out is None else out
+    dZ = _output(op, xp, dZ_out, "dZ", Z.shape, Z.dtype)
+    losses = _output(op, xp, losses_out, "losses", (m,), Z.dtype)
+    if m:
+        grid, block = launch_shape(m)
+        args = (Z, b, labels, dZ, losses, count, _i64(classes), _i64(m))
+        _run(Launch("loss", op, ctype, grid, block, args), launcher)
+    return dZ, losses
 
 
 def bias_relu(Z, b, *, launcher=None):

@@ -317,8 +317,9 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
         result = None if compiled is None else compiled.full_batch_gradients(
             network, data.images, data.labels, losses, ops.full_batch_chunk(m), ops.parallel_parts(), ops.parallel_map)
         if result is None:
+            counter = xp.zeros(1, dtype=np.int32)  # the correct count, where the network counts inside its loss
             result = network.full_batch_gradients(data.images, data.labels, losses, ops.full_batch_chunk(m),
-                                                  ops.parallel_parts())
+                                                  ops.parallel_parts(), counter=counter)
         grads, correct = result
         optimizer.step(grads)
         if progress is not None:
@@ -375,6 +376,10 @@ def step_gradients(network, images, index, labels, losses, counter=None):
     ops = network.backend
     ws = network.workspace(len(index))
     A0 = ops.gather_scaled(images, index, network.dtype, out=ws.A0)
+    if counter is not None and isinstance(network, Network):  # the output bias and the count inside the loss
+        Z, activations = network.forward(A0, ws, output_bias=False)
+        network.backward(Z, activations, labels, ws, losses=losses, counter=counter)
+        return ws.grad_groups, counter[0]
     Z, activations = network.forward(A0, ws)
     correct = ops.count_correct(Z, labels, out=counter)
     network.backward(Z, activations, labels, ws, losses=losses)

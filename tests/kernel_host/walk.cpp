@@ -228,6 +228,17 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
         int* count = a.array<int>(2);
         const long long classes = a.scalar<long long>(3), m = a.scalar<long long>(4);
         walk(grid, block, reverse, [&] { count_correct<T>(Z, labels, count, classes, m); });
+    } else if (kernel == "softmax_cross_entropy_counted") {
+        need(a, kernel, 8);
+        T* Z = a.array<T>(0);
+        const T* b = a.array<T>(1);
+        const int* labels = a.array<int>(2);
+        T* dZ = a.array<T>(3);
+        T* losses = a.array<T>(4);
+        int* count = a.array<int>(5);
+        const long long classes = a.scalar<long long>(6), m = a.scalar<long long>(7);
+        walk(grid, block, reverse,
+             [&] { softmax_cross_entropy_counted<T>(Z, b, labels, dZ, losses, count, classes, m); });
     } else if (kernel == "bias_relu") {
         need(a, kernel, 4);
         T* Z = a.array<T>(0);
