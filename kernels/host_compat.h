@@ -28,6 +28,7 @@ using std::floor;
 using std::isnan;
 using std::log;
 using std::nan;
+using std::sqrt;
 
 inline int atomicAdd(int* address, int value)
 {

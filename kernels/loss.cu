@@ -123,4 +123,31 @@ __global__ void count_correct(
     }
 }
 
+// ---------------------------------------------------------------------------
+// The output layer's end of a training step in one kernel, for sample i:
+//
+//     Z[c, i] += b[c]                       (Z_L = W_L.A + b_L: the bias add, written back)
+//     count   += [argmax_c Z[c, i] == label]  (correct_sample, as count_correct)
+//     dZ, loss_i                             (softmax_cross_entropy_sample)
+//
+// each on the biased column, so the same operations as the bias add, count_correct and
+// softmax_cross_entropy launched one after the other. A thread reads and writes only its own
+// samples' columns. count: one int, added to (the epoch's counter, zeroed once an epoch).
+template <typename T>
+__global__ void softmax_cross_entropy_counted(
+    T* Z, const T* b, const int* labels, T* dZ, T* losses, int* count, long long classes, long long m)
+{
+    int mine = 0;
+    GPUNET_GRID_STRIDE(i, m) {
+        for (long long c = 0; c < classes; ++c) {
+            Z[c * m + i] += b[c];
+        }
+        mine += correct_sample(Z, labels, classes, m, i);
+        softmax_cross_entropy_sample(Z, labels, dZ, losses, classes, m, i);
+    }
+    if (mine != 0) {
+        atomicAdd(count, mine);
+    }
+}
+
 #undef GPUNET_GRID_STRIDE

@@ -23,6 +23,14 @@ training runs its steps). The table shows the median of the timed runs, and
 the fastest in brackets. A CNN epoch takes seconds, so its sides take turns every
 epoch instead (``--cnn-repeats`` rounds), each epoch after a short untimed warm-up.
 
+``--launches`` times nothing: it counts, without a GPU, what one training step costs one. The real
+CUDA backend and training loop run on the CuPy stand-in (tests/cupy_stand_in.py, its kernels walked on
+the CPU; needs g++ and this checkout's tests/), and it prints per steady-state step the launches by kind
+(gpunet's custom kernels, CuPy's elementwise kernels, reductions, cuBLAS products), device allocations,
+transfers each way, the launches' bytes and the products' FLOPs, for the 784-16-16-10 network with each
+optimizer and for a CNN; then the same per epoch outside the steps, and per evaluation of 1,000 digits
+(tests/launch_count.py; tests/test_launch_budget.py holds the counts to their budgets).
+
 ``--threads N`` holds PyTorch's intra-op threads and the BLAS libraries (threadpoolctl) to N for the
 whole run, so that both sides may use as many; gpunet's mini-batch epochs hold BLAS to one thread of their
 own accord (``CpuBackend.compute_threads``): the 16-16 network's, and the CNN's, whose steps are split into
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import platform
 import statistics
@@ -121,6 +130,14 @@ def bench_data(m: int = M, data: Path = DATA) -> tuple[Digits, str]:
 
 
 # -- the two sides ---------------------------------------------------------------------
+def optimizer(name: str, groups, lr: float, backend):
+    """gpunet's optimizer, given the backend (its whole step as one kernel on CUDA) where this checkout's takes one."""
+    if "backend" in inspect.signature(make_optimizer).parameters:
+        return make_optimizer(name, groups, lr, backend=backend)
+    return make_optimizer(name, groups, lr)
+
+
+
 class Gpunet:
     """gpunet's own training code: train_epoch with a batch of 0 (full batch) or b."""
 
@@ -128,7 +145,7 @@ class Gpunet:
         self.backend = backend
         self.network = Network(backend, init_params(layer_sizes(HIDDEN), "he", 0, np.float32))
         groups = getattr(self.network, "groups", self.network.params)  # older checkouts: per layer
-        self.optimizer = make_optimizer("sgd", groups, LR)
+        self.optimizer = optimizer("sgd", groups, LR, backend)
         self.data = DeviceData(backend, digits)
         self.rng = np.random.default_rng(1)
 
@@ -196,7 +213,7 @@ class GpunetCNN:
         shape = arch_input_shape(arch, 784)
         params = init_stack_params(build_layers(arch, shape, 10), "he", 0, np.float32)
         self.network = LayerStack(backend, arch, params, shape, 10)
-        self.optimizer = make_optimizer("adam", self.network.groups, CNN_LR)
+        self.optimizer = optimizer("adam", self.network.groups, CNN_LR, backend)
         self.data = DeviceData(backend, digits)
         self.warm_data = DeviceData(backend, Digits(digits.images[:CNN_WARM], digits.labels[:CNN_WARM]))
         self.rng = np.random.default_rng(1)
@@ -504,6 +521,20 @@ def ratio(ours, theirs) -> str:
     return f"{statistics.median(ours) / statistics.median(theirs):.2f}x"
 
 
+def print_launches() -> None:
+    """--launches: tests/launch_count.py's tables, each case trained on the CuPy stand-in."""
+    from tests import launch_count
+    from tests.kernel_support import HostWalk, WalkProcess, build_walk
+
+    with tempfile.TemporaryDirectory() as folder:
+        process = WalkProcess(build_walk(Path(folder)), Path(folder))
+        try:
+            counts = [launch_count.count(case, HostWalk(process)) for case in launch_count.CASES]
+        finally:
+            process.close()
+    print(launch_count.report(counts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of each case, per side")
@@ -515,7 +546,15 @@ def main() -> None:
     parser.add_argument("--cnn-repeats", type=int, default=CNN_REPEATS,
                         help=f"timed epochs of the CNN ({CNN_ARCH}) per side; 0 leaves it out")
     parser.add_argument("--threads", type=int, help="PyTorch's and BLAS's threads (default: as the libraries set them)")
+    parser.add_argument("--launches", action="store_true",
+                        help="time nothing: count a training step's GPU launches, allocations and transfers on the "
+                             "CuPy stand-in")
     args = parser.parse_args()
+    if args.launches:
+        if _other:
+            parser.error("--launches counts this checkout's gpunet (its tests/ hold the stand-in), not --gpunet-root's")
+        print_launches()
+        return
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads {args.threads}: give 1 or more")
     batches = [int(b) for b in args.batches.split(",") if b]

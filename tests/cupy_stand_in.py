@@ -35,6 +35,13 @@ one, and the reads CuPy makes itself to size a result (boolean-mask indexing,
 ``nonzero``). So a test can assert that a training epoch waits for the device
 only where the loop says it does.
 
+Every launch and allocation is recorded in ``HostCupy.events`` (an :class:`Event` each, with
+the line that asked): a custom kernel (``kernels.cuda_launch``), a CuPy elementwise kernel (a
+ufunc, a fill, a copy, a gather), a reduction, a cuBLAS product (``matmul``), a device
+allocation (a new array that owns its memory; views are none), and each transfer, device to
+host or host to device (``cupy.asarray`` of a host array, a host index). tests/launch_count.py
+counts a training step's from them (``scripts/bench.py --launches``).
+
 Its one "device" has made-up properties (``DEVICE_PROPERTIES``), for
 ``describe()``, and made-up NVRTC and cuBLAS handles that a test can make fail.
 What this cannot show: anything about CuPy itself or a real device (streams,
@@ -92,6 +99,50 @@ class Transfer:
 
     def __str__(self) -> str:
         return f"{self.what} at {self.where}"
+
+
+# What the stand-in records of the work CuPy and gpunet would queue on a GPU (Event.kind).
+LAUNCHES = ("kernel", "elementwise", "reduction", "cublas")  # one launch each
+ALLOCATION, D2H, H2D = "allocation", "d2h", "h2d"
+# cupy functions and ndarray methods that reduce (one reduction kernel), that multiply matrices (cuBLAS),
+# that only allocate, and that give a view where they can (no launch unless the result owns new memory).
+REDUCTIONS = frozenset({"sum", "prod", "max", "min", "amax", "amin", "argmax", "argmin", "mean", "var", "std",
+                        "any", "all", "count_nonzero", "nansum", "nanmax", "nanmin", "cumsum", "cumprod"})
+PRODUCTS = frozenset({"matmul", "dot", "tensordot", "inner", "vdot"})
+ALLOCATE_ONLY = frozenset({"empty", "empty_like"})
+IN_PLACE = frozenset({"copyto", "put", "place", "putmask", "fill_diagonal", "fill", "sort"})  # None, a kernel
+VIEWS = frozenset({"reshape", "view", "transpose", "swapaxes", "moveaxis", "squeeze", "expand_dims", "ravel",
+                   "atleast_1d", "atleast_2d", "atleast_3d", "broadcast_to", "diagonal", "real", "imag"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One thing a GPU would do: a launch (``LAUNCHES``), an allocation or a transfer, and the line that asked.
+
+    ``nbytes``: the bytes of the launch's array operands (each read or written once), of the allocation, or
+    moved by the transfer; ``flops``: a cuBLAS product's 2.m.n.k (other launches' arithmetic is not counted).
+    """
+
+    kind: str
+    name: str
+    nbytes: int
+    flops: int
+    where: str
+
+
+def _nbytes(*values) -> int:
+    """The bytes of the device arrays among ``values`` (each distinct array once)."""
+    seen, total = set(), 0
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                if isinstance(v, DeviceArray) and id(v._host) not in seen:
+                    seen.add(id(v._host))
+                    total += v._host.nbytes
+        elif isinstance(value, DeviceArray) and id(value._host) not in seen:
+            seen.add(id(value._host))
+            total += value._host.nbytes
+    return total
 
 
 def _caller() -> str:
@@ -177,7 +228,7 @@ class DeviceArray:
     # -- the ways back to the host, each recorded -------------------------------------------------------
     def get(self, stream=None, order="C", out=None, blocking=True) -> np.ndarray:
         """A NumPy copy, as cupy.ndarray.get()."""
-        self._device._transferred(".get()")
+        self._device._transferred(".get()", self._host.nbytes)
         if out is not None:
             np.copyto(out, self._host)
             return out
@@ -189,54 +240,55 @@ class DeviceArray:
             raise TypeError(f"Only numpy.ndarray can be set to cupy.ndarray, not {type(arr).__name__}")
         if arr.shape != self.shape or arr.dtype != self.dtype:
             raise ValueError(f"Shape or dtype mismatch: {arr.shape} {arr.dtype} vs {self.shape} {self.dtype}")
+        self._device._uploaded(".set()", arr.nbytes)
         np.copyto(self._host, arr)
 
     def item(self):
-        self._device._transferred(".item()")
+        self._device._transferred(".item()", self._host.nbytes)
         return self._host.item()
 
     def tolist(self):
-        self._device._transferred(".tolist()")
+        self._device._transferred(".tolist()", self._host.nbytes)
         return self._host.tolist()
 
     def tobytes(self, order="C") -> bytes:
-        self._device._transferred(".tobytes()")
+        self._device._transferred(".tobytes()", self._host.nbytes)
         return self._host.tobytes(order)
 
     def tofile(self, fid, sep="", format="%s") -> None:
-        self._device._transferred(".tofile()")
+        self._device._transferred(".tofile()", self._host.nbytes)
         self._host.tofile(fid, sep, format)
 
     def __float__(self):
-        self._device._transferred("float()")
+        self._device._transferred("float()", self._host.nbytes)
         return float(self._host)
 
     def __int__(self):
-        self._device._transferred("int()")
+        self._device._transferred("int()", self._host.nbytes)
         return int(self._host)
 
     def __complex__(self):
-        self._device._transferred("complex()")
+        self._device._transferred("complex()", self._host.nbytes)
         return complex(self._host)
 
     def __bool__(self):
-        self._device._transferred("bool()")
+        self._device._transferred("bool()", self._host.nbytes)
         return bool(self._host)
 
     def __bytes__(self):
-        self._device._transferred("bytes()")
+        self._device._transferred("bytes()", self._host.nbytes)
         return bytes(self._host)
 
     def __repr__(self):
-        self._device._transferred("repr()")
+        self._device._transferred("repr()", self._host.nbytes)
         return repr(self._host)
 
     def __str__(self):
-        self._device._transferred("str()")
+        self._device._transferred("str()", self._host.nbytes)
         return str(self._host)
 
     def __format__(self, spec):
-        self._device._transferred("format()")
+        self._device._transferred("format()", self._host.nbytes)
         return format(self._host.item() if self._host.ndim == 0 else self._host, spec)
 
     def __array__(self, dtype=None, copy=None):
@@ -259,18 +311,27 @@ class DeviceArray:
         result = self._host[host_key]
         if isinstance(result, np.generic):  # an element: CuPy gives a 0-d view of it
             result = self._host[_with_ellipsis(host_key)]
-        return self._device._result(result)
+        result = self._device._result(result)
+        if _advanced(key):  # a gather into a new array: one elementwise kernel
+            self._device._record("elementwise", "cupy.ndarray.__getitem__ (advanced)", _nbytes(self, result))
+        return result
 
     def __setitem__(self, key, value):
         host_key = self._device._index(key)
         if isinstance(value, np.ndarray) and value.ndim and not _advanced(key):
             raise ValueError("non-scalar numpy.ndarray cannot be used for fill")  # CuPy's fill of a view
+        if isinstance(value, np.ndarray):
+            self._device._uploaded("cupy.ndarray.__setitem__ (a host value)", value.nbytes)
         self._host[host_key] = value._host if isinstance(value, DeviceArray) else value
+        self._device._record("elementwise", "cupy.ndarray.__setitem__", _nbytes(self[key] if not _advanced(key)
+                                                                                 else self, value))
 
     def __copy__(self):
+        self._device._record("elementwise", "copy", 2 * self._host.nbytes)
         return self._device._result(self._host.copy())
 
     def __deepcopy__(self, memo):
+        self._device._record("elementwise", "copy", 2 * self._host.nbytes)
         return self._device._result(copy.deepcopy(self._host, memo))
 
     # -- arithmetic: NumPy's ufuncs, through __array_ufunc__ as CuPy's -----------------------------------
@@ -288,9 +349,17 @@ class DeviceArray:
         if out is not None:
             kwargs["out"] = tuple(_unwrap(x) for x in out)
         result = getattr(ufunc, method)(*host_inputs, **kwargs)
-        if out is not None:
-            return out[0] if len(out) == 1 else out
-        return self._device._result(result)
+        result = (out[0] if len(out) == 1 else out) if out is not None else self._device._result(result)
+        nbytes = _nbytes(*inputs, *(result if isinstance(result, tuple) else (result,)))
+        if ufunc is np.matmul and method == "__call__":
+            a, b = host_inputs
+            k = a.shape[-1] if a.ndim else 1
+            self._device._record("cublas", "matmul", nbytes, 2 * int(np.prod(np.shape(_unwrap(result)))) * k)
+        else:
+            kind = "reduction" if method == "reduce" else "elementwise"
+            self._device._record(kind, f"cupy.{ufunc.__name__}" + (f".{method}" if method != "__call__" else ""),
+                                 nbytes)
+        return result
 
     def __array_function__(self, func, types, args, kwargs):
         """``np.<function>(device_array)`` runs CuPy's function of that name, as CuPy does; others are refused."""
@@ -346,6 +415,17 @@ def _unwrap(value):
     return value
 
 
+def _host_bytes(values) -> int:
+    """The bytes of the host arrays among ``values`` (what CuPy copies to the device)."""
+    total = 0
+    for value in values:
+        if isinstance(value, np.ndarray):
+            total += value.nbytes
+        elif isinstance(value, (list, tuple)):
+            total += _host_bytes(value)
+    return total
+
+
 def _holds_host_array(value) -> bool:
     if isinstance(value, np.ndarray):
         return True
@@ -373,13 +453,15 @@ class DeviceLauncher:
     A host NumPy array among the arguments is refused, as CuPy's RawKernel refuses one.
     """
 
-    def __init__(self, walk):
-        self.walk = walk
+    def __init__(self, walk, device: HostCupy | None = None):
+        self.walk, self.device = walk, device
 
     def __call__(self, launch: kernels.Launch) -> None:
         for k, arg in enumerate(launch.args):
             if isinstance(arg, np.ndarray):
                 raise TypeError(f"argument {k} of {launch.name} is a host numpy.ndarray: a kernel takes device arrays")
+        if self.device is not None:
+            self.device._record("kernel", launch.name, _nbytes(*launch.args))
         self.walk(dataclasses.replace(launch, args=tuple(_unwrap(arg) for arg in launch.args)))
 
 
@@ -397,6 +479,7 @@ class HostCupy:
     def __init__(self):
         self.synchronized = 0
         self.transfers: list[Transfer] = []
+        self.events: list[Event] = []
         stream = SimpleNamespace(synchronize=self._synchronize)
         runtime = SimpleNamespace(
             getDeviceProperties=self._device_properties, getDeviceCount=lambda: 1,
@@ -415,15 +498,29 @@ class HostCupy:
     def _synchronize(self):
         self.synchronized += 1
 
-    def _transferred(self, what: str) -> None:
-        self.transfers.append(Transfer(what, _caller()))
+    def _transferred(self, what: str, nbytes: int = 0) -> None:
+        where = _caller()
+        self.transfers.append(Transfer(what, where))
+        self.events.append(Event(D2H, what, nbytes, 0, where))
+
+    def _record(self, kind: str, name: str, nbytes: int = 0, flops: int = 0) -> None:
+        self.events.append(Event(kind, name, int(nbytes), int(flops), _caller()))
+
+    def _uploaded(self, what: str, nbytes: int) -> None:
+        """A host-to-device copy (``cupy.asarray`` of a host array, a host array as an index or value)."""
+        self._record(H2D, what, nbytes)
 
     # -- moving data ------------------------------------------------------------------------------------
     def asarray(self, a, dtype=None, order=None, *, blocking=False):
         """A device array as it is (cast if asked); a host array copied over, as cupy.asarray does."""
         if isinstance(a, DeviceArray):
-            return self._result(np.asarray(a._host, dtype=dtype, order=order), (a,))
-        return self._result(np.array(a, dtype=dtype, order=order))
+            result = self._result(np.asarray(a._host, dtype=dtype, order=order), (a,))
+            if result is not a:
+                self._record("elementwise", "cupy.asarray (a cast)", _nbytes(a, result))
+            return result
+        result = self._result(np.array(a, dtype=dtype, order=order))
+        self._uploaded("cupy.asarray", result._host.nbytes)
+        return result
 
     def asnumpy(self, a, stream=None, order="C", out=None, *, blocking=True):
         """A NumPy copy of a device array (recorded); a host array as it is."""
@@ -448,11 +545,18 @@ class HostCupy:
             if name not in FROM_HOST and (_holds_host_array(args) or _holds_host_array(tuple(kwargs.values()))):
                 raise TypeError(f"cupy.{name}: a host numpy.ndarray among its arguments (this would fail on a GPU)")
             if name in SIZED_BY_DATA:
-                self._transferred(f"cupy.{name} (reads its result's size back)")
+                self._transferred(f"cupy.{name} (reads its result's size back)", 8)
+            given = (*args, *kwargs.values())
+            uploads = _host_bytes(given) if name in FROM_HOST else 0
+            if uploads:
+                self._uploaded(f"cupy.{name}", uploads)
             result = attr(*_unwrap(args), **{key: _unwrap(value) for key, value in kwargs.items()})
             if name in DEVICE_BOOL:
                 result = np.asarray(result)
-            return self._result(result, (*args, *kwargs.values()))
+            result = self._result(result, given)
+            if not (name in ("array", "asarray", "asanyarray") and uploads):  # an upload alone launches nothing
+                self._classify(f"cupy.{name}", name, given, result)
+            return result
 
         return call
 
@@ -466,9 +570,15 @@ class HostCupy:
             if name not in FROM_HOST and (_holds_host_array(args) or _holds_host_array(tuple(kwargs.values()))):
                 raise TypeError(f"cupy.ndarray.{name}: a host numpy.ndarray among its arguments")
             if name in SIZED_BY_DATA:
-                self._transferred(f"cupy.ndarray.{name} (reads its result's size back)")
+                self._transferred(f"cupy.ndarray.{name} (reads its result's size back)", 8)
+            given = (array, *args, *kwargs.values())
+            uploads = _host_bytes(given) if name in FROM_HOST else 0
+            if uploads:
+                self._uploaded(f"cupy.ndarray.{name}", uploads)
             result = method(*_unwrap(args), **{key: _unwrap(value) for key, value in kwargs.items()})
-            return self._result(result, (array, *args, *kwargs.values()))
+            result = self._result(result, given)
+            self._classify(f"cupy.ndarray.{name}", name, given, result)
+            return result
 
         return call
 
@@ -477,9 +587,29 @@ class HostCupy:
         parts = _key_parts(key)
         for part in parts:
             if isinstance(part, (DeviceArray, np.ndarray)) and part.dtype == np.bool_:
-                self._transferred("boolean-mask index (CuPy reads the mask's count back)")
+                self._transferred("boolean-mask index (CuPy reads the mask's count back)", 8)
+            if isinstance(part, (np.ndarray, list)):
+                self._uploaded("a host index", np.asarray(part).nbytes)
         host = tuple(_unwrap(part) for part in parts)
         return host if isinstance(key, tuple) else host[0]
+
+    def _classify(self, what: str, name: str, given, result) -> None:
+        """Record the launch a CuPy function or method ``name`` makes, judged by its kind and its result."""
+        results = result if isinstance(result, tuple) else (result,)
+        nbytes = _nbytes(*given, *results)
+        if name in ALLOCATE_ONLY:
+            return
+        if name in PRODUCTS:
+            a, b = (_unwrap(x) for x in given[:2])
+            k = a.shape[-1] if np.ndim(a) else 1
+            self._record("cublas", what, nbytes, 2 * int(np.prod(np.shape(_unwrap(results[0])))) * k)
+        elif name in REDUCTIONS:
+            self._record("reduction", what, nbytes)
+        elif name in IN_PLACE:
+            self._record("elementwise", what, nbytes)
+        elif any(isinstance(r, DeviceArray) and not any(r is g for g in given)
+                 and (name not in VIEWS or r._host.base is None) for r in results):
+            self._record("elementwise", what, nbytes)  # a new array filled (a view or a given array: nothing)
 
     def _result(self, value, given=()):
         """NumPy's result as CuPy's: arrays and scalars on the device; a given array returned as itself."""
@@ -491,6 +621,8 @@ class HostCupy:
         if isinstance(value, np.generic):
             value = np.asarray(value)
         if type(value) is np.ndarray:
+            if value.base is None:  # memory of its own, not a view
+                self._record(ALLOCATION, f"{value.dtype}{list(value.shape)}", value.nbytes)
             return DeviceArray(value, self)
         return value
 
@@ -501,5 +633,5 @@ def stand_in_backend(monkeypatch, launcher) -> backend_cuda.CupyBackend:
     monkeypatch.setattr(backend_cuda, "cupy", host)
     array_module = kernels._array_module
     monkeypatch.setattr(kernels, "_array_module", lambda a: host if isinstance(a, DeviceArray) else array_module(a))
-    monkeypatch.setattr(kernels, "cuda_launch", DeviceLauncher(launcher))
+    monkeypatch.setattr(kernels, "cuda_launch", DeviceLauncher(launcher, host))
     return backend_cuda.CupyBackend()

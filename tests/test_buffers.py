@@ -79,8 +79,9 @@ def test_steps_with_reused_arrays_give_the_bits_of_steps_with_fresh_ones(spec, d
 
 @pytest.mark.parametrize("parts", [1, 2])
 def test_each_layer_of_each_part_keeps_arrays_of_its_own_and_reuses_them(parts):
-    """After two steps of one size: every convolution, pooling and dense layer of every part's workspace holds
-    its arrays, no two of which (across layers and parts) overlap, and the second step wrote into the first's."""
+    """After two steps of one size: every convolution, pooling, dense and dropout layer of every part's workspace
+    holds its arrays, no two of which (across layers and parts) overlap, and the second step wrote into the
+    first's."""
     network = stack(REUSING, ARCHS[2], np.float32)
     train(network, parts, BATCHES[:1])
     first = scratch_arrays(network)
@@ -88,7 +89,7 @@ def test_each_layer_of_each_part_keeps_arrays_of_its_own_and_reuses_them(parts):
     second = scratch_arrays(network)
     assert first.keys() == second.keys() and all(first[role] is second[role] for role in first)
     assert {key for key, _, _ in first} == {(64 // parts, part) for part in range(parts)}  # (samples, part)
-    kinds = (L.Conv2D, L.MaxPool2D, L.Dense)
+    kinds = (L.Conv2D, L.MaxPool2D, L.Dense, L.Dropout)
     for key in {key for key, _, _ in first}:
         held = {index for k, index, _ in first if k == key}
         assert held == {i for i, layer in enumerate(network.layers) if isinstance(layer, kinds)}

@@ -411,6 +411,78 @@ def test_dropout_masks_of_a_split_batch_launch_the_kernel_and_match_the_cpus(cud
         np.testing.assert_array_equal(on_host(chunk), whole[..., first:stop])
 
 
+@pytest.mark.parametrize("name", ["gd", "momentum", "adam"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_optimizer_step_is_one_kernel_and_the_generic_steps_bits(cuda, launched, name, dtype):
+    """Given the backend, an optimizer's whole step over a network's groups is one optimizers.cu launch, with
+    the bits of the generic optimizer's array operations on the same device arrays (the same elementwise
+    operations in the same order); over per-layer parameters, one launch per (W, b) pair."""
+    rng = np.random.default_rng(4)
+    network = Network(cuda, init_params(layer_sizes((16, 16)), "he", 0, dtype))
+    rule = "sgd" if name == "gd" else name
+    for params in (network.groups, network.params):
+        grads = [[cuda.asarray(rng.standard_normal(p.shape).astype(dtype)) for p in params] for _ in range(3)]
+        reference = make_optimizer(name, [p.copy() for p in params], 0.01, 0.1)
+        fused = make_optimizer(name, [p.copy() for p in params], 0.01, 0.1, backend=cuda)
+        for step in grads:
+            reference.step([g.copy() for g in step])
+            assert launched() == []  # no backend: the array operations
+            fused.step([g.copy() for g in step])
+            assert launched() == [f"{rule}_update<{ctype(dtype)}>"] * (len(params) // 2)
+        for got, want in zip(fused.params, reference.params):
+            np.testing.assert_array_equal(on_host(got), on_host(want))
+
+
+def test_an_optimizer_step_the_kernels_cannot_take_goes_the_generic_way(cuda, launched):
+    """float16 parameters, or a parameter list of odd length: the backend declines, and the array operations run."""
+    rng = np.random.default_rng(5)
+    for params in ([cuda.asarray(rng.standard_normal((4, 3)).astype(np.float16)) for _ in range(2)],
+                   [cuda.asarray(rng.standard_normal((4, 3)).astype(np.float32))]):
+        grads = [cuda.asarray(rng.standard_normal(p.shape).astype(p.dtype)) for p in params]
+        assert not cuda.optimizer_update("adam", params, grads, ([p * 0 for p in params],) * 2, decay=1.0, lr=0.1,
+                                         beta1=0.9, beta2=0.999, step_size=0.1, eps=1e-8)
+        reference = make_optimizer("adam", [p.copy() for p in params], 0.01, 0.1)
+        given = make_optimizer("adam", [p.copy() for p in params], 0.01, 0.1, backend=cuda)
+        reference.step(grads)
+        given.step(grads)
+        for got, want in zip(given.params, reference.params):
+            np.testing.assert_array_equal(on_host(got), on_host(want))
+    assert launched() == []
+
+
+def test_layer_operations_write_into_the_arrays_offered(cuda, launched):
+    """im2col, col2im, max_pool, max_pool_backward and dropout_mask write into the out= arrays a layer keeps
+    (layers.Scratch) and return them, with the bits of their fresh results (the same kernels twice)."""
+    rng = np.random.default_rng(6)
+    xp = cuda.xp
+    x = cuda.asarray(rng.standard_normal((2, 6, 5, 3)).astype(np.float32))
+    columns = cuda.im2col(x, 3, (1, 1))
+    offered = xp.empty(columns.shape, np.float32)
+    assert cuda.im2col(x, 3, (1, 1), out=offered) is offered
+    np.testing.assert_array_equal(on_host(offered), on_host(columns))
+    dx = cuda.col2im(columns, x.shape, 3, (1, 1))
+    offered = xp.empty(x.shape, np.float32)
+    assert cuda.col2im(columns, x.shape, 3, (1, 1), out=offered) is offered
+    np.testing.assert_array_equal(on_host(offered), on_host(dx))
+    y, argmax = cuda.max_pool(x, 2)
+    out, argmax_out = xp.empty(y.shape, np.float32), xp.empty(y.shape, np.uint8)
+    got = cuda.max_pool(x, 2, out=out, argmax_out=argmax_out)
+    assert got[0] is out and got[1] is argmax_out
+    np.testing.assert_array_equal(on_host(out), on_host(y))
+    np.testing.assert_array_equal(on_host(argmax_out), on_host(argmax))
+    dx = cuda.max_pool_backward(y, argmax, x.shape, 2)
+    offered = xp.full(x.shape, np.nan, np.float32)  # every element written, the 0s too
+    assert cuda.max_pool_backward(y, argmax, x.shape, 2, out=offered) is offered
+    np.testing.assert_array_equal(on_host(offered), on_host(dx))
+    mask = cuda.dropout_mask((4, 9), 0.5, 3, 4, np.float32)
+    offered = xp.empty((4, 9), np.float32)
+    assert cuda.dropout_mask((4, 9), 0.5, 3, 4, np.float32, out=offered) is offered
+    np.testing.assert_array_equal(on_host(offered), on_host(mask))
+    assert len(launched()) == 10
+    wrong = xp.empty((4, 9), np.float64)  # an offer of another dtype is declined: a new array
+    assert cuda.dropout_mask((4, 9), 0.5, 3, 4, np.float32, out=wrong) is not wrong
+
+
 # -- training end to end ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits():
@@ -429,8 +501,8 @@ def test_training_through_the_backend_matches_the_cpu(cuda, launched, digits):
 
     names = launched()
     steps = math.ceil(len(train_digits) / 64)  # 7 steps of 64, 64, ..., 16 samples
-    per_step = ["gather_scaled<double>", "bias_relu<double>", "count_correct<double>",
-                "softmax_cross_entropy<double>", "relu_backward<double>"]  # fmt: skip
+    per_step = ["gather_scaled<double>", "bias_relu<double>", "softmax_cross_entropy_counted<double>",
+                "relu_backward<double>", "adam_update<double>"]  # fmt: skip
     per_eval = ["gather_scaled<double>", "bias_relu<double>", "softmax_cross_entropy<double>",
                 "count_correct<double>"]  # fmt: skip
     assert names == (per_step * steps + per_eval) * 2, "a hot operation fell back to the generic path"
@@ -457,8 +529,8 @@ def test_full_batch_training_through_the_backend(cuda, launched, digits):
     train_digits, val_digits = digits
     config = TrainConfig(hidden=(16,), epochs=2, batch_size=0, optimizer="gd", lr=0.5, seed=1)
     got = train(cuda, train_digits, val_digits, config)
-    step = ["transpose_scaled<float>", "bias_relu<float>", "count_correct<float>",
-            "softmax_cross_entropy<float>", "relu_backward<float>"]  # fmt: skip
+    step = ["transpose_scaled<float>", "bias_relu<float>", "softmax_cross_entropy_counted<float>",
+            "relu_backward<float>", "sgd_update<float>"]  # fmt: skip
     per_eval = ["gather_scaled<float>", "bias_relu<float>", "softmax_cross_entropy<float>", "count_correct<float>"]
     assert launched() == (step + per_eval) * 2
     reference = train(GENERIC, train_digits, val_digits, config)  # both take every digit as one chunk
@@ -489,13 +561,19 @@ def test_a_training_epoch_reads_the_device_only_at_its_end(cuda, digits, batch_s
 
 
 def test_the_transfer_count_catches_a_read_in_every_step(cuda, digits, monkeypatch):
-    """The check above can fail: a count_correct that reads its count back makes one transfer per step."""
+    """The check above can fail: a loss that reads the correct count back makes one transfer per step."""
     train_digits, _ = digits
-    on_device = cuda.count_correct
-    monkeypatch.setattr(cuda, "count_correct", lambda Z, labels: int(on_device(Z, labels)))
+    on_device = cuda.softmax_cross_entropy_counted
+
+    def read_each_step(Z, b, labels, counter, out=None):
+        result = on_device(Z, b, labels, counter, out)
+        int(counter[0])
+        return result
+
+    monkeypatch.setattr(cuda, "softmax_cross_entropy_counted", read_each_step)
     _train_one_epoch(cuda, train_digits, 64)
     steps = math.ceil(len(train_digits) / 64)
-    assert [t.what for t in cuda.xp.transfers] == ["int()"] * steps + ["float()"]  # the total is a host int
+    assert [t.what for t in cuda.xp.transfers] == ["int()"] * steps + ["float()", "int()"]
 
 
 @pytest.mark.paths

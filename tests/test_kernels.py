@@ -26,7 +26,9 @@ import pytest
 
 from gpunet.backends import kernels
 from gpunet.nn import layers
+from gpunet.backends.base import Backend
 from gpunet.backends.cpu import CpuBackend
+from gpunet.nn.optimizers import make_optimizer
 from tests.kernel_support import HOST_DIR, logits
 from tests.tolerances import assert_within, gamma, softmax_cross_entropy_bounds
 
@@ -271,6 +273,8 @@ def test_wrappers_launch_only_compiled_instantiations(dtype):
     images = rng.integers(0, 256, size=(6, 784), dtype=np.uint8)
     kernels.softmax_cross_entropy(Z, labels, launcher=record)
     kernels.count_correct(Z, labels, launcher=record)
+    kernels.softmax_cross_entropy_counted(Z.copy(), np.zeros((10, 1), dtype), labels, np.zeros(1, np.int32),
+                                          launcher=record)
     kernels.bias_relu(Z.copy(), np.zeros((10, 1), dtype), launcher=record)
     kernels.relu_backward(Z.copy(), Z, launcher=record)
     kernels.gather_scaled(images, np.array([3, 1]), dtype, launcher=record)
@@ -282,6 +286,10 @@ def test_wrappers_launch_only_compiled_instantiations(dtype):
     kernels.max_pool_backward(pooled, argmax, maps.shape, 2, launcher=record)
     kernels.dropout_mask(np.empty((4, 5), dtype), 0.5, 1, 2, launcher=record)
     kernels.affine_augment(images, np.array([3, 1]), np.zeros((6, 6), dtype), dtype, 28, launcher=record)
+    pair = (np.zeros((3, 4), dtype), np.zeros((3, 1), dtype))
+    kernels.sgd_update(pair, pair, 1.0, 0.1, launcher=record)
+    kernels.momentum_update(pair, pair, pair, 1.0, 0.1, 0.9, launcher=record)
+    kernels.adam_update(pair, pair, pair, pair, 1.0, 0.9, 0.999, 0.1, 1e-8, launcher=record)
     launched = {(launch.module, launch.kernel) for launch in record.launches}
     assert launched == {(module, name) for module, names in kernels.MODULES.items() for name in names}
     for launch in record.launches:
@@ -300,6 +308,13 @@ def test_wrappers_reject_what_the_kernels_cannot_take():
         lambda: kernels.softmax_cross_entropy(Z, labels[:3], launcher=record),
         lambda: kernels.softmax_cross_entropy(Z, labels.astype(np.float32), launcher=record),
         lambda: kernels.count_correct(Z[None], labels, launcher=record),
+        lambda: kernels.count_correct(Z, labels, out=np.zeros(1, np.int64), launcher=record),  # an int* counter
+        lambda: kernels.softmax_cross_entropy_counted(Z, np.zeros((9, 1), np.float32), labels, np.zeros(1, np.int32),
+                                                      launcher=record),
+        lambda: kernels.softmax_cross_entropy_counted(Z, np.zeros((10, 1), np.float64), labels,
+                                                      np.zeros(1, np.int32), launcher=record),
+        lambda: kernels.softmax_cross_entropy_counted(Z, np.zeros((10, 1), np.float32), labels,
+                                                      np.zeros(2, np.int32), launcher=record),
         lambda: kernels.bias_relu(Z, np.zeros((9, 1), np.float32), launcher=record),
         lambda: kernels.bias_relu(Z, np.zeros((10, 1), np.float64), launcher=record),
         lambda: kernels.bias_relu(Z[:, ::2], np.zeros((10, 1), np.float32), launcher=record),
@@ -326,6 +341,17 @@ def test_wrappers_reject_what_the_kernels_cannot_take():
         lambda: kernels.dropout_mask(np.empty(4, np.float32), 1.0, 0, 0, launcher=record),
         lambda: kernels.dropout_mask(np.empty(4, np.int32), 0.5, 0, 0, launcher=record),
         lambda: kernels.dropout_mask(np.empty(4, np.float32), 0.5, 0, 0, first_sample=-1, launcher=record),
+        lambda: kernels.sgd_update((Z,), (Z,), 1.0, 0.1, launcher=record),  # not a (weights, biases) pair
+        lambda: kernels.sgd_update((Z, labels), (Z, labels), 1.0, 0.1, launcher=record),  # biases not float
+        lambda: kernels.sgd_update((Z, Z[:1]), (Z, Z[:2]), 1.0, 0.1, launcher=record),  # a gradient misshaped
+        lambda: kernels.sgd_update((Z.T, Z[:1]), (Z.T, Z[:1]), 1.0, 0.1, launcher=record),  # not C-contiguous
+        lambda: kernels.momentum_update((Z, Z[:1]), (Z, Z[:1]), (Z.astype(np.float64), Z[:1]), 1.0, 0.1, 0.9,
+                                        launcher=record),  # state of another dtype
+        lambda: kernels.adam_update((Z, Z[:1]), (Z, Z[:1]), (Z, Z[:1]), (Z, Z[:2]), 1.0, 0.9, 0.999, 0.1, 1e-8,
+                                    launcher=record),
+        lambda: kernels.optimizer_update("rmsprop", (Z, Z[:1]), (Z, Z[:1]), (), decay=1.0, lr=0.1, launcher=record),
+        lambda: kernels.optimizer_update("adam", (Z, Z[:1]), (Z, Z[:1]), ((Z, Z[:1]),), decay=1.0, lr=0.1,
+                                         launcher=record),  # Adam keeps two state lists
     ]
     for call in bad:
         with pytest.raises(ValueError):
@@ -713,3 +739,131 @@ def test_dropout_mask_of_maps_from_a_later_sample(walk):
     kernels.dropout_mask(mask, 0.3, 11, 5, first_sample=5, launcher=walk)
     whole = layers.dropout_mask(np, (3, 5, 4, 7), 0.3, 11, 5, np.float64)
     np.testing.assert_array_equal(mask, whole[..., 5:])
+
+
+# -- the optimizers' updates: one kernel for every parameter ------------------------------------------
+class WalkedUpdates(Backend):
+    """The generic backend, but an optimizer's whole step goes to the optimizers.cu kernel, walked on the CPU."""
+
+    def __init__(self, walk):
+        self.walk = walk
+
+    def optimizer_update(self, rule, params, grads, state, **scalars) -> bool:
+        kernels.optimizer_update(rule, params, grads, state, launcher=self.walk, **scalars)
+        return True
+
+
+def update_case(rng, dtype, n_w: int, n_b: int, steps: int):
+    """A (weights, biases) pair and ``steps`` gradients for it: ordinary values, exact zeros, infinities, NaNs.
+
+    No gradient is so small that a moment would be subnormal within ``steps`` steps (the generic optimizers
+    flush those on the CPU, where they are slow; a GPU computes on them, or flushes float32's (-ftz=true)).
+    """
+    params = [(rng.standard_normal(n) * 0.5).astype(dtype) for n in (n_w, n_b)]
+    grads = []
+    for _ in range(steps):
+        pair = [(rng.standard_normal(n) * rng.choice([1e-3, 1.0, 30.0], size=n)).astype(dtype) for n in (n_w, n_b)]
+        for g in pair:
+            g[::7] = 0
+        grads.append(pair)
+    if n_w > 20:
+        grads[-1][0][5], grads[-1][0][11], params[0][17] = np.inf, np.nan, np.nan  # they stay where they are
+    return params, grads
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("sizes", [(1, 1), (7, 3), (12_960, 42), (256, 0)])
+@pytest.mark.parametrize("rule", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_update(walk, dtype, rule, sizes, shape):
+    """Three steps of each optimizer, with weight decay, as one kernel a step: the generic optimizer's parameters
+    and state, bit for bit (the same +, -, *, / and sqrt on each element, in the same order and dtype)."""
+    params, grads = update_case(np.random.default_rng(sum(sizes)), dtype, *sizes, steps=3)
+    walked = walk.shaped(**SHAPES[shape])
+    reference = make_optimizer(rule, [p.copy() for p in params], 0.01, 0.1)
+    kernel = make_optimizer(rule, [p.copy() for p in params], 0.01, 0.1, backend=WalkedUpdates(walked))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for pair in grads:
+            reference.step([g.copy() for g in pair])
+            kernel.step([g.copy() for g in pair])
+    assert [launch.kernel for launch in walked.launches] == [f"{rule}_update"] * 3
+    for got, want in zip(kernel.params, reference.params):
+        np.testing.assert_array_equal(got, want)
+    for attribute in {"momentum": ["velocity"], "adam": ["mean", "square"]}.get(rule, []):
+        for got, want in zip(getattr(kernel, attribute), getattr(reference, attribute)):
+            np.testing.assert_array_equal(got, want, err_msg=attribute)
+
+
+BROKEN_UPDATES = {  # one slip in each rule's per-element body
+    "sgd": ("    const T step = g * lr;\n    p -= step;", "    const T step = g * lr;\n    p += step;"),
+    "momentum": ("    v *= beta;\n    v += g;", "    v += g;\n    v *= beta;"),
+    "adam": ("    T root = sqrt(s);\n    root += eps;", "    T root = sqrt(s + eps);"),
+}
+
+
+def test_a_broken_optimizer_kernel_fails_the_comparison(tmp_path, monkeypatch):
+    """The test above can fail: optimizers.cu with one slip per rule, built into a walk of its own."""
+    from tests.kernel_support import HostWalk, WalkProcess, build_walk
+
+    source = kernels.read_source("optimizers")
+    for old, new in BROKEN_UPDATES.values():
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    for path in kernels.source_dir().iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "optimizers.cu").write_text(source)
+    monkeypatch.setenv(kernels.KERNEL_DIR_ENV, str(folder))
+    process = WalkProcess(build_walk(tmp_path), tmp_path)
+    try:
+        for rule in BROKEN_UPDATES:
+            with pytest.raises(AssertionError, match="(Mismatched elements|not equal)"):
+                test_optimizer_update(HostWalk(process), np.float32, rule, (7, 3), "package")
+    finally:
+        process.close()
+
+
+# -- the output layer's end of a step: bias add, count and loss in one kernel ---------------------------
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", SAMPLES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_counted(walk, dtype, m, shape):
+    """The bias add, the count (added to a counter that already holds 5) and the loss, in one kernel: the bits
+    of the three steps it replaces, each walked as its own kernel (the same operations on each column)."""
+    rng = np.random.default_rng(m)
+    W_A = logits(rng, 10, m, dtype)  # Z_L without its bias
+    b = rng.standard_normal((10, 1)).astype(dtype)
+    labels = rng.integers(0, 10, size=m)
+    Z = W_A + b
+    want_dZ, want_losses = kernels.softmax_cross_entropy(Z, labels, launcher=walk)
+    want_count = int(kernels.count_correct(Z, labels, launcher=walk))
+    walked = walk.shaped(**SHAPES[shape])
+    got_Z, counter = W_A.copy(), np.full(1, 5, np.int32)
+    dZ, losses = kernels.softmax_cross_entropy_counted(got_Z, b, labels, counter, launcher=walked)
+    assert [launch.kernel for launch in walked.launches] == ["softmax_cross_entropy_counted"]
+    np.testing.assert_array_equal(got_Z, Z)  # one add each, written back
+    np.testing.assert_array_equal(dZ, want_dZ)
+    np.testing.assert_array_equal(losses, want_losses)
+    assert int(counter[0]) == 5 + want_count
+
+
+def test_a_broken_counted_loss_kernel_fails_the_comparison(tmp_path, monkeypatch):
+    """The test above can fail: a loss.cu whose fused kernel adds the bias by sample instead of by class."""
+    from tests.kernel_support import HostWalk, WalkProcess, build_walk
+
+    source = kernels.read_source("loss")
+    old = "            Z[c * m + i] += b[c];"
+    assert source.count(old) == 1
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    for path in kernels.source_dir().iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "loss.cu").write_text(source.replace(old, "            Z[c * m + i] += b[i % classes];"))
+    monkeypatch.setenv(kernels.KERNEL_DIR_ENV, str(folder))
+    process = WalkProcess(build_walk(tmp_path), tmp_path)
+    try:
+        with pytest.raises(AssertionError, match="(Mismatched elements|not equal)"):
+            test_softmax_cross_entropy_counted(HostWalk(process), np.float32, 7, "package")
+    finally:
+        process.close()

@@ -142,17 +142,36 @@ class Backend:
         dZ *= Z.dtype.type(1.0 / m)
         return dZ, losses
 
-    def count_correct(self, Z, labels):
+    def count_correct(self, Z, labels, out=None):
         """How many columns of Z have their largest logit at the label, as a 0-d array.
 
         The count stays where Z is: the training loop adds the counts up on the
-        device and reads the total once per epoch, not once per batch.
+        device and reads the total once per epoch, not once per batch. ``out``: a
+        one-element integer array the count is added to (the epoch's counter); it is
+        returned as a 0-d view.
         """
-        return (Z.argmax(axis=0) == labels).sum()
+        count = (Z.argmax(axis=0) == labels).sum()
+        if out is None:
+            return count
+        out += count
+        return out[0]
+
+    def softmax_cross_entropy_counted(self, Z, b, labels, counter, out=None):
+        """The output layer's end of a training step: Z += b (the bias, in place), the correct count added to
+        ``counter`` (``count_correct``'s out=), then ``softmax_cross_entropy`` of the biased Z into ``out``."""
+        Z += b
+        self.count_correct(Z, labels, out=counter)
+        return self.softmax_cross_entropy(Z, labels, out=out)
 
     def softmax(self, Z):
         """Class probabilities for prediction."""
         return activations.softmax(self.xp, Z)
+
+    def optimizer_update(self, rule: str, params, grads, state, **scalars) -> bool:
+        """Do an optimizer's whole step its own way and say True, or say False: the optimizer's array operations
+        (gpunet/nn/optimizers.py, the reference) then do it. ``rule``: "sgd", "momentum" or "adam"; ``state``:
+        the optimizer's per-parameter lists (velocity; mean, square); ``scalars``: decay, lr and the rule's own."""
+        return False
 
     # -- the layers' hot operations (gpunet/nn/layers.py's generic code) ----------
     # ``out`` (and ``argmax_out``): an array of the result's shape and dtype that the result MAY be written
@@ -174,7 +193,7 @@ class Backend:
         """dx of the maps ``input_shape``: each window's dy at its argmax: ``layers.max_pool_backward``."""
         return layers.max_pool_backward(self.xp, dy, argmax, input_shape, size)
 
-    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype, first_sample: int = 0):
+    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype, first_sample: int = 0, out=None):
         """Inverted dropout's mask of (seed, step) for samples from ``first_sample`` on, 0 or 1/(1 - p):
-        ``layers.dropout_mask``."""
+        ``layers.dropout_mask``. ``out``: an array it MAY be written into, as the layer operations' above."""
         return layers.dropout_mask(self.xp, shape, p, seed, step, dtype, first_sample)

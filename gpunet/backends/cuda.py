@@ -120,6 +120,17 @@ def _kernels_answer() -> bool:
     )
 
 
+def _writable(out, dtype):
+    """``out`` where a kernel can write it (a C-contiguous device array of ``dtype``), else None (a new array).
+
+    The layer operations' ``out=`` is an offer (Backend's convention): the result MAY go there. Its shape is
+    the result's, as layers.Scratch makes it; the kernel wrappers check that too.
+    """
+    if isinstance(out, cupy.ndarray) and out.flags.c_contiguous and out.dtype == np.dtype(dtype):
+        return out
+    return None
+
+
 def _on_device(*arrays) -> bool:
     """Whether the kernels can take these arrays: CuPy arrays, C-contiguous, one supported dtype."""
     first = arrays[0]
@@ -133,6 +144,9 @@ class CupyBackend(Backend):
 
     name = "cuda"
     xp = cupy
+    # Each layer keeps its arrays from step to step (layers.Scratch), as on the CPU: a step then allocates
+    # nothing, which a CUDA graph's replay needs, and CuPy's pool is not asked for megabytes every step.
+    reuses_layer_arrays = True
 
     def __init__(self):
         if cupy is None:
@@ -201,42 +215,70 @@ class CupyBackend(Backend):
             return super().softmax_cross_entropy(Z, labels)
         return super().softmax_cross_entropy(Z, labels, out=out)
 
-    def count_correct(self, Z, labels):
-        """The loss.cu counting kernel where it applies; the count stays on the device."""
-        if _on_device(Z) and Z.ndim == 2:
-            return kernels.count_correct(Z, labels)
-        return super().count_correct(Z, labels)
+    def softmax_cross_entropy_counted(self, Z, b, labels, counter, out=None):
+        """The loss.cu kernel that adds the bias, counts and takes the loss in one launch; the generic steps
+        otherwise."""
+        if (_on_device(Z, b, *(out or ())) and Z.ndim == 2 and b.shape == (Z.shape[0], 1)
+                and isinstance(counter, cupy.ndarray) and counter.shape == (1,) and counter.dtype == np.int32):
+            return kernels.softmax_cross_entropy_counted(Z, b, labels, counter, out)
+        return super().softmax_cross_entropy_counted(Z, b, labels, counter, out)
+
+    def count_correct(self, Z, labels, out=None):
+        """The loss.cu counting kernel where it applies (adding to ``out``, an int32 counter, where given); the
+        count stays on the device."""
+        if _on_device(Z) and Z.ndim == 2 and (out is None or isinstance(out, cupy.ndarray) and out.shape == (1,)
+                                                and out.dtype == np.int32):
+            return kernels.count_correct(Z, labels, out=out)
+        return super().count_correct(Z, labels, out=out)
 
     # -- the layers' hot operations: conv.cu, pool.cu, dropout.cu ---------------
     def im2col(self, x, k: int, pads, out=None):
         """The conv.cu kernel for C-contiguous maps (C, H, W, m); the generic code otherwise."""
         if _on_device(x) and x.ndim == 4:
-            return kernels.im2col(x, k, pads)
+            return kernels.im2col(x, k, pads, _writable(out, x.dtype))
         return super().im2col(x, k, pads)
 
     def col2im(self, columns, input_shape, k: int, pads, out=None):
         """The conv.cu gather kernel for C-contiguous columns; the generic code otherwise."""
         if _on_device(columns) and columns.ndim == 2:
-            return kernels.col2im(columns, input_shape, k, pads)
+            return kernels.col2im(columns, input_shape, k, pads, _writable(out, columns.dtype))
         return super().col2im(columns, input_shape, k, pads)
 
     def max_pool(self, x, size: int, out=None, argmax_out=None):
         """The pool.cu kernel for C-contiguous maps (C, H, W, m); the generic code otherwise."""
         if _on_device(x) and x.ndim == 4 and 2 <= size <= 16:
-            return kernels.max_pool(x, size)
+            return kernels.max_pool(x, size, _writable(out, x.dtype), _writable(argmax_out, np.uint8))
         return super().max_pool(x, size)
 
     def max_pool_backward(self, dy, argmax, input_shape, size: int, out=None):
         """The pool.cu kernel for C-contiguous dy and its uint8 argmax; the generic code otherwise."""
         if (_on_device(dy) and dy.ndim == 4 and 2 <= size <= 16 and isinstance(argmax, cupy.ndarray)
                 and argmax.dtype == np.uint8 and argmax.shape == dy.shape and argmax.flags.c_contiguous):
-            return kernels.max_pool_backward(dy, argmax, input_shape, size)
+            return kernels.max_pool_backward(dy, argmax, input_shape, size, _writable(out, dy.dtype))
         return super().max_pool_backward(dy, argmax, input_shape, size)
 
-    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype, first_sample: int = 0):
-        """The dropout.cu kernel for float32/float64 masks (the generic mask's bits); the generic code otherwise."""
+    def optimizer_update(self, rule: str, params, grads, state, **scalars) -> bool:
+        """The optimizers.cu kernel of ``rule``, one launch per (weights, biases) pair (one in all for a network's
+        groups), where every array is a C-contiguous device array of one kernel dtype; else False."""
+        arrays = [*params, *grads, *(a for group in state for a in group)]
+        if (rule not in kernels.UPDATE_STATE or len(state) != kernels.UPDATE_STATE[rule] or len(params) % 2
+                or len(grads) != len(params) or not arrays or not _on_device(*arrays)
+                or any(len(group) != len(params) for group in state)
+                or any(a.shape != p.shape for group in (grads, *state) for p, a in zip(params, group))):
+            return False
+        for i in range(0, len(params), 2):
+            kernels.optimizer_update(rule, params[i:i + 2], grads[i:i + 2], [group[i:i + 2] for group in state],
+                                     **scalars)
+        return True
+
+    def dropout_mask(self, shape, p: float, seed: int, step: int, dtype, first_sample: int = 0, out=None):
+        """The dropout.cu kernel for float32/float64 masks (the generic mask's bits), written into ``out`` where it
+        is a device array of that shape; the generic code otherwise."""
         if kernels.supports(dtype):
-            return kernels.dropout_mask(cupy.empty(shape, dtype=dtype), p, seed, step, first_sample=first_sample)
+            mask = _writable(out, dtype)
+            if mask is None or mask.shape != tuple(shape):
+                mask = cupy.empty(shape, dtype=dtype)
+            return kernels.dropout_mask(mask, p, seed, step, first_sample=first_sample)
         return super().dropout_mask(shape, p, seed, step, dtype, first_sample)
 
 

@@ -37,13 +37,14 @@ from gpunet.nn import layers
 
 # kernels/<file>.cu -> the __global__ templates it defines, each compiled for every CTYPES value.
 MODULES: dict[str, tuple[str, ...]] = {
-    "loss": ("softmax_cross_entropy", "count_correct"),
+    "loss": ("softmax_cross_entropy", "count_correct", "softmax_cross_entropy_counted"),
     "layers": ("bias_relu", "relu_backward"),
     "data": ("gather_scaled", "transpose_scaled"),
     "conv": ("im2col", "col2im"),
     "pool": ("max_pool", "max_pool_backward"),
     "dropout": ("dropout_mask",),
     "augment": ("affine_augment",),
+    "optimizers": ("sgd_update", "momentum_update", "adam_update"),
 }
 # NumPy dtype -> the kernel templates' T. Other dtypes use the generic xp code.
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -61,6 +62,7 @@ CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 WRITES: dict[str, tuple[int, ...]] = {
     "softmax_cross_entropy": (2, 3),
     "count_correct": (2,),
+    "softmax_cross_entropy_counted": (0, 3, 4, 5),
     "bias_relu": (0,),
     "relu_backward": (0,),
     "gather_scaled": (2,),
@@ -71,6 +73,9 @@ WRITES: dict[str, tuple[int, ...]] = {
     "max_pool_backward": (2,),
     "dropout_mask": (0,),
     "affine_augment": (3,),
+    "sgd_update": (0, 3),
+    "momentum_update": (0, 2, 4, 6),
+    "adam_update": (0, 2, 3, 5, 7, 8),
 }
 # Threads per block; a grid of at most MAX_BLOCKS blocks covers any size with
 # its grid-stride loop.
@@ -429,19 +434,47 @@ def softmax_cross_entropy(Z, labels, out=None, *, launcher=None):
     return dZ, losses
 
 
-def count_correct(Z, labels, *, launcher=None):
+def count_correct(Z, labels, out=None, *, launcher=None):
     """How many columns of Z (classes, m) have their (first) largest logit at the label.
 
     A 0-d array on Z's device: reading it (int()) would wait for the GPU, so the caller decides when.
+    ``out``: a one-element int32 array (a counter kept for an epoch) that the count is added to, not
+    zeroed first; returned as a 0-d view.
     """
     op = "count_correct"
     xp, ctype, classes, m, labels = _logits_and_labels(op, Z, labels)
-    count = xp.zeros(1, dtype=np.int32)
+    if out is None:
+        count = xp.zeros(1, dtype=np.int32)
+    else:
+        count = _output(op, xp, out, "out", (1,), np.dtype(np.int32))
     if m:
         grid, block = launch_shape(m)
         args = (Z, labels, count, _i64(classes), _i64(m))
         _run(Launch("loss", op, ctype, grid, block, args), launcher)
     return count[0]
+
+
+def softmax_cross_entropy_counted(Z, b, labels, count, out=None, *, launcher=None):
+    """The output layer's end of a step in one kernel: Z += b (in place), the correct columns added to
+    ``count`` (a one-element int32 counter), and (dZ, losses) as softmax_cross_entropy of the biased Z.
+
+    Z: logits without their bias (classes, m), C-contiguous; b: (classes, 1) of Z's dtype; labels: (m,)
+    integers; out: optional (dZ, losses) arrays to write into. Returns (dZ, losses).
+    """
+    op = "softmax_cross_entropy_counted"
+    xp, ctype, classes, m, labels = _logits_and_labels(op, Z, labels)
+    _require(b.shape in ((classes, 1), (classes,)), op, f"b must be ({classes}, 1), not {b.shape}")
+    _require(b.dtype == Z.dtype, op, f"b must be {Z.dtype} like Z, not {b.dtype}")
+    b = xp.ascontiguousarray(b)
+    count = _output(op, xp, count, "count", (1,), np.dtype(np.int32))
+    dZ_out, losses_out = (None, None) if out is None else out
+    dZ = _output(op, xp, dZ_out, "dZ", Z.shape, Z.dtype)
+    losses = _output(op, xp, losses_out, "losses", (m,), Z.dtype)
+    if m:
+        grid, block = launch_shape(m)
+        args = (Z, b, labels, dZ, losses, count, _i64(classes), _i64(m))
+        _run(Launch("loss", op, ctype, grid, block, args), launcher)
+    return dZ, losses
 
 
 def bias_relu(Z, b, *, launcher=None):
@@ -531,14 +564,15 @@ def _conv_args(shape, k, before, H_out, W_out) -> tuple:
     return tuple(_i64(n) for n in (C, H, W, m, k, before, H_out, W_out))
 
 
-def im2col(x, k: int, pads, *, launcher=None):
+def im2col(x, k: int, pads, out=None, *, launcher=None):
     """The k x k patches of maps x (C, H, W, m), padded by ``pads`` (before, after), as columns
-    (C.k.k, H_out.W_out.m), one thread per column entry: gpunet.nn.layers.im2col."""
+    (C.k.k, H_out.W_out.m), one thread per column entry: gpunet.nn.layers.im2col. ``out``: the columns'
+    array to write (every entry is written), or None for a new one."""
     op = "im2col"
     xp, ctype = _maps(op, "x", x)
     before, H_out, W_out = _conv_sizes(op, x.shape, k, pads)
     C, H, W, m = x.shape
-    columns = xp.empty((C * k * k, H_out * W_out * m), dtype=x.dtype)
+    columns = _output(op, xp, out, "out", (C * k * k, H_out * W_out * m), x.dtype)
     if columns.size:
         grid, block = launch_shape(columns.size)
         _run(Launch("conv", op, ctype, grid, block, (x, columns, *_conv_args(x.shape, k, before, H_out, W_out))),
@@ -546,9 +580,10 @@ def im2col(x, k: int, pads, *, launcher=None):
     return columns
 
 
-def col2im(columns, input_shape, k: int, pads, *, launcher=None):
+def col2im(columns, input_shape, k: int, pads, out=None, *, launcher=None):
     """The gradient of im2col: maps ``input_shape`` (C, H, W, m), each element the sum of the column entries
-    that copied it, one thread per element gathering them (no atomics): gpunet.nn.layers.col2im."""
+    that copied it, one thread per element gathering them (no atomics): gpunet.nn.layers.col2im. ``out``: the
+    maps' array to write (every element is written), or None for a new one."""
     op = "col2im"
     xp = _array_module(columns)
     ctype = _ctype(op, columns.dtype)
@@ -558,7 +593,7 @@ def col2im(columns, input_shape, k: int, pads, *, launcher=None):
     expected = (C * k * k, H_out * W_out * m)
     _require(columns.shape == expected, op, f"columns must be {expected} for maps {input_shape}, not {columns.shape}")
     _require(columns.flags.c_contiguous, op, "columns must be C-contiguous")
-    dx = xp.empty(input_shape, dtype=columns.dtype)
+    dx = _output(op, xp, out, "out", input_shape, columns.dtype)
     if dx.size:
         grid, block = launch_shape(dx.size)
         _run(Launch("conv", op, ctype, grid, block, (columns, dx, *_conv_args(input_shape, k, before, H_out, W_out))),
@@ -571,16 +606,17 @@ def _pool_size(op: str, size: int) -> int:
     return int(size)
 
 
-def max_pool(x, size: int, *, launcher=None):
+def max_pool(x, size: int, out=None, argmax_out=None, *, launcher=None):
     """(y, argmax) of size x size windows, stride ``size``, of maps x (C, H, W, m), one thread per output:
-    gpunet.nn.layers.max_pool (argmax uint8, the first largest entry; NaN pools to NaN)."""
+    gpunet.nn.layers.max_pool (argmax uint8, the first largest entry; NaN pools to NaN). ``out``,
+    ``argmax_out``: arrays to write them into (every entry is written), or None for new ones."""
     op = "max_pool"
     xp, ctype = _maps(op, "x", x)
     size = _pool_size(op, size)
     C, H, W, m = x.shape
     shape = (C, H // size, W // size, m)
-    y = xp.empty(shape, dtype=x.dtype)
-    argmax = xp.empty(shape, dtype=np.uint8)
+    y = _output(op, xp, out, "out", shape, x.dtype)
+    argmax = _output(op, xp, argmax_out, "argmax_out", shape, np.dtype(np.uint8))
     if y.size:
         grid, block = launch_shape(y.size)
         args = (x, y, argmax, *(_i64(n) for n in (C, H, W, m, size, shape[1], shape[2])))
@@ -588,9 +624,10 @@ def max_pool(x, size: int, *, launcher=None):
     return y, argmax
 
 
-def max_pool_backward(dy, argmax, input_shape, size: int, *, launcher=None):
+def max_pool_backward(dy, argmax, input_shape, size: int, out=None, *, launcher=None):
     """dx of maps ``input_shape``: each window's dy at its argmax entry, 0 elsewhere, one thread per input
-    element (no atomics): gpunet.nn.layers.max_pool_backward."""
+    element (no atomics): gpunet.nn.layers.max_pool_backward. ``out``: dx's array to write (every element is
+    written), or None for a new one."""
     op = "max_pool_backward"
     xp, ctype = _maps(op, "dy", dy)
     size = _pool_size(op, size)
@@ -602,7 +639,7 @@ def max_pool_backward(dy, argmax, input_shape, size: int, *, launcher=None):
     _require(argmax.shape == shape, op, f"argmax must be {shape} like dy, not {argmax.shape}")
     _require(argmax.dtype == np.uint8, op, f"argmax must be uint8, not {argmax.dtype}")
     _require(argmax.flags.c_contiguous, op, "argmax must be C-contiguous")
-    dx = xp.empty(input_shape, dtype=dy.dtype)
+    dx = _output(op, xp, out, "out", input_shape, dy.dtype)
     if dx.size:
         grid, block = launch_shape(dx.size)
         args = (dy, argmax, dx, *(_i64(n) for n in (C, H, W, m, size, shape[1], shape[2])))
@@ -666,3 +703,82 @@ def affine_augment(images, index, transforms, dtype, side: int, out=None, *, lau
         args = (images, index, transforms, A0, _i64(rows), _i64(side), _i64(index.size))
         _run(Launch("augment", op, ctype, grid, block, args), launcher)
     return A0
+
+
+# -- the optimizers' updates: one kernel for every parameter -----------------------------------------
+def _update_arrays(op: str, params, *per_parameter):
+    """Check a (weights, biases) pair and the arrays shaped like each (gradients, state); return (ctype, sizes).
+
+    ``per_parameter``: pairs (name, (for the weights, for the biases)), each array shaped and typed as its
+    parameter and C-contiguous (each is read and written as a flat run of elements).
+    """
+    _require(len(params) == 2, op, f"params must be a (weights, biases) pair, not {len(params)} arrays")
+    dtype = params[0].dtype
+    ctype = _ctype(op, dtype)
+    for name, pair in (("params", params), *per_parameter):
+        _require(len(pair) == 2, op, f"{name} must be a pair like params, not {len(pair)} arrays")
+        for array, param in zip(pair, params):
+            _require(array.shape == param.shape, op, f"{name} must be shaped {param.shape}, not {array.shape}")
+            _require(array.dtype == dtype, op, f"{name} must be {dtype} like the parameters, not {array.dtype}")
+            _require(array.flags.c_contiguous, op, f"{name} must be C-contiguous")
+    return ctype, (_i64(params[0].size), _i64(params[1].size))
+
+
+def _launch_update(op: str, ctype: str, sizes, args, launcher) -> None:
+    n = int(sizes[0] + sizes[1])
+    if n:
+        grid, block = launch_shape(n)
+        _run(Launch("optimizers", op, ctype, grid, block, args), launcher)
+
+
+def sgd_update(params, grads, decay, lr, *, launcher=None) -> None:
+    """Gradient descent on (weights, biases) in one kernel: W <- W.decay, then p <- p - lr.g for both;
+    gpunet.nn.optimizers.GradientDescent. ``decay`` and ``lr`` are rounded to the parameters' dtype."""
+    op = "sgd_update"
+    ctype, (n_w, n_b) = _update_arrays(op, params, ("grads", grads))
+    t = params[0].dtype.type
+    (w, b), (dw, db) = params, grads
+    _launch_update(op, ctype, (n_w, n_b), (w, dw, n_w, b, db, n_b, t(decay), t(lr)), launcher)
+
+
+def momentum_update(params, grads, velocity, decay, lr, beta, *, launcher=None) -> None:
+    """Momentum on (weights, biases) in one kernel: W <- W.decay; v <- beta.v + g; p <- p - lr.v;
+    gpunet.nn.optimizers.Momentum."""
+    op = "momentum_update"
+    ctype, (n_w, n_b) = _update_arrays(op, params, ("grads", grads), ("velocity", velocity))
+    t = params[0].dtype.type
+    (w, b), (dw, db), (v_w, v_b) = params, grads, velocity
+    args = (w, dw, v_w, n_w, b, db, v_b, n_b, t(decay), t(lr), t(beta))
+    _launch_update(op, ctype, (n_w, n_b), args, launcher)
+
+
+def adam_update(params, grads, mean, square, decay, beta1, beta2, step_size, eps, *, launcher=None) -> None:
+    """Adam on (weights, biases) in one kernel: W <- W.decay; the moments; p <- p - step_size.m/(sqrt(s) + eps),
+    with both bias corrections in ``step_size``; gpunet.nn.optimizers.Adam."""
+    op = "adam_update"
+    ctype, (n_w, n_b) = _update_arrays(op, params, ("grads", grads), ("mean", mean), ("square", square))
+    t = params[0].dtype.type
+    (w, b), (dw, db), (m_w, m_b), (s_w, s_b) = params, grads, mean, square
+    scalars = (t(decay), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(step_size), t(eps))
+    args = (w, dw, m_w, s_w, n_w, b, db, m_b, s_b, n_b, *scalars)
+    _launch_update(op, ctype, (n_w, n_b), args, launcher)
+
+
+# The rules of gpunet.nn.optimizers that optimizers.cu has, and how many per-parameter state lists each keeps.
+UPDATE_STATE = {"sgd": 0, "momentum": 1, "adam": 2}
+
+
+def optimizer_update(rule: str, params, grads, state, *, decay, lr, launcher=None, **scalars) -> None:
+    """One optimizer step of ``rule`` on a (weights, biases) pair in one kernel; ``state``: the pair's state
+    arrays as the optimizer keeps them ((velocity,) or (mean, square), each a pair); ``scalars``: the rule's
+    own (beta; beta1, beta2, step_size, eps)."""
+    _require(rule in UPDATE_STATE, "optimizer_update", f"no kernel for the rule {rule!r}")
+    _require(len(state) == UPDATE_STATE[rule], "optimizer_update",
+             f"{rule} keeps {UPDATE_STATE[rule]} state lists, not {len(state)}")
+    if rule == "sgd":
+        sgd_update(params, grads, decay, lr, launcher=launcher)
+    elif rule == "momentum":
+        momentum_update(params, grads, state[0], decay, lr, scalars["beta"], launcher=launcher)
+    else:
+        adam_update(params, grads, state[0], state[1], decay, scalars["beta1"], scalars["beta2"],
+                    scalars["step_size"], scalars["eps"], launcher=launcher)

@@ -462,18 +462,21 @@ class Dropout(Layer):
             raise ValueError(f"dropout{p}: seed {seed} must be 0 or more")
         self.p, self.seed, self.step = float(p), int(seed), 0
 
-    def forward(self, x, training: bool = False, first_sample: int = 0):
+    def forward(self, x, training: bool = False, first_sample: int = 0, scratch: Scratch = FRESH):
         """(y, saved = the mask, or None at prediction time); x's samples are the batch's from ``first_sample`` on."""
         if not training or self.p == 0.0:
             return x, None
-        mask = self.backend.dropout_mask(x.shape, self.p, self.seed, self.step, x.dtype, first_sample)
-        return x * mask, mask
+        mask = self.backend.dropout_mask(x.shape, self.p, self.seed, self.step, x.dtype, first_sample,
+                                         out=scratch.array("mask", x.shape, x.dtype))
+        return self.backend.xp.multiply(x, mask, out=scratch.array("y", x.shape, x.dtype)), mask
 
     def backward(self, dy, saved, grads=None, input_grad=True, scratch: Scratch = FRESH):
         """(dx, [])."""
         if not input_grad:
             return None, []
-        return (dy if saved is None else dy * saved), []
+        if saved is None:
+            return dy, []
+        return self.backend.xp.multiply(dy, saved, out=scratch.array("dx", dy.shape, dy.dtype)), []
 
 
 # -- between maps and vectors ----------------------------------------------------------------------

@@ -243,7 +243,9 @@ class Workspace:
     every dZ_k are C-ordered (units, m) arrays, so that their sums (softmax, db)
     add up in the same order as freshly allocated arrays would. The gradients are
     views of one flat array laid out as the network's parameters: ``grad_groups``
-    is [all dW, all db], matching the network's ``groups``.
+    is [all dW, all db], matching the network's ``groups``. The dZ_k are the rows
+    of one array ``dZ_stack`` (all units, m), layer after layer as the biases lie in
+    ``grad_groups[1]``: every db_k (a row sum of dZ_k) is then one sum over its rows.
     """
 
     def __init__(self, network, m: int):
@@ -252,7 +254,9 @@ class Workspace:
         self.m = m
         self.A0 = backend.empty_batch(sizes[0], m, dtype)
         self.Z = [backend.empty_layer(n, m, dtype) for n in sizes[1:-1]] + [xp.empty((sizes[-1], m), dtype)]
-        self.dZ = [xp.empty((n, m), dtype) for n in sizes[1:]]
+        self.dZ_stack = xp.empty((sum(sizes[1:]), m), dtype)
+        starts = np.cumsum([0, *sizes[1:]])
+        self.dZ = [self.dZ_stack[a:b] for a, b in zip(starts[:-1], starts[1:])]  # views: each C-contiguous
         self.losses = xp.empty(m, dtype)
         self.grad_flat = xp.zeros_like(network.flat)
         self.grads = network.views_of(self.grad_flat)
@@ -272,6 +276,7 @@ class FlatParameters:
 
     eval_chunk = EVAL_CHUNK  # digits per forward pass when scoring or predicting
     step = 0  # the optimizer step being taken, set by the training loop (no layer here uses it)
+    counts_in_loss = False  # whether backward(counter=) adds the output bias and counts inside the loss
 
     def __init__(self, backend, params):
         xp = backend.xp
@@ -339,7 +344,7 @@ class FlatParameters:
                   for start in range(0, len(images), self.eval_chunk)]
         return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, self.classes))
 
-    def full_batch_gradients(self, images, labels, losses, chunk: int, parts: int = 1):
+    def full_batch_gradients(self, images, labels, losses, chunk: int, parts: int = 1, counter=None):
         """Gradients of the mean loss over every sample of ``images``, reading each digit once.
 
         Done as the notes write it, a full-batch step reads all of X twice: in
@@ -353,11 +358,17 @@ class FlatParameters:
         the sums are added in order, so the result does not depend on timing.
         ``chunk`` >= the number of samples gives the notes' single pass.
 
-        Writes the per-sample losses into ``losses``; returns (grad_groups, correct count).
+        Writes the per-sample losses into ``losses``; returns (grad_groups, correct count). ``counter``: a
+        one-element int32 array the correct count is added to on the device, where the network counts inside
+        its loss and the chunks run one after another (``parts`` 1); the count returned is then the counter's.
         """
         m = int(labels.shape[0])
+        if counter is not None and not (self.counts_in_loss and parts == 1):
+            counter = None
+        counting = {} if counter is None else {"counter": counter}
         if chunk >= m:
-            return self._chunk_gradients(images, labels, losses, 0, m, m, key=0)
+            grads, correct = self._chunk_gradients(images, labels, losses, 0, m, m, key=0, **counting)
+            return grads, correct if counter is None else counter[0]
         # Each part starts on the chunk boundary nearest its share (rounding down put a whole batch of
         # one chunk a part into the last part whenever m was odd: no part ran in parallel).
         bounds = [min(m, (m * i // parts + chunk // 2) // chunk * chunk) for i in range(parts)] + [m]
@@ -366,7 +377,7 @@ class FlatParameters:
             total, correct = None, 0
             for start in range(bounds[i], bounds[i + 1], chunk):
                 stop = min(start + chunk, bounds[i + 1])
-                grads, n = self._chunk_gradients(images, labels, losses, start, stop, m, key=i)
+                grads, n = self._chunk_gradients(images, labels, losses, start, stop, m, key=i, **counting)
                 correct += n
                 if total is None:
                     if i not in self._sums:
@@ -381,20 +392,27 @@ class FlatParameters:
         total = results[0][0]
         for part, _ in results[1:]:
             total += part
-        return self.groups_of(total), sum(correct for _, correct in results)
+        correct = sum(correct for _, correct in results) if counter is None else counter[0]
+        return self.groups_of(total), correct
 
     def chunk_forward(self, A0, ws, first_sample: int):
         """``forward`` on a chunk of a step's samples, from ``first_sample`` on (no layer here depends on it)."""
         return self.forward(A0, ws)
 
-    def _chunk_gradients(self, images, labels, losses, start, stop, m, key):
-        """One chunk's forward and backward pass; its gradients (flat) weighted by its share of m."""
+    def _chunk_gradients(self, images, labels, losses, start, stop, m, key, counter=None):
+        """One chunk's forward and backward pass; its gradients (flat) weighted by its share of m.
+        ``counter`` (where ``counts_in_loss``): the correct count goes there (the count returned is 0)."""
         ops = self.backend
         ws = self.workspace(stop - start, key)
         A0 = ops.gather_scaled(images[start:stop], None, self.dtype, out=ws.A0)
-        Z, activations = self.chunk_forward(A0, ws, start)
-        correct = ops.count_correct(Z, labels[start:stop])
-        self.backward(Z, activations, labels[start:stop], ws, losses=losses[start:stop])
+        if counter is not None:
+            Z, activations = self.forward(A0, ws, output_bias=False)
+            self.backward(Z, activations, labels[start:stop], ws, losses=losses[start:stop], counter=counter)
+            correct = 0
+        else:
+            Z, activations = self.chunk_forward(A0, ws, start)
+            correct = ops.count_correct(Z, labels[start:stop])
+            self.backward(Z, activations, labels[start:stop], ws, losses=losses[start:stop])
         if stop - start == m:
             return ws.grad_groups, correct
         ws.grad_flat *= self.dtype.type((stop - start) / m)  # the chunk's mean, weighted by its share
@@ -423,16 +441,18 @@ class Network(FlatParameters):
     """
 
     workspace_class = Workspace
+    counts_in_loss = True
 
     @property
     def sizes(self) -> list[int]:
         """Units per layer, inputs first: [784, 16, 16, 10] for the notes' network."""
         return [self.params[0].shape[1]] + [W.shape[0] for W in self.weights]
 
-    def forward(self, A0, ws: Workspace | None = None):
+    def forward(self, A0, ws: Workspace | None = None, output_bias: bool = True):
         """Return (logits Z_L, activations [A0, A1, ..., A_{L-1}] kept for backward).
 
-        With a workspace the values are written into its arrays, else into new ones.
+        With a workspace the values are written into its arrays, else into new ones. Without
+        ``output_bias`` Z_L is W_L.A alone: ``backward`` given a ``counter`` adds b_L inside the loss.
         """
         ops, xp = self.backend, self.backend.xp
         out = ws.Z if ws is not None else [None] * len(self.weights)
@@ -442,18 +462,25 @@ class Network(FlatParameters):
             A = ops.bias_relu(xp.matmul(W, A, out=out[k]), b)  # Z = W.A + b; A = relu(Z)
             activations.append(A)
         Z = xp.matmul(self.weights[-1], A, out=out[-1])
-        Z += self.biases[-1]  # Z_L = W_L.A + b_L; softmax is applied inside the loss
+        if output_bias:
+            Z += self.biases[-1]  # Z_L = W_L.A + b_L; softmax is applied inside the loss
         return Z, activations
 
-    def backward(self, Z, activations, labels, ws: Workspace | None = None, losses=None):
+    def backward(self, Z, activations, labels, ws: Workspace | None = None, losses=None, counter=None):
         """Gradients [dW1, db1, ...] of the mean cross-entropy, and the per-sample losses.
 
         With a workspace every result is written into its arrays (the gradients
         into ``ws.grads``); ``losses``, if given, is where the per-sample losses
-        go. Without one, every result is a new array.
+        go. Without one, every result is a new array. ``counter`` (with a workspace): Z is
+        ``forward``'s without its output bias; the loss adds b_L (in place) and adds the correct
+        count to ``counter`` (``softmax_cross_entropy_counted``).
         """
         ops, xp = self.backend, self.backend.xp
-        if ws is None:
+        if counter is not None:
+            out = (ws.dZ[-1], ws.losses if losses is None else losses)
+            dZ, losses = ops.softmax_cross_entropy_counted(Z, self.biases[-1], labels, counter, out=out)
+            dZ_out, grads = ws.dZ, list(ws.grads)
+        elif ws is None:
             dZ, losses = ops.softmax_cross_entropy(Z, labels)  # dZ_L = (A_L - Y) / m
             dZ_out, grads = [None] * len(self.weights), [None] * len(self.params)
         else:
@@ -463,10 +490,13 @@ class Network(FlatParameters):
         for k in reversed(range(len(self.weights))):
             A_prev = activations[k]
             grads[2 * k] = xp.matmul(dZ, A_prev.T, out=grads[2 * k])  # dW = dZ.A^T (1/m already in dZ)
-            grads[2 * k + 1] = dZ.sum(axis=1, keepdims=True, out=grads[2 * k + 1])  # db = sum of dZ over samples
+            if ws is None:
+                grads[2 * k + 1] = dZ.sum(axis=1, keepdims=True)  # db = sum of dZ over samples
             if k > 0:
                 # dZ_{k-1} = W_k^T.dZ_k * relu'(Z_{k-1})
                 dZ = ops.relu_backward(xp.matmul(self.weights[k].T, dZ, out=dZ_out[k - 1]), A_prev)
+        if ws is not None:  # every db at once: the rows of dZ_stack summed into the biases' gradients, in order
+            ws.dZ_stack.sum(axis=1, out=ws.grad_groups[1])
         return grads, losses
 
 
@@ -548,7 +578,7 @@ class LayerStack(FlatParameters):
         for index, layer in enumerate(self.layers):
             if isinstance(layer, L.Dropout):
                 layer.step = self.step
-                y, kept = layer.forward(y, training, first_sample)
+                y, kept = layer.forward(y, training, first_sample, L.FRESH if ws is None else ws.scratch[index])
             else:
                 y, kept = layer.forward(y, training, L.FRESH if ws is None else ws.scratch[index])
             saved.append(kept)
@@ -584,6 +614,6 @@ class LayerStack(FlatParameters):
                 grads[k:k + 2] = layer_grads
         return grads, losses
 
-    def full_batch_gradients(self, images, labels, losses, chunk: int, parts: int = 1):
+    def full_batch_gradients(self, images, labels, losses, chunk: int, parts: int = 1, counter=None):
         """As ``Network.full_batch_gradients``, in chunks of at most ``eval_chunk`` digits (memory)."""
-        return super().full_batch_gradients(images, labels, losses, min(chunk, self.eval_chunk), parts)
+        return super().full_batch_gradients(images, labels, losses, min(chunk, self.eval_chunk), parts, counter)

@@ -12,6 +12,11 @@ biases, before each step: W <- W - alpha.lambda.W. It is what keeps the small
 two flat arrays: the arithmetic is elementwise, so both give the same bits,
 and the second takes a few whole-array operations per step instead of a few
 per layer. Scratch arrays for the intermediate terms are made once.
+
+Given a ``backend``, an optimizer first offers it the whole step
+(``Backend.optimizer_update``): the CUDA backend does it as one kernel over
+each (weights, biases) pair, the same operations per element in the same order
+(kernels/optimizers.cu); the others decline, and the array operations below run.
 """
 
 from __future__ import annotations
@@ -54,10 +59,22 @@ def flush_subnormals(x, scratch) -> None:
 class GradientDescent:
     """W <- W - alpha.dW. Full-batch (the notes) or mini-batch (SGD): the batch decides."""
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.0):
+    rule = "sgd"  # the name Backend.optimizer_update knows this update by
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, backend=None):
         self.params = params
         self.lr = lr
         self.weight_decay = weight_decay
+        self.backend = backend  # offered each whole step first (optimizer_update); None: the array operations
+
+    def decay(self):
+        """The weights' factor per step, 1 - alpha.lambda, in the parameters' dtype (1 without decay)."""
+        return self.params[0].dtype.type(1 - self.lr * self.weight_decay)
+
+    def fused(self, grads, state=(), **scalars) -> bool:
+        """Whether the backend did the whole step (decay included) in its own way; ``state``: per-parameter lists."""
+        return self.backend is not None and self.backend.optimizer_update(
+            self.rule, self.params, grads, state, decay=self.decay(), lr=self.lr, **scalars)
 
     def decay_weights(self) -> None:
         """W <- W - alpha.lambda.W for the weight matrices (params alternate W, b)."""
@@ -66,7 +83,9 @@ class GradientDescent:
                 W *= W.dtype.type(1 - self.lr * self.weight_decay)
 
     def step(self, grads) -> None:
-        """W <- W - alpha.dW for every parameter (after the weight decay); ``grads`` are overwritten."""
+        """W <- W - alpha.dW for every parameter (after the weight decay); ``grads`` may be overwritten."""
+        if self.fused(grads):
+            return
         self.decay_weights()
         for p, g in zip(self.params, grads):
             g *= p.dtype.type(self.lr)
@@ -76,14 +95,18 @@ class GradientDescent:
 class Momentum(GradientDescent):
     """v <- beta.v + dW;  W <- W - alpha.v  (heavy ball, as PyTorch's SGD with momentum)."""
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.0, beta: float = 0.9):
-        super().__init__(params, lr, weight_decay)
+    rule = "momentum"
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, beta: float = 0.9, backend=None):
+        super().__init__(params, lr, weight_decay, backend)
         self.beta = beta
         self.velocity = [p * 0 for p in params]
         self.scratch = [p * 0 for p in params]
 
     def step(self, grads) -> None:
         """v <- beta.v + dW; W <- W - alpha.v (after the weight decay)."""
+        if self.fused(grads, (self.velocity,), beta=self.beta):
+            return
         self.decay_weights()
         for p, g, v, tmp in zip(self.params, grads, self.velocity, self.scratch):
             v *= p.dtype.type(self.beta)
@@ -100,9 +123,11 @@ class Adam(GradientDescent):
     efficient form), so eps is added to sqrt(s) rather than to its corrected value.
     """
 
+    rule = "adam"
+
     def __init__(self, params, lr: float, weight_decay: float = 0.0,
-                 beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__(params, lr, weight_decay)
+                 beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, backend=None):
+        super().__init__(params, lr, weight_decay, backend)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.mean = [p * 0 for p in params]
         self.square = [p * 0 for p in params]
@@ -112,9 +137,12 @@ class Adam(GradientDescent):
     def step(self, grads) -> None:
         """One Adam step on every parameter (after the weight decay); ``grads`` are not changed."""
         self.t += 1
-        self.decay_weights()
         # Fold both bias corrections into one step size: alpha.sqrt(1-b2^t)/(1-b1^t).
         step_size = self.lr * (1 - self.beta2**self.t) ** 0.5 / (1 - self.beta1**self.t)
+        if self.fused(grads, (self.mean, self.square), beta1=self.beta1, beta2=self.beta2, step_size=step_size,
+                      eps=self.eps):
+            return
+        self.decay_weights()
         for p, g, m, s, (tmp, root) in zip(self.params, grads, self.mean, self.square, self.scratch):
             t = p.dtype.type
             m *= t(self.beta1)
@@ -132,12 +160,12 @@ class Adam(GradientDescent):
             p -= tmp  # W <- W - step.m / (sqrt(s) + eps)
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0):
-    """The optimizer called ``name`` (one of OPTIMIZERS) over ``params``."""
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, backend=None):
+    """The optimizer called ``name`` (one of OPTIMIZERS) over ``params``; ``backend``: offered each whole step."""
     if name in ("gd", "sgd"):
-        return GradientDescent(params, lr, weight_decay)
+        return GradientDescent(params, lr, weight_decay, backend=backend)
     if name == "momentum":
-        return Momentum(params, lr, weight_decay)
+        return Momentum(params, lr, weight_decay, backend=backend)
     if name == "adam":
-        return Adam(params, lr, weight_decay)
+        return Adam(params, lr, weight_decay, backend=backend)
     raise ValueError(f"unknown optimizer {name!r}")

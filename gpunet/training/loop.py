@@ -326,8 +326,9 @@ def train_epoch(network, optimizer, data: DeviceData, batch_size: int, rng, prog
         if result is None:  # augmented: the one batch is every digit drawn through its transform, as float rows
             images = data.images if transforms is None else \
                 ops.gather_augmented(data.images, None, transforms, network.dtype).T
+            counter = xp.zeros(1, dtype=np.int32)  # the correct count, where the network counts inside its loss
             result = network.full_batch_gradients(images, data.labels, losses, ops.full_batch_chunk(m),
-                                                  ops.parallel_parts())
+                                                  ops.parallel_parts(), counter=counter)
         grads, correct = result
         optimizer.step(grads)
         if progress is not None:
@@ -360,6 +361,7 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
         if correct is not None:
             return correct
     correct, parts = 0, step_parts(network, batch_size)
+    counter = xp.zeros(1, dtype=np.int32)  # the epoch's correct count, added to on the device by each whole step
     for step, start in enumerate(range(0, m, batch_size)):
         if rate is not None:
             optimizer.lr = rate(step)
@@ -368,19 +370,20 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
         if parts > 1:
             grads, batch_correct = split_step_gradients(network, data.images, order[start:stop], labels[start:stop],
                                                         losses[start:stop], parts, transforms)
+            correct += batch_correct
         else:
-            grads, batch_correct = step_gradients(network, data.images, order[start:stop], labels[start:stop],
-                                                  losses[start:stop], transforms)
-        correct += batch_correct
+            grads, _ = step_gradients(network, data.images, order[start:stop], labels[start:stop],
+                                      losses[start:stop], counter, transforms)
         optimizer.step(grads)
         if progress is not None:
             progress(stop - start)
-    return correct
+    return counter[0] if parts == 1 else correct
 
 
-def step_gradients(network, images, index, labels, losses, transforms=None):
+def step_gradients(network, images, index, labels, losses, counter=None, transforms=None):
     """One step's forward and backward pass over ``images[index]`` in the workspace of its size:
-    (grad_groups, correct count, on the device); the per-sample losses go into ``losses``.
+    (grad_groups, correct count, on the device); the per-sample losses go into ``losses``. ``counter``: a
+    one-element int32 array the correct count is added to (then the count returned is the counter's).
     ``transforms``: each digit drawn through its own first (augmentation), or None."""
     ops = network.backend
     ws = network.workspace(len(index))
@@ -388,8 +391,12 @@ def step_gradients(network, images, index, labels, losses, transforms=None):
         A0 = ops.gather_scaled(images, index, network.dtype, out=ws.A0)
     else:
         A0 = ops.gather_augmented(images, index, transforms, network.dtype, out=ws.A0)
+    if counter is not None and isinstance(network, Network):  # the output bias and the count inside the loss
+        Z, activations = network.forward(A0, ws, output_bias=False)
+        network.backward(Z, activations, labels, ws, losses=losses, counter=counter)
+        return ws.grad_groups, counter[0]
     Z, activations = network.forward(A0, ws)
-    correct = ops.count_correct(Z, labels)
+    correct = ops.count_correct(Z, labels, out=counter)
     network.backward(Z, activations, labels, ws, losses=losses)
     return ws.grad_groups, correct
 
@@ -476,7 +483,7 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
     if config.augment:
         check_augmentable(train_digits.images)
     network = new_network(backend, config, train_digits.images.shape[1], classes)
-    optimizer = make_optimizer(config.optimizer, network.groups, config.lr, config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, network.groups, config.lr, config.weight_decay, backend=backend)
     train_data = DeviceData(backend, train_digits)
     val_data = DeviceData(backend, val_digits) if len(val_digits) else None
     rng = np.random.default_rng(config.seed + 1)  # the shuffle, independent of the init draws

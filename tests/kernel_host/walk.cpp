@@ -44,6 +44,7 @@ gpunet_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #include "dropout.cu"
 #include "layers.cu"
 #include "loss.cu"
+#include "optimizers.cu"
 #include "pool.cu"
 
 namespace {
@@ -228,6 +229,17 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
         int* count = a.array<int>(2);
         const long long classes = a.scalar<long long>(3), m = a.scalar<long long>(4);
         walk(grid, block, reverse, [&] { count_correct<T>(Z, labels, count, classes, m); });
+    } else if (kernel == "softmax_cross_entropy_counted") {
+        need(a, kernel, 8);
+        T* Z = a.array<T>(0);
+        const T* b = a.array<T>(1);
+        const int* labels = a.array<int>(2);
+        T* dZ = a.array<T>(3);
+        T* losses = a.array<T>(4);
+        int* count = a.array<int>(5);
+        const long long classes = a.scalar<long long>(6), m = a.scalar<long long>(7);
+        walk(grid, block, reverse,
+             [&] { softmax_cross_entropy_counted<T>(Z, b, labels, dZ, losses, count, classes, m); });
     } else if (kernel == "bias_relu") {
         need(a, kernel, 4);
         T* Z = a.array<T>(0);
@@ -297,6 +309,45 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
         const T scale = a.scalar<T>(3);
         const long long units = a.scalar<long long>(4), k = a.scalar<long long>(5), first = a.scalar<long long>(6);
         walk(grid, block, reverse, [&] { dropout_mask<T>(mask, key, threshold, scale, units, k, first); });
+    } else if (kernel == "sgd_update") {
+        need(a, kernel, 8);
+        T* w = a.array<T>(0);
+        const T* dw = a.array<T>(1);
+        const long long n_w = a.scalar<long long>(2);
+        T* b = a.array<T>(3);
+        const T* db = a.array<T>(4);
+        const long long n_b = a.scalar<long long>(5);
+        const T decay = a.scalar<T>(6), lr = a.scalar<T>(7);
+        walk(grid, block, reverse, [&] { sgd_update<T>(w, dw, n_w, b, db, n_b, decay, lr); });
+    } else if (kernel == "momentum_update") {
+        need(a, kernel, 11);
+        T* w = a.array<T>(0);
+        const T* dw = a.array<T>(1);
+        T* v_w = a.array<T>(2);
+        const long long n_w = a.scalar<long long>(3);
+        T* b = a.array<T>(4);
+        const T* db = a.array<T>(5);
+        T* v_b = a.array<T>(6);
+        const long long n_b = a.scalar<long long>(7);
+        const T decay = a.scalar<T>(8), lr = a.scalar<T>(9), beta = a.scalar<T>(10);
+        walk(grid, block, reverse, [&] { momentum_update<T>(w, dw, v_w, n_w, b, db, v_b, n_b, decay, lr, beta); });
+    } else if (kernel == "adam_update") {
+        need(a, kernel, 17);
+        T* w = a.array<T>(0);
+        const T* dw = a.array<T>(1);
+        T* m_w = a.array<T>(2);
+        T* s_w = a.array<T>(3);
+        const long long n_w = a.scalar<long long>(4);
+        T* b = a.array<T>(5);
+        const T* db = a.array<T>(6);
+        T* m_b = a.array<T>(7);
+        T* s_b = a.array<T>(8);
+        const long long n_b = a.scalar<long long>(9);
+        T s[7];
+        for (size_t k = 0; k < 7; ++k) s[k] = a.scalar<T>(k + 10);  // decay b1 1-b1 b2 1-b2 step_size eps
+        walk(grid, block, reverse, [&] {
+            adam_update<T>(w, dw, m_w, s_w, n_w, b, db, m_b, s_b, n_b, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+        });
     } else {
         die("unknown kernel " + kernel);
     }
