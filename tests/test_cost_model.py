@@ -215,7 +215,7 @@ def test_the_predictions_script_prints_benchmarks_rows():
     done = subprocess.run([sys.executable, str(script), "--gpu", "h200"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| 784") or line.startswith("| CNN")]
-    assert [row.split(" | ")[2] for row in rows] == ["46 / 16", "26 / 16", "30 / 16", "62 / 30"]
+    assert [row.split(" | ")[2] for row in rows] == ["46 / 16", "26 / 16", "30 / 16", "62 / 36"]
     assert done.stdout.startswith("GPU: H200, 4.80 TB/s")
 
 

@@ -108,3 +108,20 @@ def test_the_count_sees_an_added_launch(walk_exe, tmp_path, monkeypatch):
         assert read.d2h == 1 and before.d2h == 0
     finally:
         process.close()
+
+
+@pytest.mark.parametrize("label", CASES)
+def test_the_cost_models_launches_are_the_stand_ins_count(counts, label):
+    """--device auto's cost model (gpunet/backends/cost_model.py) predicts from a table of launches by layer:
+    for the case this checkout runs (LAUNCHES_NOW) its launches by kind are the ones counted here, step for
+    step, for the notes' network with each optimizer and for the CNN."""
+    from gpunet.backends import cost_model
+
+    case = CASES[label]
+    config = case.config()
+    layers = cost_model.network_layers(config.hidden, config.arch)
+    batch = case.batch_size or case.train_digits
+    predicted = cost_model.step_work(layers, batch, config.optimizer, config.weight_decay).launches
+    counted = counts[label].step.launches
+    assert predicted.counts() == tuple(counted[kind] for kind in ("kernel", "elementwise", "reduction", "cublas")), \
+        launch_count.row(label, counts[label].step)

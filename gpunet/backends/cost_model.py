@@ -21,10 +21,13 @@ not close (the default network's eager GPU step is 3-6 times the CPU's, the CNN'
 GPU's).
 
 A step's launches, bytes and FLOPs come from its layers: ``STEP_LAUNCHES`` counts the launches of each kind
-of layer, in two cases: "today", as counted on the CuPy stand-in (issue 15's table: 46, 26 and 30 for the
-default network with adam, sgd and momentum, 62 for the CNN), and "fused", issue 15's point 3 done within
-its budgets (16 for the default network with any optimizer, 40 for the CNN). ``LAUNCHES_NOW`` names the
-case this checkout's CUDA backend runs.
+of layer, in two cases: "today", the CUDA backend before issue 15's point 3, as counted on the CuPy stand-in
+(issue 15's table: 46, 26 and 30 for the default network with adam, sgd and momentum, 62 for the CNN), and
+"fused", the backend since (one optimizer kernel, no allocation in a step): the notes' network's bias add and
+correct count inside its loss kernel and its bias gradients in one sum (16 launches with any optimizer), a
+layer stack's still a loss and a count kernel, a sum per layer and dropout applied by CuPy (``FUSED_STACK``:
+36 for the CNN). ``LAUNCHES_NOW`` names the case this checkout's CUDA backend runs;
+tests/test_launch_budget.py holds its counts by kind to the stand-in's.
 """
 
 from __future__ import annotations
@@ -84,6 +87,14 @@ STEP_LAUNCHES = {
         "flatten": Launches(),
     },
 }
+# "fused" for a layer stack (any layer but Dense): where its step differs from the notes' network's.
+FUSED_STACK = {
+    "loss": Launches(raw=2),  # softmax_cross_entropy, count_correct (into the epoch's counter)
+    "output": Launches(elementwise=1, reductions=1, cublas=2),  # W.A, Z += b | db = sum(dZ), dW
+    "dense": Launches(raw=2, reductions=1, cublas=2),  # W.A, bias_relu | relu_backward, db, dW
+    "conv": Launches(raw=3, reductions=1, cublas=2),  # im2col, W.columns, bias_relu | relu_backward, db, dW
+    "dropout": Launches(raw=1, elementwise=2),  # the mask, A.mask | dA.mask
+}
 # The input gradient (dA = W^T.dZ, and col2im after a convolution), which the first layer with parameters skips.
 INPUT_GRADIENT = {
     "dense": Launches(cublas=1),
@@ -102,9 +113,8 @@ WEIGHT_DECAY_LAUNCHES = {"today": Launches(elementwise=1), "fused": Launches()} 
 # p, m, s. Today: each elementwise launch reads up to two arrays and writes one.
 OPTIMIZER_VALUES = {"fused": {"gd": 3, "sgd": 3, "momentum": 5, "adam": 7}, "today_per_launch": 3}
 CASES = tuple(STEP_LAUNCHES)
-# The case the CUDA backend of this checkout runs. Issue 15's point 3 (the fused optimizer, bias gradients
-# and loss) is another branch's: once merged, and the stand-in's counts checked against "fused", set "fused".
-LAUNCHES_NOW = "today"
+# The case the CUDA backend of this checkout runs (tests/test_launch_budget.py: the stand-in's counts by kind).
+LAUNCHES_NOW = "fused"
 
 
 # -- the devices --------------------------------------------------------------------------------------------------
@@ -240,6 +250,8 @@ def step_work(layers, batch: int, optimizer: str = "adam", weight_decay: float =
               case: str = LAUNCHES_NOW) -> Step:
     """The launches, bytes and FLOPs of one training step of ``layers`` (network_layers) on ``batch`` samples."""
     table, m = STEP_LAUNCHES[case], batch
+    if case == "fused" and not all(isinstance(layer, L.Dense) for layer in layers):  # a layer stack
+        table = {**table, **FUSED_STACK}
     launches = table["data"] + table["loss"]
     features, classes = math.prod(layers[0].input_shape), math.prod(layers[-1].output_shape)
     values = features * m + 2 * classes * m + m  # the batch written as floats; the logits read, dZ and losses written
