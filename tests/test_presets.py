@@ -147,3 +147,12 @@ def test_a_preset_that_augments_can_be_told_not_to():
     assert values["augment"] is False and ctx.get_parameter_source("augment") is SOURCE.COMMANDLINE
     values, _ = parsed("--augment")
     assert values["augment"] is True
+
+
+def test_the_readme_lists_each_preset_as_the_options_it_stands_for():
+    """README's table of presets is presets.py's: a preset changed in one place and not the other fails here."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in PRESETS:
+        assert f"| `{name}` | `{command_line(name)}` |" in readme, name
