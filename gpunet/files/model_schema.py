@@ -79,10 +79,16 @@ def described(value) -> str:
 
 
 class Rule:
+    """What one value may be. A rule defines ``accepts`` (yes or no) or ``check`` (which also says where inside
+    the value it fails, for lists and objects); each of the two is written here from the other."""
     must = ""
 
     def accepts(self, value) -> bool:
-        raise NotImplementedError
+        try:
+            self.check(value, "")
+        except Invalid:
+            return False
+        return True
 
     def check(self, value, where: str) -> None:
         if not self.accepts(value):
@@ -194,13 +200,6 @@ class ListOf(Rule):
             count = f" of at most {self.longest:,} items" if self.longest < MAX_SIZE else ""
         return f"a list{count}, each {self.item.must}"
 
-    def accepts(self, value) -> bool:
-        try:
-            self.check(value, "")
-        except Invalid:
-            return False
-        return True
-
     def check(self, value, where: str) -> None:
         if not (isinstance(value, list) and self.shortest <= len(value) <= self.longest
                 and (self.lengths is None or len(value) in self.lengths)):
@@ -217,13 +216,6 @@ class Record(Rule):
     required: tuple[str, ...] = ()
     others: Rule | None = None
     must = "an object"
-
-    def accepts(self, value) -> bool:
-        try:
-            self.check(value, "")
-        except Invalid:
-            return False
-        return True
 
     def check(self, value, where: str) -> None:
         if not isinstance(value, dict):
