@@ -181,14 +181,7 @@ class CupyBackend(Backend):
     # -- hot operations: kernels for float32/float64, the generic path otherwise --
     def gather_scaled(self, images, index, dtype, out=None):
         """The data.cu kernel for uint8 images on the device; the generic code otherwise."""
-        if (
-            kernels.supports(dtype)
-            and isinstance(images, cupy.ndarray)
-            and images.dtype == np.uint8
-            and images.ndim == 2
-            and images.flags.c_contiguous
-            and (out is None or _on_device(out) and out.dtype == np.dtype(dtype))
-        ):
+        if _kernel_takes_digits(images, dtype, out):
             return kernels.gather_scaled(images, index, dtype, out)
         if out is None:
             return super().gather_scaled(images, index, dtype)
@@ -281,22 +274,20 @@ class CupyBackend(Backend):
             return kernels.dropout_mask(mask, p, seed, step, first_sample=first_sample)
         return super().dropout_mask(shape, p, seed, step, dtype, first_sample)
 
-
     # -- augmentation: augment.cu ------------------------------------------------------------
     def gather_augmented(self, images, index, transforms, dtype, out=None):
         """The augment.cu kernel for uint8 images and their transforms on the device; the generic code otherwise."""
-        if (
-            kernels.supports(dtype)
-            and isinstance(images, cupy.ndarray)
-            and images.dtype == np.uint8
-            and images.ndim == 2
-            and images.flags.c_contiguous
-            and _on_device(transforms)
-            and transforms.dtype == np.dtype(dtype)
-            and (out is None or _on_device(out) and out.dtype == np.dtype(dtype))
-        ):
+        if _kernel_takes_digits(images, dtype, out) and _on_device(transforms) and transforms.dtype == np.dtype(dtype):
             return kernels.affine_augment(images, index, transforms, dtype, augment.side_of(images), out)
         return super().gather_augmented(images, index, transforms, dtype)
+
+def _kernel_takes_digits(images, dtype, out) -> bool:
+    """Whether data.cu's and augment.cu's kernels take these digits: a C-ordered uint8 (rows, pixels) array on
+    the device, a dtype they are built for, and an ``out`` on the device of that dtype, if one is given."""
+    return (kernels.supports(dtype) and isinstance(images, cupy.ndarray) and images.dtype == np.uint8
+            and images.ndim == 2 and images.flags.c_contiguous
+            and (out is None or _on_device(out) and out.dtype == np.dtype(dtype)))
+
 
 def _text(value) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
