@@ -436,7 +436,9 @@ class DigitServer:
         self._decoders.shutdown(wait=False)
 
     async def _serve(self, poll_interval: float) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._stop = asyncio.Event()  # before _loop: shutdown() reads _loop, then uses _stop
+        self._loop = asyncio.get_running_loop()
+        self._connections = set()  # the tasks serving them (the loop itself keeps only weak references)
         # Oldest first here: a request let in ahead of others keeps its place (newest first at both
         # steps would leave it behind every later one, for as long as the burst lasts).
         self.workers = asyncio.Semaphore(WORKERS)
@@ -466,7 +468,9 @@ class DigitServer:
                 await asyncio.sleep(0.05)
                 continue
             self.connections += 1
-            loop.create_task(self._serve_connection(connection, client_address))
+            task = loop.create_task(self._serve_connection(connection, client_address))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
 
     async def _serve_connection(self, connection: socket.socket, client_address) -> None:
         """Requests on one connection, one after another, until one closes it."""
