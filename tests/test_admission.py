@@ -100,3 +100,90 @@ def test_a_waiter_out_of_patience_is_refused_and_leaves_the_queue():
 def test_nonsense_limits_are_refused(slots, queue, patience):
     with pytest.raises(ValueError):
         Gate(slots, queue, patience)
+
+
+# --- coroutines (the drawing server's event loop): enter_async -------------------------------
+
+import asyncio  # noqa: E402
+
+
+async def queue_up_async(gate, count):
+    """`count` coroutines entering one after another (each waiting before the next comes)."""
+    tasks = []
+    for _ in range(count):
+        before = gate.waiting
+        tasks.append(asyncio.create_task(gate.enter_async()))
+        while gate.waiting == before and not tasks[-1].done():
+            await asyncio.sleep(0)
+    return tasks
+
+
+def test_coroutines_wait_newest_first_without_blocking_the_loop():
+    async def scenario():
+        gate = Gate(slots=1, queue=10, patience=60)
+        assert await gate.enter_async()
+        first, second, third = await queue_up_async(gate, 3)
+        assert gate.waiting == 3 and not any(task.done() for task in (first, second, third))
+        gate.leave()
+        assert await third is True
+        assert not first.done() and not second.done()
+        gate.leave()
+        assert await second is True and not first.done()
+        gate.leave()
+        assert await first is True and gate.busy == 1
+        gate.leave()
+        assert gate.busy == 0
+    asyncio.run(scenario())
+
+
+def test_a_full_queue_refuses_the_oldest_coroutine_at_once():
+    async def scenario():
+        gate = Gate(slots=1, queue=1, patience=60)
+        assert await gate.enter_async()
+        (oldest,) = await queue_up_async(gate, 1)
+        newest = asyncio.create_task(gate.enter_async())
+        assert await oldest is False  # refused without anyone leaving
+        gate.leave()
+        assert await newest is True
+    asyncio.run(scenario())
+
+
+def test_a_coroutine_out_of_patience_is_refused_and_leaves_the_queue():
+    async def scenario():
+        gate = Gate(slots=1, queue=5, patience=0)
+        assert await gate.enter_async()
+        assert await gate.enter_async() is False and gate.waiting == 0
+        gate.leave()
+        assert gate.busy == 0 and await gate.enter_async()
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_coroutine_leaves_the_queue_or_gives_its_place_back():
+    async def scenario():
+        gate = Gate(slots=1, queue=5, patience=60)
+        assert await gate.enter_async()
+        (waiting,) = await queue_up_async(gate, 1)
+        waiting.cancel()  # the server stops while it waits
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert gate.waiting == 0 and gate.busy == 1
+        (admitted,) = await queue_up_async(gate, 1)
+        gate.leave()  # its place is given to it, and then it is cancelled before it runs
+        admitted.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admitted
+        assert gate.waiting == 0 and gate.busy == 0
+    asyncio.run(scenario())
+
+
+def test_a_thread_and_a_coroutine_share_one_gate():
+    gate = Gate(slots=1, queue=5, patience=60)
+    assert gate.enter()
+
+    async def wait_then_check():
+        task = asyncio.create_task(gate.enter_async())
+        while gate.waiting == 0:
+            await asyncio.sleep(0)
+        threading.Thread(target=gate.leave).start()  # a thread gives its place to the coroutine
+        return await task
+    assert asyncio.run(wait_then_check()) is True and gate.busy == 1

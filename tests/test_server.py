@@ -511,6 +511,59 @@ def test_a_burst_of_connections_is_held_until_served(fresh_server):
     assert statuses.count(200) > 0
 
 
+def test_stalled_connections_take_no_thread_and_the_page_is_still_served(fresh_server):
+    """A crowd costs no thread per connection: 2,000 threads fighting for the GIL kept a user's request
+    seconds in the listen backlog. Here 200 connections stall mid-head; the server holds them with the
+    threads it had, and answers the page meanwhile."""
+    httpd = fresh_server()
+    address = httpd.server_address[:2]
+    assert request(address, "GET", "/")[0] == 200
+    threads_before = threading.active_count()
+    sockets = []
+    try:
+        for _ in range(200):
+            sockets.append(socket.create_connection(address, timeout=10))
+            sockets[-1].sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")  # and the rest never comes
+        until(lambda: httpd.connections >= 200, "the server to hold all 200 connections")
+        assert threading.active_count() <= threads_before + server_module.WORKERS
+        assert request(address, "GET", "/")[0] == 200
+        status, answer = post_predict(address, {"image": data_url(canvas_like(load_sample().images[0]))})
+        assert status == 200 and 0 <= answer["label"] <= 9
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_client_that_expects_100_continue_gets_it_before_it_sends_the_body(server):
+    """curl sends 'Expect: 100-continue' for bodies over 1 KB and waits for '100 Continue' (or a second)."""
+    body = json.dumps({"image": data_url(canvas_like(load_sample().images[0]))}).encode()
+    with socket.create_connection(server, timeout=30) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):  # the body is sent only once the server asked for it
+            chunk = sock.recv(1)
+            assert chunk, interim
+            interim += chunk
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        sock.sendall(body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200 and 0 <= json.loads(response.read())["label"] <= 9
+
+
+def test_requests_sent_together_on_one_connection_are_answered_in_order(server):
+    """HTTP/1.1 keep-alive: the bytes after one request (a pipelined one) are the next request."""
+    body = json.dumps({"image": data_url(canvas_like(load_sample().images[0]))}).encode()
+    answer = raw(server, b"GET /nothing HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                         b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s"
+                         b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % (len(body), body))
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"404", b"200", b"200"], answer[:300]
+    assert b'"label"' in answer and b'<canvas id="pad"' in answer
+
+
 FOREIGN_HOSTS = ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example:{port}", "localhost:1",
                  "127.0.0.2:{port}", "", "[::1", "a b"]
 

@@ -9,10 +9,14 @@ Waiters are admitted newest first (a stack, as in "adaptive LIFO"): under a burs
 request that has just arrived waits about one job, while the oldest, whose clients are
 the likeliest to have given up, wait longest and are the ones refused. Without a burst
 there is no queue, and the order does not arise.
+
+Threads wait with ``enter()``; coroutines of an asyncio event loop with ``await enter_async()``
+(the drawing server's). Both kinds share one gate and one queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 
@@ -21,9 +25,30 @@ class _Ticket:
     """One waiter: set once, admitted or refused."""
     __slots__ = ("event", "admitted")
 
-    def __init__(self):
-        self.event = threading.Event()
+    def __init__(self, event=None):
+        self.event = event or threading.Event()
         self.admitted = False
+
+
+class _LoopEvent:
+    """A threading.Event's set()/is_set() for a coroutine: set() (from any thread) wakes its event loop."""
+    __slots__ = ("loop", "future", "flag")
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.future = self.loop.create_future()
+        self.flag = False
+
+    def set(self) -> None:
+        self.flag = True
+        self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def is_set(self) -> bool:
+        return self.flag
 
 
 class Gate:
@@ -51,6 +76,31 @@ class Gate:
             return ticket.admitted
         with self._lock:
             if ticket.event.is_set():  # admitted or refused just as the wait ran out
+                return ticket.admitted
+            self._waiting.remove(ticket)
+            return False
+
+    async def enter_async(self) -> bool:
+        """``enter()`` for a coroutine: waits without blocking its event loop."""
+        with self._lock:
+            if self._free > 0 and not self._waiting:
+                self._free -= 1
+                return True
+            ticket = _Ticket(_LoopEvent())
+            self._waiting.append(ticket)
+            if len(self._waiting) > self.queue:
+                self._waiting.popleft().event.set()
+        try:
+            await asyncio.wait({ticket.event.future}, timeout=self.patience)
+        except asyncio.CancelledError:  # the server stops: a place given meanwhile is given back
+            with self._lock:
+                if not ticket.event.is_set():
+                    self._waiting.remove(ticket)
+            if ticket.admitted:
+                self.leave()
+            raise
+        with self._lock:
+            if ticket.event.is_set():
                 return ticket.admitted
             self._waiting.remove(ticket)
             return False

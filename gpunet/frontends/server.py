@@ -1,6 +1,6 @@
 """``gpunet serve``: a page to draw a digit on, and the network's answer as you draw.
 
-Standard library only: a ThreadingHTTPServer with two routes.
+Standard library only: an asyncio event loop serving two routes, with http.server's request parsing.
 
     GET  /          the drawing page (gpunet/frontends/static/draw.html, self-contained)
     POST /predict   {"image": "data:image/png;base64,..."}  ->
@@ -15,9 +15,10 @@ What any page the user visits, or a crowd of requests, could do to it, and what 
   localhost is answered; a request with an Origin other than the page's own is refused; a POST
   must say ``Content-Type: application/json`` (which a cross-site form or "simple" fetch cannot
   send, and whose preflight OPTIONS is refused). All 403, 415 or 405.
-- a crowd: connections beyond MAX_CONNECTIONS wait in a listen backlog of LISTEN_BACKLOG;
+- a crowd: one event loop holds every connection (a connection costs no thread; a stalled one
+  costs a buffer); connections beyond MAX_CONNECTIONS wait in a listen backlog of LISTEN_BACKLOG;
   at most IN_FLIGHT requests hold a body in memory (let in newest first, see
-  :class:`gpunet.frontends.admission.Gate`) and at most WORKERS decode a drawing at once; the
+  :class:`gpunet.frontends.admission.Gate`) and at most WORKERS threads decode a drawing at once; the
   rest wait at most PATIENCE seconds, or are answered 503 with Retry-After. A body over
   MAX_BODY bytes and a drawing over MAX_PIXELS are refused (413) before they are read or decoded.
 - malformed HTTP: a strict Content-Length (digits only, one header, no Transfer-Encoding), 408
@@ -31,16 +32,20 @@ with its Content-Length; ``Server:`` names no version. Only failures of the serv
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import io
 import ipaddress
 import json
 import re
 import socket
+import sys
 import threading
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 
 from gpunet.errors import GpunetError
@@ -59,8 +64,10 @@ QUEUE = 256  # requests waiting for one of the IN_FLIGHT places; one more refuse
 # Seconds a request waits for a place, then 503 (Retry-After): the page sends a drawing per stroke, and
 # one that waited longer is stale; it is better asked again with the drawing as it is by then.
 PATIENCE = 0.5
-MAX_CONNECTIONS = 4096  # connections served at once (a thread each); more wait in the listen backlog
+MAX_CONNECTIONS = 4096  # connections served at once (a file descriptor each); more wait in the listen backlog
 LISTEN_BACKLOG = 4096  # connections the kernel holds for us (Linux caps it at net.core.somaxconn)
+MAX_LINE = 65536  # bytes in the request line or a header line (http.server's and http.client's limit)
+MAX_HEADERS = 100  # header lines (http.client's limit)
 RETRY_AFTER = 1  # seconds, in a 503's Retry-After
 FILE_RESERVE = 64  # file descriptors kept free of connections (the model, the log, the listener)
 
@@ -188,10 +195,42 @@ def is_ip_address(name: str) -> bool:
 class Handler(BaseHTTPRequestHandler):
     """Answers GET / (the page) and POST /predict (a drawing -> probabilities); refuses the rest."""
     server_version = "gpunet"
-    timeout = SOCKET_TIMEOUT  # seconds a read may stall (the stdlib sets it on the socket)
+    timeout = SOCKET_TIMEOUT  # seconds a read or a write may stall (the server's event loop waits no longer)
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.0"  # not 0.9, whose answers have no status line and no headers
     unread = 0  # bytes of the current request's body not read yet
+    body_wanted = False  # a POST /predict whose head passed: the server reads its body and answers it
+
+    def __init__(self, head: bytes, server, client_address):
+        """One request, from its head (request line and headers) already read; nothing is sent yet.
+
+        The stdlib's parsing runs on these bytes as it would on the socket; the answer is written to
+        ``wfile`` (a buffer) for the server's event loop to send.
+        """
+        self.rfile, self.wfile = io.BytesIO(head), io.BytesIO()
+        self.server, self.client_address, self.request = server, client_address, None
+        self.close_connection = True
+
+    def respond(self) -> None:
+        """BaseHTTPRequestHandler.handle_one_request on the head: parse it, and answer it or set body_wanted."""
+        self.raw_requestline = self.rfile.readline(MAX_LINE + 1)
+        if len(self.raw_requestline) > MAX_LINE:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return
+        if not self.raw_requestline or not self.parse_request():
+            return  # nothing sent (a connection closed, or a blank line), or parse_request's refusal
+        method = getattr(self, "do_" + self.command, None)
+        if method is None:
+            self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({self.command!r})")
+            return
+        method()
+
+    def take_output(self) -> bytes:
+        """What was written so far (an answer, or parse_request's '100 Continue'), and an empty buffer."""
+        output = self.wfile.getvalue()
+        self.wfile = io.BytesIO()
+        return output
 
     def version_string(self) -> str:
         """The Server header: no Python version (the stdlib adds it)."""
@@ -218,7 +257,11 @@ class Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET  # the same headers, no body (send() leaves it out)
 
     def do_POST(self) -> None:
-        """A drawn digit in, the network's label and probabilities out (JSON)."""
+        """A drawn digit in, the network's label and probabilities out (JSON).
+
+        Here only the request's head is checked; its body is read, and the drawing answered, by the
+        server's event loop (:meth:`DigitServer.answer`), which sees ``body_wanted``.
+        """
         self.unread = 0
         try:
             self.unread = self.body_size()  # where the body ends first: any refusal below then drops it
@@ -226,16 +269,10 @@ class Handler(BaseHTTPRequestHandler):
             if self.path.split("?", 1)[0] != "/predict":
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no endpoint {self.path}; POST to /predict")
             self.check_json_content_type()
-            answer = self.server.answer(self.read_body)
         except RequestError as error:
             self.send_error_json(error)
             return
-        except Exception:  # a bug: say so to the page, log it, keep serving
-            self.log_message("error answering %s:\n%s", self.path, traceback.format_exc())
-            self.close_connection = True
-            self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error (see the server's log)"})
-            return
-        self.send_json(HTTPStatus.OK, answer)
+        self.body_wanted = True
 
     def refuse_method(self) -> None:
         """PUT, DELETE, OPTIONS (a cross-site preflight) and the like: 405, with the methods there are."""
@@ -282,35 +319,6 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {size:,} bytes is over the limit of {MAX_BODY:,}")
         return size
 
-    def read_body(self) -> bytes:
-        """The request body (Content-Length bytes); 408 when it stalls, 400 when it ends early."""
-        size, self.unread = self.unread, 0
-        try:
-            body = self.rfile.read(size)
-        except TimeoutError:
-            self.close_connection = True
-            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the body stalled: no data for {self.timeout} s") from None
-        if len(body) < size:
-            self.close_connection = True
-            raise RequestError(HTTPStatus.BAD_REQUEST, "body ended before Content-Length bytes")
-        return body
-
-    def discard(self, size: int) -> None:
-        """Read and drop a refused body, so the client gets the answer rather than a reset connection.
-
-        Past DRAIN_LIMIT bytes the connection is simply closed.
-        """
-        self.close_connection = True
-        left = min(size, DRAIN_LIMIT)
-        try:
-            while left > 0:
-                chunk = self.rfile.read(min(left, 1 << 16))
-                if not chunk:
-                    break
-                left -= len(chunk)
-        except OSError:
-            pass
-
     def send_error(self, code, message=None, explain=None) -> None:
         """The stdlib's own refusals (a bad request line, an unknown method, headers too long), as ours."""
         self.close_connection = True
@@ -322,12 +330,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_error_json(RequestError(code, message))
 
     def send_error_json(self, error: RequestError) -> None:
-        """A refusal: drop what is left of the body, then the error as JSON."""
-        if error.status == HTTPStatus.SERVICE_UNAVAILABLE:
-            self.close_connection = True  # a busy server lets the thread go; the client comes back later
-        if self.unread:
-            self.discard(self.unread)
-            self.unread = 0
+        """A refusal as JSON (the server drops what is left of the body, ``unread``, before sending it)."""
+        if error.status == HTTPStatus.SERVICE_UNAVAILABLE or self.unread:
+            # A busy server lets the connection go (the client comes back later); a dropped body may be cut short.
+            self.close_connection = True
         self.send_json(error.status, {"error": str(error)}, error.headers)
 
     def send_json(self, status: HTTPStatus, value, headers: tuple = ()) -> None:
@@ -363,67 +369,173 @@ class Handler(BaseHTTPRequestHandler):
         a hostile page could flood the terminal. The server's own failures are logged (log_message)."""
 
 
-class DigitServer(ThreadingHTTPServer):
-    """Serves the page and /predict with one network (CPU, read-only, shared by the request threads)."""
+class DigitServer:
+    """Serves the page and /predict with one network (CPU, read-only, shared by the decoding threads).
 
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
+    One asyncio event loop holds every connection: it reads each request, checks it (:class:`Handler`,
+    with http.server's parsing) and answers it, and hands only the decoding of an admitted drawing to
+    WORKERS threads. A thread per connection made a crowd of 2,000 threads fight for the GIL, and the
+    thread accepting connections, starved of it, left a user's request seconds in the listen backlog.
+
+    The socketserver methods ``gpunet serve`` and the tests use: ``serve_forever()`` (calling
+    ``service_actions()`` at least every half second), ``shutdown()`` from another thread, ``server_close()``.
+    """
+
+    address_family = socket.AF_INET
 
     def __init__(self, address, network):
-        super().__init__(address, Handler)
+        self.socket = socket.socket(self.address_family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            self.socket.listen(LISTEN_BACKLOG)  # connections wait here from now on, served or not yet
+        except OSError:
+            self.socket.close()
+            raise
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
         self.network = network
         self.page = page()
         self.audience = Audience({address[0], self.server_address[0]}, self.server_address[1])
         self.in_flight = Gate(IN_FLIGHT, QUEUE, PATIENCE)
-        # Oldest first here: a request let in ahead of others keeps its place (newest first at both
-        # steps would leave it behind every later one, for as long as the burst lasts).
-        self.workers = threading.Semaphore(WORKERS)
         self.max_connections = connection_limit()
         self.connections = 0
-        self._room = threading.Condition()
+        self._decoders = ThreadPoolExecutor(WORKERS, thread_name_prefix="gpunet-drawing")
+        self._loop = None
+        self._stop = None
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._shutdown_request = False
 
-    def answer(self, read_body) -> dict:
-        """read_body() -> a drawing -> the answer, within the bounds on requests in flight and on workers."""
-        if not self.in_flight.enter():
-            raise Busy()
+    def service_actions(self) -> None:
+        """Called by serve_forever at least every half second (``gpunet serve`` stops from here on Ctrl-C)."""
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until shutdown(), or until service_actions() raises (then that exception)."""
+        self._stopped.clear()
         try:
-            body = read_body()
+            asyncio.run(self._serve(poll_interval))
+        finally:
+            self._shutdown_request = False
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever (from another thread) and wait until it has."""
+        self._shutdown_request = True  # seen by a serve_forever that has not started its loop yet
+        loop, stop = self._loop, self._stop
+        if loop is not None:
             try:
-                payload = json.loads(body)
-            except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply
-                raise RequestError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
-            del body
-            if not self.workers.acquire(timeout=PATIENCE):
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:  # its loop has just closed
+                pass
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        """Close the listening socket; decodings still running finish in their threads."""
+        self.socket.close()
+        self._decoders.shutdown(wait=False)
+
+    async def _serve(self, poll_interval: float) -> None:
+        self._stop = asyncio.Event()  # before _loop: shutdown() reads _loop, then uses _stop
+        self._loop = asyncio.get_running_loop()
+        self._connections = set()  # the tasks serving them (the loop itself keeps only weak references)
+        # Oldest first here: a request let in ahead of others keeps its place (newest first at both
+        # steps would leave it behind every later one, for as long as the burst lasts).
+        self.workers = asyncio.Semaphore(WORKERS)
+        self._room = asyncio.Event()  # set when a connection ends
+        accepting = asyncio.create_task(self._accept())
+        try:
+            while not self._stop.is_set() and not self._shutdown_request:
+                self.service_actions()
+                try:
+                    await asyncio.wait_for(self._stop.wait(), poll_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            self._loop = None
+            accepting.cancel()
+
+    async def _accept(self) -> None:
+        """Take connections from the backlog, at most max_connections at once; each is served by a task."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while self.connections >= self.max_connections:
+                self._room.clear()
+                await self._room.wait()
+            try:
+                connection, client_address = await loop.sock_accept(self.socket)
+            except OSError:  # out of file descriptors, or a connection reset before it was taken
+                await asyncio.sleep(0.05)
+                continue
+            self.connections += 1
+            task = loop.create_task(self._serve_connection(connection, client_address))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _serve_connection(self, connection: socket.socket, client_address) -> None:
+        """Requests on one connection, one after another, until one closes it."""
+        writer = None
+        try:
+            reader, writer = await asyncio.open_connection(sock=connection, limit=MAX_LINE)
+            while True:
+                head = await read_head(reader)
+                if head is None:
+                    return
+                handler = Handler(head, self, client_address)
+                handler.respond()
+                if handler.body_wanted:
+                    await send(writer, handler.take_output())  # a '100 Continue', if the client asked
+                    await self.answer(handler, reader)
+                if handler.unread:
+                    await drain(reader, handler.unread)
+                await send(writer, handler.take_output())
+                if handler.close_connection:
+                    return
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return  # the client left, or stalled between requests (or while reading an answer)
+        except Exception:  # a bug: log it, drop the connection, keep serving
+            sys.stderr.write(f"error on a connection from {client_address[0]}:\n{traceback.format_exc()}")
+        finally:
+            if writer is None:
+                connection.close()
+            else:
+                writer.close()
+            self.connections -= 1
+            self._room.set()
+
+    async def answer(self, handler: Handler, reader: asyncio.StreamReader) -> None:
+        """A POST /predict whose head passed: read its body, decode the drawing, answer (or refuse), within the
+        bounds on requests in flight and on workers."""
+        try:
+            if not await self.in_flight.enter_async():
                 raise Busy()
             try:
-                return predict_drawing(self.network, payload)
+                body = await read_body(handler, reader)
+                try:
+                    payload = json.loads(body)
+                except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply
+                    raise RequestError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
+                del body
+                try:
+                    await asyncio.wait_for(self.workers.acquire(), PATIENCE)
+                except TimeoutError:
+                    raise Busy() from None
+                try:
+                    answer = await asyncio.get_running_loop().run_in_executor(
+                        self._decoders, predict_drawing, self.network, payload)
+                finally:
+                    self.workers.release()
             finally:
-                self.workers.release()
-        finally:
-            self.in_flight.leave()
-
-    def process_request(self, request, client_address) -> None:
-        """A thread per connection, at most max_connections at once: the rest wait in the listen backlog."""
-        with self._room:
-            while self.connections >= self.max_connections:
-                self._room.wait()
-            self.connections += 1
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._connection_done()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._connection_done()
-
-    def _connection_done(self) -> None:
-        with self._room:
-            self.connections -= 1
-            self._room.notify()
+                self.in_flight.leave()
+        except RequestError as error:
+            handler.send_error_json(error)
+            return
+        except Exception:  # a bug: say so to the page, log it, keep serving
+            handler.log_message("error answering %s:\n%s", handler.path, traceback.format_exc())
+            handler.close_connection = True
+            handler.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error (see the server's log)"})
+            return
+        handler.send_json(HTTPStatus.OK, answer)
 
     @property
     def url(self) -> str:
@@ -431,6 +543,70 @@ class DigitServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/"
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes | None:
+    """A request's line and header lines as http.server would read them; None when the client closed first.
+
+    A line longer than MAX_LINE is cut after MAX_LINE + 1 bytes, and reading stops after
+    MAX_HEADERS + 1 header lines: the parser then refuses the request (414, 431).
+    """
+    head = bytearray()
+    for count in range(MAX_HEADERS + 2):
+        try:
+            line = await asyncio.wait_for(reader.readuntil(b"\n"), Handler.timeout)
+        except asyncio.LimitOverrunError:
+            head += await asyncio.wait_for(reader.readexactly(MAX_LINE + 1), Handler.timeout)
+            break
+        except asyncio.IncompleteReadError as end:  # the client closed (or half-closed) mid-head
+            head += end.partial
+            break
+        head += line
+        if count > 0 and line in (b"\r\n", b"\n"):
+            break
+        if count == 0 and not line.strip():
+            break  # a blank request line: parse_request ignores it and the connection closes
+    return bytes(head) if head else None
+
+
+async def read_body(handler: Handler, reader: asyncio.StreamReader) -> bytes:
+    """The request body (Content-Length bytes); 408 when it stalls Handler.timeout seconds, 400 when it ends early."""
+    size, handler.unread = handler.unread, 0
+    body = bytearray()
+    while len(body) < size:
+        try:
+            chunk = await asyncio.wait_for(reader.read(min(size - len(body), 1 << 16)), Handler.timeout)
+        except TimeoutError:
+            handler.close_connection = True
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the body stalled: no data for {Handler.timeout} s") from None
+        if not chunk:
+            handler.close_connection = True
+            raise RequestError(HTTPStatus.BAD_REQUEST, "body ended before Content-Length bytes")
+        body += chunk
+    return bytes(body)
+
+
+async def drain(reader: asyncio.StreamReader, size: int) -> None:
+    """Read and drop a refused body, so the client gets the answer rather than a reset connection.
+
+    Past DRAIN_LIMIT bytes, or when it stalls, the connection is simply closed after the answer.
+    """
+    left = min(size, DRAIN_LIMIT)
+    try:
+        while left > 0:
+            chunk = await asyncio.wait_for(reader.read(min(left, 1 << 16)), Handler.timeout)
+            if not chunk:
+                break
+            left -= len(chunk)
+    except (OSError, TimeoutError):
+        pass
+
+
+async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write an answer; a client that stops reading for Handler.timeout seconds is let go (TimeoutError)."""
+    if data:
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), Handler.timeout)
 
 
 class DigitServer6(DigitServer):
