@@ -760,7 +760,8 @@ def evaluate(models, data, device):
     from gpunet.files.data import load_digits
 
     backend = backend_for(device)
-    network, _ = load_ensemble(models, backend)
+    ensemble, _ = load_ensemble(models, backend)
+    network = ensemble if len(models) > 1 else ensemble.networks[0]  # one model: scored as it always was
     metas = [load_metadata(model) for model in models]
     digits = load_digits(data, labeled=True)
     held_out, learned_from = split_as_in_training(digits, metas, models)
