@@ -269,6 +269,7 @@ TRAINING = Record({
     "weight_decay": Number(0),
     "patience": OrNull(Whole(1, MAX_WHOLE)),
     "seed": COUNT,
+    "split_seed": COUNT,  # absent in models from before --split-seed: their split's seed is ``seed`` (split_seed())
     "val_size": COUNT,
     "optimizer": NAME,
     "schedule": NAME,
@@ -297,6 +298,12 @@ TOP = Record({
     "final_metrics": OrNull(EPOCH),
 })
 REQUIRED = {FORMAT_VERSION: ("layer_sizes",), STACK_FORMAT_VERSION: ("architecture", "input_shape", "outputs")}
+
+
+def split_seed(training: dict):
+    """The seed of the shuffle that chose a training run's validation digits: ``training.split_seed``, or
+    ``training.seed`` in models written before the two were apart (None where neither is recorded)."""
+    return training.get("split_seed", training.get("seed"))
 
 
 def metadata_from_json(text: str, name: str) -> dict:

@@ -231,6 +231,9 @@ def presets_help() -> str:
 @click.option("--patience", type=int, default=None,
               help="Stop after N epochs without a better validation loss and keep the best weights.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, the initial weights and the shuffle.")
+@click.option("--split-seed", type=int, default=None,
+              help="Seed for the split alone (which digits are held out): give an ensemble's models one --split-seed "
+                   "and each its own --seed, so that gpunet evaluate can score them together. [default: --seed]")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help=f"Each epoch, draw every training digit through a fresh random affine transform, bilinear: "
@@ -242,7 +245,7 @@ def presets_help() -> str:
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
 @click.pass_context
 def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init,
-          val_size, patience, seed, dtype, augment, out, plot_dir):
+          val_size, patience, seed, split_seed, dtype, augment, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
@@ -257,7 +260,7 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
     hidden, arch = network_shape(hidden, arch)
     config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                           schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
-                          patience=patience, seed=seed, dtype=dtype, augment=augment)
+                          patience=patience, seed=seed, split_seed=split_seed, dtype=dtype, augment=augment)
     out = check_out_path("--out", out, MODEL, data=data)
     found_at_start = identity(out)  # a model another run writes at --out meanwhile is not replaced
     if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
@@ -270,7 +273,7 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
     backend, notice = get_backend(device)
     digits = load_digits(data, labeled=True) if data is not None else load_sample()
     try:
-        train_digits, val_digits = split_validation(digits, val_size, seed)
+        train_digits, val_digits = split_validation(digits, val_size, config.split_seed)
     except SettingError as error:  # too many held out for this data
         raise usage_error(ctx, error) from None
     backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)))
@@ -280,7 +283,8 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
                    if (p.name in PRESETS[preset] or p.name in ("hidden", "arch")) and given_by_user(ctx, p.name)]
         click.echo(f"Preset {preset}" + (f", with {', '.join(changed)} as given" if changed else ""))
     click.echo(f"Data: {digits.source}: {len(digits):,} digits -> {len(train_digits):,} training, "
-               f"{len(val_digits):,} validation")
+               f"{len(val_digits):,} validation" + (f" (split seed {config.split_seed})"
+                                                    if config.split_seed != config.seed else ""))
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
     click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
                f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, "
@@ -745,26 +749,36 @@ def serve(model, host, port):
 
 
 @cli.command()
-@click.option("--model", type=path_type(), default=Path("model.npz"), show_default=True)
+@click.option("--model", "models", type=path_type(), multiple=True, default=[Path("model.npz")], show_default=True,
+              help="A model file; give it more than once to score the mean of the models' probabilities (an "
+                   "ensemble, as gpunet predict labels with it).")
 @click.option("--data", type=path_type(), required=True, help="Labeled digits (same formats as train).")
 @device_option
-def evaluate(model, data, device):
+def evaluate(models, data, device):
     """Score a model on labeled digits: accuracy, per-class accuracy, confusion matrix.
 
     On the very data the model was trained on, the digits it learned from are
     scored apart from the validation digits it held out, which alone estimate
-    its accuracy on new digits.
+    its accuracy on new digits. An ensemble (several --model) is scored so on
+    its training data only where every model held out the same digits (one
+    --split-seed and --val-size); otherwise it is refused.
     """
+    from gpunet.files.checkpoint import load_metadata
     from gpunet.files.data import load_digits
 
     backend = backend_for(device)
-    network, meta = load_network(model, backend)
+    ensemble, _ = load_ensemble(models, backend)
+    network = ensemble if len(models) > 1 else ensemble.networks[0]  # one model: scored as it always was
+    metas = [load_metadata(model) for model in models]
     digits = load_digits(data, labeled=True)
-    held_out, learned_from = split_as_in_training(digits, meta)
+    held_out, learned_from = split_as_in_training(digits, metas, models)
+    if len(models) > 1:
+        click.echo(f"Ensemble of {len(models)} models (the mean of their probabilities)")
     if learned_from is None:
         score_digits(network, digits, f"{digits.source}: {plural(len(digits), 'digit')}")
         return
-    click.echo(f"{digits.source} is the data this model was trained on.")
+    these = "this model was" if len(models) == 1 else f"these {len(models)} models were"
+    click.echo(f"{digits.source} is the data {these} trained on.")
     accuracy = 100 * np.mean(predict_labels(network, learned_from) == learned_from.labels)
     click.echo(f"Training digits (it learned from these; no estimate for new digits): "
                f"{plural(len(learned_from), 'digit')}, accuracy {accuracy:.2f}%")
@@ -774,17 +788,44 @@ def evaluate(model, data, device):
     score_digits(network, held_out, f"Validation digits (held out in training): {plural(len(held_out), 'digit')}")
 
 
-def split_as_in_training(digits, meta):
-    """(validation, training) as the model's training run split these digits, or (digits, None) for other data."""
-    from gpunet.files.data import fingerprint, split_validation
+def training_split(meta: dict) -> tuple:
+    """(data SHA-256, split seed, val_size) of a model's training run: models that share these held out the same
+    digits of the same data."""
+    from gpunet.files.model_schema import split_seed
 
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
-    seed, val_size = training.get("seed"), training.get("val_size")
-    if (training.get("data_sha256") != fingerprint(digits.images, digits.labels)
-            or not isinstance(seed, int) or not isinstance(val_size, int) or not 0 <= val_size < len(digits)):
+    return training.get("data_sha256"), split_seed(training), training.get("val_size")
+
+
+def split_as_in_training(digits, metas, models):
+    """(validation, training) as the models' training runs split these digits, or (digits, None) for data none
+    of them was trained on. GpunetError (one line) where some were trained on these digits and the models do not
+    share one split: no digits are then held out by all, and a score would count digits some learned from."""
+    from gpunet.files.data import fingerprint, split_validation
+
+    data_sha256 = fingerprint(digits.images, digits.labels)
+    splits = [training_split(meta) for meta in metas]
+    if all(split[0] != data_sha256 for split in splits):
+        return digits, None
+    for model, split in zip(models[1:], splits[1:]):
+        if split != splits[0]:
+            raise GpunetError(f"{models[0]} ({split_text(splits[0], data_sha256)}) and {model} "
+                              f"({split_text(split, data_sha256)}) did not hold out the same digits of "
+                              f"{digits.source}, so no digit is new to every model: train an ensemble's models on "
+                              "one data file with one --split-seed and --val-size, or evaluate it on other digits")
+    _, seed, val_size = splits[0]
+    if not isinstance(seed, int) or not isinstance(val_size, int) or not 0 <= val_size < len(digits):
         return digits, None
     learned_from, held_out = split_validation(digits, val_size, seed)
     return held_out, learned_from
+
+
+def split_text(split: tuple, data_sha256: str) -> str:
+    """How a model's training run split these digits, in a few words."""
+    trained_on, seed, val_size = split
+    if trained_on != data_sha256:
+        return "trained on other data"
+    return f"held out {plural(val_size, 'digit')} with split seed {seed}"
 
 
 def predict_labels(network, digits) -> np.ndarray:

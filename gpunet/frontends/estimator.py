@@ -70,7 +70,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
     patience : int or None, default None
         Early stopping on validation loss, keeping the best weights (needs held-out samples).
     seed : int, default 0
-        The split, the initial weights and the shuffle.
+        The split, the initial weights and the shuffle: one seed, as scikit-learn's ``random_state``. (No
+        ``split_seed`` as ``gpunet train`` has: the split here only feeds ``history_`` and early stopping; to
+        score several fitted estimators together, hold out the same rows of your own before ``fit``.)
     device : {"auto", "cpu", "cuda"}, default "auto"
     dtype : {"float32", "float64"}, default "float32"
     augment : bool, default False
@@ -128,7 +130,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         config = self._config(len(images))
         given = "" if self.val_size == config.val_size else f" (val_size={self.val_size!r} comes to {config.val_size:,})"
         check_val_size(config.val_size, len(images), "samples" + given)  # a SettingError: a ValueError naming val_size
-        learned_from, held_out = validation_rows(len(images), config.val_size, config.seed)
+        learned_from, held_out = validation_rows(len(images), config.val_size, config.split_seed)
         train_set = Samples(images[learned_from], encoded[learned_from].astype(np.uint8 if len(self.classes_) <= 256 else np.int32))
         val_set = Samples(images[held_out], encoded[held_out].astype(train_set.labels.dtype))
         backend = self._backend(say_notice=self.verbose)

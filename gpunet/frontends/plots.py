@@ -84,12 +84,13 @@ def training_validation_digits(meta: dict, model_path) -> "Digits":  # noqa: F82
     """The validation digits the model was trained beside, re-derived from its metadata.
 
     Training holds out the first ``val_size`` digits of a seeded shuffle of its
-    data; the same data, size and seed give the same digits.
+    data; the same data, size and split seed give the same digits.
     """
     from gpunet.files.data import SAMPLE_NAME, load_digits, load_sample, split_validation
+    from gpunet.files.model_schema import split_seed
 
     training = meta.get("training") or {}
-    source, val_size, seed = training.get("data"), training.get("val_size"), training.get("seed")
+    source, val_size, seed = training.get("data"), training.get("val_size"), split_seed(training)
     ask = "give labeled digits with --data"
     if not isinstance(source, str) or not isinstance(val_size, int) or not isinstance(seed, int):
         raise GpunetError(f"{model_path}: does not record its training data, split size and seed; {ask}")

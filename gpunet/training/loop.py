@@ -64,6 +64,7 @@ SETTINGS = {
     "weight_decay": (lambda v: _is_finite(v, positive=False), "a finite number >= 0"),
     "patience": (lambda v: v is None or _is_whole(v, 1), "a whole number of at least 1, or None (off)"),
     "seed": (lambda v: _is_whole(v, 0), "a whole number >= 0"),
+    "split_seed": (lambda v: v is None or _is_whole(v, 0), "a whole number >= 0, or None (the seed's)"),
     "val_size": (lambda v: _is_whole(v, 0), "a whole number >= 0"),
     "optimizer": _one_of(OPTIMIZERS),
     "schedule": _one_of(SCHEDULES),
@@ -125,6 +126,7 @@ class TrainConfig:
     val_size: int = 1000
     patience: int | None = None
     seed: int = 0
+    split_seed: int | None = None  # which digits the caller holds out (validation_rows); None: ``seed``
     dtype: str = "float32"
     augment: bool = False  # each epoch, every training digit through a fresh random transform (nn/augment.py)
 
@@ -137,7 +139,9 @@ class TrainConfig:
         if self.patience is not None and self.val_size == 0:
             raise SettingError("patience", self.patience, "needs validation samples to watch, and {val_size} "
                                                           "holds out none")
-        for name in ("epochs", "batch_size", "seed", "val_size"):
+        if self.split_seed is None:  # one seed for everything, as before --split-seed
+            self.split_seed = self.seed
+        for name in ("epochs", "batch_size", "seed", "split_seed", "val_size"):
             setattr(self, name, int(getattr(self, name)))
         self.lr, self.weight_decay = float(self.lr), float(self.weight_decay)
         self.augment = bool(self.augment)
