@@ -64,6 +64,16 @@ if hook == "after main":  # the process's own entry point, then a signal once it
     from gpunet.__main__ import run
     run()
     signal.raise_signal(number)
+elif hook == "at shutdown":  # a signal from a finalizer run as the interpreter tears its modules down: by then
+    import os                # Python has put SIG_DFL back in place of its own handlers
+
+    class LateFinalizer:
+        def __del__(self):
+            os.kill(os.getpid(), number)
+
+    cli.late_finalizer = LateFinalizer()
+    from gpunet.__main__ import run
+    run()
 else:
     cli.main(sys.argv[1:])
 """
@@ -96,7 +106,7 @@ def test_ctrl_c_landing_in_a_finalizer_still_stops_the_run(tmp_path, model_bytes
 
 # -- finding 8: exit 130/143 after the completed model had replaced --out -------------------------------------------
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("hook", ["during save", "after save", "after main"])
+@pytest.mark.parametrize("hook", ["during save", "after save", "after main", "at shutdown"])
 def test_a_signal_once_the_save_has_begun_exits_0_and_says_it_saved(tmp_path, model_bytes, hook, name):
     out = tmp_path / "model.npz"
     out.write_bytes(model_bytes)
@@ -105,7 +115,7 @@ def test_a_signal_once_the_save_has_begun_exits_0_and_says_it_saved(tmp_path, mo
     assert proc.stdout.rstrip().endswith(f"saved {out}") and "Aborted" not in proc.stderr, proc.stderr[-2000:]
     assert load_model(out)[1]["training"]["seed"] == 4  # replaced, and said so
     assert (tmp_path / "model.previous.npz").read_bytes() == model_bytes
-    if hook != "after main":
+    if hook not in ("after main", "at shutdown"):
         assert f"Note: {name} came while the result was being saved; it is saved, exit 0" in proc.stderr
 
 
