@@ -96,6 +96,41 @@ def test_an_npz_with_metadata_appearing_at_out_during_training_is_kept(capsys, m
     assert load_model(beside)[1]["stop_reason"] == "completed"
 
 
+def hostile_reader(monkeypatch, error):
+    """Make the model reader fail on any file with ``error`` (not an OSError): a file built to break it."""
+    import gpunet.files.checkpoint
+
+    def load_metadata(path, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(gpunet.files.checkpoint, "load_metadata", load_metadata)
+
+
+@pytest.mark.parametrize("error", [RecursionError("maximum recursion depth exceeded"), GpunetError("hostile")])
+def test_a_file_whose_kind_cannot_be_told_appearing_at_out_during_training_is_kept(capsys, monkeypatch, tmp_path,
+                                                                                   error):
+    out = tmp_path / "model.npz"
+    hostile = b"PK\x03\x04 a zip that breaks the reader"
+    hostile_reader(monkeypatch, error)
+    train_then(monkeypatch, lambda: out.write_bytes(hostile))
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    beside = tmp_path / "model.completed.npz"
+    assert code == 0 and "Traceback" not in err and "a file gpunet does not replace" in err, err
+    assert str(beside) in err and f"saved {beside}" in stdout, stdout
+    assert out.read_bytes() == hostile and load_model(beside)[1]["stop_reason"] == "completed"
+
+
+@pytest.mark.parametrize("error", [RecursionError("maximum recursion depth exceeded"), GpunetError("hostile")])
+def test_a_file_whose_kind_cannot_be_told_is_refused_before_any_work_in_one_line(capsys, monkeypatch, tmp_path,
+                                                                                 error):
+    out = tmp_path / "model.npz"
+    out.write_bytes(b"PK\x03\x04 a zip that breaks the reader")
+    hostile_reader(monkeypatch, error)
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(out) in err and "cannot be told" in err and "refusing to replace it" in err and stdout == "", err
+
+
 # -- finding 2: predict replaced any file starting ImageId,Label --------------------------------------------------
 @pytest.mark.parametrize("content", [b"ImageId,LabelerName,Hours,Notes\n1,alice,3,x\n",  # as the issue writes it
                                      b"ImageId,Label\n1,alice\n", b"ImageId,Label,Notes\n1,7,x\n",

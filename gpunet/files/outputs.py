@@ -49,6 +49,7 @@ SUBMISSION_HEADER = b"ImageId,Label"
 SUBMISSION_LIMIT = 16 << 20
 SUBMISSION_ROWS = re.compile(rb"ImageId,Label\r?\n(?:[0-9]{1,18},[0-9]{1,18}\r?\n)*(?:[0-9]{1,18},[0-9]{1,18}\r?)?")
 PROBABILITIES = "a file of class probabilities"
+OTHER = "another kind of file"
 HEAD_BYTES = 64  # as much of a file as its kind is told from: the probabilities header (39 bytes) fits
 MAX_BESIDE = 100  # model.interrupted.npz, model.interrupted-2.npz, ...
 PREVIOUS = "previous"  # model.previous.npz: the model a completed run replaced
@@ -74,7 +75,7 @@ def kind_of(path: Path) -> str | None:
         return PNG
     if head.startswith(b"PK"):
         return _zip_kind(path)
-    return "another kind of file"
+    return OTHER
 
 
 def _submission_kind(content: bytes) -> str:
@@ -155,18 +156,9 @@ def check_out_path(option: str, path: Path, kind: str, **inputs) -> Path:
             if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
                 raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, "
                                   "give another name")
-    if path.is_symlink():  # replacing it would replace the link, not the file it points to: say so instead
-        raise GpunetError(f"{option} {path}: is a symbolic link; give the name of a file, not a link")
-    if path.exists():
-        mode = path.stat().st_mode
-        if not stat.S_ISREG(mode):  # a device, a FIFO, a socket: never replaced by a file
-            raise GpunetError(f"{option} {path}: is not a regular file; refusing to replace it, give another name")
-        if not mode & 0o222:  # root could replace it anyway; the user marked it read-only
-            raise GpunetError(f"{option} {path}: is write-protected; refusing to replace it, give another name")
-        found = kind_of(path)
-        if found not in (None, kind):
-            raise GpunetError(f"{option} {path}: holds {found}, not {kind}; refusing to replace it, "
-                              "give another name")
+    reason = refusal(path, kind)
+    if reason is not None:
+        raise GpunetError(f"{option} {path}: {reason}; refusing to replace it, give another name")
     try:
         # As long a name as the longest that may be written: a failed run's model.interrupted-100.npz.
         check_writable(path.parent, f"{path.stem}.interrupted-{MAX_BESIDE}{path.suffix}")
@@ -177,6 +169,31 @@ def check_out_path(option: str, path: Path, kind: str, **inputs) -> Path:
                               f"characters a failed run's name adds ({beside}); give a shorter name") from None
         raise GpunetError(f"{option} {path}: cannot write in folder '{path.parent}' ({error.strerror or error})") from None
     return path
+
+
+def refusal(path: Path, kind: str) -> str | None:
+    """Why a file of ``kind`` may not take the place of what is at ``path``, in words; None where it may (nothing
+    there, an empty file, or a file of ``kind``). The one rule every writer asks, before its work and again just
+    before its rename (``save_replacing_only``)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):  # replacing it would replace the link, not the file it points to
+        return "is a symbolic link, not a file"
+    if not stat.S_ISREG(mode):  # a folder, a device, a FIFO, a socket: never replaced by a file
+        return "is not a regular file"
+    if not mode & 0o222:  # root could replace it anyway; the user marked it read-only
+        return "is write-protected"
+    try:
+        found = kind_of(path)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error}), so what it holds cannot be told"
+    except Exception as error:  # noqa: BLE001 - any failure to tell a file's kind (a RecursionError, a GpunetError
+        return f"what it holds cannot be told ({type(error).__name__})"  # from a hostile file): not ours to replace
+    if found in (None, kind):
+        return None
+    return f"holds {found}, not {kind}"
 
 
 def names_beside(path: Path, tag: str):
@@ -251,7 +268,7 @@ def save_replacing_only(path: Path, kind: str, tag: str, save, *, found_at_start
 
     def _beside(tmp: Path, reason: str) -> Saved:
         if refuse:
-            raise GpunetError(f"{path}: {reason}; refusing to replace it, give another name")
+            raise GpunetError(f"{reason}; refusing to replace it, give another name")  # the reason names the path
         return Saved(_publish_at_free_name(tmp, path, tag), beside_because=reason)
 
     return _save_then(path, save, publish, noun)
@@ -279,18 +296,10 @@ def _keep_as_previous(path: Path, previous: Path) -> None:
 def _holds(path: Path, kind: str) -> bool:
     """Whether replacing ``path`` loses nothing but a file of ``kind``: nothing there, an empty file, or that kind.
 
-    As ``check_out_path`` rules at the start: a link, a folder, a FIFO, a write-protected file, and one that
-    cannot be read (so its kind cannot be told) are never replaced."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return True
-    if not stat.S_ISREG(mode) or not mode & 0o222:
-        return False
-    try:
-        return kind_of(path) in (None, kind)
-    except OSError:  # unreadable: the model goes beside it rather than lost with a failed save
-        return False
+    As ``check_out_path`` rules at the start (``refusal``): a link, a folder, a FIFO, a write-protected file, and
+    one whose kind cannot be told (unreadable, or a reader fails on it in any way) are never replaced: the new
+    file goes beside it, never lost with a failed save."""
+    return refusal(path, kind) is None
 
 
 def _save_then(path: Path, save, publish, noun: str):
