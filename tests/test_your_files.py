@@ -159,6 +159,37 @@ def test_predict_replaces_a_submission_of_whole_numbers(capsys, tmp_path, model_
     assert len(out.read_text().splitlines()) == 41 and hidden_files(tmp_path) == []
 
 
+PROBABILITIES_HEADER = b"ImageId,p0,p1,p2,p3,p4,p5,p6,p7,p8,p9"
+
+
+@pytest.mark.parametrize("content", [PROBABILITIES_HEADER + b"\n# my notes\n",  # as the reviewer wrote it
+                                     PROBABILITIES_HEADER + b",notes\n1,0,0,0,0,0,0,0,0,0,1,x\n",
+                                     PROBABILITIES_HEADER + b"\n1,0.5,0.5,0,0,0,0,0,0,0\n",  # nine numbers
+                                     PROBABILITIES_HEADER + b"\n1,0.5,0.5,0,0,0,0,0,0,0,zero\n",
+                                     PROBABILITIES_HEADER + b"\n1.5,1,0,0,0,0,0,0,0,0,0\n"])
+def test_probabilities_refuses_a_file_that_only_starts_like_one(capsys, tmp_path, model_bytes, content):
+    model = tmp_path / "model.npz"
+    model.write_bytes(model_bytes)
+    data = digits_csv(tmp_path / "test.csv")
+    probs = tmp_path / "probs.csv"
+    probs.write_bytes(content)
+    code, stdout, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                            "--out", str(tmp_path / "submission.csv"), "--probabilities", str(probs))
+    assert code == 1 and err.count("\n") == 1 and "refusing to replace it" in err and str(probs) in err, err
+    assert probs.read_bytes() == content and stdout == "" and not (tmp_path / "submission.csv").exists()
+
+
+def test_probabilities_replaces_a_file_of_a_whole_number_and_ten_decimal_numbers_a_row(tmp_path):
+    from gpunet.files import outputs
+
+    probs = tmp_path / "probs.csv"
+    probs.write_bytes(PROBABILITIES_HEADER + b"\r\n1,0.25,0.75,0,0,0,0,0,0,1e-05,5e-324\r\n2,1.0,0,0,0,0,0,0,0,0,0")
+    assert outputs.check_out_path("--probabilities", probs, outputs.PROBABILITIES) == probs
+    probs.write_bytes(PROBABILITIES_HEADER + b"\n" + b"1,1,0,0,0,0,0,0,0,0,0\n" * (outputs.SUBMISSION_LIMIT // 22))
+    with pytest.raises(GpunetError, match="too large to be a file of class probabilities"):
+        outputs.check_out_path("--probabilities", probs, outputs.PROBABILITIES)  # read with the submission's bound
+
+
 def test_a_submission_too_large_to_check_is_refused(tmp_path):
     from gpunet.files import outputs
 

@@ -5,7 +5,9 @@ The rules (README, "Your files are safe"):
 * A command replaces only a file of the kind it writes, told by its content (``kind_of``): ``train`` a
   gpunet model (a file whose metadata carries gpunet's format marker and a version this gpunet reads, not
   any zip with a ``metadata`` member), ``predict`` a Kaggle submission (a header of exactly ``ImageId,Label``
-  and rows of two whole numbers), and at ``--probabilities`` a file of class probabilities (``ImageId,p0,...,p9``). Anything else at ``--out`` is refused before any work, as is an ``--out``
+  and rows of two whole numbers), and at ``--probabilities`` a file of class probabilities (a header of exactly
+  ``ImageId,p0,...,p9`` and rows of a whole number and ten decimal numbers); both read whole within one bound.
+  Anything else at ``--out`` is refused before any work, as is an ``--out``
   that is one of the command's inputs; it is checked again just before the rename (``save_replacing_only``):
   a file that appeared meanwhile (another kind, or a write-protected or unreadable one) is kept, the new
   file goes beside it.
@@ -45,11 +47,22 @@ from gpunet.errors import GpunetError, ModelFileError
 
 MODEL, SUBMISSION, PNG = "a gpunet model", "a Kaggle submission", "a PNG image"
 SUBMISSION_HEADER = b"ImageId,Label"
-# A submission is read whole to be recognised, up to this many bytes (some 1.5 million rows; Kaggle's has 28,000).
+# A submission or a probabilities file is read whole to be recognised, up to this many bytes (some 1.5 million
+# submission rows, some 70,000 probability rows; Kaggle's test set has 28,000 digits).
 SUBMISSION_LIMIT = 16 << 20
-SUBMISSION_ROWS = re.compile(rb"ImageId,Label\r?\n(?:[0-9]{1,18},[0-9]{1,18}\r?\n)*(?:[0-9]{1,18},[0-9]{1,18}\r?)?")
 PROBABILITIES = "a file of class probabilities"
 OTHER = "another kind of file"
+
+
+def _csv_rule(header: bytes, row: bytes) -> re.Pattern:
+    """The whole file: ``header`` alone on its first line, then lines that each match ``row`` (\\n or \\r\\n ends,
+    the last line's end optional)."""
+    return re.compile(re.escape(header) + rb"\r?\n(?:" + row + rb"\r?\n)*(?:" + row + rb"\r?)?")
+
+
+WHOLE_NUMBER = rb"[0-9]{1,18}"
+DECIMAL_NUMBER = rb"[0-9]{1,25}(?:\.[0-9]{0,25})?(?:[eE][-+]?[0-9]{1,3})?"  # as Python writes a float: 0.25, 1e-05
+SUBMISSION_ROWS = _csv_rule(SUBMISSION_HEADER, WHOLE_NUMBER + b"," + WHOLE_NUMBER)
 HEAD_BYTES = 64  # as much of a file as its kind is told from: the probabilities header (39 bytes) fits
 MAX_BESIDE = 100  # model.interrupted.npz, model.interrupted-2.npz, ...
 PREVIOUS = "previous"  # model.previous.npz: the model a completed run replaced
@@ -61,16 +74,27 @@ HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 TEMPORARY = re.compile(r"\.{1,2}gpunet-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-.*\.(?:new|tmp)")
 
 
+def probabilities_header(classes: int = 10) -> str:
+    """The first line of ``predict --probabilities``'s CSV: ImageId,p0,...,p9 (p_k: the probability of class k)."""
+    return ",".join(["ImageId", *(f"p{k}" for k in range(classes))])
+
+
+PROBABILITIES_HEADER = probabilities_header().encode()
+PROBABILITIES_ROWS = _csv_rule(PROBABILITIES_HEADER, WHOLE_NUMBER + (b"," + DECIMAL_NUMBER) * 10)
+# (kind, its header, the rule its whole content follows), for the CSV files gpunet writes
+CSV_KINDS = ((PROBABILITIES, PROBABILITIES_HEADER, PROBABILITIES_ROWS),
+             (SUBMISSION, SUBMISSION_HEADER, SUBMISSION_ROWS))
+
+
 def kind_of(path: Path) -> str | None:
     """What the file at ``path`` holds, in words; None where it is empty (nothing to lose)."""
     with open(path, "rb") as f:
         head = f.read(HEAD_BYTES)
         if not head:
             return None
-        if holds_probabilities(head):
-            return PROBABILITIES
-        if head.startswith(SUBMISSION_HEADER):
-            return _submission_kind(head + f.read(SUBMISSION_LIMIT))
+        for kind, header, rows in CSV_KINDS:  # the probabilities header starts ImageId too: tried first
+            if head.startswith(header):
+                return _csv_kind(head + f.read(SUBMISSION_LIMIT), kind, header, rows)
     if head.startswith(b"\x89PNG"):
         return PNG
     if head.startswith(b"PK"):
@@ -78,14 +102,16 @@ def kind_of(path: Path) -> str | None:
     return OTHER
 
 
-def _submission_kind(content: bytes) -> str:
-    """SUBMISSION for a header of exactly ImageId,Label, then rows of two whole numbers, all within the bound."""
+def _csv_kind(content: bytes, kind: str, header: bytes, rows: re.Pattern) -> str:
+    """``kind`` where the whole ``content`` (within the bound) follows ``rows``: the header exactly, then its rows."""
+    start = header.decode()
     if len(content) > SUBMISSION_LIMIT:
-        return f"a file starting ImageId,Label too large to be a Kaggle submission (over {SUBMISSION_LIMIT >> 20} MiB)"
-    if SUBMISSION_ROWS.fullmatch(content) is None:
-        return "a file starting ImageId,Label that is not a Kaggle submission (a header of exactly ImageId,Label, " \
-               "then rows of two whole numbers)"
-    return SUBMISSION
+        return f"a file starting {start} too large to be {kind} (over {SUBMISSION_LIMIT >> 20} MiB)"
+    if rows.fullmatch(content) is None:
+        what = ("rows of two whole numbers" if kind == SUBMISSION else
+                "rows of a whole number and ten decimal numbers")
+        return f"a file starting {start} that is not {kind} (a header of exactly {start}, then {what})"
+    return kind
 
 
 def _zip_kind(path: Path) -> str:
@@ -128,17 +154,6 @@ def identity(path: Path):
     except FileNotFoundError:
         return None
     return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
-
-
-def probabilities_header(classes: int = 10) -> str:
-    """The first line of ``predict --probabilities``'s CSV: ImageId,p0,...,p9 (p_k: the probability of class k)."""
-    return ",".join(["ImageId", *(f"p{k}" for k in range(classes))])
-
-
-def holds_probabilities(head: bytes) -> bool:
-    """Whether a file's first bytes are the probabilities header, a whole line of it."""
-    header = probabilities_header().encode()
-    return head.startswith(header + b"\n") or head.startswith(header + b"\r\n")
 
 
 def check_out_path(option: str, path: Path, kind: str, **inputs) -> Path:
