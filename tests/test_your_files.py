@@ -444,3 +444,39 @@ def test_the_save_flushes_the_file_before_the_rename_and_the_folder_after(capsys
     temporary = events[final][1]
     assert ("fsync", temporary) in events[:final], events  # the complete file is on the disk before it is named
     assert ("fsync", "folder") in events[final + 1:], events  # and so is its name, after
+
+
+# -- review of issue 17: refusals say each thing once; a failed save says what was saved -----------------------------
+def test_refusals_say_what_the_file_holds_once(capsys, tmp_path, model_bytes):
+    out = tmp_path / "m.npz"
+    np.savez(out, metadata=np.array('{"run": 42}'))
+    code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    assert code == 1 and err == (f"Error: --out {out}: holds a zip archive that is not a gpunet model this version "
+                                 "reads; refusing to replace it, give another name\n"), err
+    model, data = tmp_path / "model.npz", digits_csv(tmp_path / "test.csv")
+    model.write_bytes(model_bytes)
+    csv = tmp_path / "log.csv"
+    csv.write_text("ImageId,Label,Notes\n1,7,x\n")
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                       "--out", str(csv))
+    assert code == 1 and err == (f"Error: --out {csv}: holds a file starting ImageId,Label that is not a Kaggle "
+                                 "submission (a header of exactly ImageId,Label, then rows of two whole numbers); "
+                                 "refusing to replace it, give another name\n"), err
+    csv.write_text("my notes\n")
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                       "--out", str(csv))
+    assert code == 1 and err == (f"Error: --out {csv}: holds another kind of file, not a Kaggle submission; "
+                                 "refusing to replace it, give another name\n"), err
+
+
+def test_a_replaced_model_is_named_in_one_plain_sentence(capsys, monkeypatch, tmp_path):
+    import gpunet.files.checkpoint
+    from gpunet.files.outputs import describe_model
+
+    out = tmp_path / "model.npz"
+    run_quietly("train", "--device", "cpu", "--epochs", "1", "--val-size", "0", "--out", str(out))
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    assert code == 0 and (f"Replaced the model 784-16-16-10 with no validation accuracy recorded; kept it as "
+                          f"{tmp_path / 'model.previous.npz'}\n") in stdout, stdout
+    monkeypatch.setattr(gpunet.files.checkpoint, "load_metadata", lambda path: {})  # no network, no accuracy
+    assert describe_model(out) == "a gpunet model with no validation accuracy recorded"

@@ -126,25 +126,28 @@ def _zip_kind(path: Path) -> str:
 
 
 def describe_model(path: Path) -> str:
-    """The model at ``path`` in a few words: its architecture and validation accuracy, as its metadata says."""
+    """The model at ``path`` in a few words: its architecture and validation accuracy, as its metadata says
+    ("the model 784-16-16-10, validation accuracy 91.20%"; "a gpunet model with no validation accuracy recorded")."""
     from gpunet.files.checkpoint import load_metadata
 
     try:
         meta = load_metadata(path)
-    except (ModelFileError, *ZIP_ERRORS):
+    except Exception:  # noqa: BLE001 - a file no reader can describe is still named, never a traceback
         return "a gpunet model"
     spec, sizes = meta.get("architecture"), meta.get("layer_sizes")
-    if isinstance(spec, str):
-        network = spec if len(spec) <= 200 and spec.isprintable() and spec.isascii() else "a stack of layers"
+    if isinstance(spec, str) and len(spec) <= 200 and spec.isprintable() and spec.isascii():
+        model = f"the model {spec}"
+    elif isinstance(spec, str):
+        model = "the model of a stack of layers"
     elif isinstance(sizes, list) and all(type(n) is int for n in sizes) and len(sizes) <= 100:
-        network = "-".join(map(str, sizes))
+        model = f"the model {'-'.join(map(str, sizes))}"
     else:
-        network = "a gpunet network"
+        model = "a gpunet model"
     final = meta.get("final_metrics")
     accuracy = final.get("val_accuracy") if isinstance(final, dict) else None
     if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and 0 <= accuracy <= 1:
-        return f"the model {network}, validation accuracy {100 * accuracy:.2f}%"
-    return f"the model {network}, no validation accuracy recorded"
+        return f"{model}, validation accuracy {100 * accuracy:.2f}%"
+    return f"{model} with no validation accuracy recorded"
 
 
 def identity(path: Path):
@@ -208,7 +211,9 @@ def refusal(path: Path, kind: str) -> str | None:
         return f"what it holds cannot be told ({type(error).__name__})"  # from a hostile file): not ours to replace
     if found in (None, kind):
         return None
-    return f"holds {found}, not {kind}"
+    # A kind's own name is said with what was wanted; a near miss ("a file starting ImageId,Label that is not a
+    # Kaggle submission ...") already says what it is not.
+    return f"holds {found}, not {kind}" if found in (MODEL, SUBMISSION, PNG, PROBABILITIES, OTHER) else f"holds {found}"
 
 
 def names_beside(path: Path, tag: str):
