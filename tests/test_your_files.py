@@ -480,3 +480,28 @@ def test_a_replaced_model_is_named_in_one_plain_sentence(capsys, monkeypatch, tm
                           f"{tmp_path / 'model.previous.npz'}\n") in stdout, stdout
     monkeypatch.setattr(gpunet.files.checkpoint, "load_metadata", lambda path: {})  # no network, no accuracy
     assert describe_model(out) == "a gpunet model with no validation accuracy recorded"
+
+
+def test_a_failed_submission_save_says_the_probabilities_were_saved(capsys, monkeypatch, tmp_path, model_bytes):
+    import errno
+
+    from gpunet.files import outputs
+
+    model, data = tmp_path / "model.npz", digits_csv(tmp_path / "test.csv")
+    model.write_bytes(model_bytes)
+    out, probs = tmp_path / "submission.csv", tmp_path / "probs.csv"
+    real_fsync, calls = outputs.fsync_file, []
+
+    def second_fails(path):  # the probabilities' save goes through, the submission's finds the disk full
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(path)
+
+    monkeypatch.setattr(outputs, "fsync_file", second_fails)
+    code, stdout, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                            "--out", str(out), "--probabilities", str(probs))
+    assert code == 1 and err.count("\n") == 1 and "nothing was saved" not in err, err
+    assert err == (f"Error: {out}: could not save the submission: No space left on device; the submission was not "
+                   f"saved (only the probabilities, to {probs}), nothing is at {out}\n"), err
+    assert probs.read_text().startswith("ImageId,p0") and not out.exists()

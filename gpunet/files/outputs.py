@@ -239,7 +239,17 @@ class Saved:
 
 
 class SaveError(GpunetError):
-    """A save that failed (a full disk, a folder gone): the message names the path and says what was kept."""
+    """A save that failed (a full disk, a folder gone): the message names the path and says what was kept, and
+    what the command saved before it (``after``), if anything."""
+
+    def __init__(self, path: Path, noun: str, reason: str, kept: str, saved_before: str | None = None):
+        self.path, self.noun, self.reason, self.kept = path, noun, reason, kept
+        saved = "nothing was saved" if saved_before is None else f"{noun} was not saved (only {saved_before})"
+        super().__init__(f"{path}: could not save {noun}: {reason}; {saved}, {kept}")
+
+    def after(self, saved_before: str) -> "SaveError":
+        """The same failure, in a command that had saved ``saved_before`` (in words: "the probabilities, to p.csv")."""
+        return SaveError(self.path, self.noun, self.reason, self.kept, saved_before)
 
 
 UNCHECKED = object()
@@ -343,7 +353,7 @@ def _save_then(path: Path, save, publish, noun: str):
             tmp.unlink(missing_ok=True)
     except OSError as error:
         kept = f"{path} is as it was" if existed else f"nothing is at {path}"
-        raise SaveError(f"{path}: could not save {noun}: {error.strerror or error}; nothing was saved, {kept}") from None
+        raise SaveError(path, noun, error.strerror or str(error), kept) from None
 
 
 @contextlib.contextmanager

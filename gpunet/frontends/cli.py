@@ -592,10 +592,15 @@ def predict(ctx, models, data, images, as_json, out, probabilities, device, more
     labels = classes[probs.argmax(axis=1)]
     if not STOP_SIGNALS.commit():  # a signal while predicting: neither --out nor --probabilities is replaced
         raise KeyboardInterrupt
+    saved_before = None
     if probabilities is not None:
         saved = write_result(probabilities, PROBABILITIES, probabilities_csv(probs), "the probabilities")
         click.echo(f"Wrote the probabilities of {plural(len(probs), 'digit')} to {saved}")
-    saved = write_result(out, SUBMISSION, submission_csv(labels), "the submission")
+        saved_before = f"the probabilities, to {saved}"
+    try:
+        saved = write_result(out, SUBMISSION, submission_csv(labels), "the submission")
+    except SaveError as error:
+        raise (error if saved_before is None else error.after(saved_before)) from None
     mean = f" (the mean of {len(models)} models' probabilities)" if len(models) > 1 else ""
     click.echo(f"Wrote {plural(len(labels), 'prediction')} to {saved}{mean}")
     if note := STOP_SIGNALS.late_note():
