@@ -378,7 +378,8 @@ def test_plot_never_replaces_a_file_of_its_names_that_is_no_image(capsys, tmp_pa
     folder.mkdir()
     (folder / "learning_curves.png").write_text("my notes")
     code, _, err = run(capsys, "plot", "--model", str(model), "--out", str(folder))
-    assert code == 1 and "learning_curves.png there is not a PNG image" in err and err.count("\n") == 1, err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "learning_curves.png there holds another kind of file, not a PNG image; refusing to replace it" in err
     assert (folder / "learning_curves.png").read_text() == "my notes"
     assert sorted(p.name for p in folder.iterdir()) == ["learning_curves.png"]
 
@@ -493,3 +494,49 @@ def test_the_command_lines_plot_kinds_are_the_plots_kinds():
     from gpunet.frontends.cli import PLOT_KINDS
 
     assert [kind.replace("-", "_") for kind in PLOT_KINDS] == list(plots.KINDS)
+
+
+# -- issue 17 review: plots ask outputs.py's rule, before the work and again just before each rename -----------------
+def test_plot_never_replaces_a_write_protected_png(capsys, trained, tmp_path):
+    _, model = trained
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    png = folder / "learning_curves.png"
+    Image.new("L", (4, 4)).save(png)
+    before = png.read_bytes()
+    png.chmod(0o444)
+    code, stdout, err = run(capsys, "plot", "--model", str(model), "--out", str(folder), "--kind", "learning-curves")
+    assert code == 1 and err.count("\n") == 1 and "learning_curves.png there is write-protected" in err, err
+    assert png.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["learning_curves.png"]
+
+
+def test_a_file_appearing_at_a_plot_while_it_is_drawn_is_kept(capsys, monkeypatch, trained, tmp_path):
+    _, model = trained
+    folder = tmp_path / "plots"
+    notes = folder / "learning_curves.png"
+    real_draw = plots.learning_curves
+
+    def draw_then_notes_appear(*args):
+        figure = real_draw(*args)
+        notes.write_text("my notes")  # after the check before the work, before the rename
+        return figure
+
+    monkeypatch.setattr(plots, "learning_curves", draw_then_notes_appear)
+    code, stdout, err = run(capsys, "plot", "--model", str(model), "--out", str(folder), "--kind", "learning-curves")
+    assert code == 1 and err.count("\n") == 1 and str(notes) in err and "refusing to replace it" in err, err
+    assert notes.read_text() == "my notes" and sorted(p.name for p in folder.iterdir()) == ["learning_curves.png"]
+
+
+def test_plot_removes_the_temporary_files_a_killed_process_left(capsys, trained, tmp_path):
+    from gpunet.files.outputs import HOST
+
+    _, model = trained
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    dead = 2 ** 22 + 1  # above Linux's largest process id: no process has it
+    left = [folder / f".gpunet-{HOST}-{dead}-abcdefgh.new", folder / f"..gpunet-{HOST}-{dead}-abcdefgh.new.xyz.tmp"]
+    for path in left:
+        path.write_bytes(b"half a PNG")
+    code, _, err = run(capsys, "plot", "--model", str(model), "--out", str(folder), "--kind", "learning-curves")
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["learning_curves.png"]

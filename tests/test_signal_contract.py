@@ -64,6 +64,16 @@ if hook == "after main":  # the process's own entry point, then a signal once it
     from gpunet.__main__ import run
     run()
     signal.raise_signal(number)
+elif hook == "at shutdown":  # a signal from a finalizer run as the interpreter tears its modules down: by then
+    import os                # Python has put SIG_DFL back in place of its own handlers
+
+    class LateFinalizer:
+        def __del__(self):
+            os.kill(os.getpid(), number)
+
+    cli.late_finalizer = LateFinalizer()
+    from gpunet.__main__ import run
+    run()
 else:
     cli.main(sys.argv[1:])
 """
@@ -96,7 +106,7 @@ def test_ctrl_c_landing_in_a_finalizer_still_stops_the_run(tmp_path, model_bytes
 
 # -- finding 8: exit 130/143 after the completed model had replaced --out -------------------------------------------
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("hook", ["during save", "after save", "after main"])
+@pytest.mark.parametrize("hook", ["during save", "after save", "after main", "at shutdown"])
 def test_a_signal_once_the_save_has_begun_exits_0_and_says_it_saved(tmp_path, model_bytes, hook, name):
     out = tmp_path / "model.npz"
     out.write_bytes(model_bytes)
@@ -105,7 +115,7 @@ def test_a_signal_once_the_save_has_begun_exits_0_and_says_it_saved(tmp_path, mo
     assert proc.stdout.rstrip().endswith(f"saved {out}") and "Aborted" not in proc.stderr, proc.stderr[-2000:]
     assert load_model(out)[1]["training"]["seed"] == 4  # replaced, and said so
     assert (tmp_path / "model.previous.npz").read_bytes() == model_bytes
-    if hook != "after main":
+    if hook not in ("after main", "at shutdown"):
         assert f"Note: {name} came while the result was being saved; it is saved, exit 0" in proc.stderr
 
 
@@ -159,3 +169,75 @@ def test_a_signal_while_predict_reads_replaces_nothing_and_exits_143(capsys, mon
     assert code == 143 and err.strip() == "Aborted." and stdout == "", err
     assert out.read_text() == "ImageId,Label\n1,7\n" and sorted(p.name for p in tmp_path.iterdir()) == [
         "model.npz", "submission.csv", "test.csv"]
+
+
+# -- review of issue 17: commands that write nothing stop at once (Ctrl-C no longer waited for the end) ------------
+def signal_once(monkeypatch, owner, name, number=signal.SIGINT):
+    """Make ``owner.name`` send the process ``number`` the first time it is called, then do its work."""
+    real = getattr(owner, name)
+    sent = []
+
+    def send_then_work(*args, **kwargs):
+        if not sent:
+            sent.append(True)
+            signal.raise_signal(number)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, send_then_work)
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_evaluate_stops_at_once_on_a_signal(capsys, monkeypatch, tmp_path, model_bytes, name):
+    from gpunet.frontends import cli
+    from tests.conftest import run
+    from gpunet.files.data import load_sample
+
+    model = tmp_path / "model.npz"
+    model.write_bytes(model_bytes)
+    sample = load_sample()
+    data = tmp_path / "other.csv"  # labeled digits, not the model's training data
+    data.write_text("\n".join(["label," + ",".join(f"pixel{i}" for i in range(784))] + [
+        ",".join(map(str, [label, *row])) for label, row in zip(sample.labels[-40:], sample.images[-40:])]) + "\n")
+    signal_once(monkeypatch, cli, "predict_labels", getattr(signal, name))  # while evaluating
+    code, stdout, err = run(capsys, "evaluate", "--device", "cpu", "--model", str(model), "--data", str(data))
+    assert code == 128 + getattr(signal, name) and err.strip() == "Aborted.", err
+    assert "accuracy" not in stdout and "Confusion" not in stdout, stdout  # stopped, not run to the end
+
+
+def test_predict_image_stops_at_once_on_a_signal(capsys, monkeypatch, tmp_path, model_bytes):
+    import numpy as np
+
+    import gpunet.frontends.images
+    from tests.conftest import run
+
+    model = tmp_path / "model.npz"
+    model.write_bytes(model_bytes)
+    monkeypatch.setattr(gpunet.frontends.images, "load_digit", lambda path: np.zeros(784))
+    signal_once(monkeypatch, gpunet.frontends.images, "load_digit")
+    code, stdout, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--image", "a.png", "b.png")
+    assert code == 130 and err.strip() == "Aborted." and stdout == "", (stdout, err)
+
+
+def test_predict_stops_at_once_while_it_reads_and_replaces_nothing(capsys, monkeypatch, tmp_path, model_bytes):
+    import gpunet.files.data
+    import gpunet.nn.ensemble
+    from tests.conftest import run
+    from tests.test_your_files import digits_csv
+
+    model, out = tmp_path / "model.npz", tmp_path / "submission.csv"
+    model.write_bytes(model_bytes)
+    out.write_text("ImageId,Label\n1,7\n")
+    data = digits_csv(tmp_path / "test.csv")
+    reached = []
+    real_probabilities = gpunet.nn.ensemble.Ensemble.probabilities
+
+    def probabilities(self, images):
+        reached.append(True)
+        return real_probabilities(self, images)
+
+    monkeypatch.setattr(gpunet.nn.ensemble.Ensemble, "probabilities", probabilities)
+    signal_once(monkeypatch, gpunet.files.data, "load_digits")  # reading: nothing written yet
+    code, stdout, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                            "--out", str(out))
+    assert code == 130 and err.strip() == "Aborted." and stdout == "" and not reached, err  # stopped in the read
+    assert out.read_text() == "ImageId,Label\n1,7\n"

@@ -96,6 +96,41 @@ def test_an_npz_with_metadata_appearing_at_out_during_training_is_kept(capsys, m
     assert load_model(beside)[1]["stop_reason"] == "completed"
 
 
+def hostile_reader(monkeypatch, error):
+    """Make the model reader fail on any file with ``error`` (not an OSError): a file built to break it."""
+    import gpunet.files.checkpoint
+
+    def load_metadata(path, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(gpunet.files.checkpoint, "load_metadata", load_metadata)
+
+
+@pytest.mark.parametrize("error", [RecursionError("maximum recursion depth exceeded"), GpunetError("hostile")])
+def test_a_file_whose_kind_cannot_be_told_appearing_at_out_during_training_is_kept(capsys, monkeypatch, tmp_path,
+                                                                                   error):
+    out = tmp_path / "model.npz"
+    hostile = b"PK\x03\x04 a zip that breaks the reader"
+    hostile_reader(monkeypatch, error)
+    train_then(monkeypatch, lambda: out.write_bytes(hostile))
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    beside = tmp_path / "model.completed.npz"
+    assert code == 0 and "Traceback" not in err and "a file gpunet does not replace" in err, err
+    assert str(beside) in err and f"saved {beside}" in stdout, stdout
+    assert out.read_bytes() == hostile and load_model(beside)[1]["stop_reason"] == "completed"
+
+
+@pytest.mark.parametrize("error", [RecursionError("maximum recursion depth exceeded"), GpunetError("hostile")])
+def test_a_file_whose_kind_cannot_be_told_is_refused_before_any_work_in_one_line(capsys, monkeypatch, tmp_path,
+                                                                                 error):
+    out = tmp_path / "model.npz"
+    out.write_bytes(b"PK\x03\x04 a zip that breaks the reader")
+    hostile_reader(monkeypatch, error)
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(out) in err and "cannot be told" in err and "refusing to replace it" in err and stdout == "", err
+
+
 # -- finding 2: predict replaced any file starting ImageId,Label --------------------------------------------------
 @pytest.mark.parametrize("content", [b"ImageId,LabelerName,Hours,Notes\n1,alice,3,x\n",  # as the issue writes it
                                      b"ImageId,Label\n1,alice\n", b"ImageId,Label,Notes\n1,7,x\n",
@@ -122,6 +157,37 @@ def test_predict_replaces_a_submission_of_whole_numbers(capsys, tmp_path, model_
                        "--out", str(out))
     assert code == 0 and err == "", err
     assert len(out.read_text().splitlines()) == 41 and hidden_files(tmp_path) == []
+
+
+PROBABILITIES_HEADER = b"ImageId,p0,p1,p2,p3,p4,p5,p6,p7,p8,p9"
+
+
+@pytest.mark.parametrize("content", [PROBABILITIES_HEADER + b"\n# my notes\n",  # as the reviewer wrote it
+                                     PROBABILITIES_HEADER + b",notes\n1,0,0,0,0,0,0,0,0,0,1,x\n",
+                                     PROBABILITIES_HEADER + b"\n1,0.5,0.5,0,0,0,0,0,0,0\n",  # nine numbers
+                                     PROBABILITIES_HEADER + b"\n1,0.5,0.5,0,0,0,0,0,0,0,zero\n",
+                                     PROBABILITIES_HEADER + b"\n1.5,1,0,0,0,0,0,0,0,0,0\n"])
+def test_probabilities_refuses_a_file_that_only_starts_like_one(capsys, tmp_path, model_bytes, content):
+    model = tmp_path / "model.npz"
+    model.write_bytes(model_bytes)
+    data = digits_csv(tmp_path / "test.csv")
+    probs = tmp_path / "probs.csv"
+    probs.write_bytes(content)
+    code, stdout, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                            "--out", str(tmp_path / "submission.csv"), "--probabilities", str(probs))
+    assert code == 1 and err.count("\n") == 1 and "refusing to replace it" in err and str(probs) in err, err
+    assert probs.read_bytes() == content and stdout == "" and not (tmp_path / "submission.csv").exists()
+
+
+def test_probabilities_replaces_a_file_of_a_whole_number_and_ten_decimal_numbers_a_row(tmp_path):
+    from gpunet.files import outputs
+
+    probs = tmp_path / "probs.csv"
+    probs.write_bytes(PROBABILITIES_HEADER + b"\r\n1,0.25,0.75,0,0,0,0,0,0,1e-05,5e-324\r\n2,1.0,0,0,0,0,0,0,0,0,0")
+    assert outputs.check_out_path("--probabilities", probs, outputs.PROBABILITIES) == probs
+    probs.write_bytes(PROBABILITIES_HEADER + b"\n" + b"1,1,0,0,0,0,0,0,0,0,0\n" * (outputs.SUBMISSION_LIMIT // 22))
+    with pytest.raises(GpunetError, match="too large to be a file of class probabilities"):
+        outputs.check_out_path("--probabilities", probs, outputs.PROBABILITIES)  # read with the submission's bound
 
 
 def test_a_submission_too_large_to_check_is_refused(tmp_path):
@@ -378,3 +444,64 @@ def test_the_save_flushes_the_file_before_the_rename_and_the_folder_after(capsys
     temporary = events[final][1]
     assert ("fsync", temporary) in events[:final], events  # the complete file is on the disk before it is named
     assert ("fsync", "folder") in events[final + 1:], events  # and so is its name, after
+
+
+# -- review of issue 17: refusals say each thing once; a failed save says what was saved -----------------------------
+def test_refusals_say_what_the_file_holds_once(capsys, tmp_path, model_bytes):
+    out = tmp_path / "m.npz"
+    np.savez(out, metadata=np.array('{"run": 42}'))
+    code, _, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    assert code == 1 and err == (f"Error: --out {out}: holds a zip archive that is not a gpunet model this version "
+                                 "reads; refusing to replace it, give another name\n"), err
+    model, data = tmp_path / "model.npz", digits_csv(tmp_path / "test.csv")
+    model.write_bytes(model_bytes)
+    csv = tmp_path / "log.csv"
+    csv.write_text("ImageId,Label,Notes\n1,7,x\n")
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                       "--out", str(csv))
+    assert code == 1 and err == (f"Error: --out {csv}: holds a file starting ImageId,Label that is not a Kaggle "
+                                 "submission (a header of exactly ImageId,Label, then rows of two whole numbers); "
+                                 "refusing to replace it, give another name\n"), err
+    csv.write_text("my notes\n")
+    code, _, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                       "--out", str(csv))
+    assert code == 1 and err == (f"Error: --out {csv}: holds another kind of file, not a Kaggle submission; "
+                                 "refusing to replace it, give another name\n"), err
+
+
+def test_a_replaced_model_is_named_in_one_plain_sentence(capsys, monkeypatch, tmp_path):
+    import gpunet.files.checkpoint
+    from gpunet.files.outputs import describe_model
+
+    out = tmp_path / "model.npz"
+    run_quietly("train", "--device", "cpu", "--epochs", "1", "--val-size", "0", "--out", str(out))
+    code, stdout, err = run(capsys, "train", "--device", "cpu", "--epochs", "1", "--out", str(out))
+    assert code == 0 and (f"Replaced the model 784-16-16-10 with no validation accuracy recorded; kept it as "
+                          f"{tmp_path / 'model.previous.npz'}\n") in stdout, stdout
+    monkeypatch.setattr(gpunet.files.checkpoint, "load_metadata", lambda path: {})  # no network, no accuracy
+    assert describe_model(out) == "a gpunet model with no validation accuracy recorded"
+
+
+def test_a_failed_submission_save_says_the_probabilities_were_saved(capsys, monkeypatch, tmp_path, model_bytes):
+    import errno
+
+    from gpunet.files import outputs
+
+    model, data = tmp_path / "model.npz", digits_csv(tmp_path / "test.csv")
+    model.write_bytes(model_bytes)
+    out, probs = tmp_path / "submission.csv", tmp_path / "probs.csv"
+    real_fsync, calls = outputs.fsync_file, []
+
+    def second_fails(path):  # the probabilities' save goes through, the submission's finds the disk full
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(path)
+
+    monkeypatch.setattr(outputs, "fsync_file", second_fails)
+    code, stdout, err = run(capsys, "predict", "--device", "cpu", "--model", str(model), "--data", str(data),
+                            "--out", str(out), "--probabilities", str(probs))
+    assert code == 1 and err.count("\n") == 1 and "nothing was saved" not in err, err
+    assert err == (f"Error: {out}: could not save the submission: No space left on device; the submission was not "
+                   f"saved (only the probabilities, to {probs}), nothing is at {out}\n"), err
+    assert probs.read_text().startswith("ImageId,p0") and not out.exists()

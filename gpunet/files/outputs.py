@@ -5,7 +5,9 @@ The rules (README, "Your files are safe"):
 * A command replaces only a file of the kind it writes, told by its content (``kind_of``): ``train`` a
   gpunet model (a file whose metadata carries gpunet's format marker and a version this gpunet reads, not
   any zip with a ``metadata`` member), ``predict`` a Kaggle submission (a header of exactly ``ImageId,Label``
-  and rows of two whole numbers), and at ``--probabilities`` a file of class probabilities (``ImageId,p0,...,p9``). Anything else at ``--out`` is refused before any work, as is an ``--out``
+  and rows of two whole numbers), and at ``--probabilities`` a file of class probabilities (a header of exactly
+  ``ImageId,p0,...,p9`` and rows of a whole number and ten decimal numbers); both read whole within one bound.
+  Anything else at ``--out`` is refused before any work, as is an ``--out``
   that is one of the command's inputs; it is checked again just before the rename (``save_replacing_only``):
   a file that appeared meanwhile (another kind, or a write-protected or unreadable one) is kept, the new
   file goes beside it.
@@ -45,10 +47,22 @@ from gpunet.errors import GpunetError, ModelFileError
 
 MODEL, SUBMISSION, PNG = "a gpunet model", "a Kaggle submission", "a PNG image"
 SUBMISSION_HEADER = b"ImageId,Label"
-# A submission is read whole to be recognised, up to this many bytes (some 1.5 million rows; Kaggle's has 28,000).
+# A submission or a probabilities file is read whole to be recognised, up to this many bytes (some 1.5 million
+# submission rows, some 70,000 probability rows; Kaggle's test set has 28,000 digits).
 SUBMISSION_LIMIT = 16 << 20
-SUBMISSION_ROWS = re.compile(rb"ImageId,Label\r?\n(?:[0-9]{1,18},[0-9]{1,18}\r?\n)*(?:[0-9]{1,18},[0-9]{1,18}\r?)?")
 PROBABILITIES = "a file of class probabilities"
+OTHER = "another kind of file"
+
+
+def _csv_rule(header: bytes, row: bytes) -> re.Pattern:
+    """The whole file: ``header`` alone on its first line, then lines that each match ``row`` (\\n or \\r\\n ends,
+    the last line's end optional)."""
+    return re.compile(re.escape(header) + rb"\r?\n(?:" + row + rb"\r?\n)*(?:" + row + rb"\r?)?")
+
+
+WHOLE_NUMBER = rb"[0-9]{1,18}"
+DECIMAL_NUMBER = rb"[0-9]{1,25}(?:\.[0-9]{0,25})?(?:[eE][-+]?[0-9]{1,3})?"  # as Python writes a float: 0.25, 1e-05
+SUBMISSION_ROWS = _csv_rule(SUBMISSION_HEADER, WHOLE_NUMBER + b"," + WHOLE_NUMBER)
 HEAD_BYTES = 64  # as much of a file as its kind is told from: the probabilities header (39 bytes) fits
 MAX_BESIDE = 100  # model.interrupted.npz, model.interrupted-2.npz, ...
 PREVIOUS = "previous"  # model.previous.npz: the model a completed run replaced
@@ -60,31 +74,44 @@ HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 TEMPORARY = re.compile(r"\.{1,2}gpunet-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-.*\.(?:new|tmp)")
 
 
+def probabilities_header(classes: int = 10) -> str:
+    """The first line of ``predict --probabilities``'s CSV: ImageId,p0,...,p9 (p_k: the probability of class k)."""
+    return ",".join(["ImageId", *(f"p{k}" for k in range(classes))])
+
+
+PROBABILITIES_HEADER = probabilities_header().encode()
+PROBABILITIES_ROWS = _csv_rule(PROBABILITIES_HEADER, WHOLE_NUMBER + (b"," + DECIMAL_NUMBER) * 10)
+# (kind, its header, the rule its whole content follows), for the CSV files gpunet writes
+CSV_KINDS = ((PROBABILITIES, PROBABILITIES_HEADER, PROBABILITIES_ROWS),
+             (SUBMISSION, SUBMISSION_HEADER, SUBMISSION_ROWS))
+
+
 def kind_of(path: Path) -> str | None:
     """What the file at ``path`` holds, in words; None where it is empty (nothing to lose)."""
     with open(path, "rb") as f:
         head = f.read(HEAD_BYTES)
         if not head:
             return None
-        if holds_probabilities(head):
-            return PROBABILITIES
-        if head.startswith(SUBMISSION_HEADER):
-            return _submission_kind(head + f.read(SUBMISSION_LIMIT))
+        for kind, header, rows in CSV_KINDS:  # the probabilities header starts ImageId too: tried first
+            if head.startswith(header):
+                return _csv_kind(head + f.read(SUBMISSION_LIMIT), kind, header, rows)
     if head.startswith(b"\x89PNG"):
         return PNG
     if head.startswith(b"PK"):
         return _zip_kind(path)
-    return "another kind of file"
+    return OTHER
 
 
-def _submission_kind(content: bytes) -> str:
-    """SUBMISSION for a header of exactly ImageId,Label, then rows of two whole numbers, all within the bound."""
+def _csv_kind(content: bytes, kind: str, header: bytes, rows: re.Pattern) -> str:
+    """``kind`` where the whole ``content`` (within the bound) follows ``rows``: the header exactly, then its rows."""
+    start = header.decode()
     if len(content) > SUBMISSION_LIMIT:
-        return f"a file starting ImageId,Label too large to be a Kaggle submission (over {SUBMISSION_LIMIT >> 20} MiB)"
-    if SUBMISSION_ROWS.fullmatch(content) is None:
-        return "a file starting ImageId,Label that is not a Kaggle submission (a header of exactly ImageId,Label, " \
-               "then rows of two whole numbers)"
-    return SUBMISSION
+        return f"a file starting {start} too large to be {kind} (over {SUBMISSION_LIMIT >> 20} MiB)"
+    if rows.fullmatch(content) is None:
+        what = ("rows of two whole numbers" if kind == SUBMISSION else
+                "rows of a whole number and ten decimal numbers")
+        return f"a file starting {start} that is not {kind} (a header of exactly {start}, then {what})"
+    return kind
 
 
 def _zip_kind(path: Path) -> str:
@@ -99,25 +126,28 @@ def _zip_kind(path: Path) -> str:
 
 
 def describe_model(path: Path) -> str:
-    """The model at ``path`` in a few words: its architecture and validation accuracy, as its metadata says."""
+    """The model at ``path`` in a few words: its architecture and validation accuracy, as its metadata says
+    ("the model 784-16-16-10, validation accuracy 91.20%"; "a gpunet model with no validation accuracy recorded")."""
     from gpunet.files.checkpoint import load_metadata
 
     try:
         meta = load_metadata(path)
-    except (ModelFileError, *ZIP_ERRORS):
+    except Exception:  # noqa: BLE001 - a file no reader can describe is still named, never a traceback
         return "a gpunet model"
     spec, sizes = meta.get("architecture"), meta.get("layer_sizes")
-    if isinstance(spec, str):
-        network = spec if len(spec) <= 200 and spec.isprintable() and spec.isascii() else "a stack of layers"
+    if isinstance(spec, str) and len(spec) <= 200 and spec.isprintable() and spec.isascii():
+        model = f"the model {spec}"
+    elif isinstance(spec, str):
+        model = "the model of a stack of layers"
     elif isinstance(sizes, list) and all(type(n) is int for n in sizes) and len(sizes) <= 100:
-        network = "-".join(map(str, sizes))
+        model = f"the model {'-'.join(map(str, sizes))}"
     else:
-        network = "a gpunet network"
+        model = "a gpunet model"
     final = meta.get("final_metrics")
     accuracy = final.get("val_accuracy") if isinstance(final, dict) else None
     if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and 0 <= accuracy <= 1:
-        return f"the model {network}, validation accuracy {100 * accuracy:.2f}%"
-    return f"the model {network}, no validation accuracy recorded"
+        return f"{model}, validation accuracy {100 * accuracy:.2f}%"
+    return f"{model} with no validation accuracy recorded"
 
 
 def identity(path: Path):
@@ -127,17 +157,6 @@ def identity(path: Path):
     except FileNotFoundError:
         return None
     return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
-
-
-def probabilities_header(classes: int = 10) -> str:
-    """The first line of ``predict --probabilities``'s CSV: ImageId,p0,...,p9 (p_k: the probability of class k)."""
-    return ",".join(["ImageId", *(f"p{k}" for k in range(classes))])
-
-
-def holds_probabilities(head: bytes) -> bool:
-    """Whether a file's first bytes are the probabilities header, a whole line of it."""
-    header = probabilities_header().encode()
-    return head.startswith(header + b"\n") or head.startswith(header + b"\r\n")
 
 
 def check_out_path(option: str, path: Path, kind: str, **inputs) -> Path:
@@ -155,18 +174,9 @@ def check_out_path(option: str, path: Path, kind: str, **inputs) -> Path:
             if source is not None and path.exists() and source.exists() and os.path.samefile(path, source):
                 raise GpunetError(f"{option} {path}: is the --{name} file; writing it would destroy it, "
                                   "give another name")
-    if path.is_symlink():  # replacing it would replace the link, not the file it points to: say so instead
-        raise GpunetError(f"{option} {path}: is a symbolic link; give the name of a file, not a link")
-    if path.exists():
-        mode = path.stat().st_mode
-        if not stat.S_ISREG(mode):  # a device, a FIFO, a socket: never replaced by a file
-            raise GpunetError(f"{option} {path}: is not a regular file; refusing to replace it, give another name")
-        if not mode & 0o222:  # root could replace it anyway; the user marked it read-only
-            raise GpunetError(f"{option} {path}: is write-protected; refusing to replace it, give another name")
-        found = kind_of(path)
-        if found not in (None, kind):
-            raise GpunetError(f"{option} {path}: holds {found}, not {kind}; refusing to replace it, "
-                              "give another name")
+    reason = refusal(path, kind)
+    if reason is not None:
+        raise GpunetError(f"{option} {path}: {reason}; refusing to replace it, give another name")
     try:
         # As long a name as the longest that may be written: a failed run's model.interrupted-100.npz.
         check_writable(path.parent, f"{path.stem}.interrupted-{MAX_BESIDE}{path.suffix}")
@@ -177,6 +187,33 @@ def check_out_path(option: str, path: Path, kind: str, **inputs) -> Path:
                               f"characters a failed run's name adds ({beside}); give a shorter name") from None
         raise GpunetError(f"{option} {path}: cannot write in folder '{path.parent}' ({error.strerror or error})") from None
     return path
+
+
+def refusal(path: Path, kind: str) -> str | None:
+    """Why a file of ``kind`` may not take the place of what is at ``path``, in words; None where it may (nothing
+    there, an empty file, or a file of ``kind``). The one rule every writer asks, before its work and again just
+    before its rename (``save_replacing_only``)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):  # replacing it would replace the link, not the file it points to
+        return "is a symbolic link, not a file"
+    if not stat.S_ISREG(mode):  # a folder, a device, a FIFO, a socket: never replaced by a file
+        return "is not a regular file"
+    if not mode & 0o222:  # root could replace it anyway; the user marked it read-only
+        return "is write-protected"
+    try:
+        found = kind_of(path)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error}), so what it holds cannot be told"
+    except Exception as error:  # noqa: BLE001 - any failure to tell a file's kind (a RecursionError, a GpunetError
+        return f"what it holds cannot be told ({type(error).__name__})"  # from a hostile file): not ours to replace
+    if found in (None, kind):
+        return None
+    # A kind's own name is said with what was wanted; a near miss ("a file starting ImageId,Label that is not a
+    # Kaggle submission ...") already says what it is not.
+    return f"holds {found}, not {kind}" if found in (MODEL, SUBMISSION, PNG, PROBABILITIES, OTHER) else f"holds {found}"
 
 
 def names_beside(path: Path, tag: str):
@@ -202,7 +239,17 @@ class Saved:
 
 
 class SaveError(GpunetError):
-    """A save that failed (a full disk, a folder gone): the message names the path and says what was kept."""
+    """A save that failed (a full disk, a folder gone): the message names the path and says what was kept, and
+    what the command saved before it (``after``), if anything."""
+
+    def __init__(self, path: Path, noun: str, reason: str, kept: str, saved_before: str | None = None):
+        self.path, self.noun, self.reason, self.kept = path, noun, reason, kept
+        saved = "nothing was saved" if saved_before is None else f"{noun} was not saved (only {saved_before})"
+        super().__init__(f"{path}: could not save {noun}: {reason}; {saved}, {kept}")
+
+    def after(self, saved_before: str) -> "SaveError":
+        """The same failure, in a command that had saved ``saved_before`` (in words: "the probabilities, to p.csv")."""
+        return SaveError(self.path, self.noun, self.reason, self.kept, saved_before)
 
 
 UNCHECKED = object()
@@ -251,7 +298,7 @@ def save_replacing_only(path: Path, kind: str, tag: str, save, *, found_at_start
 
     def _beside(tmp: Path, reason: str) -> Saved:
         if refuse:
-            raise GpunetError(f"{path}: {reason}; refusing to replace it, give another name")
+            raise GpunetError(f"{reason}; refusing to replace it, give another name")  # the reason names the path
         return Saved(_publish_at_free_name(tmp, path, tag), beside_because=reason)
 
     return _save_then(path, save, publish, noun)
@@ -279,18 +326,10 @@ def _keep_as_previous(path: Path, previous: Path) -> None:
 def _holds(path: Path, kind: str) -> bool:
     """Whether replacing ``path`` loses nothing but a file of ``kind``: nothing there, an empty file, or that kind.
 
-    As ``check_out_path`` rules at the start: a link, a folder, a FIFO, a write-protected file, and one that
-    cannot be read (so its kind cannot be told) are never replaced."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return True
-    if not stat.S_ISREG(mode) or not mode & 0o222:
-        return False
-    try:
-        return kind_of(path) in (None, kind)
-    except OSError:  # unreadable: the model goes beside it rather than lost with a failed save
-        return False
+    As ``check_out_path`` rules at the start (``refusal``): a link, a folder, a FIFO, a write-protected file, and
+    one whose kind cannot be told (unreadable, or a reader fails on it in any way) are never replaced: the new
+    file goes beside it, never lost with a failed save."""
+    return refusal(path, kind) is None
 
 
 def _save_then(path: Path, save, publish, noun: str):
@@ -314,7 +353,7 @@ def _save_then(path: Path, save, publish, noun: str):
             tmp.unlink(missing_ok=True)
     except OSError as error:
         kept = f"{path} is as it was" if existed else f"nothing is at {path}"
-        raise SaveError(f"{path}: could not save {noun}: {error.strerror or error}; nothing was saved, {kept}") from None
+        raise SaveError(path, noun, error.strerror or str(error), kept) from None
 
 
 @contextlib.contextmanager

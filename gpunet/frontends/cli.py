@@ -41,7 +41,11 @@ class StopSignals:
     nothing (``stop_if_asked``): the training loop between steps, ``train`` once more just before it saves,
     ``predict`` and ``plot`` before they write, ``serve`` between requests. From ``commit()`` on, a command
     replaces its output and finishes: a signal then is only reported (``late``) and the exit code is 0. So exit
-    130 or 143 always means that ``--out`` was not replaced. A signal the parent process ignores stays ignored."""
+    130 or 143 always means that ``--out`` was not replaced. A signal the parent process ignores stays ignored.
+
+    Where there is nothing to protect (``stop_at_once``: ``evaluate``, ``info``, ``predict --image``, and ``predict``
+    and ``plot`` while they read), the handler notes the signal and raises KeyboardInterrupt too, so that the
+    command stops at once; where that lands in a finalizer and is lost, the note still ends the command as asked."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -52,14 +56,24 @@ class StopSignals:
         self.received = None  # the signal that asked to stop, before the commit
         self.late = None  # a signal that came after the commit: reported, changes nothing
         self.committed, self.restoring, self.forward = False, False, None
+        self.at_once = False  # nothing to protect: stop where the signal lands
 
     def handle(self, signum, frame) -> None:
         if self.restoring:  # the command is over: the signal is the previous handler's, once it is back
             self.forward = self.forward or signum
         elif self.committed:
             self.late = self.late or signum
-        elif self.received is None:
-            self.received = signum
+        else:
+            self.received = self.received or signum
+            if self.at_once:
+                raise KeyboardInterrupt
+
+    def stop_at_once(self) -> None:
+        """Until ``commit()``, the command has written nothing and has nothing to protect: a signal stops it where
+        it lands (a long read, a long evaluation), exit 128 + the signal's number."""
+        self.at_once = True
+        if self.received is not None:
+            raise KeyboardInterrupt
 
     def asked(self) -> bool:
         """Whether a signal has asked the command to stop (before its commit)."""
@@ -77,7 +91,7 @@ class StopSignals:
     def commit(self) -> bool:
         """The command is about to replace its output: False where a signal asked to stop before now (the caller
         then replaces nothing); else True, and from now on signals only are reported."""
-        self.committed = True  # a signal handled from this line on is late; one handled before is ``received``
+        self.committed, self.at_once = True, False  # a signal handled from here on is late; before, ``received``
         return self.received is None
 
     def exit_code(self) -> int:
@@ -562,6 +576,7 @@ def predict(ctx, models, data, images, as_json, out, probabilities, device, more
             raise click.UsageError("--out goes with --data; with --image the labels are printed (--json for JSON)")
         if probabilities is not None:
             raise click.UsageError("--probabilities goes with --data; with --image, --json prints the probabilities")
+        STOP_SIGNALS.stop_at_once()  # it only prints
         return predict_images(models, images + more_images, as_json, device)
     if data is None:
         raise click.UsageError("give --data FILE (digits to label) or --image FILE... (your own images)")
@@ -572,6 +587,7 @@ def predict(ctx, models, data, images, as_json, out, probabilities, device, more
     out = check_out_path("--out", out, SUBMISSION, data=data, model=models)
     if probabilities is not None:
         check_out_path("--probabilities", probabilities, PROBABILITIES, data=data, model=models)
+    STOP_SIGNALS.stop_at_once()  # reading and labelling write nothing: stop at once, until the commit
     backend = backend_for(device)
     # p0..p9 name the digits: the probabilities of models of other classes have no column names here
     ensemble, classes = load_ensemble(models, backend, digit_classes=probabilities is not None)
@@ -580,10 +596,15 @@ def predict(ctx, models, data, images, as_json, out, probabilities, device, more
     labels = classes[probs.argmax(axis=1)]
     if not STOP_SIGNALS.commit():  # a signal while predicting: neither --out nor --probabilities is replaced
         raise KeyboardInterrupt
+    saved_before = None
     if probabilities is not None:
         saved = write_result(probabilities, PROBABILITIES, probabilities_csv(probs), "the probabilities")
         click.echo(f"Wrote the probabilities of {plural(len(probs), 'digit')} to {saved}")
-    saved = write_result(out, SUBMISSION, submission_csv(labels), "the submission")
+        saved_before = f"the probabilities, to {saved}"
+    try:
+        saved = write_result(out, SUBMISSION, submission_csv(labels), "the submission")
+    except SaveError as error:
+        raise (error if saved_before is None else error.after(saved_before)) from None
     mean = f" (the mean of {len(models)} models' probabilities)" if len(models) > 1 else ""
     click.echo(f"Wrote {plural(len(labels), 'prediction')} to {saved}{mean}")
     if note := STOP_SIGNALS.late_note():
@@ -708,6 +729,7 @@ def plot(model, data, out_dir, kinds):
     require_matplotlib()
     network, meta = load_network(model, CpuBackend())  # read once; a model of other inputs is one line, here
     prepare_out_dir(out_dir, kinds=kinds)
+    STOP_SIGNALS.stop_at_once()  # reading the digits writes nothing: stop at once, until the commit
     needs_digits = any(kind in NEED_DIGITS for kind in kinds)
     digits = load_digits(data, labeled=True) if data is not None and needs_digits else None
     if not STOP_SIGNALS.commit():  # a signal while reading: no plot is replaced
@@ -766,6 +788,7 @@ def evaluate(models, data, device):
     from gpunet.files.checkpoint import load_metadata
     from gpunet.files.data import load_digits
 
+    STOP_SIGNALS.stop_at_once()  # it only prints
     backend = backend_for(device)
     ensemble, _ = load_ensemble(models, backend)
     network = ensemble if len(models) > 1 else ensemble.networks[0]  # one model: scored as it always was
@@ -874,6 +897,7 @@ def info(compile_kernels):
     from gpunet.backends import cuda as backend_cuda
     from gpunet.backends.cpu import CpuBackend
 
+    STOP_SIGNALS.stop_at_once()  # it only prints
     click.echo(f"gpunet {__version__}")
     click.echo(f"Python {sys.version.split()[0]}, NumPy {np.__version__}, click {version('click')}")
     click.echo("Backends:")

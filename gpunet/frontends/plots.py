@@ -16,7 +16,7 @@ import numpy as np
 
 from gpunet.files.atomic_file import check_writable
 from gpunet.errors import GpunetError, printable
-from gpunet.files.outputs import PNG, kind_of
+from gpunet.files.outputs import PNG, refusal, save_replacing_only
 
 DPI = 100
 FILES = {
@@ -59,8 +59,8 @@ def require_matplotlib():
 
 
 def prepare_out_dir(out_dir: Path, option: str = "--out", kinds=KINDS) -> Path:
-    """Create the folder if missing; refuse a file in its place, or one of the ``kinds``' names that is no image
-    (checked before any work)."""
+    """Create the folder if missing; refuse a file in its place, or a file at one of the ``kinds``' names that a
+    PNG may not replace by outputs.py's rule (another kind, a link, write-protected: checked before any work)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GpunetError(f"{option} {out_dir}: is a file; give a folder for the plots")
@@ -69,9 +69,9 @@ def prepare_out_dir(out_dir: Path, option: str = "--out", kinds=KINDS) -> Path:
     except OSError as error:
         raise GpunetError(f"{option} {out_dir}: cannot create the folder ({error.strerror or error})") from None
     for name in (FILES[kind] for kind in kinds):  # replace only images: never a user's other file of that name
-        path = out_dir / name
-        if path.is_symlink() or (path.exists() and not (path.is_file() and kind_of(path) in (None, PNG))):
-            raise GpunetError(f"{option} {out_dir}: {name} there is not a PNG image; refusing to replace it, "
+        reason = refusal(out_dir / name, PNG)
+        if reason is not None:
+            raise GpunetError(f"{option} {out_dir}: {name} there {reason}; refusing to replace it, "
                               "give another folder")
     try:  # a read-only folder fails here, not after training
         check_writable(out_dir)
@@ -167,11 +167,15 @@ def filter_images(W1: np.ndarray, k: int) -> np.ndarray:
 
 
 def save(figure, path: Path) -> Path:
-    """Write a figure as a PNG, atomically."""
+    """Write a figure as a PNG, whole or not at all, through outputs.py's save: ``path`` is checked again just
+    before the rename (a file a PNG may not replace that appeared meanwhile is kept: one line), and the temporary
+    files of dead processes in the folder are removed."""
     from gpunet.files.atomic_file import write_atomically
 
-    write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
-    return path
+    def write(temporary: Path) -> None:
+        write_atomically(temporary, lambda f: figure.savefig(f, format="png", dpi=DPI))
+
+    return save_replacing_only(path, PNG, "new", write, refuse=True, noun="the plot").path
 
 
 def wrap_to_width(text, width: float) -> None:
