@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -596,7 +597,8 @@ def test_the_own_address_and_localhost_are_answered(server, host):
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://localhost:1", "https://127.0.0.1:{port}",
-                                    "http://127.0.0.1:{port}.evil.example"])
+                                    "http://127.0.0.1:{port}.evil.example",
+                                    "http://localhost", "http://127.0.0.1"])  # no port: a page on port 80
 def test_a_cross_origin_request_is_refused(server, origin):
     """Finding 16: a POST from another site's page (CSRF) was answered 200."""
     body = json.dumps({"image": data_url(canvas_like(load_sample().images[0]))}).encode()
@@ -649,6 +651,170 @@ def test_a_stalled_body_is_a_408(fresh_server, monkeypatch, capsys):
         assert response.status == 408 and response.getheader("Connection") == "close"
         assert "stalled" in json.loads(response.read())["error"]
     assert "Traceback" not in capsys.readouterr().err
+
+
+SLOW_BODY = 100_000  # bytes a slow client declares, of which it sends one
+
+
+def start_slow_body(address) -> socket.socket:
+    """A POST /predict whose head is sent whole, and of its body one byte; the rest never comes (a trickle at its slowest)."""
+    sock = socket.create_connection(address, timeout=30)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n{" % SLOW_BODY)
+    return sock
+
+
+def test_slow_bodies_hold_no_place_and_a_drawing_is_answered(fresh_server, monkeypatch):
+    """Review of finding 14: the body was read while holding one of the IN_FLIGHT places, so 8 clients sending a
+    byte every 2 s made every normal /predict a 503 for as long as they trickled. Here as many stall mid-body
+    (no deadline runs out during the test) and a drawing is still answered."""
+    monkeypatch.setattr(server_module.Handler, "timeout", 600)
+    monkeypatch.setattr(server_module, "BODY_DEADLINE", 600)
+    httpd = fresh_server()
+    address = httpd.server_address[:2]
+    slow = [start_slow_body(address) for _ in range(server_module.IN_FLIGHT)]
+    try:
+        until(lambda: httpd.body_bytes == len(slow) * SLOW_BODY, "the server to be reading every slow body")
+        status, answer = post_predict(address, {"image": data_url(canvas_like(load_sample().images[0]))})
+        assert status == 200 and 0 <= answer["label"] <= 9
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_bodies_being_read_hold_at_most_the_byte_budget(fresh_server, monkeypatch):
+    """Bodies read before a place is taken are bounded in bytes, all together: a body the budget cannot hold
+    beside two slow ones is refused (503, its bytes dropped unkept), a small drawing still fits and is answered."""
+    monkeypatch.setattr(server_module.Handler, "timeout", 600)
+    monkeypatch.setattr(server_module, "BODY_DEADLINE", 600)
+    monkeypatch.setattr(server_module, "BODY_BUDGET", 2 * SLOW_BODY + 50_000)
+    httpd = fresh_server()
+    address = httpd.server_address[:2]
+    slow = [start_slow_body(address) for _ in range(2)]
+    try:
+        until(lambda: httpd.body_bytes == 2 * SLOW_BODY, "the server to be reading both slow bodies")
+        status, headers, _ = response_headers(address, "POST", "/predict", b"{" + b" " * (SLOW_BODY - 1),
+                                              {"Content-Type": "application/json"})  # whole, but over the budget
+        assert status == 503 and headers["retry-after"] == "1"
+        status, answer = post_predict(address, {"image": data_url(canvas_like(load_sample().images[0]))})
+        assert status == 200 and 0 <= answer["label"] <= 9
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_a_body_that_trickles_past_the_deadline_is_a_408(fresh_server, monkeypatch, capsys):
+    """Review of finding 14: the timeout applied to each read, so a byte every few seconds kept a body coming for
+    ever. A byte every 50 ms here, far within the per-read timeout: the whole body is due within BODY_DEADLINE."""
+    monkeypatch.setattr(server_module.Handler, "timeout", 600)
+    monkeypatch.setattr(server_module, "BODY_DEADLINE", 0.5)
+    httpd = fresh_server()
+    answered = threading.Event()
+    with start_slow_body(httpd.server_address[:2]) as sock:
+        def trickle():
+            while not answered.wait(0.05):
+                try:
+                    sock.sendall(b" ")
+                except OSError:
+                    return
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        try:
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 408 and response.getheader("Connection") == "close"
+            assert "within 0.5 s" in json.loads(response.read())["error"]
+        finally:
+            answered.set()
+            thread.join(30)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head, expected", [
+    # Header lines of 3,000 bytes each (http.server took 100 of 64 KB): 9 KB in all is over the limit.
+    (b"GET / HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-%d: %s\r\n" % (k, b"a" * 3000) for k in range(3)) + b"\r\n",
+     b" 431 "),
+    (b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 65000 + b"\r\n\r\n", b" 431 "),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", b" 414 "),
+])
+def test_a_request_head_over_8_kb_is_refused(server, head, expected):
+    """Review of finding 14: request heads had no bound on memory (100 lines of 64 KB per connection:
+    100 stalled connections took the server from 49 to 680 MB). The page's requests are well under 8 KB."""
+    answer = raw(server, head)
+    assert answer.split(b"\r\n", 1)[0].find(expected) > 0, answer[:200]
+    assert request(server, "GET", "/")[0] == 200
+
+
+def test_a_head_over_8_kb_is_refused_without_waiting_for_the_rest(fresh_server, monkeypatch):
+    """A client that sends 9 KB of headers and stalls is answered (431) and let go at once, not held while its
+    head keeps growing."""
+    monkeypatch.setattr(server_module.Handler, "timeout", 600)
+    httpd = fresh_server()
+    with socket.create_connection(httpd.server_address[:2], timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n" + b"X-Pad: %s\r\n" % (b"a" * 400) * 30)  # no blank line yet
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 431 and response.getheader("Connection") == "close"
+        assert "8,192" in json.loads(response.read())["error"]
+
+
+@pytest.mark.parametrize("sent", [
+    b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    b'{"image": "dat',  # half a body
+    b"GET / HTTP/1.1\r\nHost: loc",  # half a head
+    b"",  # an idle keep-alive connection
+])
+def test_a_client_reset_is_not_logged(fresh_server, capsys, sent):
+    """Review of finding 17: half a body then a reset was logged as 'error answering /predict' with a
+    ConnectionResetError traceback; only failures of the server itself are logged."""
+    httpd = fresh_server()
+    address = httpd.server_address[:2]
+    sock = socket.create_connection(address, timeout=30)
+    sock.sendall(sent)
+    if sent.startswith(b"POST"):
+        until(lambda: httpd.body_bytes == 100, "the server to be reading the body")
+    elif not sent:  # a request answered, then the connection idle (kept alive)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200 and response.read()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # SO_LINGER 0: a reset (RST), not a close (FIN)
+    until(lambda: httpd.connections == 0, "the server to let the reset connection go")
+    assert request(address, "GET", "/")[0] == 200
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error" not in err, err
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_on_a_signal_at_its_connection_limit(model_file, signal_number):
+    """Review of finding 15: the threaded server, at its connection limit, blocked its main loop and ignored
+    Ctrl-C and SIGTERM. Here the process may open 128 files (so it holds at most 64 connections), 150 connections
+    stall mid-head, and the signal still stops it: exit 0, 'Stopped.'."""
+    def few_files():
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    process = subprocess.Popen([sys.executable, "-m", "gpunet", "serve", "--model", str(model_file), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=few_files)
+    sockets = []
+    try:
+        line = process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line + process.stderr.read() if process.poll() is not None else line
+        address = ("127.0.0.1", int(match[1]))
+        assert request(address, "GET", "/")[0] == 200
+        for _ in range(150):
+            sockets.append(socket.create_connection(address, timeout=30))
+            sockets[-1].sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")  # and the rest never comes
+        process.send_signal(signal_number)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0 and "Stopped." in out and "Traceback" not in err, err
+    finally:
+        for sock in sockets:
+            sock.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.parametrize("length", [b"1_0", b"+10", b"0x0a", b"10, 10", b"1e1"])

@@ -17,17 +17,20 @@ What any page the user visits, or a crowd of requests, could do to it, and what 
   send, and whose preflight OPTIONS is refused). All 403, 415 or 405.
 - a crowd: one event loop holds every connection (a connection costs no thread; a stalled one
   costs a buffer); connections beyond MAX_CONNECTIONS wait in a listen backlog of LISTEN_BACKLOG;
-  at most IN_FLIGHT requests hold a body in memory (let in newest first, see
+  a request's head (line and headers) is at most MAX_HEAD bytes (431 beyond); bodies being read or
+  waiting hold at most BODY_BUDGET bytes in all (503 beyond), and a body must arrive within
+  BODY_DEADLINE seconds in all (408), so slow clients hold bytes, never a place in the line; at most
+  IN_FLIGHT requests with a whole body wait for a decoding thread or use one (let in newest first, see
   :class:`gpunet.frontends.admission.Gate`) and at most WORKERS threads decode a drawing at once; the
   rest wait at most PATIENCE seconds, or are answered 503 with Retry-After. A body over
   MAX_BODY bytes and a drawing over MAX_PIXELS are refused (413) before they are read or decoded.
 - malformed HTTP: a strict Content-Length (digits only, one header, no Transfer-Encoding), 408
-  for a body that stalls SOCKET_TIMEOUT seconds, 400 for JSON of any depth that is not the
-  expected object, 405/501 for other methods.
+  for a body that stalls SOCKET_TIMEOUT seconds or is not whole within BODY_DEADLINE, 400 for JSON of
+  any depth that is not the expected object, 405/501 for other methods.
 
 Every answer, errors included, carries the same security headers and a JSON or HTML body
 with its Content-Length; ``Server:`` names no version. Only failures of the server itself
-(500) are logged.
+(500) are logged: a client that leaves or resets its connection at any point is simply let go.
 """
 
 from __future__ import annotations
@@ -58,15 +61,19 @@ MAX_BODY = 1 << 20  # bytes; a 280x280 canvas as PNG is 5-40 KB
 MAX_PIXELS = 1024 * 1024
 DRAIN_LIMIT = 16 * MAX_BODY  # a refused body up to this size is read and dropped
 SOCKET_TIMEOUT = 10  # seconds a client may stall mid-request
+BODY_DEADLINE = 10  # seconds a whole body may take to arrive (a byte every few seconds is no way round it)
+BODY_BUDGET = 32 * MAX_BODY  # bytes of bodies being read or waiting for a place, all requests together
 WORKERS = 2  # drawings decoded and answered at once (the GIL lets little more run in parallel)
-IN_FLIGHT = 8  # requests holding their body in memory, waiting (oldest first) for a worker or working
+IN_FLIGHT = 8  # requests with a whole body, waiting (newest first) for a worker or working
 QUEUE = 256  # requests waiting for one of the IN_FLIGHT places; one more refuses the oldest
 # Seconds a request waits for a place, then 503 (Retry-After): the page sends a drawing per stroke, and
 # one that waited longer is stale; it is better asked again with the drawing as it is by then.
 PATIENCE = 0.5
 MAX_CONNECTIONS = 4096  # connections served at once (a file descriptor each); more wait in the listen backlog
 LISTEN_BACKLOG = 4096  # connections the kernel holds for us (Linux caps it at net.core.somaxconn)
-MAX_LINE = 65536  # bytes in the request line or a header line (http.server's and http.client's limit)
+# The page sends small requests: a head (request line and headers) over MAX_HEAD bytes is refused (431),
+# so that thousands of stalled connections hold at most a few MB (64 KB lines took 680 MB for 100 clients).
+MAX_HEAD = 8192
 MAX_HEADERS = 100  # header lines (http.client's limit)
 RETRY_AFTER = 1  # seconds, in a 503's Retry-After
 FILE_RESERVE = 64  # file descriptors kept free of connections (the model, the log, the listener)
@@ -180,7 +187,12 @@ class Audience:
     def origin_allowed(self, value: str) -> bool:
         """An Origin header: this server itself ('http://' + an allowed host); 'null' and others are not."""
         scheme, sep, rest = value.strip().partition("://")
-        return sep == "://" and scheme.lower() == "http" and "/" not in rest and self.host_allowed(rest)
+        if sep != "://" or scheme.lower() != "http" or "/" in rest:
+            return False
+        parts = split_host(rest)
+        # A browser leaves the port out of an Origin only when it is the scheme's default, 80: a page there
+        # is another page than this one unless this server is on port 80.
+        return parts is not None and (parts[1] or "80") == self.port and self.host_allowed(rest)
 
 
 def is_ip_address(name: str) -> bool:
@@ -213,10 +225,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def respond(self) -> None:
         """BaseHTTPRequestHandler.handle_one_request on the head: parse it, and answer it or set body_wanted."""
-        self.raw_requestline = self.rfile.readline(MAX_LINE + 1)
-        if len(self.raw_requestline) > MAX_LINE:
+        self.raw_requestline = self.rfile.readline(MAX_HEAD + 1)
+        if len(self.rfile.getvalue()) > MAX_HEAD:  # read_head stopped there: answered without parsing it
             self.requestline = self.request_version = self.command = ""
-            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            if len(self.raw_requestline) > MAX_HEAD or not self.raw_requestline.endswith(b"\n"):
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG, f"request line over {MAX_HEAD:,} bytes")
+            else:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"request head over {MAX_HEAD:,} bytes")
             return
         if not self.raw_requestline or not self.parse_request():
             return  # nothing sent (a connection closed, or a blank line), or parse_request's refusal
@@ -400,6 +415,7 @@ class DigitServer:
         self.in_flight = Gate(IN_FLIGHT, QUEUE, PATIENCE)
         self.max_connections = connection_limit()
         self.connections = 0
+        self.body_bytes = 0  # declared sizes of the bodies being read or waiting for a place (BODY_BUDGET)
         self._decoders = ThreadPoolExecutor(WORKERS, thread_name_prefix="gpunet-drawing")
         self._loop = None
         self._stop = None
@@ -476,7 +492,7 @@ class DigitServer:
         """Requests on one connection, one after another, until one closes it."""
         writer = None
         try:
-            reader, writer = await asyncio.open_connection(sock=connection, limit=MAX_LINE)
+            reader, writer = await asyncio.open_connection(sock=connection, limit=MAX_HEAD)
             while True:
                 head = await read_head(reader)
                 if head is None:
@@ -492,7 +508,7 @@ class DigitServer:
                 if handler.close_connection:
                     return
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
-            return  # the client left, or stalled between requests (or while reading an answer)
+            return  # the client left or reset, or stalled between requests (or while reading an answer)
         except Exception:  # a bug: log it, drop the connection, keep serving
             sys.stderr.write(f"error on a connection from {client_address[0]}:\n{traceback.format_exc()}")
         finally:
@@ -505,10 +521,17 @@ class DigitServer:
 
     async def answer(self, handler: Handler, reader: asyncio.StreamReader) -> None:
         """A POST /predict whose head passed: read its body, decode the drawing, answer (or refuse), within the
-        bounds on requests in flight and on workers."""
+        bounds on bytes of bodies, on requests in flight and on workers.
+
+        The body is read before the request asks for one of the IN_FLIGHT places: a client sending it
+        slowly holds its bytes of BODY_BUDGET (for BODY_DEADLINE seconds at most), never a place that
+        a whole drawing could use.
+        """
+        size = handler.unread
         try:
-            if not await self.in_flight.enter_async():
+            if self.body_bytes + size > BODY_BUDGET:
                 raise Busy()
+            self.body_bytes += size
             try:
                 body = await read_body(handler, reader)
                 try:
@@ -516,20 +539,27 @@ class DigitServer:
                 except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deeply
                     raise RequestError(HTTPStatus.BAD_REQUEST, "body is not valid JSON") from None
                 del body
+                if not await self.in_flight.enter_async():
+                    raise Busy()
                 try:
-                    await asyncio.wait_for(self.workers.acquire(), PATIENCE)
-                except TimeoutError:
-                    raise Busy() from None
-                try:
-                    answer = await asyncio.get_running_loop().run_in_executor(
-                        self._decoders, predict_drawing, self.network, payload)
+                    try:
+                        await asyncio.wait_for(self.workers.acquire(), PATIENCE)
+                    except TimeoutError:
+                        raise Busy() from None
+                    try:
+                        answer = await asyncio.get_running_loop().run_in_executor(
+                            self._decoders, predict_drawing, self.network, payload)
+                    finally:
+                        self.workers.release()
                 finally:
-                    self.workers.release()
+                    self.in_flight.leave()
             finally:
-                self.in_flight.leave()
+                self.body_bytes -= size
         except RequestError as error:
             handler.send_error_json(error)
             return
+        except (OSError, asyncio.IncompleteReadError):
+            raise  # the client left or reset mid-body: not a failure of the server (the connection is let go)
         except Exception:  # a bug: say so to the page, log it, keep serving
             handler.log_message("error answering %s:\n%s", handler.path, traceback.format_exc())
             handler.close_connection = True
@@ -548,21 +578,22 @@ class DigitServer:
 async def read_head(reader: asyncio.StreamReader) -> bytes | None:
     """A request's line and header lines as http.server would read them; None when the client closed first.
 
-    A line longer than MAX_LINE is cut after MAX_LINE + 1 bytes, and reading stops after
-    MAX_HEADERS + 1 header lines: the parser then refuses the request (414, 431).
+    Reading stops once the head is over MAX_HEAD bytes (the reader's limit also bounds a line: it
+    holds at most about 2 * MAX_HEAD), or after MAX_HEADERS + 1 header lines: the request is then
+    refused (414, 431).
     """
     head = bytearray()
     for count in range(MAX_HEADERS + 2):
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), Handler.timeout)
-        except asyncio.LimitOverrunError:
-            head += await asyncio.wait_for(reader.readexactly(MAX_LINE + 1), Handler.timeout)
+        except asyncio.LimitOverrunError:  # a line over MAX_HEAD bytes: what is buffered of it is enough to refuse it
+            head += await asyncio.wait_for(reader.read(MAX_HEAD + 1), Handler.timeout)
             break
         except asyncio.IncompleteReadError as end:  # the client closed (or half-closed) mid-head
             head += end.partial
             break
         head += line
-        if count > 0 and line in (b"\r\n", b"\n"):
+        if len(head) > MAX_HEAD or (count > 0 and line in (b"\r\n", b"\n")):
             break
         if count == 0 and not line.strip():
             break  # a blank request line: parse_request ignores it and the connection closes
@@ -570,14 +601,23 @@ async def read_head(reader: asyncio.StreamReader) -> bytes | None:
 
 
 async def read_body(handler: Handler, reader: asyncio.StreamReader) -> bytes:
-    """The request body (Content-Length bytes); 408 when it stalls Handler.timeout seconds, 400 when it ends early."""
+    """The request body (Content-Length bytes); 408 when it stalls Handler.timeout seconds or is not whole within
+    BODY_DEADLINE seconds, 400 when it ends early."""
     size, handler.unread = handler.unread, 0
     body = bytearray()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_DEADLINE
     while len(body) < size:
+        left = deadline - loop.time()
         try:
-            chunk = await asyncio.wait_for(reader.read(min(size - len(body), 1 << 16)), Handler.timeout)
+            if left <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(reader.read(min(size - len(body), 1 << 16)), min(Handler.timeout, left))
         except TimeoutError:
             handler.close_connection = True
+            if left <= Handler.timeout:
+                raise RequestError(HTTPStatus.REQUEST_TIMEOUT,
+                                   f"the body did not arrive within {BODY_DEADLINE} s") from None
             raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the body stalled: no data for {Handler.timeout} s") from None
         if not chunk:
             handler.close_connection = True
