@@ -221,7 +221,9 @@ def test_grid_search_on_a_dask_cluster_finds_what_one_process_finds(small):
 
     X, y = small
     one = grid_search(X, y, 1)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    # The scheduler's web server on a free loopback port: dashboard_address=None still means port 8787 on every
+    # address, which a second run on the machine holds (distributed then leaks the socket it failed to bind).
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                   host="127.0.0.1") as cluster, distributed.Client(cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         with parallel_backend("dask"):
