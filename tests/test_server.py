@@ -188,14 +188,24 @@ def model_file(network, tmp_path_factory):
     return path
 
 
+def start_serve(model_file, **popen):
+    """`gpunet serve` on a free port in a process of its own."""
+    return subprocess.Popen([sys.executable, "-m", "gpunet", "serve", "--model", str(model_file), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def served_address(process) -> tuple[str, int]:
+    """The address `gpunet serve` says it listens on, from its first line."""
+    line = process.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+    assert match, line + process.stderr.read() if process.poll() is not None else line
+    return "127.0.0.1", int(match[1])
+
+
 def test_serve_command_on_localhost_until_ctrl_c(model_file):
-    process = subprocess.Popen([sys.executable, "-m", "gpunet", "serve", "--model", str(model_file), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_serve(model_file)
     try:
-        line = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line + process.stderr.read() if process.poll() is not None else line
-        address = ("127.0.0.1", int(match[1]))
+        address = served_address(process)
         assert request(address, "GET", "/")[0] == 200
         status, answer = post_predict(address, {"image": data_url(canvas_like(load_sample().images[0]))})
         assert status == 200 and 0 <= answer["label"] <= 9
@@ -794,14 +804,10 @@ def test_serve_stops_on_a_signal_at_its_connection_limit(model_file, signal_numb
     def few_files():
         import resource
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    process = subprocess.Popen([sys.executable, "-m", "gpunet", "serve", "--model", str(model_file), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=few_files)
+    process = start_serve(model_file, preexec_fn=few_files)
     sockets = []
     try:
-        line = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line + process.stderr.read() if process.poll() is not None else line
-        address = ("127.0.0.1", int(match[1]))
+        address = served_address(process)
         assert request(address, "GET", "/")[0] == 200
         for _ in range(150):
             sockets.append(socket.create_connection(address, timeout=30))
