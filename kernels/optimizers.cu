@@ -120,4 +120,55 @@ __global__ void adam_update(
     }
 }
 
+// The same updates with their per-step numbers read from device memory: row *step of `table`,
+// which the host fills once an epoch with each step's numbers, rounded to T as the kernels above
+// get them (kernels.update_scalars). What a CUDA graph replays (kernels/step.cu): one captured
+// launch serves every step. The rows: sgd (decay, lr); momentum (decay, lr, beta);
+// adam (decay, beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps).
+template <typename T>
+__global__ void sgd_update_at(
+    T* w, const T* dw, long long n_w, T* b, const T* db, long long n_b, const T* table, const long long* step)
+{
+    const T* s = table + step[0] * 2;
+    GPUNET_GRID_STRIDE(e, n_w + n_b) {
+        if (e < n_w) {
+            sgd_element(w[e], dw[e], s[0], true, s[1]);
+        } else {
+            sgd_element(b[e - n_w], db[e - n_w], s[0], false, s[1]);
+        }
+    }
+}
+
+template <typename T>
+__global__ void momentum_update_at(
+    T* w, const T* dw, T* v_w, long long n_w, T* b, const T* db, T* v_b, long long n_b,
+    const T* table, const long long* step)
+{
+    const T* s = table + step[0] * 3;
+    GPUNET_GRID_STRIDE(e, n_w + n_b) {
+        if (e < n_w) {
+            momentum_element(w[e], dw[e], v_w[e], s[0], true, s[1], s[2]);
+        } else {
+            const long long i = e - n_w;
+            momentum_element(b[i], db[i], v_b[i], s[0], false, s[1], s[2]);
+        }
+    }
+}
+
+template <typename T>
+__global__ void adam_update_at(
+    T* w, const T* dw, T* m_w, T* s_w, long long n_w, T* b, const T* db, T* m_b, T* s_b, long long n_b,
+    const T* table, const long long* step)
+{
+    const T* s = table + step[0] * 7;
+    GPUNET_GRID_STRIDE(e, n_w + n_b) {
+        if (e < n_w) {
+            adam_element(w[e], dw[e], m_w[e], s_w[e], s[0], true, s[1], s[2], s[3], s[4], s[5], s[6]);
+        } else {
+            const long long i = e - n_w;
+            adam_element(b[i], db[i], m_b[i], s_b[i], s[0], false, s[1], s[2], s[3], s[4], s[5], s[6]);
+        }
+    }
+}
+
 #undef GPUNET_GRID_STRIDE

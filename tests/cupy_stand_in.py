@@ -42,6 +42,17 @@ allocation (a new array that owns its memory; views are none), and each transfer
 host or host to device (``cupy.asarray`` of a host array, a host index). tests/launch_count.py
 counts a training step's from them (``scripts/bench.py --launches``).
 
+Stream capture (``cupy.cuda.Stream.begin_capture``/``end_capture``, ``cupy.cuda.Graph.launch``) is
+modelled as CUDA does it: while a stream captures, nothing runs; each launch (a custom kernel, an
+elementwise or reduction kernel into a given ``out=``, a cuBLAS product, a fill or copy) is recorded
+as a node of the graph, reading and writing the arrays it was given when the graph is launched. What
+CUDA refuses while capturing raises CuPy's ``CUDARuntimeError`` (cudaErrorStreamCaptureUnsupported):
+a synchronisation, a copy to the host, a copy from host memory. An allocation goes to the allocator
+of ``cupy.cuda.using_allocator`` where one is set (gpunet sets one that refuses); with none it is
+refused too, stricter than CuPy's default relaxed capture mode, whose pool may hand out a block that
+is freed and reused after the capture while the graph still writes it. A graph launch is one event
+(``GRAPH``), its nodes kept in ``Graph.nodes``.
+
 Its one "device" has made-up properties (``DEVICE_PROPERTIES``), for
 ``describe()``, and made-up NVRTC and cuBLAS handles that a test can make fail.
 What this cannot show: anything about CuPy itself or a real device (streams,
@@ -51,6 +62,7 @@ tests/test_gpu.py runs the same tests on a real device where one is.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -62,6 +74,7 @@ from types import SimpleNamespace
 
 import cupy as real_cupy  # the API the stand-in keeps to; importing it needs no driver
 import numpy as np
+from cupy_backends.cuda.api.runtime import CUDARuntimeError
 
 from gpunet.backends import cuda as backend_cuda, kernels
 
@@ -102,7 +115,9 @@ class Transfer:
 
 
 # What the stand-in records of the work CuPy and gpunet would queue on a GPU (Event.kind).
-LAUNCHES = ("kernel", "elementwise", "reduction", "cublas")  # one launch each
+GRAPH = "graph"  # a captured graph's launch: one launch, however many nodes it replays
+LAUNCHES = ("kernel", "elementwise", "reduction", "cublas", GRAPH)  # one launch each
+CAPTURE_UNSUPPORTED = 900  # cudaErrorStreamCaptureUnsupported: "operation not permitted when stream is capturing"
 ALLOCATION, D2H, H2D = "allocation", "d2h", "h2d"
 # cupy functions and ndarray methods that reduce (one reduction kernel), that multiply matrices (cuBLAS),
 # that only allocate, and that give a view where they can (no launch unless the result owns new memory).
@@ -322,6 +337,9 @@ class DeviceArray:
             raise ValueError("non-scalar numpy.ndarray cannot be used for fill")  # CuPy's fill of a view
         if isinstance(value, np.ndarray):
             self._device._uploaded("cupy.ndarray.__setitem__ (a host value)", value.nbytes)
+        if self._device._captured("elementwise", "cupy.ndarray.__setitem__", _nbytes(self, value), 0,
+                                  lambda: self._host.__setitem__(host_key, _unwrap(value))):
+            return
         self._host[host_key] = value._host if isinstance(value, DeviceArray) else value
         self._device._record("elementwise", "cupy.ndarray.__setitem__", _nbytes(self[key] if not _advanced(key)
                                                                                  else self, value))
@@ -348,6 +366,14 @@ class DeviceArray:
         host_inputs = tuple(_unwrap(x) for x in inputs)
         if out is not None:
             kwargs["out"] = tuple(_unwrap(x) for x in out)
+        if self._device.capture is not None:
+            if out is None:  # its result is a new array: allocated while capturing
+                self._device._allocated_in_capture(f"the result of cupy.{ufunc.__name__}")
+            kind = "cublas" if ufunc is np.matmul else "reduction" if method == "reduce" else "elementwise"
+            flops = 2 * out[0]._host.size * host_inputs[0].shape[-1] if kind == "cublas" else 0
+            self._device._captured(kind, f"cupy.{ufunc.__name__}", _nbytes(*inputs, *out), flops,
+                                   lambda: getattr(ufunc, method)(*host_inputs, **kwargs))
+            return out[0] if len(out) == 1 else out
         result = getattr(ufunc, method)(*host_inputs, **kwargs)
         result = (out[0] if len(out) == 1 else out) if out is not None else self._device._result(result)
         nbytes = _nbytes(*inputs, *(result if isinstance(result, tuple) else (result,)))
@@ -460,9 +486,12 @@ class DeviceLauncher:
         for k, arg in enumerate(launch.args):
             if isinstance(arg, np.ndarray):
                 raise TypeError(f"argument {k} of {launch.name} is a host numpy.ndarray: a kernel takes device arrays")
+        walked = dataclasses.replace(launch, args=tuple(_unwrap(arg) for arg in launch.args))
         if self.device is not None:
+            if self.device._captured("kernel", launch.name, _nbytes(*launch.args), 0, lambda: self.walk(walked)):
+                return
             self.device._record("kernel", launch.name, _nbytes(*launch.args))
-        self.walk(dataclasses.replace(launch, args=tuple(_unwrap(arg) for arg in launch.args)))
+        self.walk(walked)
 
 
 # -- the namespace --------------------------------------------------------------------------------------
@@ -480,13 +509,17 @@ class HostCupy:
         self.synchronized = 0
         self.transfers: list[Transfer] = []
         self.events: list[Event] = []
-        stream = SimpleNamespace(synchronize=self._synchronize)
+        self.capture: list | None = None  # the nodes of the graph being captured, while a stream captures
+        self.allocator = None  # cupy.cuda.using_allocator's, while one is set
+        self.streams = [Stream(self, null=True)]  # the current stream last
         runtime = SimpleNamespace(
             getDeviceProperties=self._device_properties, getDeviceCount=lambda: 1,
             runtimeGetVersion=real_cupy.cuda.runtime.runtimeGetVersion, driverGetVersion=lambda: 12090,
         )  # fmt: skip
         self.cuda = SimpleNamespace(
-            Device=lambda: SimpleNamespace(id=0), get_current_stream=lambda: stream, runtime=runtime,
+            Device=lambda: SimpleNamespace(id=0), get_current_stream=lambda: self.streams[-1], runtime=runtime,
+            Stream=lambda *args, **kwargs: Stream(self, *args, **kwargs), Graph=Graph,
+            using_allocator=self._using_allocator,
             nvrtc=SimpleNamespace(getVersion=lambda: (12, 9)),  # NVRTC loads (the kernels are walked, not compiled)
             device=SimpleNamespace(get_cublas_handle=lambda: 1),  # so does cuBLAS
         )  # fmt: skip
@@ -496,9 +529,39 @@ class HostCupy:
         return dict(self.DEVICE_PROPERTIES)
 
     def _synchronize(self):
+        self._refused_in_capture("a synchronisation")
         self.synchronized += 1
 
+    # -- stream capture -------------------------------------------------------------------------------------
+    def _refused_in_capture(self, what: str) -> None:
+        """CuPy's CUDARuntimeError where a stream captures: CUDA refuses ``what`` then."""
+        if self.capture is not None:
+            raise CUDARuntimeError(CAPTURE_UNSUPPORTED)
+
+    def _allocated_in_capture(self, what: str) -> None:
+        """An allocation while capturing: the allocator of using_allocator decides, else it is refused."""
+        if self.allocator is not None:
+            self.allocator(0)
+            return
+        raise CUDARuntimeError(CAPTURE_UNSUPPORTED)
+
+    def _captured(self, kind: str, name: str, nbytes: int, flops: int, run) -> bool:
+        """While capturing: ``run`` kept as a graph node, not run (True); else False, to run it now."""
+        if self.capture is None:
+            return False
+        self.capture.append(Node(kind, name, int(nbytes), int(flops), run))
+        return True
+
+    @contextlib.contextmanager
+    def _using_allocator(self, allocator=None):
+        before, self.allocator = self.allocator, allocator
+        try:
+            yield
+        finally:
+            self.allocator = before
+
     def _transferred(self, what: str, nbytes: int = 0) -> None:
+        self._refused_in_capture(what)
         where = _caller()
         self.transfers.append(Transfer(what, where))
         self.events.append(Event(D2H, what, nbytes, 0, where))
@@ -508,6 +571,7 @@ class HostCupy:
 
     def _uploaded(self, what: str, nbytes: int) -> None:
         """A host-to-device copy (``cupy.asarray`` of a host array, a host array as an index or value)."""
+        self._refused_in_capture(what)
         self._record(H2D, what, nbytes)
 
     # -- moving data ------------------------------------------------------------------------------------
@@ -550,6 +614,8 @@ class HostCupy:
             uploads = _host_bytes(given) if name in FROM_HOST else 0
             if uploads:
                 self._uploaded(f"cupy.{name}", uploads)
+            if self._deferred(f"cupy.{name}", name, attr, args, kwargs, given):
+                return kwargs.get("out")
             result = attr(*_unwrap(args), **{key: _unwrap(value) for key, value in kwargs.items()})
             if name in DEVICE_BOOL:
                 result = np.asarray(result)
@@ -559,6 +625,15 @@ class HostCupy:
             return result
 
         return call
+
+    def _deferred(self, what: str, name: str, function, args, kwargs, given) -> bool:
+        """While capturing, a call that writes arrays it is given (in place, or into ``out=``) kept as a graph
+        node (True). Any other call runs now: a view or a no-op runs as on CuPy, a new array is refused."""
+        if self.capture is None or not (name in IN_PLACE or kwargs.get("out") is not None):
+            return False
+        host_args, host_kwargs = _unwrap(args), {key: _unwrap(value) for key, value in kwargs.items()}
+        kind = "cublas" if name in PRODUCTS else "reduction" if name in REDUCTIONS else "elementwise"
+        return self._captured(kind, what, _nbytes(*given), 0, lambda: function(*host_args, **host_kwargs))
 
     # -- shared by DeviceArray -----------------------------------------------------------------------------
     def _method(self, array: DeviceArray, name: str, method):
@@ -575,6 +650,8 @@ class HostCupy:
             uploads = _host_bytes(given) if name in FROM_HOST else 0
             if uploads:
                 self._uploaded(f"cupy.ndarray.{name}", uploads)
+            if self._deferred(f"cupy.ndarray.{name}", name, method, args, kwargs, given):
+                return kwargs.get("out")
             result = method(*_unwrap(args), **{key: _unwrap(value) for key, value in kwargs.items()})
             result = self._result(result, given)
             self._classify(f"cupy.ndarray.{name}", name, given, result)
@@ -622,9 +699,71 @@ class HostCupy:
             value = np.asarray(value)
         if type(value) is np.ndarray:
             if value.base is None:  # memory of its own, not a view
+                if self.capture is not None:
+                    self._allocated_in_capture(f"{value.dtype}{list(value.shape)}")
                 self._record(ALLOCATION, f"{value.dtype}{list(value.shape)}", value.nbytes)
             return DeviceArray(value, self)
         return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One launch a captured graph replays: its kind and name (as an Event's) and what runs it."""
+
+    kind: str
+    name: str
+    nbytes: int
+    flops: int
+    run: object = dataclasses.field(repr=False)
+
+
+class Stream:
+    """``cupy.cuda.Stream`` on the stand-in: the current stream inside ``with``, and capture."""
+
+    def __init__(self, device: HostCupy, null=False, non_blocking=False, ptds=False, priority=None):
+        self.device, self.null, self.non_blocking = device, null, non_blocking
+        self.capturing = False
+
+    def __enter__(self):
+        self.device.streams.append(self)
+        return self
+
+    def __exit__(self, *exc_info):
+        assert self.device.streams.pop() is self
+        return False
+
+    def synchronize(self) -> None:
+        self.device._synchronize()
+
+    def is_capturing(self) -> bool:
+        return self.capturing
+
+    def begin_capture(self, mode=None) -> None:
+        """Record from here on, run nothing (cudaStreamBeginCapture): not on the null stream, not twice."""
+        if self.null or self.device.capture is not None:
+            raise CUDARuntimeError(CAPTURE_UNSUPPORTED if self.device.capture is not None else 1)
+        self.device.capture, self.capturing = [], True
+
+    def end_capture(self) -> Graph:
+        """The graph of what was recorded since begin_capture."""
+        if not self.capturing:
+            raise CUDARuntimeError(1)  # cudaErrorInvalidValue: this stream does not capture
+        nodes, self.device.capture, self.capturing = self.device.capture, None, False
+        return Graph(self.device, tuple(nodes))
+
+
+class Graph:
+    """``cupy.cuda.Graph`` on the stand-in: ``launch`` runs the recorded nodes in order, as one launch."""
+
+    def __init__(self, device: HostCupy, nodes: tuple):
+        self.device, self.nodes = device, nodes
+
+    def launch(self, stream=None) -> None:
+        self.device._refused_in_capture("a graph launch")
+        self.device._record(GRAPH, f"graph of {len(self.nodes)} nodes", sum(n.nbytes for n in self.nodes),
+                            sum(n.flops for n in self.nodes))
+        for node in self.nodes:
+            node.run()
 
 
 def stand_in_backend(monkeypatch, launcher) -> backend_cuda.CupyBackend:

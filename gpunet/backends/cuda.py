@@ -147,6 +147,8 @@ class CupyBackend(Backend):
     # Each layer keeps its arrays from step to step (layers.Scratch), as on the CPU: a step then allocates
     # nothing, which a CUDA graph's replay needs, and CuPy's pool is not asked for megabytes every step.
     reuses_layer_arrays = True
+    # --cuda-graph: each whole mini-batch step replayed as one captured CUDA graph (training/graph_epoch.py).
+    cuda_graph = False
 
     def __init__(self):
         if cupy is None:
@@ -177,6 +179,21 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         """Wait for the device's queued work (for timings)."""
         cupy.cuda.get_current_stream().synchronize()
+
+    def capture_graph(self, step):
+        """``step()``'s launches captured on a side stream, where nothing runs: a ``cupy.cuda.Graph`` whose
+        ``launch()`` replays them on the current stream. Whatever CUDA refuses while capturing (an allocation
+        from the driver, a synchronisation, a copy to the host) raises here; the capture is ended either way."""
+        stream = cupy.cuda.Stream(non_blocking=True)
+        # CuPy's pool could hand the graph a block that is freed and reused after the capture (its default,
+        # relaxed, capture mode lets it): a step that allocates is refused instead.
+        with stream, cupy.cuda.using_allocator(_refuse_allocation):
+            stream.begin_capture()
+            try:
+                step()
+            finally:
+                graph = stream.end_capture()
+        return graph
 
     # -- hot operations: kernels for float32/float64, the generic path otherwise --
     def gather_scaled(self, images, index, dtype, out=None):
@@ -280,6 +297,14 @@ class CupyBackend(Backend):
         if _kernel_takes_digits(images, dtype, out) and _on_device(transforms) and transforms.dtype == np.dtype(dtype):
             return kernels.affine_augment(images, index, transforms, dtype, augment.side_of(images), out)
         return super().gather_augmented(images, index, transforms, dtype)
+
+class AllocationInCapture(RuntimeError):
+    """A device allocation while a CUDA graph is captured."""
+
+
+def _refuse_allocation(nbytes: int):
+    raise AllocationInCapture("the step allocates device memory while it is captured")
+
 
 def _kernel_takes_digits(images, dtype, out) -> bool:
     """Whether data.cu's and augment.cu's kernels take these digits: a C-ordered uint8 (rows, pixels) array on

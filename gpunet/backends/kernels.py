@@ -44,7 +44,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "pool": ("max_pool", "max_pool_backward"),
     "dropout": ("dropout_mask",),
     "augment": ("affine_augment",),
-    "optimizers": ("sgd_update", "momentum_update", "adam_update"),
+    "optimizers": ("sgd_update", "momentum_update", "adam_update", "sgd_update_at", "momentum_update_at",
+                   "adam_update_at"),
+    "step": ("batch_begin", "batch_end"),
 }
 # NumPy dtype -> the kernel templates' T. Other dtypes use the generic xp code.
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -76,6 +78,11 @@ WRITES: dict[str, tuple[int, ...]] = {
     "sgd_update": (0, 3),
     "momentum_update": (0, 2, 4, 6),
     "adam_update": (0, 2, 3, 5, 7, 8),
+    "sgd_update_at": (0, 3),
+    "momentum_update_at": (0, 2, 4, 6),
+    "adam_update_at": (0, 2, 3, 5, 7, 8),
+    "batch_begin": (3, 4),
+    "batch_end": (1, 2),
 }
 # Threads per block; a grid of at most MAX_BLOCKS blocks covers any size with
 # its grid-stride loop.
@@ -782,3 +789,88 @@ def optimizer_update(rule: str, params, grads, state, *, decay, lr, launcher=Non
     else:
         adam_update(params, grads, state[0], state[1], decay, scalars["beta1"], scalars["beta2"],
                     scalars["step_size"], scalars["eps"], launcher=launcher)
+
+
+# -- a step replayed as a CUDA graph: its per-step numbers read from device memory (kernels/step.cu) -------
+# Each rule's per-step numbers, in the order of a row of the *_update_at kernels' table.
+UPDATE_SCALARS = {
+    "sgd": ("decay", "lr"),
+    "momentum": ("decay", "lr", "beta"),
+    "adam": ("decay", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "step_size", "eps"),
+}
+
+
+def update_scalars(rule: str, dtype, *, decay, lr, **scalars) -> np.ndarray:
+    """One row of the *_update_at kernels' table: the numbers ``optimizer_update(rule, ...)`` passes its kernel,
+    each rounded to ``dtype`` as that wrapper rounds it (so a replayed step computes the eager step's bits)."""
+    _require(rule in UPDATE_SCALARS, "update_scalars", f"no kernel for the rule {rule!r}")
+    t = np.dtype(dtype).type
+    given = {"decay": decay, "lr": lr, **scalars}
+    if rule == "adam":
+        given["one_minus_beta1"], given["one_minus_beta2"] = 1 - scalars["beta1"], 1 - scalars["beta2"]
+    return np.array([t(given[name]) for name in UPDATE_SCALARS[rule]], dtype=np.dtype(dtype))
+
+
+def optimizer_update_at(rule: str, params, grads, state, table, step, *, launcher=None) -> None:
+    """``optimizer_update`` with the per-step numbers read on the device: row ``step[0]`` of ``table``
+    (steps, len(UPDATE_SCALARS[rule])) of the parameters' dtype; ``step``: a (1,) int64 device array."""
+    op = f"{rule}_update_at"
+    _require(rule in UPDATE_STATE, "optimizer_update_at", f"no kernel for the rule {rule!r}")
+    _require(len(state) == UPDATE_STATE[rule], op, f"{rule} keeps {UPDATE_STATE[rule]} state lists, not {len(state)}")
+    names = ("velocity",) if rule == "momentum" else ("mean", "square")
+    ctype, (n_w, n_b) = _update_arrays(op, params, ("grads", grads), *zip(names, state))
+    width = len(UPDATE_SCALARS[rule])
+    _require(table.ndim == 2 and table.shape[1] == width, op, f"table must be (steps, {width}), not {table.shape}")
+    _require(table.dtype == params[0].dtype and table.flags.c_contiguous, op,
+             f"table must be C-contiguous {params[0].dtype}")
+    _require(step.shape == (1,) and step.dtype == np.int64, op, "step must be a (1,) int64 array")
+    (w, b), (dw, db) = params, grads
+    if rule == "sgd":
+        args = (w, dw, n_w, b, db, n_b, table, step)
+    elif rule == "momentum":
+        (v_w, v_b), = state
+        args = (w, dw, v_w, n_w, b, db, v_b, n_b, table, step)
+    else:
+        (m_w, m_b), (s_w, s_b) = state
+        args = (w, dw, m_w, s_w, n_w, b, db, m_b, s_b, n_b, table, step)
+    _launch_update(op, ctype, (n_w, n_b), args, launcher)
+
+
+def _step_counter(op: str, step) -> None:
+    _require(step.shape == (1,) and step.dtype == np.int64 and step.flags.c_contiguous, op,
+             "step must be a (1,) int64 array")
+
+
+def batch_begin(order, labels, step, index, batch_labels, dtype, *, launcher=None) -> None:
+    """index[j] <- order[k.batch + j] and batch_labels[j] <- labels[index[j]] for the step k = step[0]: the
+    replayed step's batch (kernels/step.cu). order: (m,) int64; labels: the data set's int32 labels; dtype: the
+    step's (the kernel's T, which it does not use: the instantiation launched is the step's own)."""
+    op = "batch_begin"
+    ctype = _ctype(op, dtype)
+    _step_counter(op, step)
+    _require(order.ndim == 1 and order.dtype == np.int64 and order.flags.c_contiguous, op,
+             "order must be a C-contiguous (m,) int64 array")
+    _require(labels.ndim == 1 and labels.dtype == np.int32 and labels.flags.c_contiguous, op,
+             "labels must be a C-contiguous int32 array")
+    batch = index.size
+    _require(index.shape == (batch,) and index.dtype == np.int64 and index.flags.c_contiguous, op,
+             "index must be a C-contiguous (batch,) int64 array")
+    _require(batch_labels.shape == (batch,) and batch_labels.dtype == np.int32 and batch_labels.flags.c_contiguous,
+             op, f"batch_labels must be a C-contiguous ({batch},) int32 array")
+    if batch:
+        grid, block = launch_shape(batch)
+        args = (order, labels, step, index, batch_labels, _i64(batch), _i64(order.size))
+        _run(Launch("step", op, ctype, grid, block, args), launcher)
+
+
+def batch_end(batch_losses, losses, step, *, launcher=None) -> None:
+    """losses[k.batch + j] <- batch_losses[j], then step[0] <- k + 1, for k = step[0], on one thread
+    (kernels/step.cu)."""
+    op = "batch_end"
+    _step_counter(op, step)
+    ctype = _ctype(op, losses.dtype)
+    _require(batch_losses.ndim == 1 and batch_losses.dtype == losses.dtype and batch_losses.flags.c_contiguous, op,
+             f"batch_losses must be a C-contiguous 1-D {losses.dtype} array")
+    _require(losses.ndim == 1 and losses.flags.c_contiguous, op, "losses must be a C-contiguous 1-D array")
+    args = (batch_losses, losses, step, _i64(batch_losses.size), _i64(losses.size))
+    _run(Launch("step", op, ctype, 1, 1, args), launcher)

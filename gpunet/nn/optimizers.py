@@ -71,10 +71,21 @@ class GradientDescent:
         """The weights' factor per step, 1 - alpha.lambda, in the parameters' dtype (1 without decay)."""
         return self.params[0].dtype.type(1 - self.lr * self.weight_decay)
 
-    def fused(self, grads, state=(), **scalars) -> bool:
-        """Whether the backend did the whole step (decay included) in its own way; ``state``: per-parameter lists."""
+    def state(self) -> tuple:
+        """The per-parameter state lists the update reads and writes (none here)."""
+        return ()
+
+    def scalars(self) -> dict:
+        """The numbers of the next update (after ``advance``): what ``Backend.optimizer_update`` is given."""
+        return {"decay": self.decay(), "lr": self.lr}
+
+    def advance(self) -> None:
+        """Count one more step, before its update (Adam's bias corrections count them); nothing here."""
+
+    def fused(self, grads) -> bool:
+        """Whether the backend did the whole step (decay included) in its own way."""
         return self.backend is not None and self.backend.optimizer_update(
-            self.rule, self.params, grads, state, decay=self.decay(), lr=self.lr, **scalars)
+            self.rule, self.params, grads, self.state(), **self.scalars())
 
     def decay_weights(self) -> None:
         """W <- W - alpha.lambda.W for the weight matrices (params alternate W, b)."""
@@ -103,9 +114,15 @@ class Momentum(GradientDescent):
         self.velocity = [p * 0 for p in params]
         self.scratch = [p * 0 for p in params]
 
+    def state(self) -> tuple:
+        return (self.velocity,)
+
+    def scalars(self) -> dict:
+        return {**super().scalars(), "beta": self.beta}
+
     def step(self, grads) -> None:
         """v <- beta.v + dW; W <- W - alpha.v (after the weight decay)."""
-        if self.fused(grads, (self.velocity,), beta=self.beta):
+        if self.fused(grads):
             return
         self.decay_weights()
         for p, g, v, tmp in zip(self.params, grads, self.velocity, self.scratch):
@@ -134,13 +151,23 @@ class Adam(GradientDescent):
         self.scratch = [(p * 0, p * 0) for p in params]
         self.t = 0
 
-    def step(self, grads) -> None:
-        """One Adam step on every parameter (after the weight decay); ``grads`` are not changed."""
+    def state(self) -> tuple:
+        return (self.mean, self.square)
+
+    def advance(self) -> None:
         self.t += 1
+
+    def scalars(self) -> dict:
         # Fold both bias corrections into one step size: alpha.sqrt(1-b2^t)/(1-b1^t).
         step_size = self.lr * (1 - self.beta2**self.t) ** 0.5 / (1 - self.beta1**self.t)
-        if self.fused(grads, (self.mean, self.square), beta1=self.beta1, beta2=self.beta2, step_size=step_size,
-                      eps=self.eps):
+        return {**super().scalars(), "beta1": self.beta1, "beta2": self.beta2, "step_size": step_size,
+                "eps": self.eps}
+
+    def step(self, grads) -> None:
+        """One Adam step on every parameter (after the weight decay); ``grads`` are not changed."""
+        self.advance()
+        step_size = self.scalars()["step_size"]
+        if self.fused(grads):
             return
         self.decay_weights()
         for p, g, m, s, (tmp, root) in zip(self.params, grads, self.mean, self.square, self.scratch):

@@ -355,6 +355,13 @@ def _minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress
                      transforms=None) -> int:
     xp = network.backend.xp
     m = len(data)
+    if getattr(network.backend, "cuda_graph", False):  # --cuda-graph: each whole step one graph launch
+        from gpunet.training import graph_epoch
+
+        correct = graph_epoch.minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress, rate,
+                                              first_step, transforms, step_gradients, step_parts(network, batch_size))
+        if correct is not None:
+            return correct
     order = xp.asarray(rng.permutation(m))  # reshuffle every epoch
     labels = data.labels[order]  # the epoch's labels in visiting order: each batch's are a slice
     compiled = compiled_path(network, optimizer) if transforms is None else None  # it reads the digits as they are

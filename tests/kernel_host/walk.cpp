@@ -46,6 +46,7 @@ gpunet_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #include "loss.cu"
 #include "optimizers.cu"
 #include "pool.cu"
+#include "step.cu"
 
 namespace {
 
@@ -348,6 +349,62 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
         walk(grid, block, reverse, [&] {
             adam_update<T>(w, dw, m_w, s_w, n_w, b, db, m_b, s_b, n_b, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
         });
+    } else if (kernel == "sgd_update_at") {
+        need(a, kernel, 8);
+        T* w = a.array<T>(0);
+        const T* dw = a.array<T>(1);
+        const long long n_w = a.scalar<long long>(2);
+        T* b = a.array<T>(3);
+        const T* db = a.array<T>(4);
+        const long long n_b = a.scalar<long long>(5);
+        const T* table = a.array<T>(6);
+        const long long* step = a.array<long long>(7);
+        walk(grid, block, reverse, [&] { sgd_update_at<T>(w, dw, n_w, b, db, n_b, table, step); });
+    } else if (kernel == "momentum_update_at") {
+        need(a, kernel, 10);
+        T* w = a.array<T>(0);
+        const T* dw = a.array<T>(1);
+        T* v_w = a.array<T>(2);
+        const long long n_w = a.scalar<long long>(3);
+        T* b = a.array<T>(4);
+        const T* db = a.array<T>(5);
+        T* v_b = a.array<T>(6);
+        const long long n_b = a.scalar<long long>(7);
+        const T* table = a.array<T>(8);
+        const long long* step = a.array<long long>(9);
+        walk(grid, block, reverse, [&] { momentum_update_at<T>(w, dw, v_w, n_w, b, db, v_b, n_b, table, step); });
+    } else if (kernel == "adam_update_at") {
+        need(a, kernel, 12);
+        T* w = a.array<T>(0);
+        const T* dw = a.array<T>(1);
+        T* m_w = a.array<T>(2);
+        T* s_w = a.array<T>(3);
+        const long long n_w = a.scalar<long long>(4);
+        T* b = a.array<T>(5);
+        const T* db = a.array<T>(6);
+        T* m_b = a.array<T>(7);
+        T* s_b = a.array<T>(8);
+        const long long n_b = a.scalar<long long>(9);
+        const T* table = a.array<T>(10);
+        const long long* step = a.array<long long>(11);
+        walk(grid, block, reverse,
+             [&] { adam_update_at<T>(w, dw, m_w, s_w, n_w, b, db, m_b, s_b, n_b, table, step); });
+    } else if (kernel == "batch_begin") {
+        need(a, kernel, 7);
+        const long long* order = a.array<long long>(0);
+        const int* labels = a.array<int>(1);
+        const long long* step = a.array<long long>(2);
+        long long* index = a.array<long long>(3);
+        int* batch_labels = a.array<int>(4);
+        const long long batch = a.scalar<long long>(5), m = a.scalar<long long>(6);
+        walk(grid, block, reverse, [&] { batch_begin<T>(order, labels, step, index, batch_labels, batch, m); });
+    } else if (kernel == "batch_end") {
+        need(a, kernel, 5);
+        const T* batch_losses = a.array<T>(0);
+        T* losses = a.array<T>(1);
+        long long* step = a.array<long long>(2);
+        const long long batch = a.scalar<long long>(3), m = a.scalar<long long>(4);
+        walk(grid, block, reverse, [&] { batch_end<T>(batch_losses, losses, step, batch, m); });
     } else {
         die("unknown kernel " + kernel);
     }
