@@ -529,7 +529,8 @@ def print_launches() -> None:
     with tempfile.TemporaryDirectory() as folder:
         process = WalkProcess(build_walk(Path(folder)), Path(folder))
         try:
-            counts = [launch_count.count(case, HostWalk(process)) for case in launch_count.CASES]
+            counts = [launch_count.count(case, HostWalk(process))
+                      for case in (*launch_count.CASES, *launch_count.GRAPH_CASES)]
         finally:
             process.close()
     print(launch_count.report(counts))

@@ -12,6 +12,9 @@ the optimizer's ``step`` cut the record into steps; ``loop.evaluate`` is marked 
   epoch's sums, the loop's snapshot of the parameters, ...);
 * per evaluation of 1,000 digits (the validation set, scored after each epoch).
 
+With ``--cuda-graph`` (``GRAPH_CASES``) a steady-state step is one graph launch (``cupy.cuda.Graph.launch``,
+marked as the step), and the graph's nodes, what that launch replays, are counted as a step's launches are.
+
 ``scripts/bench.py --launches`` prints these; tests/test_launch_budget.py holds them to their budgets.
 """
 
@@ -25,6 +28,7 @@ import pytest
 
 from gpunet.files.data import Digits, load_sample
 from gpunet.training import loop
+from tests import cupy_stand_in
 from tests.cupy_stand_in import ALLOCATION, D2H, H2D, LAUNCHES, stand_in_backend
 
 EVAL_DIGITS = 1000
@@ -42,6 +46,7 @@ class Case:
     train_digits: int
     hidden: tuple = (16, 16)
     arch: str | None = None
+    cuda_graph: bool = False  # --cuda-graph: each whole step one graph launch
 
     def config(self) -> loop.TrainConfig:
         return loop.TrainConfig.for_optimizer(self.optimizer, hidden=self.hidden, arch=self.arch, epochs=2,
@@ -55,6 +60,10 @@ CASES = (
     Case(f"{DENSE}, momentum, batch 64", "momentum", 64, 4 * 64),
     Case(f"{DENSE}, gd, full batch of 256", "gd", 0, 256),
     Case(f"{CNN}, adam, batch 128", "adam", 128, 3 * 128, hidden=(), arch=CNN),
+)
+# The same steps captured once and replayed as one CUDA graph launch each (the CNN's dropout keeps it eager).
+GRAPH_CASES = tuple(
+    dataclasses.replace(case, label=f"{case.label}, CUDA graph", cuda_graph=True) for case in CASES[:3]
 )
 
 
@@ -108,6 +117,7 @@ class Counts:
     evaluation: Tally
     steps: int  # per epoch
     inside_events: list  # allocations and transfers of the second epoch after its first step
+    graph_nodes: Tally | None = None  # what one graph launch replays (cuda_graph cases)
 
 
 def count(case: Case, walk, digits: Digits | None = None) -> Counts:
@@ -118,8 +128,10 @@ def count(case: Case, walk, digits: Digits | None = None) -> Counts:
     val_digits = Digits(digits.images[m:m + EVAL_DIGITS], digits.labels[m:m + EVAL_DIGITS], "validation")
     with pytest.MonkeyPatch.context() as monkeypatch:
         backend = stand_in_backend(monkeypatch, walk)
+        backend.cuda_graph = case.cuda_graph
         events = backend.xp.events
         marks = []  # (position in events, what, start or end)
+        graphs = []
 
         def mark(fn, label):
             def marked(*args, **kwargs):
@@ -147,12 +159,24 @@ def count(case: Case, walk, digits: Digits | None = None) -> Counts:
         monkeypatch.setattr(loop, "make_optimizer", optimizer_marked)
         monkeypatch.setattr(loop, "step_gradients", mark(loop.step_gradients, "gradients"))
         monkeypatch.setattr(loop, "evaluate", mark(loop.evaluate, "evaluate"))
+        launch = cupy_stand_in.Graph.launch
+
+        def graph_step(graph, stream=None):  # a step, as gradients and update are
+            graphs.append(graph)
+            marks.append((len(events), "gradients", "start"))
+            launch(graph, stream)
+            marks.append((len(events), "update", "end"))
+
+        monkeypatch.setattr(cupy_stand_in.Graph, "launch", graph_step)
         epoch_starts = []
         monkeypatch.setattr(loop, "train_epoch", _at_start(loop.train_epoch, lambda: epoch_starts.append(len(events))))
         with np.errstate(all="ignore"):
             loop.train(backend, train_digits, val_digits, case.config())
         end = len(events)
-    return _split(case, events, marks, epoch_starts[1], end)
+    counts = _split(case, events, marks, epoch_starts[1], end)
+    if graphs:
+        counts.graph_nodes = Tally.of(graphs[-1].nodes)
+    return counts
 
 
 def _at_start(fn, call):
@@ -191,7 +215,7 @@ def _split(case: Case, events, marks, epoch_start: int, end: int) -> Counts:
 
 
 # -- the tables -------------------------------------------------------------------------------------
-HEADER = ("", "RawKernel", "CuPy elementwise", "reductions", "cuBLAS", "launches", "allocations", "D2H", "H2D",
+HEADER = ("", "RawKernel", "CuPy elementwise", "reductions", "cuBLAS", "CUDA graphs", "launches", "allocations", "D2H", "H2D",
           "bytes moved", "FLOPs")
 
 
@@ -220,11 +244,15 @@ def table(title: str, rows) -> str:
 
 
 def report(all_counts) -> str:
-    """The three tables: a steady-state step, an epoch outside its steps, an evaluation of 1,000 digits."""
+    """The three tables: a steady-state step, an epoch outside its steps, an evaluation of 1,000 digits; and
+    where a case runs as a CUDA graph, a fourth: what its graph launch replays."""
+    graphs = [c for c in all_counts if c.graph_nodes is not None]
     return "\n\n".join([
         table("Per steady-state training step (RawKernel: gpunet's kernels/*.cu):",
               [row(c.case.label, c.step) for c in all_counts]),
         table("Per epoch, outside its steps and its evaluation:",
               [row(f"{c.case.label} ({c.steps} step{'s' if c.steps > 1 else ''})", c.outside) for c in all_counts]),
         table(f"Per evaluation of {EVAL_DIGITS:,} digits:", [row(c.case.label, c.evaluation) for c in all_counts]),
+        *([table("What a step's CUDA graph launch replays (its nodes, launched by the GPU, not by Python):",
+                 [row(c.case.label, c.graph_nodes) for c in graphs])] if graphs else []),
     ])

@@ -290,12 +290,20 @@ def test_wrappers_launch_only_compiled_instantiations(dtype):
     kernels.sgd_update(pair, pair, 1.0, 0.1, launcher=record)
     kernels.momentum_update(pair, pair, pair, 1.0, 0.1, 0.9, launcher=record)
     kernels.adam_update(pair, pair, pair, pair, 1.0, 0.9, 0.999, 0.1, 1e-8, launcher=record)
+    step = np.zeros(1, np.int64)
+    for rule, width in (("sgd", 2), ("momentum", 3), ("adam", 7)):
+        kernels.optimizer_update_at(rule, pair, pair, [pair] * kernels.UPDATE_STATE[rule], np.zeros((1, width), dtype),
+                                    step, launcher=record)
+    kernels.batch_begin(np.arange(4), np.zeros(4, np.int32), step, np.empty(2, np.int64), np.empty(2, np.int32),
+                        dtype, launcher=record)
+    kernels.batch_end(np.zeros(2, dtype), np.zeros(4, dtype), step, launcher=record)
     launched = {(launch.module, launch.kernel) for launch in record.launches}
     assert launched == {(module, name) for module, names in kernels.MODULES.items() for name in names}
     for launch in record.launches:
         assert launch.name in kernels.name_expressions(launch.module)
         assert launch.ctype == kernels.CTYPES[np.dtype(dtype)]
-        assert 1 <= launch.grid <= kernels.MAX_BLOCKS and launch.block == kernels.BLOCK
+        one_thread = launch.kernel == "batch_end"  # its one thread advances the step number after every read
+        assert 1 <= launch.grid <= kernels.MAX_BLOCKS and launch.block == (1 if one_thread else kernels.BLOCK)
 
 
 def test_wrappers_reject_what_the_kernels_cannot_take():

@@ -125,3 +125,35 @@ def test_the_cost_models_launches_are_the_stand_ins_count(counts, label):
     counted = counts[label].step.launches
     assert predicted.counts() == tuple(counted[kind] for kind in ("kernel", "elementwise", "reduction", "cublas")), \
         launch_count.row(label, counts[label].step)
+
+
+# -- the same steps as one CUDA graph launch each (--cuda-graph) ----------------------------------------------
+GRAPH_CASES = {case.label: case for case in launch_count.GRAPH_CASES}
+
+
+@pytest.fixture(scope="module")
+def graph_counts(walk_exe, tmp_path_factory):
+    """Each graph case's counts and its eager twin's (the dense network with each optimizer)."""
+    process = WalkProcess(walk_exe, tmp_path_factory.mktemp("graph-count"))
+    digits = load_sample()
+    try:
+        yield {case.label: launch_count.count(case, HostWalk(process), digits) for case in launch_count.GRAPH_CASES}
+    finally:
+        process.close()
+
+
+@pytest.mark.parametrize("label", GRAPH_CASES)
+def test_a_graph_step_is_one_launch_that_replays_the_eager_steps_kernels(graph_counts, counts, label):
+    """A steady-state step with --cuda-graph: one graph launch, nothing else launched, allocated or moved; the
+    graph replays the eager step's launches by kind, with the optimizer's kernel reading its numbers on the
+    device, and two more kernels (batch_begin, batch_end: the step's batch and losses at the device's step
+    number), so 16 launches eager are 18 graph nodes."""
+    counted = graph_counts[label]
+    step, nodes = counted.step, counted.graph_nodes
+    assert step.total == 1 and step.launches["graph"] == 1, launch_count.row(label, step)
+    assert step.allocations == step.d2h == step.h2d == 0 and counted.inside_events == []
+    eager = counts[label.removesuffix(", CUDA graph")].step
+    assert nodes.launches["kernel"] == eager.launches["kernel"] + 2
+    for kind in ("elementwise", "reduction", "cublas"):
+        assert nodes.launches[kind] == eager.launches[kind], kind
+    assert nodes.flops == eager.flops and nodes.total == eager.total + 2
