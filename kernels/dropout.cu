@@ -26,17 +26,22 @@
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; \
          i < (n); i += (long long)blockDim.x * gridDim.x)
 
-// SplitMix64's n-th output (n from 0) from state `key`: mix64(key + (n + 1) * GOLDEN),
-// unsigned arithmetic wrapping modulo 2^64 (Steele, Lea and Flood, 2014; layers.splitmix64).
-__host__ __device__ inline unsigned long long splitmix64_output(unsigned long long key, long long n)
+// SplitMix64's finalizer (layers.mix64), unsigned arithmetic wrapping modulo 2^64.
+__host__ __device__ inline unsigned long long mix64(unsigned long long z)
 {
-    unsigned long long z = key + ((unsigned long long)n + 1ULL) * 0x9E3779B97F4A7C15ULL;
     z ^= z >> 30;
     z *= 0xBF58476D1CE4E5B9ULL;
     z ^= z >> 27;
     z *= 0x94D049BB133111EBULL;
     z ^= z >> 31;
     return z;
+}
+
+// SplitMix64's n-th output (n from 0) from state `key`: mix64(key + (n + 1) * GOLDEN)
+// (Steele, Lea and Flood, 2014; layers.splitmix64).
+__host__ __device__ inline unsigned long long splitmix64_output(unsigned long long key, long long n)
+{
+    return mix64(key + ((unsigned long long)n + 1ULL) * 0x9E3779B97F4A7C15ULL);
 }
 
 // Element n of the mask: kept where the output's top 32 bits are at least
@@ -62,6 +67,21 @@ __global__ void dropout_mask(
     T* mask, unsigned long long key, unsigned long long threshold, T scale,
     long long units, long long k, long long first)
 {
+    GPUNET_GRID_STRIDE(e, units * k) {
+        mask[e] = dropout_element(key, threshold, scale, dropout_counter(e, units, k, first));
+    }
+}
+
+// The same mask with the run's step number read from device memory, for a step replayed as a CUDA
+// graph (kernels/step.cu): step first_step[0] + step[0] (the epoch's first, set once an epoch, and
+// the step's number within it, advanced by batch_end), so the key is layers.dropout_key(seed, that)
+// = mix64(seed_state + step), seed_state = layers.dropout_seed_state(seed), computed on the host.
+template <typename T>
+__global__ void dropout_mask_at(
+    T* mask, unsigned long long seed_state, const long long* first_step, const long long* step,
+    unsigned long long threshold, T scale, long long units, long long k, long long first)
+{
+    const unsigned long long key = mix64(seed_state + (unsigned long long)(first_step[0] + step[0]));
     GPUNET_GRID_STRIDE(e, units * k) {
         mask[e] = dropout_element(key, threshold, scale, dropout_counter(e, units, k, first));
     }

@@ -19,6 +19,7 @@ from cupy_backends.cuda.api.runtime import CUDARuntimeError
 
 from gpunet.backends import cuda as backend_cuda, kernels
 from gpunet.files.data import Digits, load_sample
+from gpunet.nn import layers
 from gpunet.nn.optimizers import make_optimizer
 from gpunet.training import graph_epoch, loop
 from tests.cupy_stand_in import GRAPH, stand_in_backend
@@ -97,12 +98,31 @@ def test_batch_begin_and_end(walk, m, batch, shape):
     check_batch_ends(walk, m, batch, shape)
 
 
-BROKEN = {  # one slip in each: a row's stride, a batch's place, a step number not advanced
+def check_dropout_mask_at(walk, dtype, shape, first_sample: int, first: int, k: int, walk_shape: str):
+    """The mask for the run's step first + k, read on the device: the generic mask of that step, bit for bit."""
+    mask = np.empty(shape, dtype)
+    walked = walk.shaped(**SHAPES[walk_shape])
+    kernels.dropout_mask_at(mask, 0.3, 11, np.array([first], np.int64), np.array([k], np.int64),
+                            first_sample=first_sample, launcher=walked)
+    np.testing.assert_array_equal(mask, layers.dropout_mask(np, shape, 0.3, 11, first + k, dtype, first_sample))
+
+
+@pytest.mark.parametrize("walk_shape", SHAPES)
+@pytest.mark.parametrize("shape, first_sample", [((7,), 0), ((16, 64), 0), ((3, 5, 4, 7), 5)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask_at(walk, dtype, shape, first_sample, walk_shape):
+    for first, k in ((0, 0), (641, 3), (2**40, 17)):
+        check_dropout_mask_at(walk, dtype, shape, first_sample, first, k, walk_shape)
+
+
+BROKEN = {  # one slip in each: a row's stride, a batch's place, a step number not advanced, the epoch's first
     "optimizers": [("const T* s = table + step[0] * 7;", "const T* s = table + step[0] * 6;"),
                    ("const T* s = table + step[0] * 2;", "const T* s = table + step[0];")],
     "step": [("    const long long place = k * batch + j;\n    if (place < 0 || place >= m) {",
               "    const long long place = k + j;\n    if (place < 0 || place >= m) {"),
              ("    step[0] = k + 1;", "    step[0] = k;")],
+    "dropout": [("mix64(seed_state + (unsigned long long)(first_step[0] + step[0]))",
+                 "mix64(seed_state + (unsigned long long)(step[0]))")],
 }
 
 
@@ -115,7 +135,8 @@ def test_broken_step_kernels_fail_the_comparisons(tmp_path, monkeypatch):
     monkeypatch.setenv(kernels.KERNEL_DIR_ENV, str(folder))
     checks = {"optimizers": [lambda walk: check_update_at(walk, np.float32, "adam", (7, 3), "package"),
                              lambda walk: check_update_at(walk, np.float32, "sgd", (7, 3), "package")],
-              "step": [lambda walk: check_batch_ends(walk, 300, 64, "package")] * 2}
+              "step": [lambda walk: check_batch_ends(walk, 300, 64, "package")] * 2,
+              "dropout": [lambda walk: check_dropout_mask_at(walk, np.float32, (16, 64), 0, 641, 3, "package")]}
     for module, slips in BROKEN.items():
         source = (folder / f"{module}.cu").read_text()
         for (old, new), check in zip(slips, checks[module]):
@@ -235,6 +256,7 @@ GRAPH_RUNS = {  # (settings, digits per epoch): each with a partial last batch, 
     "sgd": (dict(optimizer="sgd"), 2 * 64 + 20),
     "momentum": (dict(optimizer="momentum"), 2 * 64 + 20),
     "adam, augmented": (dict(optimizer="adam", augment=True), 2 * 64 + 20),
+    "adam, dense32,dropout0.5": (dict(optimizer="adam", hidden=(), arch="dense32,dropout0.5"), 2 * 64 + 20),
     "adam, conv4k5,pool2,dense16, batch 16": (dict(optimizer="adam", hidden=(), arch="conv4k5,pool2,dense16",
                                                    batch_size=16), 2 * 16 + 5),
 }
@@ -287,19 +309,12 @@ def test_a_capture_that_fails_falls_back_with_its_notice(walk_exe, tmp_path):
     assert_same_run(fell_back, eager)
 
 
-def test_dropout_runs_eagerly_and_says_so_once(walk_exe, tmp_path):
-    """Dropout's masks come from the host's step number, which a replayed graph would repeat: such a network's
-    steps run eagerly, said once a run, and train as without --cuda-graph."""
-    config = loop.TrainConfig.for_optimizer("adam", hidden=(), arch="dense16,dropout0.5", epochs=2, batch_size=64,
-                                            val_size=40, seed=0)
-    train_digits, val_digits = digits_for(2 * 64)
-    process = WalkProcess(walk_exe, tmp_path)
-    try:
-        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False)
-        graph, events, notices = train_on_stand_in(process, config, train_digits, val_digits, True)
-    finally:
-        process.close()
-    assert notices == ["CUDA graph: not used (dropout's masks are drawn from the host's step number); "
-                       "the steps run eagerly"]
-    assert not any(event.kind == GRAPH for event in events)
-    assert_same_run(graph, eager)
+def test_a_step_split_between_cores_is_not_captured_and_says_why():
+    """The CUDA backend never splits a step (one part); were it split, the epoch would run eagerly, and say why."""
+    optimizer = make_optimizer("adam", [np.zeros(2, np.float32)] * 2, 0.01)
+    network = type("Network", (), {"backend": None})()
+    assert graph_epoch.graph_refusal(network, optimizer, None, 64, parts=2) == "the step is split between cores"
+    assert graph_epoch.graph_refusal(network, optimizer, None, 64, parts=1) is None
+    optimizer.backend = "another"
+    assert graph_epoch.graph_refusal(network, optimizer, None, 64, parts=1) == \
+        "the adam update is not one kernel on this backend"

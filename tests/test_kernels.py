@@ -285,6 +285,8 @@ def test_wrappers_launch_only_compiled_instantiations(dtype):
     pooled, argmax = kernels.max_pool(maps, 2, launcher=record)
     kernels.max_pool_backward(pooled, argmax, maps.shape, 2, launcher=record)
     kernels.dropout_mask(np.empty((4, 5), dtype), 0.5, 1, 2, launcher=record)
+    kernels.dropout_mask_at(np.empty((4, 5), dtype), 0.5, 1, np.zeros(1, np.int64), np.zeros(1, np.int64),
+                            launcher=record)
     kernels.affine_augment(images, np.array([3, 1]), np.zeros((6, 6), dtype), dtype, 28, launcher=record)
     pair = (np.zeros((3, 4), dtype), np.zeros((3, 1), dtype))
     kernels.sgd_update(pair, pair, 1.0, 0.1, launcher=record)

@@ -320,9 +320,14 @@ def _optimizer_values(case: str, optimizer: str) -> int:
 
 
 # -- predictions and the choice ---------------------------------------------------------------------------------
+# What a replayed step adds to the eager step's launches: kernels/step.cu's batch_begin and batch_end, which read
+# the step's number on the device (training/graph_epoch.py; tests/test_launch_budget.py counts them).
+GRAPH_STEP_KERNELS = Launches(raw=2)
+
+
 def gpu_step_seconds(step: Step, gpu: Gpu, graph: bool = False, itemsize: int = 4) -> float:
     """The model's GPU step: launches (eager, or one replayed graph) + bytes / bandwidth + FLOPs / peak."""
-    launches = gpu.launch.graph(step.launches) if graph else gpu.launch.eager(step.launches)
+    launches = gpu.launch.graph(step.launches + GRAPH_STEP_KERNELS) if graph else gpu.launch.eager(step.launches)
     return launches + step.bytes / gpu.bandwidth + step.flops / gpu.peak(itemsize)
 
 

@@ -149,6 +149,9 @@ class CupyBackend(Backend):
     reuses_layer_arrays = True
     # --cuda-graph: each whole mini-batch step replayed as one captured CUDA graph (training/graph_epoch.py).
     cuda_graph = False
+    # While a replayed step is run or captured: its (first_step, step) device arrays, whose sum is the run's step
+    # number that dropout's masks are drawn for (kernels.dropout_mask_at); None otherwise.
+    device_step = None
 
     def __init__(self):
         if cupy is None:
@@ -288,6 +291,8 @@ class CupyBackend(Backend):
             mask = _writable(out, dtype)
             if mask is None or mask.shape != tuple(shape):
                 mask = cupy.empty(shape, dtype=dtype)
+            if self.device_step is not None:  # a replayed step: its number is on the device, not ``step``
+                return kernels.dropout_mask_at(mask, p, seed, *self.device_step, first_sample=first_sample)
             return kernels.dropout_mask(mask, p, seed, step, first_sample=first_sample)
         return super().dropout_mask(shape, p, seed, step, dtype, first_sample)
 

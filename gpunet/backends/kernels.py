@@ -42,7 +42,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "data": ("gather_scaled", "transpose_scaled"),
     "conv": ("im2col", "col2im"),
     "pool": ("max_pool", "max_pool_backward"),
-    "dropout": ("dropout_mask",),
+    "dropout": ("dropout_mask", "dropout_mask_at"),
     "augment": ("affine_augment",),
     "optimizers": ("sgd_update", "momentum_update", "adam_update", "sgd_update_at", "momentum_update_at",
                    "adam_update_at"),
@@ -74,6 +74,7 @@ WRITES: dict[str, tuple[int, ...]] = {
     "max_pool": (1, 2),
     "max_pool_backward": (2,),
     "dropout_mask": (0,),
+    "dropout_mask_at": (0,),
     "affine_augment": (3,),
     "sgd_update": (0, 3),
     "momentum_update": (0, 2, 4, 6),
@@ -671,6 +672,28 @@ def dropout_mask(mask, p: float, seed: int, step: int, *, first_sample: int = 0,
     if mask.size:
         grid, block = launch_shape(mask.size)
         args = (mask, key, threshold, scale, _i64(mask.size // samples), _i64(samples), _i64(first_sample))
+        _run(Launch("dropout", op, ctype, grid, block, args), launcher)
+    return mask
+
+
+def dropout_mask_at(mask, p: float, seed: int, first_step, step, *, first_sample: int = 0, launcher=None):
+    """``dropout_mask`` for the run's step ``first_step[0] + step[0]``, read on the device ((1,) int64 arrays:
+    the epoch's first step and the step within it, kernels/step.cu): one captured launch serves every step."""
+    op = "dropout_mask_at"
+    ctype = _ctype(op, mask.dtype)
+    _require(mask.flags.c_contiguous, op, "mask must be C-contiguous (it is written)")
+    _require(0.0 <= float(p) < 1.0, op, f"the drop probability must be at least 0 and below 1, not {p}")
+    _require(int(first_sample) >= 0, op, f"the first sample must be 0 or more, not {first_sample}")
+    _step_counter(op, first_step)
+    _step_counter(op, step)
+    state = np.uint64(layers.dropout_seed_state(int(seed)))
+    threshold = np.uint64(round(float(p) * 2**32))
+    scale = mask.dtype.type(1.0 / (1.0 - float(p)))
+    samples = int(mask.shape[-1]) if mask.ndim else 1
+    if mask.size:
+        grid, block = launch_shape(mask.size)
+        args = (mask, state, first_step, step, threshold, scale, _i64(mask.size // samples), _i64(samples),
+                _i64(first_sample))
         _run(Launch("dropout", op, ctype, grid, block, args), launcher)
     return mask
 

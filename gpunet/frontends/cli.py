@@ -253,13 +253,17 @@ def presets_help() -> str:
               help=f"Each epoch, draw every training digit through a fresh random affine transform, bilinear: "
                    f"{DEFAULT_RANGES.describe()}, uniform in each range; reproducible from --seed. Validation digits "
                    f"are never augmented.")
+@click.option("--cuda-graph/--no-cuda-graph", default=False, show_default=True,
+              help="On a CUDA GPU, capture one training step as a CUDA graph and replay it for every whole batch: "
+                   "one launch a step instead of about 16 (the same results, bit for bit). Off by default until "
+                   "measured on a GPU; the CPU ignores it.")
 @click.option("--out", type=path_type(), default=Path("model.npz"), show_default=True,
               help="Where to write the model (.npz).")
 @click.option("--plot", "plot_dir", type=path_type(), default=None,
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
 @click.pass_context
 def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init,
-          val_size, patience, seed, split_seed, dtype, augment, out, plot_dir):
+          val_size, patience, seed, split_seed, dtype, augment, cuda_graph, out, plot_dir):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
@@ -290,7 +294,9 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         train_digits, val_digits = split_validation(digits, val_size, config.split_seed)
     except SettingError as error:  # too many held out for this data
         raise usage_error(ctx, error) from None
-    backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)))
+    backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)), cuda_graph)
+    if backend.name == "cuda":
+        backend.cuda_graph = cuda_graph
     sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
     if preset is not None:
         changed = [cli_option(p.name) for p in ctx.command.params
@@ -305,6 +311,8 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
                f"{dtype} on {device_text(backend, arch)}" + (f"; {notice}" if notice else ""))
     if device_choice:
         click.echo(f"Device: {device_choice}")
+    if getattr(backend, "cuda_graph", False):
+        click.echo("CUDA graph: each whole batch's step captured once, then replayed as one launch")
     if config.augment:
         click.echo(f"Augmentation: {DEFAULT_RANGES.describe()}, drawn afresh each epoch")
 

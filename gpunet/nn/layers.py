@@ -409,9 +409,14 @@ def splitmix64_at(xp, state: int, counters):
     return mix64(xp, counters)
 
 
+def dropout_seed_state(seed: int) -> int:
+    """mix64(seed + GOLDEN): a seed's part of dropout_key (what a replayed step's kernel adds its step to)."""
+    return _mix64_int((seed + GOLDEN) & MASK64)
+
+
 def dropout_key(seed: int, step: int) -> int:
     """The SplitMix64 state of (seed, step): each seed and step its own stream of numbers."""
-    return _mix64_int((_mix64_int((seed + GOLDEN) & MASK64) + step) & MASK64)
+    return _mix64_int((dropout_seed_state(seed) + step) & MASK64)
 
 
 def dropout_counters(xp, shape, first_sample: int = 0):

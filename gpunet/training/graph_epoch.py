@@ -13,7 +13,9 @@ memory, in arrays made once for the run:
   (``kernels.update_scalars``), read by the ``*_update_at`` kernels (kernels/optimizers.cu);
 * its losses: written into ``batch_losses``, copied to the epoch's at k's place by ``batch_end``;
   the correct count added to one ``counter`` for the epoch;
-* the augmentation's transforms: copied once an epoch into ``transforms``.
+* the augmentation's transforms: copied once an epoch into ``transforms``;
+* dropout's step number: ``first_step`` (the epoch's first, set once an epoch) + k, read by
+  ``dropout_mask_at`` (kernels/dropout.cu), which the backend launches while ``device_step`` is set.
 
 The first step of a run runs these same kernels eagerly (it makes the workspace, compiles the
 kernels and loads cuBLAS, none of which may happen while capturing), then the step is captured
@@ -22,9 +24,8 @@ partial last batch runs eagerly (its workspace has another size). The eager and 
 run the same kernels in the same order on the same numbers, so the run's parameters are the eager
 run's, bit for bit.
 
-Not captured (the epoch runs eagerly, saying why once): dropout (its masks are drawn from the host's
-step number), a step split between cores, an optimizer the backend does not run as one kernel, an
-epoch without a whole batch. Where capture itself fails, its one-line notice says why, and the run
+Not captured (the epoch runs eagerly, saying why once): a step split between cores, an optimizer the
+backend does not run as one kernel (neither happens on the CUDA backend, which is the one that captures). Where capture itself fails, its one-line notice says why, and the run
 goes on eagerly.
 """
 
@@ -35,7 +36,6 @@ import sys
 import numpy as np
 
 from gpunet.backends import kernels
-from gpunet.nn.layers import Dropout
 
 
 def notify(line: str) -> None:
@@ -45,12 +45,8 @@ def notify(line: str) -> None:
 
 def graph_refusal(network, optimizer, data, batch_size: int, parts: int) -> str | None:
     """Why this epoch's steps cannot be one captured graph, or None where they can."""
-    if len(data) < batch_size:
-        return "no whole batch in an epoch"
     if parts > 1:
         return "the step is split between cores"
-    if any(isinstance(layer, Dropout) for layer in getattr(network, "layers", ())):
-        return "dropout's masks are drawn from the host's step number"
     if optimizer.rule not in kernels.UPDATE_SCALARS or optimizer.backend is not network.backend:
         return f"the {optimizer.rule} update is not one kernel on this backend"
     return None
@@ -67,6 +63,7 @@ class GraphStep:
         self.full_steps = m // batch_size
         self.order = xp.empty(m, dtype=np.int64)
         self.step = xp.zeros(1, dtype=np.int64)
+        self.first_step = xp.zeros(1, dtype=np.int64)
         self.index = xp.empty(batch_size, dtype=np.int64)
         self.batch_labels = xp.empty(batch_size, dtype=np.int32)
         self.batch_losses = xp.empty(batch_size, dtype=dtype)
@@ -79,9 +76,14 @@ class GraphStep:
 
     def run(self, network, optimizer, step_gradients) -> None:
         """One step on the fixed arrays, launched eagerly; what the graph holds once captured."""
+        ops = network.backend
         kernels.batch_begin(self.order, self.data.labels, self.step, self.index, self.batch_labels, network.dtype)
-        grads, _ = step_gradients(network, self.data.images, self.index, self.batch_labels, self.batch_losses,
-                                  self.counter, self.transforms)
+        ops.device_step = (self.first_step, self.step)
+        try:
+            grads, _ = step_gradients(network, self.data.images, self.index, self.batch_labels, self.batch_losses,
+                                      self.counter, self.transforms)
+        finally:
+            ops.device_step = None
         kernels.optimizer_update_at(optimizer.rule, optimizer.params, grads, optimizer.state(), self.table, self.step)
         kernels.batch_end(self.batch_losses, self.losses, self.step)
 
@@ -112,6 +114,7 @@ def minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress,
         rows.append(kernels.update_scalars(optimizer.rule, network.dtype, **optimizer.scalars()))
     state.table.set(np.stack(rows))
     state.step.set(np.zeros(1, np.int64))
+    state.first_step.set(np.array([first_step], np.int64))
     state.counter.set(np.zeros(1, np.int32))
     if transforms is not None:
         state.transforms[...] = transforms

@@ -310,6 +310,17 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
         const T scale = a.scalar<T>(3);
         const long long units = a.scalar<long long>(4), k = a.scalar<long long>(5), first = a.scalar<long long>(6);
         walk(grid, block, reverse, [&] { dropout_mask<T>(mask, key, threshold, scale, units, k, first); });
+    } else if (kernel == "dropout_mask_at") {
+        need(a, kernel, 9);
+        T* mask = a.array<T>(0);
+        const unsigned long long state = a.scalar<unsigned long long>(1);
+        const long long* first_step = a.array<long long>(2);
+        const long long* step = a.array<long long>(3);
+        const unsigned long long threshold = a.scalar<unsigned long long>(4);
+        const T scale = a.scalar<T>(5);
+        const long long units = a.scalar<long long>(6), k = a.scalar<long long>(7), first = a.scalar<long long>(8);
+        walk(grid, block, reverse,
+             [&] { dropout_mask_at<T>(mask, state, first_step, step, threshold, scale, units, k, first); });
     } else if (kernel == "sgd_update") {
         need(a, kernel, 8);
         T* w = a.array<T>(0);
