@@ -309,12 +309,14 @@ def test_a_capture_that_fails_falls_back_with_its_notice(walk_exe, tmp_path):
     assert_same_run(fell_back, eager)
 
 
-def test_a_step_split_between_cores_is_not_captured_and_says_why():
-    """The CUDA backend never splits a step (one part); were it split, the epoch would run eagerly, and say why."""
+def test_what_is_not_captured_says_why():
+    """Where a step cannot be replayed (split between cores, an optimizer the backend does not fuse, no whole batch:
+    none of which train() gives the CUDA backend), the refusal names why."""
     optimizer = make_optimizer("adam", [np.zeros(2, np.float32)] * 2, 0.01)
-    network = type("Network", (), {"backend": None})()
-    assert graph_epoch.graph_refusal(network, optimizer, None, 64, parts=2) == "the step is split between cores"
-    assert graph_epoch.graph_refusal(network, optimizer, None, 64, parts=1) is None
+    network, data = type("Network", (), {"backend": None})(), range(100)
+    assert graph_epoch.graph_refusal(network, optimizer, data, 64, parts=2) == "the step is split between cores"
+    assert graph_epoch.graph_refusal(network, optimizer, data, 64, parts=1) is None
+    assert graph_epoch.graph_refusal(network, optimizer, data, 128, parts=1) == "no whole batch in an epoch"
     optimizer.backend = "another"
-    assert graph_epoch.graph_refusal(network, optimizer, None, 64, parts=1) == \
+    assert graph_epoch.graph_refusal(network, optimizer, data, 64, parts=1) == \
         "the adam update is not one kernel on this backend"

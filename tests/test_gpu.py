@@ -397,6 +397,21 @@ def test_training_agrees_with_the_cpu_within_its_bounds(cuda, optimizer, batch_s
     assert_trainings_within(got, want, train_digits, val_digits, config)
 
 
+@pytest.mark.paths
+def test_training_as_a_cuda_graph_agrees_with_the_cpu_within_its_bounds(cuda):
+    """--cuda-graph: the two epochs of Adam above with every whole step after the run's first a graph launch (the
+    last, partial batch eager), within the same bounds of the CPU's. On the stand-in a graph gives the eager run's
+    bits (tests/test_cuda_graph.py); on a device cuBLAS may choose another algorithm for a captured product,
+    a different order of the same sums, which these bounds cover."""
+    train_digits, val_digits = few_digits()
+    config = TrainConfig.for_optimizer("adam", hidden=(16,), epochs=2, batch_size=64, seed=0, dtype="float64")
+    cuda.cuda_graph = True
+    got = train(cuda, train_digits, val_digits, config)
+    want = train(CPU, train_digits, val_digits, config)
+    assert got.network.__dict__["_graph_step"].graph is not None  # captured, not fallen back
+    assert_trainings_within(got, want, train_digits, val_digits, config)
+
+
 def training_plan(config, m):
     """train()'s steps as [(sample indices, learning rate), ...]: a shuffle an epoch drawn from seed + 1."""
     full_batch = config.batch_size <= 0 or config.batch_size >= m

@@ -45,6 +45,8 @@ def notify(line: str) -> None:
 
 def graph_refusal(network, optimizer, data, batch_size: int, parts: int) -> str | None:
     """Why this epoch's steps cannot be one captured graph, or None where they can."""
+    if len(data) < batch_size:  # train_epoch takes such a batch as the full batch: one step, nothing to replay
+        return "no whole batch in an epoch"
     if parts > 1:
         return "the step is split between cores"
     if optimizer.rule not in kernels.UPDATE_SCALARS or optimizer.backend is not network.backend:
