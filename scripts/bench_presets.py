@@ -112,11 +112,14 @@ class Run:
 
     @property
     def epoch_seconds(self) -> float | None:
-        """The seconds of all its epochs: their sum where every epoch printed its line, else the printed ones'
-        mean times the epochs (None without an epoch line)."""
+        """The seconds of all its epochs (None without an epoch line): their sum where every epoch printed its line;
+        else the first (always printed, compilation and all) and the mean of the other printed ones for the rest."""
         if not self.epochs:
             return None
-        return sum(self.epochs) * max(1, self.planned / len(self.epochs))
+        if len(self.epochs) >= self.planned or len(self.epochs) == 1:
+            return sum(self.epochs) * max(1, self.planned / len(self.epochs))
+        first, rest = self.epochs[0], self.epochs[1:]
+        return first + (self.planned - 1) * sum(rest) / len(rest)
 
 
 def parse_accuracy(text: str) -> float | None:
