@@ -37,6 +37,9 @@ own accord (``CpuBackend.compute_threads``): the 16-16 network's, and the CNN's,
 one part per core (``training.loop.step_parts``), each part on a thread of gpunet's own pool. gpunet's own
 thread pools (the full-batch step's and the CNN steps' parts, numba's) are not held. bench.py prints the
 settings it ran with, and how gpunet's CNN steps run.
+
+scripts/bench_presets.py times each ``gpunet train --preset`` with these sides: ``GpunetEpochs`` (gpunet's
+train_epoch over any network and optimizer) and ``TorchLayers`` (PyTorch's twins of gpunet's built layers).
 """
 
 from __future__ import annotations

@@ -241,6 +241,7 @@ def test_presets_of_one_network_and_optimizer_share_a_row(presets_script):
     for names, config in groups:
         for name in names:
             other = presets_script.preset_config(name, augment=False)
+            assert not other.augment  # augmentation left out of both sides
             assert (other.hidden, other.arch, other.batch_size, other.optimizer, other.weight_decay > 0) == \
                 (config.hidden, config.arch, config.batch_size, config.optimizer, config.weight_decay > 0)
         assert not config.augment
@@ -321,3 +322,14 @@ def test_the_predictions_script_prints_a_row_per_preset():
 def seconds(text):
     number, unit = text.split()
     return float(number.replace(",", "")) * {"ms": 1e-3, "s": 1.0, "min": 60.0}[unit]
+
+
+@pytest.mark.kernels
+def test_the_epochs_rows_on_the_cuda_stand_in(presets_script, stand_in_cuda):
+    """The GPU rows' code (gpunet's epochs on the CUDA backend) on the stand-in, its kernels walked on the CPU."""
+    digits = presets_script.bench.Digits(*(lambda d: (d.images[:200], d.labels[:200]))(load_sample()))
+    groups = presets_script.epoch_groups(["default", "notes"])
+    rows = presets_script.measure_presets("cuda", stand_in_cuda, digits, groups, 1)
+    assert [row[:2] for row in rows] == [("cuda", "default"), ("cuda", "notes")]
+    for row in rows:
+        assert float(row[4].split()[0]) >= 0 and row[5:] == ("-", "-"), row  # no PyTorch side asked for
