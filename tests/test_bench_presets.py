@@ -144,7 +144,7 @@ def test_the_parsers_on_texts_of_their_formats(presets_script):
 
 
 # -- the recipe table and its goal ---------------------------------------------------------------------------------
-def fake_run(presets_script, wall, accuracy, returncode=0, epochs=(1.0, 2.0)):
+def fake_run(presets_script, wall, accuracy, returncode=0, epochs=(10.0, 20.0)):
     text = "".join(f"epoch {i}/{len(epochs)}  loss 1.0  ({s:.2f}s)\n" for i, s in enumerate(epochs, 1))
     text += "" if accuracy is None else f"Validation accuracy {accuracy:.2f}% (epoch 2); saved x\n"
     return presets_script.Run(returncode, wall, 2 * wall, text, "")
@@ -157,11 +157,14 @@ def table_rows(table):
 
 def test_the_recipe_table_and_goal(presets_script):
     runs = {"pytorch recipe": [fake_run(presets_script, 80.0, 99.21), fake_run(presets_script, 84.0, 99.21)],
-            "gpunet --preset fast": [fake_run(presets_script, 19.0, 99.05), fake_run(presets_script, 21.0, 99.05)],
+            "gpunet --preset fast": [fake_run(presets_script, 19.0, 99.05, epochs=(4.0, 5.0, 6.0, 5.0)),
+                                     fake_run(presets_script, 21.0, 99.05, epochs=(4.0, 5.0, 6.0, 7.0))],
             "gpunet --preset cnn": [fake_run(presets_script, 1.0, None, returncode=1)]}
     rows = table_rows(presets_script.recipe_table(runs))
-    assert rows["pytorch recipe"] == ["82.0 (80.0 84.0)", "164.0", "3.0", "99.21%", "1.00x"]
-    assert rows["gpunet --preset fast"] == ["20.0 (19.0 21.0)", "40.0", "3.0", "99.05%", f"{20 / 82:.2f}x"]
+    assert rows["pytorch recipe"] == ["82.0 (80.0 84.0)", "164.0", "30.0", "15.00", "1.00x", "99.21%", "1.00x"]
+    # epochs: 20 and 22 s, median 21; a mean epoch of 5 and 5.5 s, median 5.25, against the recipe's 15
+    assert rows["gpunet --preset fast"] == ["20.0 (19.0 21.0)", "40.0", "21.0", "5.25", f"{5.25 / 15:.2f}x",
+                                            "99.05%", f"{20 / 82:.2f}x"]
     assert rows["gpunet --preset cnn"][0] == "failed (exit 1)"
     goal = presets_script.goal_line(runs["gpunet --preset fast"], runs["pytorch recipe"], "fast")
     assert "20.0 s against 20.5 s (82.0 s / 4): met" in goal and "99.05%: met" in goal
@@ -197,10 +200,11 @@ def test_the_recipe_mode_runs_both_in_fresh_processes(small_csv, presets_script)
     assert list(rows) == ["pytorch recipe", "gpunet --preset notes", "gpunet --preset default"]
     walls = {name: float(cells[0]) for name, cells in rows.items()}
     for name, cells in rows.items():
-        assert float(cells[1]) > 0 and float(cells[2].split()[0]) >= 0 and re.fullmatch(r"\d+\.\d\d%", cells[3])
+        assert float(cells[1]) > 0 and float(cells[2].split()[0]) >= 0 and re.fullmatch(r"\d+\.\d\d%", cells[5])
+        assert float(cells[3]) >= 0 and re.fullmatch(r"\d+\.\d\dx", cells[4])
         ratio, reference = walls[name] / walls["pytorch recipe"], walls["pytorch recipe"]
         # the walls printed to 0.1 s, the ratio (of the unrounded walls) to 0.01
-        assert float(cells[4].rstrip("x")) == pytest.approx(ratio, abs=0.005 + ratio * 0.05 * (1 / walls[name]
+        assert float(cells[6].rstrip("x")) == pytest.approx(ratio, abs=0.005 + ratio * 0.05 * (1 / walls[name]
                                                                                                 + 1 / reference))
     assert "(from the epochs printed)" in rows["gpunet --preset notes"][2]  # 500 epochs: every 20th printed
     assert re.search(r"^Goal: --preset notes <= 1/4 of the recipe's wall time: .* (met|NOT met)$",
