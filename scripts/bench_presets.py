@@ -235,7 +235,8 @@ def goal_line(gpunet_runs: list[Run] | None, recipe_runs: list[Run], preset: str
     fast_enough = wall <= reference / GOAL_SHARE
     accurate = accuracy is not None and accuracy >= GOAL_ACCURACY
     return (f"Goal: --preset {preset} <= 1/{GOAL_SHARE} of the recipe's wall time: {wall:.1f} s against "
-            f"{reference / GOAL_SHARE:.1f} s ({reference:.1f} s / {GOAL_SHARE}): {'met' if fast_enough else 'NOT met'}; "
+            f"{reference / GOAL_SHARE:.1f} s ({reference:.1f} s / {GOAL_SHARE}): "
+            f"{'met' if fast_enough else 'NOT met'}; "
             f">= {GOAL_ACCURACY}% validation: {'-' if accuracy is None else f'{accuracy:.2f}%'}: "
             f"{'met' if accurate else 'NOT met'}")
 

@@ -39,7 +39,8 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "trai
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA, help="Kaggle's train.csv or train.csv.gz (label, pixel0..783)")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="Kaggle's train.csv or train.csv.gz (label, pixel0..783)")
     parser.add_argument("--val-size", type=int, default=1000, help="digits held out for validation")
     parser.add_argument("--seed", type=int, default=0, help="the split's seed (as gpunet's) and torch.manual_seed")
     parser.add_argument("--epochs", type=int, default=3)
