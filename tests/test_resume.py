@@ -316,3 +316,25 @@ def test_a_stopped_run_never_replaces_a_users_file_with_its_checkpoint(capsys, m
     assert code == 130 and mine.read_text() == "my notes\n"
     beside = tmp_path / "run.checkpoint.new.npz"
     assert kind_of(beside) == CHECKPOINT and f"gpunet train --resume {beside}" in err, err
+
+
+def test_early_stopping_after_a_resume_stops_where_the_uninterrupted_run_stops(tmp_path):
+    """Validation labels shuffled: the validation loss rises as training fits, the best epoch is an early one and
+    patience runs out. The resumed run counts the epochs since the best from where the run was, and keeps the
+    best weights the checkpoint holds (best_params, not the last epoch's)."""
+    train_digits, val_digits = digits()
+    val_digits.labels[:] = np.random.default_rng(3).integers(0, 10, size=len(val_digits))
+    config = small_config(epochs=40, lr=0.05, patience=3, weight_decay=0.0)
+    whole = train(CPU, train_digits, val_digits, config)
+    assert whole.stop_reason == "early_stopping"
+    done = []
+    stop = lambda: len(done) == whole.best_epoch + 1  # noqa: E731 - one epoch past the best: since_best is 1
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(CPU, train_digits, val_digits, config, stop=stop, on_epoch=done.append)
+    state = caught.value.run_state
+    assert (state.best_epoch, state.since_best) == (whole.best_epoch, 1)
+    save_run_state(tmp_path / "run.checkpoint.npz", state)
+    resumed = train(CPU, train_digits, val_digits, config, resume_from=load_run_state(tmp_path / "run.checkpoint.npz"))
+    assert (resumed.stop_reason, resumed.best_epoch, len(resumed.history)) == \
+        ("early_stopping", whole.best_epoch, len(whole.history))
+    assert_same_bits(weights(resumed), weights(whole))
