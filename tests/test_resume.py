@@ -196,7 +196,8 @@ def test_a_checkpoint_is_its_own_kind_of_file_not_a_model(checkpoint):
 
 @pytest.mark.parametrize("damage, says", [
     (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a zip archive"),
-    (lambda p: p.write_bytes(p.read_bytes()[:200] + b"\0" * 64 + p.read_bytes()[264:]), "not a readable gpunet checkpoint"),
+    (lambda p: p.write_bytes(p.read_bytes()[:200] + b"\0" * 64 + p.read_bytes()[264:]),
+     "not a readable gpunet checkpoint"),
     (lambda p: p.write_text("epoch,loss\n"), "not a gpunet checkpoint (not a zip archive)"),
     (lambda p: np.savez(p, images=np.zeros((2, 784), np.uint8)), "not a gpunet checkpoint (no run_state"),
     (lambda p: rewritten(p, lambda h: h.update(format="gpunet-model")), "format is not 'gpunet-checkpoint'"),

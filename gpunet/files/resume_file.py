@@ -17,6 +17,7 @@ model holds no optimizer state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -112,7 +113,7 @@ def load_run_state(path):
     """The ``run_state.RunState`` in the checkpoint at ``path``; CheckpointError with one line naming the file and
     what is wrong (missing, not a checkpoint, damaged, truncated, a field out of its bounds). The arrays are
     checked against the JSON's shapes and the run's dtype from their headers before any is read."""
-    from gpunet.training.loop import EpochMetrics, TrainConfig
+    from gpunet.training.loop import EpochMetrics
     from gpunet.training.run_state import DataIdentity, RunState
 
     name = str(path)
@@ -151,28 +152,22 @@ def is_checkpoint(path) -> bool:
     return True
 
 
-class _archive:
-    """The file open as a zip whose directory is within a checkpoint's bounds."""
-
-    def __init__(self, path, name: str):
-        self.path, self.name = Path(path), name
-
-    def __enter__(self) -> zipfile.ZipFile:
-        if self.path.is_dir():
-            raise CheckpointError(f"{self.name}: is a folder, not a checkpoint file")
-        if not self.path.is_file():
-            raise CheckpointError(f"{self.name}: no such checkpoint file")
-        if not zipfile.is_zipfile(self.path):
-            raise CheckpointError(f"{self.name}: not a gpunet checkpoint (not a zip archive)")
-        try:
-            check_directory(self.path, self.name, MAX_MEMBERS, MAX_DIRECTORY, "a gpunet checkpoint")
-        except ModelFileError as error:
-            raise CheckpointError(str(error)) from None
-        self.archive = zipfile.ZipFile(self.path)
-        return self.archive
-
-    def __exit__(self, *exc) -> None:
-        self.archive.close()
+@contextlib.contextmanager
+def _archive(path, name: str):
+    """The file open as a zip whose directory is within a checkpoint's bounds (checked before zipfile reads it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{name}: is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{name}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{name}: not a gpunet checkpoint (not a zip archive)")
+    try:
+        check_directory(path, name, MAX_MEMBERS, MAX_DIRECTORY, "a gpunet checkpoint")
+    except ModelFileError as error:
+        raise CheckpointError(str(error)) from None
+    with zipfile.ZipFile(path) as archive:
+        yield archive
 
 
 def _header(archive, info, name: str) -> dict:
