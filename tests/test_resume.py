@@ -271,7 +271,7 @@ def test_the_command_line_resumes_a_stopped_run_to_the_uninterrupted_runs_model(
         code, _, err = run(capsys, *TRAIN, "--data", str(small_data), "--out", str(tmp_path / "run.npz"))
     checkpoint = tmp_path / "run.checkpoint.npz"
     assert code == exit_code
-    assert (f"Saved the run as it was after epoch 2 to {checkpoint}; to go on from the start of epoch 3 to epoch 4: "
+    assert (f"Saved the run as it was after epoch 2 to {checkpoint}; to go on from the start of epoch 3 of 4: "
             f"gpunet train --resume {checkpoint}") in err
     assert kind_of(checkpoint) == CHECKPOINT
     code, out, err = run(capsys, "train", "--resume", str(checkpoint))  # its data and --out are recorded

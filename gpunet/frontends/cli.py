@@ -497,7 +497,7 @@ def stop_interrupted(out: Path, epoch: int, result, config, digits, backend, run
         except SaveError as error:
             raise GpunetError(f"interrupted in epoch {epoch}; {error}") from None
         click.echo(f"Saved the run as it was after epoch {run_state.epochs_done} to {checkpoint}; to go on from the "
-                   f"start of epoch {run_state.epochs_done + 1} to epoch {config.epochs}: "
+                   f"start of epoch {run_state.epochs_done + 1} of {config.epochs}: "
                    f"gpunet train --resume {shlex.quote(str(checkpoint))}", err=True)
     sys.exit(STOP_SIGNALS.exit_code())
 
