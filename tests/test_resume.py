@@ -26,13 +26,16 @@ from tests.test_training import separable_digits, small_config
 CPU = get_backend("cpu")[0]
 
 # The runs compared: the notes' network with Adam (the default), a layer stack with dropout and augmentation (its
-# masks follow the step count, its transforms the epoch), momentum, and SGD with early stopping's bookkeeping.
+# masks follow the step count, its transforms the epoch), momentum, SGD with early stopping's bookkeeping, and the
+# notes' full-batch gradient descent (one step an epoch).
 CASES = {
     "default-adam": small_config(epochs=5),
     "stack-dropout-augment": small_config(hidden=(), arch="conv4k5,pool2,dense16,dropout0.3", epochs=4,
                                           augment=True),
     "momentum": small_config(optimizer="momentum", lr=0.05, epochs=5),
     "sgd-patience": small_config(optimizer="sgd", lr=0.1, epochs=5, patience=3),
+    "notes-full-batch-gd": small_config(optimizer="gd", batch_size=0, lr=0.5, epochs=6, init="seed",
+                                        schedule="constant", weight_decay=0.0),
 }
 
 
