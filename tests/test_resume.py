@@ -226,6 +226,16 @@ def test_a_bad_checkpoint_is_one_line_naming_the_file(checkpoint, damage, says):
     assert message.startswith(f"{checkpoint}: ") and "\n" not in message and says in message, message
 
 
+def test_fields_a_newer_gpunet_may_add_are_read_by_nobody(checkpoint):
+    def add_fields(header):
+        header["history"][0]["momentum"] = 0.9
+        header["rng"]["note"] = "x"
+        header["comment"] = "from a newer gpunet"
+
+    state = load_run_state(rewritten(checkpoint, add_fields))
+    assert state.epochs_done == 2 and "note" not in state.rng
+
+
 def test_a_zip_of_many_members_is_refused_from_its_directory(tmp_path):
     path = tmp_path / "many.npz"
     with zipfile.ZipFile(path, "w") as archive:

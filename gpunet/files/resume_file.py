@@ -134,8 +134,9 @@ def load_run_state(path):
         lists.setdefault(OPTIMIZER_MEMBER.fullmatch(key)["name"], []).append(arrays[key])
     _check_agreement(header, config, name)
     data = header["data"]
-    return RunState(config, header["epochs_done"], params, {**lists, **header["optimizer"]}, header["rng"],
-                    [EpochMetrics(**m) for m in header["history"]], header["best_epoch"], header["best_score"],
+    rng = {key: header["rng"][key] for key in PCG64_STATE.required}  # the known fields only, as for an epoch's
+    return RunState(config, header["epochs_done"], params, {**lists, **header["optimizer"]}, rng,
+                    [EpochMetrics(**{key: m[key] for key in FULL_EPOCH.required}) for m in header["history"]], header["best_epoch"], header["best_score"],
                     best, header["since_best"], DataIdentity(data["train_count"], data["val_count"], data["sha256"]),
                     dict(header["extra"]))
 
