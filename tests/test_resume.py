@@ -321,6 +321,26 @@ def test_the_command_line_refuses_what_would_change_a_resumed_run_in_one_line(ca
     assert code == 1 and err.count("\n") == 1 and "a model file is not a checkpoint" in err, err
 
 
+def test_a_checkpoint_whose_arrays_do_not_fit_the_run_is_one_line(capsys, monkeypatch, tmp_path, small_data):
+    with monkeypatch.context() as patch:
+        ctrl_c_after_epoch(patch, 1)
+        run(capsys, *TRAIN, "--data", str(small_data), "--out", str(tmp_path / "run.npz"))
+    checkpoint = tmp_path / "run.checkpoint.npz"
+    rewritten(checkpoint, lambda h: h.update(shapes=[list(reversed(s)) for s in h["shapes"]]))
+    code, _, err = run(capsys, "train", "--resume", str(checkpoint))
+    assert code == 1 and err == (f"Error: {checkpoint}: cannot go on with this run: its parameters' shapes are "
+                                 "not those of the run's network\n"), err
+
+    def as_adam(arrays):
+        for k in (0, 1):
+            arrays[f"optimizer.mean.{k}"] = arrays.pop(f"optimizer.velocity.{k}")
+
+    rewritten(checkpoint, lambda h: h.update(shapes=[list(reversed(s)) for s in h["shapes"]]), as_adam)  # back
+    code, _, err = run(capsys, "train", "--resume", str(checkpoint))
+    assert code == 1 and err == (f"Error: {checkpoint}: cannot go on with this run: the Momentum optimizer's state "
+                                 "holds ['velocity'], not ['mean']\n"), err
+
+
 def test_a_stopped_run_never_replaces_a_users_file_with_its_checkpoint(capsys, monkeypatch, tmp_path, small_data):
     mine = tmp_path / "run.checkpoint.npz"
     mine.write_text("my notes\n")

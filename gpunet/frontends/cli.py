@@ -273,6 +273,7 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
                                          unlearned_hint)
     from gpunet.backends.cost_model import training_step
     from gpunet.training.loop import SettingError, TrainingDiverged, TrainingInterrupted, train as run_training
+    from gpunet.training.run_state import ResumeMismatch
 
     resumed = None
     if resume is not None:
@@ -341,6 +342,9 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         kept = f"; kept the weights of epoch {exc.result.best_epoch} in {saved}" if saved else ""
         raise TrainingFailed(f"training diverged: the loss became {exc.value} in epoch {exc.epoch}; "
                              f"{divergence_hint(config, cli_option)}{kept}") from None
+    except ResumeMismatch as exc:  # a checkpoint whose arrays do not fit the run's network or optimizer
+        report.close()
+        raise GpunetError(f"{resume}: cannot go on with this run: {exc}") from None
     except TrainingInterrupted as exc:
         report.close()
         if exc.run_state is not None:  # what --resume reads: the run's data and --out, recorded for it
