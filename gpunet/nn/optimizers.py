@@ -60,12 +60,40 @@ class GradientDescent:
     """W <- W - alpha.dW. Full-batch (the notes) or mini-batch (SGD): the batch decides."""
 
     rule = "sgd"  # the name Backend.optimizer_update knows this update by
+    state_lists = ()  # the per-parameter arrays a step reads and writes (velocity; mean, square)
+    state_counts = ()  # the whole numbers a step reads and writes (Adam's t)
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, backend=None):
         self.params = params
         self.lr = lr
         self.weight_decay = weight_decay
         self.backend = backend  # offered each whole step first (optimizer_update); None: the array operations
+
+    def state(self) -> dict:
+        """What the next steps depend on besides the parameters and the rate, as host copies (a resumable run's
+        checkpoint): {name: [NumPy arrays, one per parameter]} for ``state_lists``, {name: int} for
+        ``state_counts``. The rate is not state: the schedule sets it before every step."""
+        to_host = np.asarray if self.backend is None else self.backend.to_numpy
+        return {**{name: [np.array(to_host(a)) for a in getattr(self, name)] for name in self.state_lists},
+                **{name: int(getattr(self, name)) for name in self.state_counts}}
+
+    def load_state(self, state: dict) -> None:
+        """Put back what ``state()`` gave, in place (the backend's arrays stay the ones a fused step was given);
+        ValueError saying what does not fit (another optimizer's state, other shapes or dtypes)."""
+        expected = {*self.state_lists, *self.state_counts}
+        if set(state) != expected:
+            raise ValueError(f"the {type(self).__name__} optimizer's state holds {sorted(expected) or 'nothing'}, "
+                             f"not {sorted(state) or 'nothing'}")
+        for name in self.state_lists:
+            arrays, new = getattr(self, name), state[name]
+            if len(new) != len(arrays) or any(np.shape(n) != a.shape or np.asarray(n).dtype != a.dtype
+                                              for a, n in zip(arrays, new)):
+                raise ValueError(f"the optimizer's {name} does not match the parameters' shapes and dtype")
+        for name in self.state_lists:
+            for a, new in zip(getattr(self, name), state[name]):
+                a[...] = new if self.backend is None else self.backend.asarray(new)
+        for name in self.state_counts:
+            setattr(self, name, int(state[name]))
 
     def decay(self):
         """The weights' factor per step, 1 - alpha.lambda, in the parameters' dtype (1 without decay)."""
@@ -96,6 +124,7 @@ class Momentum(GradientDescent):
     """v <- beta.v + dW;  W <- W - alpha.v  (heavy ball, as PyTorch's SGD with momentum)."""
 
     rule = "momentum"
+    state_lists = ("velocity",)
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, beta: float = 0.9, backend=None):
         super().__init__(params, lr, weight_decay, backend)
@@ -124,6 +153,8 @@ class Adam(GradientDescent):
     """
 
     rule = "adam"
+    state_lists = ("mean", "square")
+    state_counts = ("t",)
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0,
                  beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, backend=None):
