@@ -37,6 +37,9 @@ own accord (``CpuBackend.compute_threads``): the 16-16 network's, and the CNN's,
 one part per core (``training.loop.step_parts``), each part on a thread of gpunet's own pool. gpunet's own
 thread pools (the full-batch step's and the CNN steps' parts, numba's) are not held. bench.py prints the
 settings it ran with, and how gpunet's CNN steps run.
+
+scripts/bench_presets.py times each ``gpunet train --preset`` with these sides: ``GpunetEpochs`` (gpunet's
+train_epoch over any network and optimizer) and ``TorchLayers`` (PyTorch's twins of gpunet's built layers).
 """
 
 from __future__ import annotations
@@ -130,11 +133,12 @@ def bench_data(m: int = M, data: Path = DATA) -> tuple[Digits, str]:
 
 
 # -- the two sides ---------------------------------------------------------------------
-def optimizer(name: str, groups, lr: float, backend):
+def optimizer(name: str, groups, lr: float, backend, weight_decay: float = 0.0):
     """gpunet's optimizer, given the backend (its whole step as one kernel on CUDA) where this checkout's takes one."""
+    decay = {"weight_decay": weight_decay} if weight_decay else {}
     if "backend" in inspect.signature(make_optimizer).parameters:
-        return make_optimizer(name, groups, lr, backend=backend)
-    return make_optimizer(name, groups, lr)
+        return make_optimizer(name, groups, lr, backend=backend, **decay)
+    return make_optimizer(name, groups, lr, **decay)
 
 
 
@@ -199,7 +203,29 @@ class Torch:
             torch.cuda.synchronize()
 
 
-class GpunetCNN:
+class GpunetEpochs:
+    """gpunet's own train_epoch over a network and its optimizer; ``warm`` runs CNN_WARM digits untimed first."""
+
+    def __init__(self, backend, digits, network, optimizer, rate=None):
+        self.backend, self.network, self.optimizer, self.rate = backend, network, optimizer, rate
+        self.data = DeviceData(backend, digits)
+        self.warm_data = DeviceData(backend, Digits(digits.images[:CNN_WARM], digits.labels[:CNN_WARM]))
+        self.rng = np.random.default_rng(1)
+        self.loss = None  # the last epoch's mean training loss (the tests read it)
+
+    def run(self, batch: int) -> None:
+        rate = {} if self.rate is None else {"rate": self.rate}
+        self.loss, _ = train_epoch(self.network, self.optimizer, self.data, batch, self.rng, **rate)
+        self.backend.synchronize()
+
+    def warm(self, batch: int) -> None:
+        if batch <= 0:  # a full batch of fewer digits is another step (another workspace): warm with the real one
+            return self.run(batch)
+        train_epoch(self.network, self.optimizer, self.warm_data, batch, self.rng)
+        self.backend.synchronize()
+
+
+class GpunetCNN(GpunetEpochs):
     """gpunet's LayerStack of CNN_ARCH (what ``gpunet train --arch`` builds), Adam, its own train_epoch."""
 
     def __init__(self, backend, digits):
@@ -208,51 +234,89 @@ class GpunetCNN:
             model.LayerStack, model.arch_input_shape, model.build_layers, model.init_stack_params,
             model.parse_arch_text)
 
-        self.backend = backend
         arch = parse_arch_text(CNN_ARCH)
         shape = arch_input_shape(arch, 784)
         params = init_stack_params(build_layers(arch, shape, 10), "he", 0, np.float32)
-        self.network = LayerStack(backend, arch, params, shape, 10)
-        self.optimizer = optimizer("adam", self.network.groups, CNN_LR, backend)
-        self.data = DeviceData(backend, digits)
-        self.warm_data = DeviceData(backend, Digits(digits.images[:CNN_WARM], digits.labels[:CNN_WARM]))
-        self.rng = np.random.default_rng(1)
-        self.loss = None  # the last epoch's mean training loss (the tests read it)
-
-    def run(self, batch: int) -> None:
-        self.loss, _ = train_epoch(self.network, self.optimizer, self.data, batch, self.rng)
-        self.backend.synchronize()
-
-    def warm(self, batch: int) -> None:
-        train_epoch(self.network, self.optimizer, self.warm_data, batch, self.rng)
-        self.backend.synchronize()
+        network = LayerStack(backend, arch, params, shape, 10)
+        super().__init__(backend, digits, network, optimizer("adam", network.groups, CNN_LR, backend))
 
 
-class TorchCNN(Torch):
-    """The same CNN in PyTorch eager: Conv2d + ReLU + MaxPool2d twice, Flatten, Linear + ReLU, Linear; Adam.
+def torch_modules(nn, layers) -> list:
+    """PyTorch's twins of gpunet's built layers (``model.build_layers``: the spec's, the implied Flatten, the
+    output): Conv2d/Linear (+ ReLU where gpunet's has one), MaxPool2d, Dropout, Flatten. ValueError for a
+    layer that has none here."""
+    modules = []
+    for layer in layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            padding = "same" if getattr(layer, "padding", "valid") == "same" else 0
+            modules.append(nn.Conv2d(layer.input_shape[0], layer.outputs, layer.k, padding=padding))
+        elif kind == "Dense":
+            modules.append(nn.Linear(layer.fan_in, layer.outputs))
+        elif kind == "MaxPool2D":
+            modules.append(nn.MaxPool2d(layer.size))
+        elif kind == "Dropout":
+            modules.append(nn.Dropout(layer.p))
+        elif kind == "Flatten":
+            modules.append(nn.Flatten())
+        else:
+            raise ValueError(f"no PyTorch twin for gpunet's {kind} layer in bench.py")
+        if kind in ("Conv2D", "Dense") and layer.relu:
+            modules.append(nn.ReLU())
+    return modules
 
-    X is held as float32 images (m, 1, 28, 28) scaled to [0, 1], converted once, outside the timing.
+
+def torch_optimizer(torch, model, name: str, lr: float, weight_decay: float = 0.0):
+    """PyTorch's twin of gpunet's optimizer ``name``: SGD for gd and sgd, SGD with momentum 0.9, AdamW for adam
+    (Adam's betas and eps, decoupled decay). The decay on the weights alone, as gpunet's (not the biases)."""
+    weights = [p for p in model.parameters() if p.dim() > 1]
+    biases = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": weights, "weight_decay": weight_decay}, {"params": biases, "weight_decay": 0.0}]
+    if name in ("gd", "sgd"):
+        return torch.optim.SGD(groups, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    raise ValueError(f"no PyTorch twin for gpunet's optimizer {name!r} in bench.py")
+
+
+class TorchLayers(Torch):
+    """gpunet's built layers (``torch_modules``) in PyTorch eager, cross-entropy, the optimizer's twin.
+
+    X is held as float32 scaled to [0, 1], as images (m, 1, 28, 28) where the first layer takes maps, else as
+    rows (m, 784), converted once, outside the timing.
     """
 
-    def __init__(self, torch, device: str, digits):
+    def __init__(self, torch, device: str, digits, layers, optimizer_name: str, lr: float, weight_decay: float = 0.0):
         self.torch, self.device = torch, device
         torch.manual_seed(0)
         nn = torch.nn
-        self.model = nn.Sequential(nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
-                                   nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                   nn.Linear(64 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, 10)).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=CNN_LR)
+        self.model = nn.Sequential(*torch_modules(nn, layers)).to(device)
+        self.optimizer = torch_optimizer(torch, self.model, optimizer_name, lr, weight_decay)
         self.loss = nn.CrossEntropyLoss()
-        images = torch.from_numpy(digits.images.reshape(-1, 1, 28, 28))
+        images = torch.from_numpy(digits.images.reshape(-1, *layers[0].input_shape))
         self.X = (images.to(device).float() / 255).contiguous()
         self.y = torch.from_numpy(digits.labels.astype(np.int64)).to(device)
 
     def warm(self, batch: int) -> None:
+        if batch <= 0:  # as GpunetEpochs.warm: the full batch's own step
+            return self.run(batch)
         self.hold()
         for start in range(0, min(CNN_WARM, len(self.y)), batch):
             self.step(self.X[start : start + batch], self.y[start : start + batch])
         if self.device == "cuda":
             self.torch.cuda.synchronize()
+
+
+class TorchCNN(TorchLayers):
+    """The same CNN in PyTorch eager: Conv2d + ReLU + MaxPool2d twice, Flatten, Linear + ReLU, Linear; Adam."""
+
+    def __init__(self, torch, device: str, digits):
+        model = gpunet_module("nn.model")
+        arch = model.parse_arch_text(CNN_ARCH)
+        layers = model.build_layers(arch, model.arch_input_shape(arch, 784), 10)
+        super().__init__(torch, device, digits, layers, "adam", CNN_LR)
 
 
 def seconds(fn) -> float:

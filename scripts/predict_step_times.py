@@ -2,11 +2,19 @@
 
     python scripts/predict_step_times.py            # H100 SXM
     python scripts/predict_step_times.py --gpu h200
+    python scripts/predict_step_times.py --presets  # each gpunet train --preset's step, epoch and run
 
 For the default network (784-16-16-10, batch 64, each optimizer with gpunet train's weight decay) and issue
 15's CNN (conv32k5,pool2,conv64k5,pool2,dense256,dropout0.5, Adam, batch 128), over an epoch of 41,000
 digits: the GPU step with today's launches and with point 3's fused ones, each launched eagerly from Python
 or, fused, replayed as one CUDA graph; the CPU step the model predicts. Nothing is timed.
+
+--presets: the same for each preset's network, optimizer, decay and batch (scripts/bench_presets.py's
+``preset_config``, what ``gpunet train --preset`` runs) on 41,000 training digits, with the CUDA backend's
+launches of this checkout (the model's LAUNCHES_NOW), eager and as one graph a step, and the whole run: the
+preset's epochs times its epoch. The model counts the training steps alone: the per-epoch evaluation of the
+held-out digits, reading the data and the start-up are not in it, nor is augmentation's sampling (``cnn``'s
+--augment: one more kernel and a pass over the batch's pixels a step, small beside the CNN's products).
 """
 
 from __future__ import annotations
@@ -39,10 +47,56 @@ def rows():
         yield name, optimizer, batch, steps, cm.cpu_step_seconds(steps["today"])
 
 
+def preset_rows(samples: int = SAMPLES):
+    """(preset, network, settings, steps an epoch, epochs, Step) of each preset, as gpunet train --preset runs it."""
+    scripts = str(Path(__file__).resolve().parent)
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    from bench_presets import network_text, preset_config
+
+    from gpunet.training.presets import PRESETS
+
+    for name in PRESETS:
+        config = preset_config(name)
+        step = cm.training_step(config, samples)
+        batch = "full batch" if config.batch_size <= 0 else f"batch {config.batch_size}"
+        settings = f"{config.optimizer}, {batch}, {config.epochs} epochs" + (", augment" if config.augment else "")
+        yield name, network_text(config), settings, math.ceil(samples / step.batch), config.epochs, step
+
+
+def print_presets(gpu) -> None:
+    """--presets: each preset's step, epoch and run on the GPU (eager and as one graph) and the CPU model's."""
+    print(f"GPU: {gpu.name}, {gpu.bandwidth / 1e12:.2f} TB/s, {gpu.fp32 / 1e12:.0f} TFLOPS FP32; {SAMPLES:,} training "
+          f"digits; launches as this checkout's CUDA backend ({cm.LAUNCHES_NOW}); training steps alone")
+    header = ["preset", "network", "settings", "launches a step", "GPU eager: step, epoch, run",
+              "GPU graph: step, epoch, run", "CPU model: step, epoch, run"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for name, network, settings, steps, epochs, step in preset_rows():
+        cells = [name, network, settings, str(step.launches.total)]
+        for seconds in (cm.gpu_step_seconds(step, gpu, False), cm.gpu_step_seconds(step, gpu, True),
+                        cm.cpu_step_seconds(step)):
+            cells.append(f"{seconds * 1e6:,.0f} us, {duration(seconds * steps)}, {duration(seconds * steps * epochs)}")
+        print("| " + " | ".join(cells) + " |")
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    return f"{seconds / 60:.3g} min" if seconds < 6000 else f"{seconds / 60:,.0f} min"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", choices=GPUS, default="h100")
-    gpu = GPUS[parser.parse_args().gpu]
+    parser.add_argument("--presets", action="store_true", help="each gpunet train --preset's step, epoch and run")
+    args = parser.parse_args()
+    gpu = GPUS[args.gpu]
+    if args.presets:
+        print_presets(gpu)
+        return 0
     print(f"GPU: {gpu.name}, {gpu.bandwidth / 1e12:.2f} TB/s, {gpu.fp32 / 1e12:.0f} TFLOPS FP32; "
           f"epoch: {SAMPLES:,} digits; step in us, epoch in ms")
     header = ["network", "optimizer", "launches today/fused", "MB a step", "MFLOP a step"]

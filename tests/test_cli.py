@@ -300,8 +300,8 @@ def test_ctrl_c_never_replaces_an_existing_model_and_says_where_it_saved(tmp_pat
     assert load_model(beside)[1]["stop_reason"] == "interrupted"
     code, err = interrupt_after_first_epoch(["--out", str(out)])  # again: a name beside that is free too
     assert code == 130 and str(tmp_path / "model.interrupted-2.npz") in err, err[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.interrupted-2.npz", "model.interrupted.npz",
-                                                          "model.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.checkpoint.npz", "model.interrupted-2.npz",
+                                                          "model.interrupted.npz", "model.npz"]  # one checkpoint
 
 
 def png_bytes():
@@ -711,7 +711,8 @@ def test_sigterm_during_training_saves_beside_the_model_and_exits_143(tmp_path, 
     from gpunet.files.checkpoint import load_model
 
     assert load_model(beside)[1]["stop_reason"] == "interrupted"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.interrupted.npz", "model.npz"]  # no .tmp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.checkpoint.npz", "model.interrupted.npz",
+                                                          "model.npz"]  # no .tmp
 
 
 SIGTERM_IN_SAVE = """

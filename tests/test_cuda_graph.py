@@ -50,12 +50,12 @@ def check_update_at(walk, dtype, rule, sizes, shape):
             reference.lr = rate
             reference.step([g.copy() for g in pair])
             step[0] = k
-            kernels.optimizer_update_at(rule, replayed.params, [g.copy() for g in pair], replayed.state(), table, step,
+            kernels.optimizer_update_at(rule, replayed.params, [g.copy() for g in pair], replayed.state_arrays(), table, step,
                                         launcher=walked)
     assert [launch.kernel for launch in walked.launches] == [f"{rule}_update_at"] * 3
     for got, want in zip(replayed.params, reference.params):
         np.testing.assert_array_equal(got, want)
-    for got_list, want_list in zip(replayed.state(), reference.state()):
+    for got_list, want_list in zip(replayed.state_arrays(), reference.state_arrays()):
         for got, want in zip(got_list, want_list):
             np.testing.assert_array_equal(got, want)
 

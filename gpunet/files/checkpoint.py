@@ -102,7 +102,7 @@ def model_archive(path):
     if not zipfile.is_zipfile(path):  # a plainer message than zipfile's own
         raise ModelFileError(f"{name}: not a readable .npz model file (not a zip archive)")
     try:
-        _check_directory(path, name)
+        check_directory(path, name)
         with zipfile.ZipFile(path) as archive:
             if len(archive.infolist()) > MAX_MEMBERS:  # the end record read by zipfile's own rules, to be sure
                 raise ModelFileError(f"{name}: holds {len(archive.infolist()):,} members; a gpunet model holds at "
@@ -120,9 +120,11 @@ _END64_LOCATOR = struct.Struct("<4sLQL")
 _END64 = struct.Struct("<4sQ2H2L4Q")
 
 
-def _check_directory(path: Path, name: str) -> None:
-    """Refuse a zip whose directory lists more than MAX_MEMBERS members or takes more than MAX_DIRECTORY bytes,
-    from its end record alone: zipfile reads the whole directory into objects when it opens the file."""
+def check_directory(path: Path, name: str, max_members: int = MAX_MEMBERS, max_directory: int = MAX_DIRECTORY,
+                    what: str = "a gpunet model") -> None:
+    """Refuse a zip whose directory lists more than ``max_members`` members or takes more than ``max_directory``
+    bytes, from its end record alone: zipfile reads the whole directory into objects when it opens the file.
+    ``what``: the kind of file the limits are for, in the message (resumable checkpoints have their own)."""
     with path.open("rb") as file:
         size = file.seek(0, 2)
         tail_start = max(0, size - _END.size - 0xFFFF)  # the record, then a comment of up to 64 KiB
@@ -141,11 +143,11 @@ def _check_directory(path: Path, name: str) -> None:
                 record = file.read(_END64.size)
                 if len(record) == _END64.size and record[:4] == b"PK\x06\x06":
                     members, directory = _END64.unpack(record)[7], _END64.unpack(record)[8]
-    if members > MAX_MEMBERS:
-        raise ModelFileError(f"{name}: holds {members:,} members; a gpunet model holds at most {MAX_MEMBERS:,}")
-    if directory > MAX_DIRECTORY:
-        raise ModelFileError(f"{name}: its zip directory is {directory:,} bytes; a gpunet model's is at most "
-                             f"{MAX_DIRECTORY:,}")
+    if members > max_members:
+        raise ModelFileError(f"{name}: holds {members:,} members; {what} holds at most {max_members:,}")
+    if directory > max_directory:
+        raise ModelFileError(f"{name}: its zip directory is {directory:,} bytes; {what}'s is at most "
+                             f"{max_directory:,}")
 
 
 def _member_headers(archive: zipfile.ZipFile, name: str) -> dict[str, tuple[zipfile.ZipInfo, NpyHeader]]:

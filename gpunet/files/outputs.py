@@ -51,6 +51,7 @@ SUBMISSION_HEADER = b"ImageId,Label"
 # submission rows, some 70,000 probability rows; Kaggle's test set has 28,000 digits).
 SUBMISSION_LIMIT = 16 << 20
 PROBABILITIES = "a file of class probabilities"
+CHECKPOINT = "a gpunet checkpoint"  # a resumable run's state (files/resume_file.py), written when a run is stopped
 OTHER = "another kind of file"
 
 
@@ -115,12 +116,16 @@ def _csv_kind(content: bytes, kind: str, header: bytes, rows: re.Pattern) -> str
 
 
 def _zip_kind(path: Path) -> str:
-    """MODEL where the metadata (read by the model file's own reader, with its bounds) is gpunet's."""
+    """MODEL where the metadata (read by the model file's own reader, with its bounds) is gpunet's; CHECKPOINT
+    where the file is a resumable checkpoint (read by its own reader, with its bounds)."""
     from gpunet.files.checkpoint import load_metadata
+    from gpunet.files.resume_file import is_checkpoint
 
     try:  # bounded: the zip's directory is checked before zipfile reads it (a 200,000-member file costs nothing)
         load_metadata(path)
     except (ModelFileError, *ZIP_ERRORS):
+        if is_checkpoint(path):
+            return CHECKPOINT
         return "a zip archive that is not a gpunet model this version reads"
     return MODEL
 
@@ -213,7 +218,8 @@ def refusal(path: Path, kind: str) -> str | None:
         return None
     # A kind's own name is said with what was wanted; a near miss ("a file starting ImageId,Label that is not a
     # Kaggle submission ...") already says what it is not.
-    return f"holds {found}, not {kind}" if found in (MODEL, SUBMISSION, PNG, PROBABILITIES, OTHER) else f"holds {found}"
+    return (f"holds {found}, not {kind}" if found in (MODEL, SUBMISSION, PNG, PROBABILITIES, CHECKPOINT, OTHER)
+            else f"holds {found}")
 
 
 def names_beside(path: Path, tag: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ from gpunet.errors import DeviceError, GpunetError
 from gpunet.nn.augment import DEFAULT_RANGES
 from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes, parse_arch_text, parse_hidden_text
 from gpunet.nn.optimizers import OPTIMIZERS
-from gpunet.files.outputs import (MODEL, PROBABILITIES, SUBMISSION, SaveError, check_out_path, identity,
+from gpunet.files.outputs import (CHECKPOINT, MODEL, PROBABILITIES, SUBMISSION, SaveError, check_out_path, identity,
                                   probabilities_header, save_replacing_only, save_without_replacing)
 from gpunet.training.loop import DTYPES, SCHEDULES
 from gpunet.training.presets import PRESETS, command_line
@@ -261,25 +262,40 @@ def presets_help() -> str:
               help="Where to write the model (.npz).")
 @click.option("--plot", "plot_dir", type=path_type(), default=None,
               help="Also write the plots of `gpunet plot` into this folder at the end (needs gpunet[plot]).")
+@click.option("--resume", type=path_type(), default=None, metavar="CHECKPOINT",
+              help="Go on with a run that Ctrl-C or SIGTERM stopped, from the checkpoint it saved beside --out "
+                   "(model.checkpoint.npz), to the run's planned end: the model is the uninterrupted run's (same "
+                   "machine, same settings). The epoch it stopped in is done again from its start. The settings are "
+                   "the run's; --data (else the file it recorded), --out (else its own), --device, --cuda-graph and "
+                   "--plot may be given.")
 @click.pass_context
 def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init,
-          val_size, patience, seed, split_seed, dtype, augment, cuda_graph, out, plot_dir):
+          val_size, patience, seed, split_seed, dtype, augment, cuda_graph, out, plot_dir, resume):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
                                          unlearned_hint)
     from gpunet.backends.cost_model import training_step
     from gpunet.training.loop import SettingError, TrainingDiverged, TrainingInterrupted, train as run_training
+    from gpunet.training.run_state import ResumeMismatch
 
-    if arch is not None and given_by_user(ctx, "hidden"):
-        if given_by_user(ctx, "arch"):
-            raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
-        arch = None  # --hidden given replaces the preset's layers
-    hidden, arch = network_shape(hidden, arch)
-    config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                          schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
-                          patience=patience, seed=seed, split_seed=split_seed, dtype=dtype, augment=augment)
-    out = check_out_path("--out", out, MODEL, data=data)
+    resumed = None
+    if resume is not None:
+        resumed = resumed_run(ctx, resume)
+        config = resumed.config
+        hidden, arch = config.hidden, config.arch
+        data = data if data is not None else recorded_path(resumed.extra.get("data"))
+        out = out if given_by_user(ctx, "out") else recorded_path(resumed.extra.get("out")) or out
+    else:
+        if arch is not None and given_by_user(ctx, "hidden"):
+            if given_by_user(ctx, "arch"):
+                raise click.UsageError("give --hidden or --arch, not both (--hidden 16,16 is --arch dense16,dense16)")
+            arch = None  # --hidden given replaces the preset's layers
+        hidden, arch = network_shape(hidden, arch)
+        config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+                              schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
+                              patience=patience, seed=seed, split_seed=split_seed, dtype=dtype, augment=augment)
+    out = check_out_path("--out", out, MODEL, data=data, resume=resume)
     found_at_start = identity(out)  # a model another run writes at --out meanwhile is not replaced
     if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
         raise click.UsageError("--plot is a folder for the plots and --out the model file: give them different names")
@@ -291,9 +307,14 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
     backend, notice = get_backend(device)
     digits = load_digits(data, labeled=True) if data is not None else load_sample()
     try:
-        train_digits, val_digits = split_validation(digits, val_size, config.split_seed)
+        train_digits, val_digits = split_validation(digits, config.val_size, config.split_seed)
     except SettingError as error:  # too many held out for this data
+        if resumed is not None:
+            raise GpunetError(f"{resume}: the run held out {config.val_size:,} digits; {digits.source} has "
+                              f"{len(digits):,}, not the data it trained on") from None
         raise usage_error(ctx, error) from None
+    if resumed is not None:
+        check_resumable(resume, resumed, config, train_digits, val_digits, digits.source)
     backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)), cuda_graph)
     if backend.name == "cuda":
         backend.cuda_graph = cuda_graph
@@ -308,7 +329,7 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
     click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
                f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, "
-               f"{dtype} on {device_text(backend, arch)}" + (f"; {notice}" if notice else ""))
+               f"{config.dtype} on {device_text(backend, arch)}" + (f"; {notice}" if notice else ""))
     if device_choice:
         click.echo(f"Device: {device_choice}")
     if getattr(backend, "cuda_graph", False):
@@ -316,20 +337,28 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
     if config.augment:
         click.echo(f"Augmentation: {DEFAULT_RANGES.describe()}, drawn afresh each epoch")
 
+    if resumed is not None:
+        click.echo(f"Resuming {resume}: {plural(resumed.epochs_done, 'epoch')} of {config.epochs} done")
     report = EpochReporter(config.epochs, full_batch=config.batch_size == 0)
     try:
         result = run_training(backend, train_digits, val_digits, config, on_epoch=report,
                               progress_factory=report.progress_bar if config.batch_size else None,
-                              stop=STOP_SIGNALS.asked)
+                              stop=STOP_SIGNALS.asked, resume_from=resumed)
     except TrainingDiverged as exc:
         report.close()
         saved = save_failed_run(out, "diverged", exc.result, config, digits, backend) if exc.result.history else None
         kept = f"; kept the weights of epoch {exc.result.best_epoch} in {saved}" if saved else ""
         raise TrainingFailed(f"training diverged: the loss became {exc.value} in epoch {exc.epoch}; "
                              f"{divergence_hint(config, cli_option)}{kept}") from None
+    except ResumeMismatch as exc:  # a checkpoint whose arrays do not fit the run's network or optimizer
+        report.close()
+        raise GpunetError(f"{resume}: cannot go on with this run: {exc}") from None
     except TrainingInterrupted as exc:
         report.close()
-        stop_interrupted(out, exc.epoch, exc.result, config, digits, backend)
+        if exc.run_state is not None:  # what --resume reads: the run's data and --out, recorded for it
+            exc.run_state.extra = {"data": None if data is None else str(Path(data).absolute()),
+                                   "out": str(out.absolute())}
+        stop_interrupted(out, exc.epoch, exc.result, config, digits, backend, exc.run_state)
     report.close()
     final = result.final
     # Judged on the validation digits, or on the training digits where those are too few to tell.
@@ -346,7 +375,7 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         stop_interrupted(out, len(result.history), result, config, digits, backend)
     out = save_completed_run(out, found_at_start, result, config, digits, backend)
     if result.stop_reason == "early_stopping":
-        click.echo(f"Early stopping: no better validation loss for {plural(patience, 'epoch')}; "
+        click.echo(f"Early stopping: no better validation loss for {plural(config.patience, 'epoch')}; "
                    f"kept epoch {result.best_epoch}")
     if final.val_accuracy is not None:
         click.echo(f"Validation accuracy {100 * final.val_accuracy:.2f}% (epoch {result.best_epoch}); saved {out}")
@@ -462,9 +491,9 @@ class ProgressBar:
         self.bar.close()
 
 
-def stop_interrupted(out: Path, epoch: int, result, config, digits, backend):
-    """End an interrupted run: its best model so far goes to ``out`` only where nothing is there, else beside it;
-    exit 128 + the signal's number."""
+def stop_interrupted(out: Path, epoch: int, result, config, digits, backend, run_state=None):
+    """End an interrupted run: its best model so far goes to ``out`` only where nothing is there, else beside it,
+    and ``run_state`` (what --resume goes on from) to model.checkpoint.npz; exit 128 + the signal's number."""
     if result.history:
         try:
             saved = save_failed_run(out, "interrupted", result, config, digits, backend)
@@ -474,7 +503,69 @@ def stop_interrupted(out: Path, epoch: int, result, config, digits, backend):
                    f"(epoch {result.best_epoch}) to {saved}", err=True)
     else:
         click.echo(f"Interrupted in epoch {epoch}, before any epoch finished: nothing saved", err=True)
+    if run_state is not None:
+        try:
+            checkpoint = save_checkpoint(out, run_state)
+        except SaveError as error:
+            raise GpunetError(f"interrupted in epoch {epoch}; {error}") from None
+        click.echo(f"Saved the run as it was after epoch {run_state.epochs_done} to {checkpoint}; to go on from the "
+                   f"start of epoch {run_state.epochs_done + 1} of {config.epochs}: "
+                   f"gpunet train --resume {shlex.quote(str(checkpoint))}", err=True)
     sys.exit(STOP_SIGNALS.exit_code())
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where an interrupted run's checkpoint goes: model.checkpoint.npz beside model.npz."""
+    return out.with_name(f"{out.stem}.checkpoint.npz")
+
+
+def save_checkpoint(out: Path, run_state) -> Path:
+    """Save a stopped run's state beside ``out``, replacing only a checkpoint (another file there is kept and the
+    checkpoint goes beside it, model.checkpoint.new.npz, saying why). Returns where it went."""
+    from gpunet.files.resume_file import save_run_state
+
+    path = checkpoint_path(out)
+    saved = save_replacing_only(path, CHECKPOINT, "new", lambda p: save_run_state(p, run_state),
+                                noun="the checkpoint")
+    if saved.beside_because:
+        click.echo(f"Note: {path} holds a file gpunet does not replace; saved the checkpoint as {saved.path}",
+                   err=True)
+    return saved.path
+
+
+# The options a resumed run may be given: where it reads and writes, and on what it runs. The others would make
+# it another run.
+RESUME_MAY_CHANGE = ("data", "device", "cuda_graph", "out", "plot_dir", "resume")
+
+
+def resumed_run(ctx, resume: Path):
+    """The run state in the --resume checkpoint (one line naming the file where it cannot be read); a usage
+    error naming an option given with it that would change the run."""
+    from gpunet.files.resume_file import load_run_state
+
+    for param in ctx.command.params:
+        if param.name not in RESUME_MAY_CHANGE and given_by_user(ctx, param.name):
+            raise click.UsageError(f"{param.opts[0]} with --resume: a resumed run keeps the settings it was started "
+                                   f"with; give only --data, --out, --device, --cuda-graph or --plot with it (or start "
+                                   f"a new run without --resume)")
+    return load_run_state(resume)
+
+
+def recorded_path(text: str | None) -> Path | None:
+    """A path a checkpoint recorded (--data, --out), or None."""
+    return None if text is None else Path(text)
+
+
+def check_resumable(resume: Path, resumed, config, train_digits, val_digits, source: str) -> None:
+    """One line naming the checkpoint where it does not continue a run on these digits (other data)."""
+    from gpunet.training.run_state import ResumeMismatch
+
+    try:
+        resumed.check_fits(config, train_digits, val_digits)
+    except ResumeMismatch as error:
+        recorded = resumed.extra.get("data", "")
+        hint = f"; its data was {recorded or 'the bundled sample'}" if recorded != "" else ""
+        raise GpunetError(f"{resume}: cannot go on with {source}: {error}{hint}") from None
 
 
 def save_completed_run(out: Path, found_at_start, result, config, digits, backend) -> Path:

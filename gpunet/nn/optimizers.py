@@ -60,6 +60,8 @@ class GradientDescent:
     """W <- W - alpha.dW. Full-batch (the notes) or mini-batch (SGD): the batch decides."""
 
     rule = "sgd"  # the name Backend.optimizer_update knows this update by
+    state_lists = ()  # the per-parameter arrays a step reads and writes (velocity; mean, square)
+    state_counts = ()  # the whole numbers a step reads and writes (Adam's t)
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, backend=None):
         self.params = params
@@ -67,13 +69,39 @@ class GradientDescent:
         self.weight_decay = weight_decay
         self.backend = backend  # offered each whole step first (optimizer_update); None: the array operations
 
+    def state(self) -> dict:
+        """What the next steps depend on besides the parameters and the rate, as host copies (a resumable run's
+        checkpoint): {name: [NumPy arrays, one per parameter]} for ``state_lists``, {name: int} for
+        ``state_counts``. The rate is not state: the schedule sets it before every step."""
+        to_host = np.asarray if self.backend is None else self.backend.to_numpy
+        return {**{name: [np.array(to_host(a)) for a in getattr(self, name)] for name in self.state_lists},
+                **{name: int(getattr(self, name)) for name in self.state_counts}}
+
+    def load_state(self, state: dict) -> None:
+        """Put back what ``state()`` gave, in place (the backend's arrays stay the ones a fused step was given);
+        ValueError saying what does not fit (another optimizer's state, other shapes or dtypes)."""
+        expected = {*self.state_lists, *self.state_counts}
+        if set(state) != expected:
+            raise ValueError(f"the {type(self).__name__} optimizer's state holds {sorted(expected) or 'nothing'}, "
+                             f"not {sorted(state) or 'nothing'}")
+        for name in self.state_lists:
+            arrays, new = getattr(self, name), state[name]
+            if len(new) != len(arrays) or any(np.shape(n) != a.shape or np.asarray(n).dtype != a.dtype
+                                              for a, n in zip(arrays, new)):
+                raise ValueError(f"the optimizer's {name} does not match the parameters' shapes and dtype")
+        for name in self.state_lists:
+            for a, new in zip(getattr(self, name), state[name]):
+                a[...] = new if self.backend is None else self.backend.asarray(new)
+        for name in self.state_counts:
+            setattr(self, name, int(state[name]))
+
     def decay(self):
         """The weights' factor per step, 1 - alpha.lambda, in the parameters' dtype (1 without decay)."""
         return self.params[0].dtype.type(1 - self.lr * self.weight_decay)
 
-    def state(self) -> tuple:
-        """The per-parameter state lists the update reads and writes (none here)."""
-        return ()
+    def state_arrays(self) -> tuple:
+        """The per-parameter lists of ``state_lists``, the arrays themselves: what the update reads and writes."""
+        return tuple(getattr(self, name) for name in self.state_lists)
 
     def scalars(self) -> dict:
         """The numbers of the next update (after ``advance``): what ``Backend.optimizer_update`` is given."""
@@ -85,7 +113,7 @@ class GradientDescent:
     def fused(self, grads) -> bool:
         """Whether the backend did the whole step (decay included) in its own way."""
         return self.backend is not None and self.backend.optimizer_update(
-            self.rule, self.params, grads, self.state(), **self.scalars())
+            self.rule, self.params, grads, self.state_arrays(), **self.scalars())
 
     def decay_weights(self) -> None:
         """W <- W - alpha.lambda.W for the weight matrices (params alternate W, b)."""
@@ -107,15 +135,13 @@ class Momentum(GradientDescent):
     """v <- beta.v + dW;  W <- W - alpha.v  (heavy ball, as PyTorch's SGD with momentum)."""
 
     rule = "momentum"
+    state_lists = ("velocity",)
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, beta: float = 0.9, backend=None):
         super().__init__(params, lr, weight_decay, backend)
         self.beta = beta
         self.velocity = [p * 0 for p in params]
         self.scratch = [p * 0 for p in params]
-
-    def state(self) -> tuple:
-        return (self.velocity,)
 
     def scalars(self) -> dict:
         return {**super().scalars(), "beta": self.beta}
@@ -141,6 +167,8 @@ class Adam(GradientDescent):
     """
 
     rule = "adam"
+    state_lists = ("mean", "square")
+    state_counts = ("t",)
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0,
                  beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, backend=None):
@@ -150,9 +178,6 @@ class Adam(GradientDescent):
         self.square = [p * 0 for p in params]
         self.scratch = [(p * 0, p * 0) for p in params]
         self.t = 0
-
-    def state(self) -> tuple:
-        return (self.mean, self.square)
 
     def advance(self) -> None:
         self.t += 1

@@ -86,7 +86,8 @@ class GraphStep:
                                       self.counter, self.transforms)
         finally:
             ops.device_step = None
-        kernels.optimizer_update_at(optimizer.rule, optimizer.params, grads, optimizer.state(), self.table, self.step)
+        kernels.optimizer_update_at(optimizer.rule, optimizer.params, grads, optimizer.state_arrays(), self.table,
+                                    self.step)
         kernels.batch_end(self.batch_losses, self.losses, self.step)
 
 

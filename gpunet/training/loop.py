@@ -20,6 +20,7 @@ from gpunet.nn.layers import Conv2D
 from gpunet.nn.model import (CLASSES, INITS, MAX_UNITS, LayerStack, Network, arch_input_shape, build_layers,
                           init_params, init_stack_params, layer_sizes, parse_arch_text, parse_hidden_text)
 from gpunet.nn.optimizers import DEFAULTS, OPTIMIZERS, make_optimizer
+from gpunet.training.run_state import Boundary
 
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "float64")
@@ -212,11 +213,13 @@ class TrainingDiverged(Exception):
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C, or a stop asked for (``train``'s ``stop``): the network holds the best weights so far."""
+    """Ctrl-C, or a stop asked for (``train``'s ``stop``): the network holds the best weights so far.
+    ``run_state``: the run at the start of the epoch it stopped in, to resume from (``train(resume_from=)``);
+    None where no epoch was done."""
 
-    def __init__(self, epoch: int, result: TrainResult):
+    def __init__(self, epoch: int, result: TrainResult, run_state=None):
         super().__init__(f"interrupted in epoch {epoch}")
-        self.epoch, self.result = epoch, result
+        self.epoch, self.result, self.run_state = epoch, result, run_state
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -474,8 +477,8 @@ def checking_between_steps(progress, stop):
 
 
 def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None, progress_factory=None,
-          classes: int = CLASSES, stop=None):
-    """Train a fresh network on labels 0..classes-1; returns a TrainResult.
+          classes: int = CLASSES, stop=None, resume_from=None):
+    """Train a fresh network on labels 0..classes-1, or go on with a run (``resume_from``); returns a TrainResult.
 
     ``train_digits`` and ``val_digits`` hold ``images`` (m, features) and
     ``labels`` (m,): uint8 pixels, scaled by 1/255 a batch at a time, or float
@@ -487,6 +490,10 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
 
     ``stop()``, if given, is asked between steps and before each epoch (a signal handler sets what it reads:
     handlers never raise into the loop); where it says true, the run stops as Ctrl-C stops it.
+
+    ``resume_from``: a ``run_state.RunState`` (TrainingInterrupted's ``run_state``) of a run of this ``config``
+    on these digits (else ``run_state.ResumeMismatch``): training goes on from its epoch boundary to the run's
+    end, as the run would have gone on.
 
     Raises TrainingDiverged or TrainingInterrupted carrying the result so far;
     in both cases the network already holds the weights to keep.
@@ -501,11 +508,18 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
 
     result = TrainResult(network)
     best_score, best_params, since_best = math.inf, network.host_params(), 0
-    last_good = best_params
+    if resume_from is not None:
+        resume_from.check_fits(config, train_digits, val_digits)
+        best_score, best_params, since_best = resume_from.restore(network, optimizer, rng, result)
+    last_good = network.host_params()
     steps = steps_per_epoch(len(train_data), config.batch_size)
-    epoch = 0
+    epoch, boundary = 0, None
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(len(result.history) + 1, config.epochs + 1):
+            # What a run stopped in this epoch resumes from: taken before the stop is asked, so that a stop
+            # between two epochs keeps the one just done.
+            boundary = Boundary.take(epoch - 1, last_good, optimizer, rng, result.best_epoch, best_score,
+                                     best_params, since_best)
             if stop is not None and stop():
                 raise StopAsked
             started = time.perf_counter()
@@ -552,7 +566,9 @@ def train(backend, train_digits, val_digits, config: TrainConfig, on_epoch=None,
     except (KeyboardInterrupt, StopAsked):
         network.load_params(best_params)
         result.stop_reason = "interrupted"
-        raise TrainingInterrupted(epoch, result) from None
+        run_state = None if boundary is None else boundary.run_state(config, result.history, train_digits,
+                                                                     val_digits)
+        raise TrainingInterrupted(epoch, result, run_state) from None
 
     # Without early stopping the network keeps its last weights, as users expect.
     result.best_epoch = len(result.history)
