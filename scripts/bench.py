@@ -28,7 +28,8 @@ CUDA backend and training loop run on the CuPy stand-in (tests/cupy_stand_in.py,
 the CPU; needs g++ and this checkout's tests/), and it prints per steady-state step the launches by kind
 (gpunet's custom kernels, CuPy's elementwise kernels, reductions, cuBLAS products), device allocations,
 transfers each way, the launches' bytes and the products' FLOPs, for the 784-16-16-10 network with each
-optimizer and for a CNN; then the same per epoch outside the steps, and per evaluation of 1,000 digits
+optimizer and for a CNN, eagerly and as ``--cuda-graph`` runs them (one graph launch a step); then the
+same per epoch outside the steps, per evaluation of 1,000 digits, and what each step's graph replays
 (tests/launch_count.py; tests/test_launch_budget.py holds the counts to their budgets).
 
 ``--threads N`` holds PyTorch's intra-op threads and the BLAS libraries (threadpoolctl) to N for the
