@@ -229,3 +229,25 @@ def test_the_estimators_device_auto_follows_the_cost_model(h100, capsys):
     Classifier(epochs=5, verbose=True, val_size=0.1).fit(digits.images[:1000], digits.labels[:1000])
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("--device auto chose the CPU: the cost model predicts ")
+
+
+@pytest.mark.kernels
+def test_gpunet_train_cuda_graph_judges_the_gpu_by_its_graph_figures(h100, tmp_path, capsys):
+    """--cuda-graph: --device auto weighs the replayed step (18 nodes, one launch), which beats the CPU's for the
+    default network, so it trains on the (stand-in) H100, each whole step after the first one graph launch;
+    --device cpu ignores the option."""
+    from tests.conftest import run
+    from tests.cupy_stand_in import GRAPH
+
+    code, out, err = run(capsys, "train", "--cuda-graph", "--epochs", "1", "--val-size", "100",
+                         "--out", str(tmp_path / "m.npz"))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert next(line for line in lines if line.startswith("Device: ")).startswith("Device: --device auto chose the "
+                                                                                "GPU: ")
+    assert "CUDA graph: each whole batch's step captured once, then replayed as one launch" in lines
+    assert sum(event.kind == GRAPH for event in h100.xp.events) > 0
+    code, out, err = run(capsys, "train", "--cuda-graph", "--device", "cpu", "--epochs", "1", "--val-size", "100",
+                         "--out", str(tmp_path / "cpu.npz"))
+    assert code == 0, err
+    assert "CUDA graph" not in out and " on CPU" in next(line for line in out.splitlines() if line.startswith("Network "))
