@@ -60,7 +60,7 @@ class GraphStep:
     def __init__(self, network, optimizer, data, batch_size: int, augmented: bool):
         xp, dtype = network.backend.xp, network.dtype
         m = len(data)
-        self.key = (id(optimizer), id(data.images), id(data.labels), batch_size, augmented)
+        self.key = self.key_of(optimizer, data, batch_size, augmented)
         self.data = data  # held, so that the arrays the graph reads stay alive
         self.full_steps = m // batch_size
         self.order = xp.empty(m, dtype=np.int64)
@@ -75,6 +75,12 @@ class GraphStep:
         self.transforms = xp.empty((m, 6), dtype=dtype) if augmented else None
         self.graph = None
         self.tried = False  # whether capture was tried (once a run)
+
+    @staticmethod
+    def key_of(optimizer, data, batch_size: int, augmented: bool) -> tuple:
+        """What a run's graph steps are made for: another optimizer or data set, batch size or augmentation (a
+        train_epoch called with them) gets arrays and a graph of its own."""
+        return id(optimizer), id(data.images), id(data.labels), batch_size, augmented
 
     def run(self, network, optimizer, step_gradients) -> None:
         """One step on the fixed arrays, launched eagerly; what the graph holds once captured."""
@@ -103,10 +109,9 @@ def minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress,
             holder["_graph_refusal"] = refusal
         return None
     state = holder.get("_graph_step")
-    key = (id(optimizer), id(data.images), id(data.labels), batch_size, transforms is not None)
-    if state is None or state.key != key:
+    if state is None or state.key != GraphStep.key_of(optimizer, data, batch_size, transforms is not None):
         state = holder["_graph_step"] = GraphStep(network, optimizer, data, batch_size, transforms is not None)
-    ops, xp = network.backend, network.backend.xp
+    ops = network.backend
     m = len(data)
     state.order.set(rng.permutation(m).astype(np.int64))  # the shuffle, drawn as the eager epoch draws it
     rows = []
