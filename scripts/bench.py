@@ -493,10 +493,14 @@ def devices(choice: str) -> list[str]:
     return found if choice != "cuda" else [d for d in found if d == "cuda"]
 
 
-def gpunet_backend(device: str):
+def gpunet_backend(device: str, cuda_graph: bool = False):
+    """The backend of ``device``; on CUDA with ``cuda_graph``, each whole mini-batch step one graph launch
+    (``gpunet train --cuda-graph``; a checkout without it ignores the attribute)."""
     if device == "cpu":
         return CpuBackend()
-    return gpunet_module("backends.cuda").CupyBackend()
+    backend = gpunet_module("backends.cuda").CupyBackend()
+    backend.cuda_graph = cuda_graph
+    return backend
 
 
 def cnn_steps(backend) -> str:
@@ -612,6 +616,8 @@ def main() -> None:
     parser.add_argument("--cnn-repeats", type=int, default=CNN_REPEATS,
                         help=f"timed epochs of the CNN ({CNN_ARCH}) per side; 0 leaves it out")
     parser.add_argument("--threads", type=int, help="PyTorch's and BLAS's threads (default: as the libraries set them)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="on CUDA, replay each whole mini-batch step as one captured graph (gpunet train --cuda-graph)")
     parser.add_argument("--launches", action="store_true",
                         help="time nothing: count a training step's GPU launches, allocations and transfers on the "
                              "CuPy stand-in")
@@ -645,9 +651,9 @@ def main() -> None:
 
     rows = []
     for device in devices(args.device):
-        backend = gpunet_backend(device)
+        backend = gpunet_backend(device, args.cuda_graph)
         if device == "cuda":
-            print(describe_cuda(backend, torch))
+            print(describe_cuda(backend, torch) + ("; each whole step one CUDA graph launch" if args.cuda_graph else ""))
         else:  # its default path: compiled (numba) where installed, else NumPy array calls
             path = backend.cpu_path() if hasattr(backend, "cpu_path") else "NumPy array calls (this checkout has no other)"
             print(f"gpunet on the CPU: {path}")

@@ -102,6 +102,18 @@ def test_measure_on_the_cuda_stand_in(bench, stand_in_cuda, monkeypatch):
     check_rows(rows, "cuda", [128])
 
 
+@pytest.mark.kernels
+def test_measure_on_the_cuda_stand_in_as_a_graph(bench, stand_in_cuda, monkeypatch):
+    """bench.py --cuda-graph: the same rows, the epochs' whole steps replayed as graph launches."""
+    from tests.cupy_stand_in import GRAPH
+
+    monkeypatch.setitem(bench.MATMUL_SIZES, "cuda", 256)
+    stand_in_cuda.cuda_graph = True
+    rows = bench.measure("cuda", stand_in_cuda, small_digits(bench, 300), [128], repeats=1)
+    check_rows(rows, "cuda", [128])
+    assert sum(event.kind == GRAPH for event in stand_in_cuda.xp.events) > 0
+
+
 def run_script(tmp_path, *options, block_torch=False):
     """bench.py on 1,000 synthetic digits (the test does not depend on ../shared); (stdout, the table's rows)."""
     missing = tmp_path / "train.csv.gz"
