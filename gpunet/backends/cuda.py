@@ -303,6 +303,7 @@ class CupyBackend(Backend):
             return kernels.affine_augment(images, index, transforms, dtype, augment.side_of(images), out)
         return super().gather_augmented(images, index, transforms, dtype)
 
+
 class AllocationInCapture(RuntimeError):
     """A device allocation while a CUDA graph is captured."""
 
