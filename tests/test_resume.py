@@ -372,3 +372,61 @@ def test_early_stopping_after_a_resume_stops_where_the_uninterrupted_run_stops(t
     assert (resumed.stop_reason, resumed.best_epoch, len(resumed.history)) == \
         ("early_stopping", whole.best_epoch, len(whole.history))
     assert_same_bits(weights(resumed), weights(whole))
+
+
+# -- found in review ---------------------------------------------------------------------------------------------
+
+
+def test_a_compressed_checkpoint_is_refused_before_its_arrays_are_read(checkpoint, monkeypatch):
+    """gpunet writes checkpoints uncompressed (np.savez). A compressed array is what a zip bomb is made of (a
+    megabyte of deflated zeros inflates to a gigabyte that the JSON's shapes may claim): it is refused from the
+    zip's directory, before any array is read, so that reading a checkpoint costs no more than its size."""
+    import gpunet.files.resume_file as resume_file
+
+    with np.load(checkpoint, allow_pickle=False) as f:
+        arrays = {key: f[key] for key in f.files}
+    np.savez_compressed(checkpoint, **arrays)
+    read, real = [], resume_file.read_npy
+    monkeypatch.setattr(resume_file, "read_npy", lambda archive, info, npy: read.append(info.filename) or
+                        real(archive, info, npy))
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(checkpoint)
+    assert str(caught.value) == (f"{checkpoint}: params is compressed; gpunet writes a checkpoint's arrays "
+                                 "uncompressed, so that reading one costs no more memory than its size")
+    assert read == ["run_state.npy"]
+
+
+def test_a_checkpoint_that_lacks_a_setting_is_one_line_naming_it(checkpoint):
+    """A setting left out would silently take today's default and make another run (here: another split of the
+    digits, then reported as other data)."""
+    rewritten(checkpoint, lambda h: h["config"].pop("val_size"))
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(checkpoint)
+    assert str(caught.value) == f"{checkpoint}: records no setting val_size"
+
+
+def test_an_optimizers_arrays_numbered_with_a_gap_are_refused(tmp_path):
+    path = tmp_path / "run.checkpoint.npz"
+    save_run_state(path, interrupted(CPU, CASES["momentum"], epoch=2, asks=1))
+    rewritten(path, change_arrays=lambda a: a.update({"optimizer.velocity.7": a.pop("optimizer.velocity.1")}))
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(path)
+    assert str(caught.value) == f"{path}: its optimizer arrays velocity are numbered [0, 7], not 0 to 1"
+
+
+def test_a_stopped_run_saves_its_checkpoint_even_where_its_model_cannot_be_saved(capsys, monkeypatch, tmp_path,
+                                                                                 small_data):
+    """Every name beside --out for the interrupted model taken: the model is not saved, but the run's state is
+    (it is worth more: the run goes on from it), then the model's failure is the error line."""
+    out = tmp_path / "run.npz"
+    run(capsys, *TRAIN, "--epochs", "1", "--data", str(small_data), "--out", str(out))  # a model at --out
+    for name in ["run.interrupted.npz"] + [f"run.interrupted-{k}.npz" for k in range(1, 101)]:
+        (tmp_path / name).mkdir()
+    with monkeypatch.context() as patch:
+        ctrl_c_after_epoch(patch, 1)
+        code, _, err = run(capsys, *TRAIN, "--data", str(small_data), "--out", str(out))
+    checkpoint = tmp_path / "run.checkpoint.npz"
+    assert code == 130 and kind_of(checkpoint) == CHECKPOINT, err
+    assert f"gpunet train --resume {checkpoint}" in err
+    assert err.endswith(f"Error: interrupted in epoch 2; {out}: 100 earlier interrupted models are beside it; "
+                        "remove some and run again\n"), err

@@ -129,9 +129,7 @@ def load_run_state(path):
     shapes = [tuple(shape) for shape in header["shapes"]]
     params = weights_then_biases(arrays.pop("params"), shapes)
     best = weights_then_biases(arrays.pop("best_params"), shapes) if "best_params" in arrays else params
-    lists = {}
-    for key in sorted(arrays, key=lambda key: int(OPTIMIZER_MEMBER.fullmatch(key)["index"])):
-        lists.setdefault(OPTIMIZER_MEMBER.fullmatch(key)["name"], []).append(arrays[key])
+    lists = _optimizer_lists(arrays, name)
     _check_agreement(header, config, name)
     data = header["data"]
     rng = {key: header["rng"][key] for key in PCG64_STATE.required}  # the known fields only, as for an epoch's
@@ -206,6 +204,9 @@ def _config(settings: dict, name: str):
     unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise CheckpointError(f"{name}: records a setting this gpunet does not know ({printable(unknown[0], 40)})")
+    missing = [setting for setting in TrainConfig.__dataclass_fields__ if setting not in settings]
+    if missing:  # today's default would make it another run
+        raise CheckpointError(f"{name}: records no setting {missing[0]}")
     try:
         return TrainConfig(**settings)
     except SettingError as error:
@@ -225,6 +226,10 @@ def _arrays(archive, members: dict, header: dict, dtype: np.dtype, name: str) ->
     for key, shape in expected.items():
         if key not in members:
             raise CheckpointError(f"{name}: missing {key}")
+    for key, info in members.items():  # stored, as np.savez writes them: a deflated one may inflate 1000-fold
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{name}: {key} is compressed; gpunet writes a checkpoint's arrays uncompressed, "
+                                  "so that reading one costs no more memory than its size")
     headers = {key: npy_header(archive, info) for key, info in members.items()}
     for key, npy in headers.items():
         if npy.dtype != dtype or npy.fortran_order or (key in expected and npy.shape != expected[key]) \
@@ -236,6 +241,19 @@ def _arrays(archive, members: dict, header: dict, dtype: np.dtype, name: str) ->
         if not np.isfinite(array).all():
             raise CheckpointError(f"{name}: {key} holds NaN or infinite values")
     return arrays
+
+
+def _optimizer_lists(arrays: dict, name: str) -> dict:
+    """{NAME: [optimizer.NAME.0, optimizer.NAME.1, ...]}: each list numbered 0 to n - 1, with no gap."""
+    numbered = {}
+    for key, array in arrays.items():
+        match = OPTIMIZER_MEMBER.fullmatch(key)
+        numbered.setdefault(match["name"], {})[int(match["index"])] = array
+    for list_name, by_index in numbered.items():
+        if sorted(by_index) != list(range(len(by_index))):
+            raise CheckpointError(f"{name}: its optimizer arrays {list_name} are numbered {sorted(by_index)}, not 0 "
+                                  f"to {len(by_index) - 1}")
+    return {list_name: [by_index[k] for k in range(len(by_index))] for list_name, by_index in numbered.items()}
 
 
 def _check_agreement(header: dict, config, name: str) -> None:

@@ -486,23 +486,27 @@ class ProgressBar:
 def stop_interrupted(out: Path, epoch: int, result, config, digits, backend, run_state=None):
     """End an interrupted run: its best model so far goes to ``out`` only where nothing is there, else beside it,
     and ``run_state`` (what --resume goes on from) to model.checkpoint.npz; exit 128 + the signal's number."""
+    model_failed = None
     if result.history:
         try:
             saved = save_failed_run(out, "interrupted", result, config, digits, backend)
-        except SaveError as error:
-            raise GpunetError(f"interrupted in epoch {epoch}; {error}") from None
-        click.echo(f"Interrupted in epoch {epoch}: saved the best model so far "
-                   f"(epoch {result.best_epoch}) to {saved}", err=True)
+            click.echo(f"Interrupted in epoch {epoch}: saved the best model so far "
+                       f"(epoch {result.best_epoch}) to {saved}", err=True)
+        except GpunetError as error:  # no name left beside --out, a full disk: the checkpoint may still go
+            model_failed = error
     else:
         click.echo(f"Interrupted in epoch {epoch}, before any epoch finished: nothing saved", err=True)
     if run_state is not None:
         try:
             checkpoint = save_checkpoint(out, run_state)
         except SaveError as error:
-            raise GpunetError(f"interrupted in epoch {epoch}; {error}") from None
+            first = "" if model_failed is None else f"{model_failed}; "
+            raise GpunetError(f"interrupted in epoch {epoch}; {first}{error}") from None
         click.echo(f"Saved the run as it was after epoch {run_state.epochs_done} to {checkpoint}; to go on from the "
                    f"start of epoch {run_state.epochs_done + 1} of {config.epochs}: "
                    f"gpunet train --resume {shlex.quote(str(checkpoint))}", err=True)
+    if model_failed is not None:
+        raise GpunetError(f"interrupted in epoch {epoch}; {model_failed}") from None
     sys.exit(STOP_SIGNALS.exit_code())
 
 
