@@ -257,13 +257,14 @@ def _optimizer_lists(arrays: dict, name: str) -> dict:
 
 
 def _check_agreement(header: dict, config, name: str) -> None:
-    """Fields that must agree: one epoch of history each done, in order; the best epoch one of them; not past
-    the run's end."""
+    """Fields that must agree: one epoch of history each done, in order; the best epoch one of them; an epoch
+    of the run left to do."""
     done = header["epochs_done"]
     if [m["epoch"] for m in header["history"]] != list(range(1, done + 1)):
         raise CheckpointError(f"{name}: its history does not hold epochs 1 to {done}, one each")
-    if done > config.epochs:
-        raise CheckpointError(f"{name}: records {done} epochs done of a run of {config.epochs}")
+    if done >= config.epochs:  # a stop is saved from the start of an epoch: one is always left to do
+        raise CheckpointError(f"{name}: records all {done} epochs of its run done ({config.epochs} planned); "
+                              "there is nothing to go on with")
     best = header["best_epoch"]
     if best is not None and best > done:
         raise CheckpointError(f"{name}: its best epoch {best} is past the {done} done")
