@@ -431,3 +431,16 @@ def test_a_stopped_run_saves_its_checkpoint_even_where_its_model_cannot_be_saved
     assert f"gpunet train --resume {checkpoint}" in err
     assert err.endswith(f"Error: interrupted in epoch 2; {out}: 100 earlier interrupted models are beside it; "
                         "remove some and run again\n"), err
+
+
+def test_a_checkpoint_given_for_a_model_says_what_it_is(checkpoint, capsys, small_data):
+    from gpunet.errors import ModelFileError
+    from gpunet.files.checkpoint import load_metadata
+
+    says = f"{checkpoint}: a gpunet checkpoint, not a model: go on with its run with gpunet train --resume {checkpoint}"
+    for read in (load_model, load_metadata):
+        with pytest.raises(ModelFileError) as caught:
+            read(checkpoint)
+        assert str(caught.value) == says
+    code, _, err = run(capsys, "evaluate", "--model", str(checkpoint), "--data", str(small_data))
+    assert code == 1 and err == f"Error: {says}\n", err
