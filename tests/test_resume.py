@@ -444,3 +444,22 @@ def test_a_checkpoint_given_for_a_model_says_what_it_is(checkpoint, capsys, smal
         assert str(caught.value) == says
     code, _, err = run(capsys, "evaluate", "--model", str(checkpoint), "--data", str(small_data))
     assert code == 1 and err == f"Error: {says}\n", err
+
+
+def test_a_run_stopped_on_the_cpu_and_resumed_on_another_backend_agrees_within_rounding(backend):
+    """README: a run may go on on another --device; its weights then agree with the uninterrupted run's within
+    the bounds of the sums' lengths (``training_bounds``), not bit for bit. The notes' full-batch gradient
+    descent in float64, stopped on the CPU after epoch 2 and resumed on each backend."""
+    from gpunet.training.loop import new_network
+    from tests.tolerances import assert_within, training_bounds
+
+    config = small_config(optimizer="gd", batch_size=0, lr=0.5, epochs=4, init="seed", schedule="constant",
+                          weight_decay=0.0, dtype="float64")
+    train_digits, val_digits = digits()
+    whole = train(CPU, train_digits, val_digits, config)
+    resumed = train(backend, train_digits, val_digits, config, resume_from=interrupted(CPU, config, epoch=3, asks=1))
+    everyone = np.arange(len(train_digits))
+    bounds = training_bounds(new_network(CPU, config, train_digits.images.shape[1]).host_params(), train_digits.images,
+                             train_digits.labels, [(everyone, config.lr)] * config.epochs, "gd", 0.0, np.float64)
+    for k, (got, want, bound) in enumerate(zip(weights(resumed), weights(whole), bounds.params, strict=True)):
+        assert_within(got, want, bound, f"parameter {k}")
