@@ -463,3 +463,24 @@ def test_a_run_stopped_on_the_cpu_and_resumed_on_another_backend_agrees_within_r
                              train_digits.labels, [(everyone, config.lr)] * config.epochs, "gd", 0.0, np.float64)
     for k, (got, want, bound) in enumerate(zip(weights(resumed), weights(whole), bounds.params, strict=True)):
         assert_within(got, want, bound, f"parameter {k}")
+
+
+def test_the_data_and_out_a_checkpoint_recorded_are_named_as_its_own_when_they_fail(capsys, monkeypatch, tmp_path,
+                                                                                      small_data):
+    """The user gave neither --data nor --out: a line about them says they are what the checkpoint recorded, and
+    what to give instead."""
+    with monkeypatch.context() as patch:
+        ctrl_c_after_epoch(patch, 1)
+        run(capsys, *TRAIN, "--data", str(small_data), "--out", str(tmp_path / "run.npz"))
+    checkpoint = tmp_path / "run.checkpoint.npz"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    rewritten(checkpoint, lambda h: h["extra"].update(out=str(notes)))
+    code, _, err = run(capsys, "train", "--resume", str(checkpoint))
+    assert code == 1 and err == (f"Error: {checkpoint}: its recorded --out {notes}: holds another kind of file, not "
+                                 "a gpunet model; refusing to replace it, give another name\n"), err
+    assert notes.read_text() == "mine\n"
+    small_data.rename(tmp_path / "moved.npz")
+    code, _, err = run(capsys, "train", "--resume", str(checkpoint), "--out", str(tmp_path / "new.npz"))
+    assert code == 1 and err == (f"Error: {checkpoint}: its recorded data {small_data} is not there; give --data "
+                                 "with the same digits\n"), err

@@ -280,7 +280,11 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         resumed = resumed_run(ctx, resume)
         config = resumed.config
         hidden, arch = config.hidden, config.arch
-        data = data if data is not None else recorded_path(resumed.extra.get("data"))
+        if data is None:  # the file the run read, unless --data names another copy
+            data = recorded_path(resumed.extra.get("data"))
+            if data is not None and not data.exists():
+                raise GpunetError(f"{resume}: its recorded data {data} is not there; give --data with the same "
+                                  "digits")
         out = out if given_by_user(ctx, "out") else recorded_path(resumed.extra.get("out")) or out
     else:
         if arch is not None and given_by_user(ctx, "hidden"):
@@ -291,7 +295,9 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                               schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
                               patience=patience, seed=seed, split_seed=split_seed, dtype=dtype, augment=augment)
-    out = check_out_path("--out", out, MODEL, data=data, resume=resume)
+    recorded_out = resumed is not None and not given_by_user(ctx, "out")
+    out = check_out_path(f"{resume}: its recorded --out" if recorded_out else "--out", out, MODEL, data=data,
+                         resume=resume)
     found_at_start = identity(out)  # a model another run writes at --out meanwhile is not replaced
     if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
         raise click.UsageError("--plot is a folder for the plots and --out the model file: give them different names")
