@@ -484,3 +484,24 @@ def test_the_data_and_out_a_checkpoint_recorded_are_named_as_its_own_when_they_f
     code, _, err = run(capsys, "train", "--resume", str(checkpoint), "--out", str(tmp_path / "new.npz"))
     assert code == 1 and err == (f"Error: {checkpoint}: its recorded data {small_data} is not there; give --data "
                                  "with the same digits\n"), err
+
+
+def test_an_optimizers_array_numbered_twice_is_refused(tmp_path):
+    """optimizer.velocity.0 and optimizer.velocity.00 would be one array twice: only gpunet's own numbering is
+    read."""
+    path = tmp_path / "run.checkpoint.npz"
+    save_run_state(path, interrupted(CPU, CASES["momentum"], epoch=2, asks=1))
+    rewritten(path, change_arrays=lambda a: a.update({"optimizer.velocity.00": a["optimizer.velocity.0"] + 1}))
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(path)
+    assert str(caught.value) == f"{path}: unexpected array 'optimizer.velocity.00'"
+
+
+def test_a_checkpoint_path_that_is_not_a_file_is_named_so(tmp_path):
+    import os
+
+    fifo = tmp_path / "run.checkpoint.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(fifo)
+    assert str(caught.value) == f"{fifo}: is not a regular file (a checkpoint is one)"

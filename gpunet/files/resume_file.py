@@ -41,7 +41,7 @@ STATE = "run_state"
 STATE_LIMIT = 16 << 20  # bytes of the JSON (UTF-32): the history, ~800 bytes an epoch, is most of it
 MAX_MEMBERS = 16  # run_state, params, best_params and the optimizer's lists (2 arrays each: weights, biases)
 MAX_DIRECTORY = MAX_MEMBERS << 10
-OPTIMIZER_MEMBER = re.compile(r"optimizer\.(?P<name>[a-z_]{1,32})\.(?P<index>[0-9]{1,2})")
+OPTIMIZER_MEMBER = re.compile(r"optimizer\.(?P<name>[a-z_]{1,32})\.(?P<index>0|[1-9][0-9]?)")  # one name each
 MAX_SEED_STATE = 2**128 - 1  # PCG64's state and increment are 128-bit numbers
 
 
@@ -157,8 +157,10 @@ def _archive(path, name: str):
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{name}: is a folder, not a checkpoint file")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{name}: no such checkpoint file")
+    if not path.is_file():  # a FIFO, a device: never opened as a zip
+        raise CheckpointError(f"{name}: is not a regular file (a checkpoint is one)")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{name}: not a gpunet checkpoint (not a zip archive)")
     try:
