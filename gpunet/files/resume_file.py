@@ -31,8 +31,8 @@ from gpunet.errors import GpunetError, ModelFileError, printable
 from gpunet.files.atomic_file import write_atomically
 from gpunet.files.checkpoint import check_directory
 from gpunet.files.data import ZIP_ERRORS, npy_header, npz_members, one_line, read_npy
-from gpunet.files.model_schema import (COUNT, EPOCH, MAX_DEPTH, MAX_TEXT, Invalid, ListOf, Number, OrNull, Record,
-                                       Text, Whole, nesting_depth)
+from gpunet.files.model_schema import (COUNT, EPOCH, MAX_TEXT, Invalid, ListOf, Number, OrNull, Record, Text, Whole,
+                                       marked_json)
 from gpunet.nn.model import MAX_LAYERS, weights_then_biases
 
 FORMAT = "gpunet-checkpoint"
@@ -180,15 +180,8 @@ def _header(archive, info, name: str) -> dict:
         raise CheckpointError(f"{name}: {STATE} is a {npy.dtype} array of shape {npy.shape}, not JSON text")
     if max(info.file_size, npy.nbytes) > STATE_LIMIT:
         raise CheckpointError(f"{name}: {STATE} is over {STATE_LIMIT:,} bytes")
-    text = str(read_npy(archive, info, npy)[()])
-    if (depth := nesting_depth(text)) > MAX_DEPTH:
-        raise CheckpointError(f"{name}: {STATE} is nested {depth:,} levels deep; at most {MAX_DEPTH}")
-    try:
-        header = json.loads(text)
-    except (ValueError, TypeError):
-        raise CheckpointError(f"{name}: {STATE} is not valid JSON") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{name}: not a gpunet checkpoint (format is not {FORMAT!r})")
+    header = marked_json(str(read_npy(archive, info, npy)[()]), name, STATE, "gpunet checkpoint", FORMAT,
+                         CheckpointError)
     if header.get("version") != VERSION:
         raise CheckpointError(f"{name}: checkpoint version {printable(repr(header.get('version')), 40)} is not "
                               f"read by this gpunet (it reads version {VERSION})")
