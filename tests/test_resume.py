@@ -210,6 +210,8 @@ def test_a_checkpoint_is_its_own_kind_of_file_not_a_model(checkpoint):
     (lambda p: rewritten(p, lambda h: h["config"].update(wings=2)), "a setting this gpunet does not know (wings)"),
     (lambda p: rewritten(p, lambda h: h.update(epochs_done=4)), "history does not hold epochs 1 to 4"),
     (lambda p: rewritten(p, lambda h: h["config"].update(epochs=2)), "records all 2 epochs of its run done"),
+    (lambda p: rewritten(p, lambda h: h["extra"].update(out="run\x00.npz")),
+     "field extra.out is the text 'run\\x00.npz'; it must be null or a path without control characters"),
     (lambda p: rewritten(p, change_arrays=lambda a: a.update(params=a["params"][:-1])), "params is float32"),
     (lambda p: rewritten(p, change_arrays=lambda a: a.update(params=a["params"].astype(np.float64))),
      "expected float32"),

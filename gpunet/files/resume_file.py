@@ -55,6 +55,7 @@ PCG64_STATE = Record({
     "has_uint32": Whole(0, 1),
     "uinteger": Whole(0, 2**32 - 1),
 }, required=("bit_generator", "state", "has_uint32", "uinteger"))
+PATH = Text(MAX_TEXT, r"[^\x00-\x1f\x7f]*", "a path without control characters")  # --data, --out: no NUL, which no file system takes
 FULL_EPOCH = Record(EPOCH.fields, required=tuple(EPOCH.fields))  # every field: the history is read back whole
 SCHEMA = Record({
     "format": Text(len(FORMAT)),
@@ -73,7 +74,7 @@ SCHEMA = Record({
     "data": Record({"train_count": Whole(1, 2**63 - 1), "val_count": COUNT,
                     "sha256": Text(64, r"[0-9a-f]{64}", "64 hexadecimal digits (a SHA-256)")},
                    required=("train_count", "val_count", "sha256")),
-    "extra": Record(others=OrNull(Text(MAX_TEXT))),
+    "extra": Record(others=OrNull(PATH)),
 }, required=("format", "version", "config", "epochs_done", "shapes", "rng", "optimizer", "history", "best_epoch",
              "best_score", "since_best", "best_is_last", "data", "extra"))
 
