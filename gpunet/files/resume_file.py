@@ -55,7 +55,8 @@ PCG64_STATE = Record({
     "has_uint32": Whole(0, 1),
     "uinteger": Whole(0, 2**32 - 1),
 }, required=("bit_generator", "state", "has_uint32", "uinteger"))
-PATH = Text(MAX_TEXT, r"[^\x00-\x1f\x7f]*", "a path without control characters")  # --data, --out: no NUL, which no file system takes
+# --data and --out as recorded: no NUL (which no file system takes) nor another control character
+PATH = Text(MAX_TEXT, r"[^\x00-\x1f\x7f]*", "a path without control characters")
 FULL_EPOCH = Record(EPOCH.fields, required=tuple(EPOCH.fields))  # every field: the history is read back whole
 SCHEMA = Record({
     "format": Text(len(FORMAT)),
