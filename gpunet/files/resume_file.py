@@ -137,8 +137,8 @@ def load_run_state(path):
     rng = {key: header["rng"][key] for key in PCG64_STATE.required}  # the known fields only, as for an epoch's
     history = [EpochMetrics(**{key: m[key] for key in FULL_EPOCH.required}) for m in header["history"]]
     return RunState(config, header["epochs_done"], params, {**lists, **header["optimizer"]}, rng, history,
-                    header["best_epoch"], header["best_score"], best, header["since_best"], DataIdentity(data["train_count"], data["val_count"], data["sha256"]),
-                    dict(header["extra"]))
+                    header["best_epoch"], header["best_score"], best, header["since_best"],
+                    DataIdentity(data["train_count"], data["val_count"], data["sha256"]), dict(header["extra"]))
 
 
 def is_checkpoint(path) -> bool:
