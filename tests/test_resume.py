@@ -507,3 +507,23 @@ def test_a_checkpoint_path_that_is_not_a_file_is_named_so(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         load_run_state(fifo)
     assert str(caught.value) == f"{fifo}: is not a regular file (a checkpoint is one)"
+
+
+def test_a_stopped_run_never_replaces_another_runs_checkpoint(capsys, monkeypatch, tmp_path, small_data):
+    """Two runs with the same --out: the second's stop keeps the first's checkpoint (its run can still go on) and
+    saves its own beside it; a stop of the same run again replaces its own."""
+    out = tmp_path / "run.npz"
+    with monkeypatch.context() as patch:
+        ctrl_c_after_epoch(patch, 1)
+        run(capsys, *TRAIN, "--data", str(small_data), "--out", str(out))
+        first = (tmp_path / "run.checkpoint.npz").read_bytes()
+        code, _, err = run(capsys, *TRAIN, "--lr", "0.02", "--data", str(small_data), "--out", str(out))
+    assert code == 130 and (tmp_path / "run.checkpoint.npz").read_bytes() == first
+    beside = tmp_path / "run.checkpoint.new.npz"
+    assert (f"Note: {tmp_path / 'run.checkpoint.npz'} holds another run's checkpoint; saved the checkpoint as "
+            f"{beside}") in err, err
+    assert load_run_state(beside).config.lr == 0.02
+    with monkeypatch.context() as patch:
+        ctrl_c_after_epoch(patch, 1)
+        code, _, err = run(capsys, *TRAIN, "--data", str(small_data), "--out", str(out))
+    assert code == 130 and "Note:" not in err and not (tmp_path / "run.checkpoint.new-1.npz").exists(), err

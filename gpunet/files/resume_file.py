@@ -90,7 +90,7 @@ def save_run_state(path, state) -> None:
     best_is_last = state.best_epoch == state.epochs_done
     header = {
         "format": FORMAT, "version": VERSION, "gpunet_version": __version__,
-        "config": {**state.config.as_dict(), "hidden": list(state.config.hidden)},
+        "config": _settings(state.config),
         "epochs_done": state.epochs_done,
         "shapes": [list(p.shape) for p in state.params],
         "rng": state.rng,
@@ -98,8 +98,7 @@ def save_run_state(path, state) -> None:
         "history": [vars(m) for m in state.history],
         "best_epoch": state.best_epoch, "best_score": state.best_score, "since_best": state.since_best,
         "best_is_last": int(best_is_last),
-        "data": {"train_count": state.data.train_count, "val_count": state.data.val_count,
-                 "sha256": state.data.sha256},
+        "data": _digits(state.data),
         "extra": state.extra,
     }
     arrays = {STATE: np.array(json.dumps(header)), "params": flat(state.params)}
@@ -144,13 +143,34 @@ def load_run_state(path):
 def is_checkpoint(path) -> bool:
     """Whether ``path`` holds a gpunet checkpoint (its JSON read and checked; no array read): what ``outputs``
     asks before replacing a file with a checkpoint."""
+    return _header_or_none(path) is not None
+
+
+def is_of_run(path, state) -> bool:
+    """Whether ``path`` holds a checkpoint of the run ``state`` is of (its settings and digits): the only one a
+    stopped run replaces, for another run's may still be gone on with."""
+    header = _header_or_none(path)
+    return header is not None and header["config"] == _settings(state.config) and header["data"] == \
+        _digits(state.data)
+
+
+def _header_or_none(path) -> dict | None:
     name = str(path)
     try:
         with _archive(path, name) as archive:
-            _header(archive, npz_members(archive).get(STATE), name)
+            return _header(archive, npz_members(archive).get(STATE), name)
     except (CheckpointError, ModelFileError, ValueError, *ZIP_ERRORS):
-        return False
-    return True
+        return None
+
+
+def _settings(config) -> dict:
+    """A TrainConfig as the JSON holds it."""
+    return {**config.as_dict(), "hidden": list(config.hidden)}
+
+
+def _digits(data) -> dict:
+    """A run_state.DataIdentity as the JSON holds it."""
+    return {"train_count": data.train_count, "val_count": data.val_count, "sha256": data.sha256}
 
 
 @contextlib.contextmanager

@@ -522,11 +522,16 @@ def checkpoint_path(out: Path) -> Path:
 
 
 def save_checkpoint(out: Path, run_state) -> Path:
-    """Save a stopped run's state beside ``out``, replacing only a checkpoint (another file there is kept and the
-    checkpoint goes beside it, model.checkpoint.new.npz, saying why). Returns where it went."""
-    from gpunet.files.resume_file import save_run_state
+    """Save a stopped run's state beside ``out``, replacing only a checkpoint of the same run (another file there,
+    another run's checkpoint among them, is kept and the checkpoint goes beside it, model.checkpoint.new.npz,
+    saying why). Returns where it went."""
+    from gpunet.files.resume_file import is_checkpoint, is_of_run, save_run_state
 
     path = checkpoint_path(out)
+    if is_checkpoint(path) and not is_of_run(path, run_state):  # that run may still be gone on with
+        beside = save_without_replacing(path, "new", lambda p: save_run_state(p, run_state), noun="the checkpoint")
+        click.echo(f"Note: {path} holds another run's checkpoint; saved the checkpoint as {beside}", err=True)
+        return beside
     saved = save_replacing_only(path, CHECKPOINT, "new", lambda p: save_run_state(p, run_state),
                                 noun="the checkpoint")
     if saved.beside_because:
