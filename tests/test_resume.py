@@ -209,6 +209,9 @@ def test_a_checkpoint_is_its_own_kind_of_file_not_a_model(checkpoint):
     (lambda p: rewritten(p, lambda h: h["config"].update(lr="fast")), "recorded setting lr='fast'"),
     (lambda p: rewritten(p, lambda h: h["config"].update(wings=2)), "a setting this gpunet does not know (wings)"),
     (lambda p: rewritten(p, lambda h: h.update(epochs_done=4)), "history does not hold epochs 1 to 4"),
+    (lambda p: rewritten(p, lambda h: h["config"].update(epochs=2)), "records all 2 epochs of its run done"),
+    (lambda p: rewritten(p, lambda h: h["extra"].update(out="run\x00.npz")),
+     "field extra.out is the text 'run\\x00.npz'; it must be null or a path without control characters"),
     (lambda p: rewritten(p, change_arrays=lambda a: a.update(params=a["params"][:-1])), "params is float32"),
     (lambda p: rewritten(p, change_arrays=lambda a: a.update(params=a["params"].astype(np.float64))),
      "expected float32"),
@@ -372,3 +375,155 @@ def test_early_stopping_after_a_resume_stops_where_the_uninterrupted_run_stops(t
     assert (resumed.stop_reason, resumed.best_epoch, len(resumed.history)) == \
         ("early_stopping", whole.best_epoch, len(whole.history))
     assert_same_bits(weights(resumed), weights(whole))
+
+
+# -- found in review ---------------------------------------------------------------------------------------------
+
+
+def test_a_compressed_checkpoint_is_refused_before_its_arrays_are_read(checkpoint, monkeypatch):
+    """gpunet writes checkpoints uncompressed (np.savez). A compressed array is what a zip bomb is made of (a
+    megabyte of deflated zeros inflates to a gigabyte that the JSON's shapes may claim): it is refused from the
+    zip's directory, before any array is read, so that reading a checkpoint costs no more than its size."""
+    import gpunet.files.resume_file as resume_file
+
+    with np.load(checkpoint, allow_pickle=False) as f:
+        arrays = {key: f[key] for key in f.files}
+    np.savez_compressed(checkpoint, **arrays)
+    read, real = [], resume_file.read_npy
+    monkeypatch.setattr(resume_file, "read_npy", lambda archive, info, npy: read.append(info.filename) or
+                        real(archive, info, npy))
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(checkpoint)
+    assert str(caught.value) == (f"{checkpoint}: params is compressed; gpunet writes a checkpoint's arrays "
+                                 "uncompressed, so that reading one costs no more memory than its size")
+    assert read == ["run_state.npy"]
+
+
+def test_a_checkpoint_that_lacks_a_setting_is_one_line_naming_it(checkpoint):
+    """A setting left out would silently take today's default and make another run (here: another split of the
+    digits, then reported as other data)."""
+    rewritten(checkpoint, lambda h: h["config"].pop("val_size"))
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(checkpoint)
+    assert str(caught.value) == f"{checkpoint}: records no setting val_size"
+
+
+def test_an_optimizers_arrays_numbered_with_a_gap_are_refused(tmp_path):
+    path = tmp_path / "run.checkpoint.npz"
+    save_run_state(path, interrupted(CPU, CASES["momentum"], epoch=2, asks=1))
+    rewritten(path, change_arrays=lambda a: a.update({"optimizer.velocity.7": a.pop("optimizer.velocity.1")}))
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(path)
+    assert str(caught.value) == f"{path}: its optimizer arrays velocity are numbered [0, 7], not 0 to 1"
+
+
+def test_a_stopped_run_saves_its_checkpoint_even_where_its_model_cannot_be_saved(capsys, monkeypatch, tmp_path,
+                                                                                 small_data):
+    """Every name beside --out for the interrupted model taken: the model is not saved, but the run's state is
+    (it is worth more: the run goes on from it), then the model's failure is the error line."""
+    out = tmp_path / "run.npz"
+    run(capsys, *TRAIN, "--epochs", "1", "--data", str(small_data), "--out", str(out))  # a model at --out
+    for name in ["run.interrupted.npz"] + [f"run.interrupted-{k}.npz" for k in range(1, 101)]:
+        (tmp_path / name).mkdir()
+    with monkeypatch.context() as patch:
+        ctrl_c_after_epoch(patch, 1)
+        code, _, err = run(capsys, *TRAIN, "--data", str(small_data), "--out", str(out))
+    checkpoint = tmp_path / "run.checkpoint.npz"
+    assert code == 130 and kind_of(checkpoint) == CHECKPOINT, err
+    assert f"gpunet train --resume {checkpoint}" in err
+    assert err.endswith(f"Error: interrupted in epoch 2; {out}: 100 earlier interrupted models are beside it; "
+                        "remove some and run again\n"), err
+
+
+def test_a_checkpoint_given_for_a_model_says_what_it_is(checkpoint, capsys, small_data):
+    from gpunet.errors import ModelFileError
+    from gpunet.files.checkpoint import load_metadata
+
+    says = f"{checkpoint}: a gpunet checkpoint, not a model: go on with its run with gpunet train --resume {checkpoint}"
+    for read in (load_model, load_metadata):
+        with pytest.raises(ModelFileError) as caught:
+            read(checkpoint)
+        assert str(caught.value) == says
+    code, _, err = run(capsys, "evaluate", "--model", str(checkpoint), "--data", str(small_data))
+    assert code == 1 and err == f"Error: {says}\n", err
+
+
+def test_a_run_stopped_on_the_cpu_and_resumed_on_another_backend_agrees_within_rounding(backend):
+    """README: a run may go on on another --device; its weights then agree with the uninterrupted run's within
+    the bounds of the sums' lengths (``training_bounds``), not bit for bit. The notes' full-batch gradient
+    descent in float64, stopped on the CPU after epoch 2 and resumed on each backend."""
+    from gpunet.training.loop import new_network
+    from tests.tolerances import assert_within, training_bounds
+
+    config = small_config(optimizer="gd", batch_size=0, lr=0.5, epochs=4, init="seed", schedule="constant",
+                          weight_decay=0.0, dtype="float64")
+    train_digits, val_digits = digits()
+    whole = train(CPU, train_digits, val_digits, config)
+    resumed = train(backend, train_digits, val_digits, config, resume_from=interrupted(CPU, config, epoch=3, asks=1))
+    everyone = np.arange(len(train_digits))
+    bounds = training_bounds(new_network(CPU, config, train_digits.images.shape[1]).host_params(), train_digits.images,
+                             train_digits.labels, [(everyone, config.lr)] * config.epochs, "gd", 0.0, np.float64)
+    for k, (got, want, bound) in enumerate(zip(weights(resumed), weights(whole), bounds.params, strict=True)):
+        assert_within(got, want, bound, f"parameter {k}")
+
+
+def test_the_data_and_out_a_checkpoint_recorded_are_named_as_its_own_when_they_fail(capsys, monkeypatch, tmp_path,
+                                                                                      small_data):
+    """The user gave neither --data nor --out: a line about them says they are what the checkpoint recorded, and
+    what to give instead."""
+    with monkeypatch.context() as patch:
+        ctrl_c_after_epoch(patch, 1)
+        run(capsys, *TRAIN, "--data", str(small_data), "--out", str(tmp_path / "run.npz"))
+    checkpoint = tmp_path / "run.checkpoint.npz"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    rewritten(checkpoint, lambda h: h["extra"].update(out=str(notes)))
+    code, _, err = run(capsys, "train", "--resume", str(checkpoint))
+    assert code == 1 and err == (f"Error: {checkpoint}: its recorded --out {notes}: holds another kind of file, not "
+                                 "a gpunet model; refusing to replace it, give another name\n"), err
+    assert notes.read_text() == "mine\n"
+    small_data.rename(tmp_path / "moved.npz")
+    code, _, err = run(capsys, "train", "--resume", str(checkpoint), "--out", str(tmp_path / "new.npz"))
+    assert code == 1 and err == (f"Error: {checkpoint}: its recorded data {small_data} is not there; give --data "
+                                 "with the same digits\n"), err
+
+
+def test_an_optimizers_array_numbered_twice_is_refused(tmp_path):
+    """optimizer.velocity.0 and optimizer.velocity.00 would be one array twice: only gpunet's own numbering is
+    read."""
+    path = tmp_path / "run.checkpoint.npz"
+    save_run_state(path, interrupted(CPU, CASES["momentum"], epoch=2, asks=1))
+    rewritten(path, change_arrays=lambda a: a.update({"optimizer.velocity.00": a["optimizer.velocity.0"] + 1}))
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(path)
+    assert str(caught.value) == f"{path}: unexpected array 'optimizer.velocity.00'"
+
+
+def test_a_checkpoint_path_that_is_not_a_file_is_named_so(tmp_path):
+    import os
+
+    fifo = tmp_path / "run.checkpoint.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(fifo)
+    assert str(caught.value) == f"{fifo}: is not a regular file (a checkpoint is one)"
+
+
+def test_a_stopped_run_never_replaces_another_runs_checkpoint(capsys, monkeypatch, tmp_path, small_data):
+    """Two runs with the same --out: the second's stop keeps the first's checkpoint (its run can still go on) and
+    saves its own beside it; a stop of the same run again replaces its own."""
+    out = tmp_path / "run.npz"
+    with monkeypatch.context() as patch:
+        ctrl_c_after_epoch(patch, 1)
+        run(capsys, *TRAIN, "--data", str(small_data), "--out", str(out))
+        first = (tmp_path / "run.checkpoint.npz").read_bytes()
+        code, _, err = run(capsys, *TRAIN, "--lr", "0.02", "--data", str(small_data), "--out", str(out))
+    assert code == 130 and (tmp_path / "run.checkpoint.npz").read_bytes() == first
+    beside = tmp_path / "run.checkpoint.new.npz"
+    assert (f"Note: {tmp_path / 'run.checkpoint.npz'} holds another run's checkpoint; saved the checkpoint as "
+            f"{beside}") in err, err
+    assert load_run_state(beside).config.lr == 0.02
+    with monkeypatch.context() as patch:
+        ctrl_c_after_epoch(patch, 1)
+        code, _, err = run(capsys, *TRAIN, "--data", str(small_data), "--out", str(out))
+    assert code == 130 and "Note:" not in err and not (tmp_path / "run.checkpoint.new-1.npz").exists(), err

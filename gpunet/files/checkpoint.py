@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import struct
 import zipfile
 from pathlib import Path
@@ -161,6 +162,9 @@ def _member_headers(archive: zipfile.ZipFile, name: str) -> dict[str, tuple[zipf
 def _metadata(archive: zipfile.ZipFile, member: tuple[zipfile.ZipInfo, NpyHeader] | None, name: str) -> dict:
     """The metadata member, size-bounded, read and checked field by field (``model_schema``)."""
     if member is None:
+        if "run_state.npy" in archive.namelist():  # resume_file.STATE: a stopped run's checkpoint
+            raise ModelFileError(f"{name}: a gpunet checkpoint, not a model: go on with its run with gpunet train "
+                                 f"--resume {shlex.quote(name)}")
         raise ModelFileError(f"{name}: not a gpunet model (no metadata)")
     info, header = member
     if header.dtype.hasobject:

@@ -311,15 +311,7 @@ def metadata_from_json(text: str, name: str) -> dict:
 
     ModelFileError naming ``name`` (the file) and what is wrong: not JSON, nested too deeply, not a gpunet
     model, a version this gpunet does not read, or the first field that breaks its rule."""
-    if (depth := nesting_depth(text)) > MAX_DEPTH:
-        raise ModelFileError(f"{name}: metadata is nested {depth:,} levels deep; gpunet model files hold at most "
-                             f"{MAX_DEPTH}")
-    try:
-        meta = json.loads(text)
-    except (ValueError, TypeError):
-        raise ModelFileError(f"{name}: metadata is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(f"{name}: not a gpunet model (format is not {FORMAT!r})")
+    meta = marked_json(text, name, "metadata", "gpunet model", FORMAT, ModelFileError)
     version = meta.get("format_version")
     if not Exactly((FORMAT_VERSION, STACK_FORMAT_VERSION)).accepts(version):
         raise ModelFileError(f"{name}: model format version {described(version)} is not supported "
@@ -330,6 +322,21 @@ def metadata_from_json(text: str, name: str) -> dict:
     except Invalid as invalid:
         raise ModelFileError(invalid.message(name)) from None
     return meta
+
+
+def marked_json(text: str, name: str, member: str, kind: str, marker: str, error) -> dict:
+    """The JSON object ``text`` (the file ``name``'s ``member``), nested at most MAX_DEPTH deep (``json`` recurses)
+    and carrying ``"format": marker``; else ``error`` with one line saying which of these it is not. The fields
+    are the caller's to check."""
+    if (depth := nesting_depth(text)) > MAX_DEPTH:
+        raise error(f"{name}: {member} is nested {depth:,} levels deep; {kind} files hold at most {MAX_DEPTH}")
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError):
+        raise error(f"{name}: {member} is not valid JSON") from None
+    if not isinstance(value, dict) or value.get("format") != marker:
+        raise error(f"{name}: not a {kind} (format is not {marker!r})")
+    return value
 
 
 def check_agreement(meta: dict, version: int) -> None:

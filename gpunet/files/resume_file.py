@@ -31,8 +31,8 @@ from gpunet.errors import GpunetError, ModelFileError, printable
 from gpunet.files.atomic_file import write_atomically
 from gpunet.files.checkpoint import check_directory
 from gpunet.files.data import ZIP_ERRORS, npy_header, npz_members, one_line, read_npy
-from gpunet.files.model_schema import (COUNT, EPOCH, MAX_DEPTH, MAX_TEXT, Invalid, ListOf, Number, OrNull, Record,
-                                       Text, Whole, nesting_depth)
+from gpunet.files.model_schema import (COUNT, EPOCH, MAX_TEXT, Invalid, ListOf, Number, OrNull, Record, Text, Whole,
+                                       marked_json)
 from gpunet.nn.model import MAX_LAYERS, weights_then_biases
 
 FORMAT = "gpunet-checkpoint"
@@ -41,7 +41,7 @@ STATE = "run_state"
 STATE_LIMIT = 16 << 20  # bytes of the JSON (UTF-32): the history, ~800 bytes an epoch, is most of it
 MAX_MEMBERS = 16  # run_state, params, best_params and the optimizer's lists (2 arrays each: weights, biases)
 MAX_DIRECTORY = MAX_MEMBERS << 10
-OPTIMIZER_MEMBER = re.compile(r"optimizer\.(?P<name>[a-z_]{1,32})\.(?P<index>[0-9]{1,2})")
+OPTIMIZER_MEMBER = re.compile(r"optimizer\.(?P<name>[a-z_]{1,32})\.(?P<index>0|[1-9][0-9]?)")  # one name each
 MAX_SEED_STATE = 2**128 - 1  # PCG64's state and increment are 128-bit numbers
 
 
@@ -55,6 +55,8 @@ PCG64_STATE = Record({
     "has_uint32": Whole(0, 1),
     "uinteger": Whole(0, 2**32 - 1),
 }, required=("bit_generator", "state", "has_uint32", "uinteger"))
+# --data and --out as recorded: no NUL (which no file system takes) nor another control character
+PATH = Text(MAX_TEXT, r"[^\x00-\x1f\x7f]*", "a path without control characters")
 FULL_EPOCH = Record(EPOCH.fields, required=tuple(EPOCH.fields))  # every field: the history is read back whole
 SCHEMA = Record({
     "format": Text(len(FORMAT)),
@@ -73,7 +75,7 @@ SCHEMA = Record({
     "data": Record({"train_count": Whole(1, 2**63 - 1), "val_count": COUNT,
                     "sha256": Text(64, r"[0-9a-f]{64}", "64 hexadecimal digits (a SHA-256)")},
                    required=("train_count", "val_count", "sha256")),
-    "extra": Record(others=OrNull(Text(MAX_TEXT))),
+    "extra": Record(others=OrNull(PATH)),
 }, required=("format", "version", "config", "epochs_done", "shapes", "rng", "optimizer", "history", "best_epoch",
              "best_score", "since_best", "best_is_last", "data", "extra"))
 
@@ -88,7 +90,7 @@ def save_run_state(path, state) -> None:
     best_is_last = state.best_epoch == state.epochs_done
     header = {
         "format": FORMAT, "version": VERSION, "gpunet_version": __version__,
-        "config": {**state.config.as_dict(), "hidden": list(state.config.hidden)},
+        "config": _settings(state.config),
         "epochs_done": state.epochs_done,
         "shapes": [list(p.shape) for p in state.params],
         "rng": state.rng,
@@ -96,8 +98,7 @@ def save_run_state(path, state) -> None:
         "history": [vars(m) for m in state.history],
         "best_epoch": state.best_epoch, "best_score": state.best_score, "since_best": state.since_best,
         "best_is_last": int(best_is_last),
-        "data": {"train_count": state.data.train_count, "val_count": state.data.val_count,
-                 "sha256": state.data.sha256},
+        "data": _digits(state.data),
         "extra": state.extra,
     }
     arrays = {STATE: np.array(json.dumps(header)), "params": flat(state.params)}
@@ -129,28 +130,47 @@ def load_run_state(path):
     shapes = [tuple(shape) for shape in header["shapes"]]
     params = weights_then_biases(arrays.pop("params"), shapes)
     best = weights_then_biases(arrays.pop("best_params"), shapes) if "best_params" in arrays else params
-    lists = {}
-    for key in sorted(arrays, key=lambda key: int(OPTIMIZER_MEMBER.fullmatch(key)["index"])):
-        lists.setdefault(OPTIMIZER_MEMBER.fullmatch(key)["name"], []).append(arrays[key])
+    lists = _optimizer_lists(arrays, name)
     _check_agreement(header, config, name)
     data = header["data"]
     rng = {key: header["rng"][key] for key in PCG64_STATE.required}  # the known fields only, as for an epoch's
-    return RunState(config, header["epochs_done"], params, {**lists, **header["optimizer"]}, rng,
-                    [EpochMetrics(**{key: m[key] for key in FULL_EPOCH.required}) for m in header["history"]], header["best_epoch"], header["best_score"],
-                    best, header["since_best"], DataIdentity(data["train_count"], data["val_count"], data["sha256"]),
-                    dict(header["extra"]))
+    history = [EpochMetrics(**{key: m[key] for key in FULL_EPOCH.required}) for m in header["history"]]
+    return RunState(config, header["epochs_done"], params, {**lists, **header["optimizer"]}, rng, history,
+                    header["best_epoch"], header["best_score"], best, header["since_best"],
+                    DataIdentity(data["train_count"], data["val_count"], data["sha256"]), dict(header["extra"]))
 
 
 def is_checkpoint(path) -> bool:
     """Whether ``path`` holds a gpunet checkpoint (its JSON read and checked; no array read): what ``outputs``
     asks before replacing a file with a checkpoint."""
+    return _header_or_none(path) is not None
+
+
+def is_of_run(path, state) -> bool:
+    """Whether ``path`` holds a checkpoint of the run ``state`` is of (its settings and digits): the only one a
+    stopped run replaces, for another run's may still be gone on with."""
+    header = _header_or_none(path)
+    return header is not None and header["config"] == _settings(state.config) and header["data"] == \
+        _digits(state.data)
+
+
+def _header_or_none(path) -> dict | None:
     name = str(path)
     try:
         with _archive(path, name) as archive:
-            _header(archive, npz_members(archive).get(STATE), name)
+            return _header(archive, npz_members(archive).get(STATE), name)
     except (CheckpointError, ModelFileError, ValueError, *ZIP_ERRORS):
-        return False
-    return True
+        return None
+
+
+def _settings(config) -> dict:
+    """A TrainConfig as the JSON holds it."""
+    return {**config.as_dict(), "hidden": list(config.hidden)}
+
+
+def _digits(data) -> dict:
+    """A run_state.DataIdentity as the JSON holds it."""
+    return {"train_count": data.train_count, "val_count": data.val_count, "sha256": data.sha256}
 
 
 @contextlib.contextmanager
@@ -159,8 +179,10 @@ def _archive(path, name: str):
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{name}: is a folder, not a checkpoint file")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{name}: no such checkpoint file")
+    if not path.is_file():  # a FIFO, a device: never opened as a zip
+        raise CheckpointError(f"{name}: is not a regular file (a checkpoint is one)")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{name}: not a gpunet checkpoint (not a zip archive)")
     try:
@@ -180,15 +202,8 @@ def _header(archive, info, name: str) -> dict:
         raise CheckpointError(f"{name}: {STATE} is a {npy.dtype} array of shape {npy.shape}, not JSON text")
     if max(info.file_size, npy.nbytes) > STATE_LIMIT:
         raise CheckpointError(f"{name}: {STATE} is over {STATE_LIMIT:,} bytes")
-    text = str(read_npy(archive, info, npy)[()])
-    if (depth := nesting_depth(text)) > MAX_DEPTH:
-        raise CheckpointError(f"{name}: {STATE} is nested {depth:,} levels deep; at most {MAX_DEPTH}")
-    try:
-        header = json.loads(text)
-    except (ValueError, TypeError):
-        raise CheckpointError(f"{name}: {STATE} is not valid JSON") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{name}: not a gpunet checkpoint (format is not {FORMAT!r})")
+    header = marked_json(str(read_npy(archive, info, npy)[()]), name, STATE, "gpunet checkpoint", FORMAT,
+                         CheckpointError)
     if header.get("version") != VERSION:
         raise CheckpointError(f"{name}: checkpoint version {printable(repr(header.get('version')), 40)} is not "
                               f"read by this gpunet (it reads version {VERSION})")
@@ -206,6 +221,9 @@ def _config(settings: dict, name: str):
     unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise CheckpointError(f"{name}: records a setting this gpunet does not know ({printable(unknown[0], 40)})")
+    missing = [setting for setting in TrainConfig.__dataclass_fields__ if setting not in settings]
+    if missing:  # today's default would make it another run
+        raise CheckpointError(f"{name}: records no setting {missing[0]}")
     try:
         return TrainConfig(**settings)
     except SettingError as error:
@@ -225,6 +243,10 @@ def _arrays(archive, members: dict, header: dict, dtype: np.dtype, name: str) ->
     for key, shape in expected.items():
         if key not in members:
             raise CheckpointError(f"{name}: missing {key}")
+    for key, info in members.items():  # stored, as np.savez writes them: a deflated one may inflate 1000-fold
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{name}: {key} is compressed; gpunet writes a checkpoint's arrays uncompressed, "
+                                  "so that reading one costs no more memory than its size")
     headers = {key: npy_header(archive, info) for key, info in members.items()}
     for key, npy in headers.items():
         if npy.dtype != dtype or npy.fortran_order or (key in expected and npy.shape != expected[key]) \
@@ -238,14 +260,28 @@ def _arrays(archive, members: dict, header: dict, dtype: np.dtype, name: str) ->
     return arrays
 
 
+def _optimizer_lists(arrays: dict, name: str) -> dict:
+    """{NAME: [optimizer.NAME.0, optimizer.NAME.1, ...]}: each list numbered 0 to n - 1, with no gap."""
+    numbered = {}
+    for key, array in arrays.items():
+        match = OPTIMIZER_MEMBER.fullmatch(key)
+        numbered.setdefault(match["name"], {})[int(match["index"])] = array
+    for list_name, by_index in numbered.items():
+        if sorted(by_index) != list(range(len(by_index))):
+            raise CheckpointError(f"{name}: its optimizer arrays {list_name} are numbered {sorted(by_index)}, not 0 "
+                                  f"to {len(by_index) - 1}")
+    return {list_name: [by_index[k] for k in range(len(by_index))] for list_name, by_index in numbered.items()}
+
+
 def _check_agreement(header: dict, config, name: str) -> None:
-    """Fields that must agree: one epoch of history each done, in order; the best epoch one of them; not past
-    the run's end."""
+    """Fields that must agree: one epoch of history each done, in order; the best epoch one of them; an epoch
+    of the run left to do."""
     done = header["epochs_done"]
     if [m["epoch"] for m in header["history"]] != list(range(1, done + 1)):
         raise CheckpointError(f"{name}: its history does not hold epochs 1 to {done}, one each")
-    if done > config.epochs:
-        raise CheckpointError(f"{name}: records {done} epochs done of a run of {config.epochs}")
+    if done >= config.epochs:  # a stop is saved from the start of an epoch: one is always left to do
+        raise CheckpointError(f"{name}: records all {done} epochs of its run done ({config.epochs} planned); "
+                              "there is nothing to go on with")
     best = header["best_epoch"]
     if best is not None and best > done:
         raise CheckpointError(f"{name}: its best epoch {best} is past the {done} done")

@@ -284,7 +284,11 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         resumed = resumed_run(ctx, resume)
         config = resumed.config
         hidden, arch = config.hidden, config.arch
-        data = data if data is not None else recorded_path(resumed.extra.get("data"))
+        if data is None:  # the file the run read, unless --data names another copy
+            data = recorded_path(resumed.extra.get("data"))
+            if data is not None and not data.exists():
+                raise GpunetError(f"{resume}: its recorded data {data} is not there; give --data with the same "
+                                  "digits")
         out = out if given_by_user(ctx, "out") else recorded_path(resumed.extra.get("out")) or out
     else:
         if arch is not None and given_by_user(ctx, "hidden"):
@@ -295,7 +299,9 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                               schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
                               patience=patience, seed=seed, split_seed=split_seed, dtype=dtype, augment=augment)
-    out = check_out_path("--out", out, MODEL, data=data, resume=resume)
+    recorded_out = resumed is not None and not given_by_user(ctx, "out")
+    out = check_out_path(f"{resume}: its recorded --out" if recorded_out else "--out", out, MODEL, data=data,
+                         resume=resume)
     found_at_start = identity(out)  # a model another run writes at --out meanwhile is not replaced
     if plot_dir is not None and Path(plot_dir).absolute() == out.absolute():
         raise click.UsageError("--plot is a folder for the plots and --out the model file: give them different names")
@@ -494,23 +500,27 @@ class ProgressBar:
 def stop_interrupted(out: Path, epoch: int, result, config, digits, backend, run_state=None):
     """End an interrupted run: its best model so far goes to ``out`` only where nothing is there, else beside it,
     and ``run_state`` (what --resume goes on from) to model.checkpoint.npz; exit 128 + the signal's number."""
+    model_failed = None
     if result.history:
         try:
             saved = save_failed_run(out, "interrupted", result, config, digits, backend)
-        except SaveError as error:
-            raise GpunetError(f"interrupted in epoch {epoch}; {error}") from None
-        click.echo(f"Interrupted in epoch {epoch}: saved the best model so far "
-                   f"(epoch {result.best_epoch}) to {saved}", err=True)
+            click.echo(f"Interrupted in epoch {epoch}: saved the best model so far "
+                       f"(epoch {result.best_epoch}) to {saved}", err=True)
+        except GpunetError as error:  # no name left beside --out, a full disk: the checkpoint may still go
+            model_failed = error
     else:
         click.echo(f"Interrupted in epoch {epoch}, before any epoch finished: nothing saved", err=True)
     if run_state is not None:
         try:
             checkpoint = save_checkpoint(out, run_state)
         except SaveError as error:
-            raise GpunetError(f"interrupted in epoch {epoch}; {error}") from None
+            first = "" if model_failed is None else f"{model_failed}; "
+            raise GpunetError(f"interrupted in epoch {epoch}; {first}{error}") from None
         click.echo(f"Saved the run as it was after epoch {run_state.epochs_done} to {checkpoint}; to go on from the "
                    f"start of epoch {run_state.epochs_done + 1} of {config.epochs}: "
                    f"gpunet train --resume {shlex.quote(str(checkpoint))}", err=True)
+    if model_failed is not None:
+        raise GpunetError(f"interrupted in epoch {epoch}; {model_failed}") from None
     sys.exit(STOP_SIGNALS.exit_code())
 
 
@@ -520,11 +530,16 @@ def checkpoint_path(out: Path) -> Path:
 
 
 def save_checkpoint(out: Path, run_state) -> Path:
-    """Save a stopped run's state beside ``out``, replacing only a checkpoint (another file there is kept and the
-    checkpoint goes beside it, model.checkpoint.new.npz, saying why). Returns where it went."""
-    from gpunet.files.resume_file import save_run_state
+    """Save a stopped run's state beside ``out``, replacing only a checkpoint of the same run (another file there,
+    another run's checkpoint among them, is kept and the checkpoint goes beside it, model.checkpoint.new.npz,
+    saying why). Returns where it went."""
+    from gpunet.files.resume_file import is_checkpoint, is_of_run, save_run_state
 
     path = checkpoint_path(out)
+    if is_checkpoint(path) and not is_of_run(path, run_state):  # that run may still be gone on with
+        beside = save_without_replacing(path, "new", lambda p: save_run_state(p, run_state), noun="the checkpoint")
+        click.echo(f"Note: {path} holds another run's checkpoint; saved the checkpoint as {beside}", err=True)
+        return beside
     saved = save_replacing_only(path, CHECKPOINT, "new", lambda p: save_run_state(p, run_state),
                                 noun="the checkpoint")
     if saved.beside_because:
