@@ -47,7 +47,9 @@ modelled as CUDA does it: while a stream captures, nothing runs; each launch (a 
 elementwise or reduction kernel into a given ``out=``, a cuBLAS product, a fill or copy) is recorded
 as a node of the graph, reading and writing the arrays it was given when the graph is launched. What
 CUDA refuses while capturing raises CuPy's ``CUDARuntimeError`` (cudaErrorStreamCaptureUnsupported):
-a synchronisation, a copy to the host, a copy from host memory. An allocation goes to the allocator
+a synchronisation, a copy to the host, a copy from host memory. A cuBLAS product raises CuPy's own
+NotImplementedError (``CUBLAS_IN_CAPTURE``: CuPy refuses every cuBLAS call on a capturing stream), unless
+a test sets ``cublas_in_capture`` to model a step whose products could be captured. An allocation goes to the allocator
 of ``cupy.cuda.using_allocator`` where one is set (gpunet sets one that refuses); with none it is
 refused too, stricter than CuPy's default relaxed capture mode, whose pool may hand out a block that
 is freed and reused after the capture while the graph still writes it. A graph launch is one event
@@ -118,6 +120,9 @@ class Transfer:
 GRAPH = "graph"  # a captured graph's launch: one launch, however many nodes it replays
 LAUNCHES = ("kernel", "elementwise", "reduction", "cublas", GRAPH)  # one launch each
 CAPTURE_UNSUPPORTED = 900  # cudaErrorStreamCaptureUnsupported: "operation not permitted when stream is capturing"
+# CuPy's refusal of any cuBLAS call on a capturing stream (cupy_backends/cuda/libs/cublas.pyx, setStream, which
+# every product calls first; in CuPy 14.2, the version installed here).
+CUBLAS_IN_CAPTURE = "calling cuBLAS API during stream capture is currently unsupported"
 ALLOCATION, D2H, H2D = "allocation", "d2h", "h2d"
 # cupy functions and ndarray methods that reduce (one reduction kernel), that multiply matrices (cuBLAS),
 # that only allocate, and that give a view where they can (no launch unless the result owns new memory).
@@ -511,6 +516,9 @@ class HostCupy:
         self.events: list[Event] = []
         self.capture: list | None = None  # the nodes of the graph being captured, while a stream captures
         self.allocator = None  # cupy.cuda.using_allocator's, while one is set
+        # Whether a cuBLAS product may be captured: CuPy refuses it (CUBLAS_IN_CAPTURE); a test that models a step
+        # whose products could be captured (cuBLAS through another binding, or products as own kernels) says so.
+        self.cublas_in_capture = False
         self.streams = [Stream(self, null=True)]  # the current stream last
         runtime = SimpleNamespace(
             getDeviceProperties=self._device_properties, getDeviceCount=lambda: 1,
@@ -549,6 +557,8 @@ class HostCupy:
         """While capturing: ``run`` kept as a graph node, not run (True); else False, to run it now."""
         if self.capture is None:
             return False
+        if kind == "cublas" and not self.cublas_in_capture:
+            raise NotImplementedError(CUBLAS_IN_CAPTURE)
         self.capture.append(Node(kind, name, int(nbytes), int(flops), run))
         return True
 

@@ -14,6 +14,8 @@ the optimizer's ``step`` cut the record into steps; ``loop.evaluate`` is marked 
 
 With ``--cuda-graph`` (``GRAPH_CASES``) a steady-state step is one graph launch (``cupy.cuda.Graph.launch``,
 marked as the step), and the graph's nodes, what that launch replays, are counted as a step's launches are.
+These cases count a step whose cuBLAS products are captured (the stand-in's ``cublas_in_capture``): CuPy
+itself refuses any cuBLAS call while capturing, so on CuPy today such a run falls back to eager steps.
 
 ``scripts/bench.py --launches`` prints these; tests/test_launch_budget.py holds them to their budgets.
 """
@@ -129,6 +131,7 @@ def count(case: Case, walk, digits: Digits | None = None) -> Counts:
     with pytest.MonkeyPatch.context() as monkeypatch:
         backend = stand_in_backend(monkeypatch, walk)
         backend.cuda_graph = case.cuda_graph
+        backend.xp.cublas_in_capture = case.cuda_graph  # what the graph would hold, were its products captured
         events = backend.xp.events
         marks = []  # (position in events, what, start or end)
         graphs = []

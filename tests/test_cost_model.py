@@ -235,10 +235,11 @@ def test_the_estimators_device_auto_follows_the_cost_model(h100, capsys):
 def test_gpunet_train_cuda_graph_judges_the_gpu_by_its_graph_figures(h100, tmp_path, capsys):
     """--cuda-graph: --device auto weighs the replayed step (18 nodes, one launch), which beats the CPU's for the
     default network, so it trains on the (stand-in) H100, each whole step after the first one graph launch;
-    --device cpu ignores the option."""
+    --device cpu ignores the option. The stand-in captures cuBLAS products here, as CuPy does not (next test)."""
     from tests.conftest import run
     from tests.cupy_stand_in import GRAPH
 
+    h100.xp.cublas_in_capture = True
     code, out, err = run(capsys, "train", "--cuda-graph", "--epochs", "1", "--val-size", "100",
                          "--out", str(tmp_path / "m.npz"))
     assert code == 0, err
@@ -251,3 +252,22 @@ def test_gpunet_train_cuda_graph_judges_the_gpu_by_its_graph_figures(h100, tmp_p
                          "--out", str(tmp_path / "cpu.npz"))
     assert code == 0, err
     assert "CUDA graph" not in out and " on CPU" in next(line for line in out.splitlines() if line.startswith("Network "))
+
+
+@pytest.mark.kernels
+def test_gpunet_train_cuda_graph_where_cupy_refuses_cublas_in_capture(h100, tmp_path, capsys):
+    """As CuPy is (it refuses every cuBLAS call on a capturing stream), --cuda-graph cannot replay a step: --device
+    auto judges the GPU by its eager figures and keeps the CPU for the default network, and the banner says why
+    no graph is used."""
+    from tests.conftest import run
+    from tests.cupy_stand_in import GRAPH
+
+    code, out, err = run(capsys, "train", "--cuda-graph", "--epochs", "1", "--val-size", "100",
+                         "--out", str(tmp_path / "m.npz"))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert next(line for line in lines if line.startswith("Device: ")).startswith("Device: --device auto chose the "
+                                                                                "CPU: ")
+    assert ("CUDA graph: not used (this CuPy refuses cuBLAS products while a stream is captured); the steps run "
+            "eagerly") in lines
+    assert not any(event.kind == GRAPH for event in h100.xp.events)

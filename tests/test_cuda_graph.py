@@ -156,8 +156,10 @@ def test_broken_step_kernels_fail_the_comparisons(tmp_path, monkeypatch):
 # -- 2. the stand-in captures as CUDA does ----------------------------------------------------------------------
 def test_capture_records_launches_and_runs_nothing_until_the_graph_is_launched(stand_in_cuda):
     """An elementwise kernel into out=, a custom kernel and a cuBLAS product, captured: nothing changes until
-    ``Graph.launch``, which runs them in order, as one launch; then again on the arrays' new contents."""
+    ``Graph.launch``, which runs them in order, as one launch; then again on the arrays' new contents (the
+    product captured as a cuBLAS that captures would be, which CuPy's is not)."""
     xp = stand_in_cuda.xp
+    xp.cublas_in_capture = True
     W = xp.asarray(np.array([[1.0, -2.0], [0.5, 1.0]], np.float32))
     A = xp.asarray(np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
     Z, b = xp.zeros((2, 2), np.float32), xp.asarray(np.array([[1.0], [-9.0]], np.float32))
@@ -207,6 +209,24 @@ def test_the_stand_in_refuses_what_cuda_refuses_while_capturing(stand_in_cuda, r
     actions[refused]()  # allowed once the capture has ended
 
 
+@pytest.mark.parametrize("product", ["matmul", "dot"])
+def test_the_stand_in_refuses_cublas_while_capturing_as_cupy_does(stand_in_cuda, product):
+    """CuPy (14.2 as installed: cupy_backends/cuda/libs/cublas.pyx, setStream) refuses every cuBLAS call on a
+    capturing stream with this NotImplementedError, before anything is queued; the stand-in does the same
+    unless a test models a cuBLAS that captures (``cublas_in_capture``)."""
+    xp = stand_in_cuda.xp
+    W, A, Z = xp.ones((2, 2), np.float32), xp.ones((2, 2), np.float32), xp.zeros((2, 2), np.float32)
+    stream = xp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        with pytest.raises(NotImplementedError, match="^calling cuBLAS API during stream capture is currently "
+                                                      "unsupported$"):
+            getattr(xp, product)(W, A, out=Z)
+        assert stream.end_capture().nodes == ()
+    getattr(xp, product)(W, A, out=Z)  # allowed once the capture has ended
+    assert Z.get().tolist() == [[2.0, 2.0], [2.0, 2.0]]
+
+
 def test_capture_graph_refuses_a_step_that_allocates(stand_in_cuda):
     """CupyBackend.capture_graph refuses an allocation itself (CuPy's relaxed capture would let its pool hand
     the graph a block that is later reused): the step's error, and the stream no longer captures."""
@@ -221,13 +241,16 @@ def test_capture_graph_refuses_a_step_that_allocates(stand_in_cuda):
 
 
 # -- 3. training with --cuda-graph ------------------------------------------------------------------------------
-def train_on_stand_in(process, config, train_digits, val_digits, cuda_graph: bool, patch=None):
+def train_on_stand_in(process, config, train_digits, val_digits, cuda_graph: bool, patch=None,
+                      cublas_in_capture: bool = True):
     """``loop.train`` on the stand-in: (result, the device's events, the graph notices said); ``result.params``: the
-    network's parameters on the host."""
+    network's parameters on the host. ``cublas_in_capture``: whether the stand-in captures the step's cuBLAS
+    products (as a cuBLAS that captures would; CuPy refuses them, which False models)."""
     notices = []
     with pytest.MonkeyPatch.context() as monkeypatch:
         backend = stand_in_backend(monkeypatch, HostWalk(process))
         backend.cuda_graph = cuda_graph
+        backend.xp.cublas_in_capture = cublas_in_capture
         monkeypatch.setattr(graph_epoch, "notify", notices.append)
         if patch is not None:
             patch(monkeypatch)
@@ -305,6 +328,24 @@ def test_a_capture_that_fails_falls_back_with_its_notice(walk_exe, tmp_path):
         process.close()
     assert notices == ["CUDA graph: capture failed (CUDARuntimeError: cudaErrorStreamCaptureUnsupported: operation "
                        "not permitted when stream is capturing); the steps run eagerly"]
+    assert not any(event.kind == GRAPH for event in events)
+    assert_same_run(fell_back, eager)
+
+
+def test_cupy_refusing_cublas_in_capture_falls_back_with_its_notice(walk_exe, tmp_path):
+    """As CuPy is (it refuses every cuBLAS call on a capturing stream), --cuda-graph captures nothing: one notice
+    names the refusal, no graph is launched, and the run is the eager run."""
+    config = loop.TrainConfig.for_optimizer("adam", epochs=2, batch_size=64, val_size=40, seed=0)
+    train_digits, val_digits = digits_for(3 * 64)
+    process = WalkProcess(walk_exe, tmp_path)
+    try:
+        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False)
+        fell_back, events, notices = train_on_stand_in(process, config, train_digits, val_digits, True,
+                                                       cublas_in_capture=False)
+    finally:
+        process.close()
+    assert notices == ["CUDA graph: capture failed (NotImplementedError: calling cuBLAS API during stream capture "
+                       "is currently unsupported); the steps run eagerly"]
     assert not any(event.kind == GRAPH for event in events)
     assert_same_run(fell_back, eager)
 

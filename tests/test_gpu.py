@@ -402,13 +402,15 @@ def test_training_as_a_cuda_graph_agrees_with_the_cpu_within_its_bounds(cuda):
     """--cuda-graph: the two epochs of Adam above with every whole step after the run's first a graph launch (the
     last, partial batch eager), within the same bounds of the CPU's. On the stand-in a graph gives the eager run's
     bits (tests/test_cuda_graph.py); on a device cuBLAS may choose another algorithm for a captured product,
-    a different order of the same sums, which these bounds cover."""
+    a different order of the same sums, which these bounds cover. Where CuPy refuses cuBLAS while capturing (as
+    CuPy 14.2 does), the capture falls back and the run is eager."""
     train_digits, val_digits = few_digits()
     config = TrainConfig.for_optimizer("adam", hidden=(16,), epochs=2, batch_size=64, seed=0, dtype="float64")
     cuda.cuda_graph = True
+    captures = cuda.captures_products()
     got = train(cuda, train_digits, val_digits, config)
     want = train(CPU, train_digits, val_digits, config)
-    assert got.network.__dict__["_graph_step"].graph is not None  # captured, not fallen back
+    assert (got.network.__dict__["_graph_step"].graph is not None) == captures  # captured where it can be
     assert_trainings_within(got, want, train_digits, val_digits, config)
 
 

@@ -198,6 +198,17 @@ class CupyBackend(Backend):
                 graph = stream.end_capture()
         return graph
 
+    def captures_products(self) -> bool:
+        """Whether a step's cuBLAS products can be captured into a graph here. CuPy refuses every cuBLAS call on a
+        capturing stream (NotImplementedError, cupy_backends/cuda/libs/cublas.pyx: setStream; so in CuPy 14.2),
+        and a step without its products is no step: a 1 x 1 product, captured and thrown away, finds out."""
+        a, c = cupy.ones((1, 1), dtype=np.float32), cupy.empty((1, 1), dtype=np.float32)
+        try:
+            self.capture_graph(lambda: cupy.matmul(a, a, out=c))
+        except Exception:  # NotImplementedError from CuPy's cuBLAS, or any refusal by CUDA
+            return False
+        return True
+
     # -- hot operations: kernels for float32/float64, the generic path otherwise --
     def gather_scaled(self, images, index, dtype, out=None):
         """The data.cu kernel for uint8 images on the device; the generic code otherwise."""

@@ -321,9 +321,12 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         raise usage_error(ctx, error) from None
     if resumed is not None:
         check_resumable(resume, resumed, config, train_digits, val_digits, digits.source)
-    backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)), cuda_graph)
+    # The model weighs a replayed step only where one can be captured (CuPy refuses cuBLAS while capturing).
+    graph_refused = cuda_graph and backend.name == "cuda" and not backend.captures_products()
+    backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)),
+                                               cuda_graph and not graph_refused)
     if backend.name == "cuda":
-        backend.cuda_graph = cuda_graph
+        backend.cuda_graph = cuda_graph and not graph_refused
     sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
     if preset is not None:
         changed = [cli_option(p.name) for p in ctx.command.params
@@ -340,6 +343,9 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         click.echo(f"Device: {device_choice}")
     if getattr(backend, "cuda_graph", False):
         click.echo("CUDA graph: each whole batch's step captured once, then replayed as one launch")
+    elif graph_refused:
+        click.echo("CUDA graph: not used (this CuPy refuses cuBLAS products while a stream is captured); the steps "
+                   "run eagerly")
     if config.augment:
         click.echo(f"Augmentation: {DEFAULT_RANGES.describe()}, drawn afresh each epoch")
 
