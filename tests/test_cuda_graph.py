@@ -361,3 +361,27 @@ def test_what_is_not_captured_says_why():
     optimizer.backend = "another"
     assert graph_epoch.graph_refusal(network, optimizer, data, 64, parts=1) == \
         "the adam update is not one kernel on this backend"
+
+
+def test_a_graph_is_not_reused_for_another_optimizer_that_has_a_freed_ones_id(walk_exe, tmp_path, monkeypatch):
+    """A run's graph steps are kept for the optimizer and data they were made for. CPython gives a freed object's id
+    to the next one made (simulated here: every id the same), so an optimizer made after another one was freed
+    must still get graph steps of its own, which update its parameters' moments, not the freed one's."""
+    process = WalkProcess(walk_exe, tmp_path)
+    try:
+        backend = stand_in_backend(monkeypatch, HostWalk(process))
+        backend.cuda_graph = True
+        backend.xp.cublas_in_capture = True
+        monkeypatch.setattr(graph_epoch, "notify", lambda line: pytest.fail(line))
+        config = loop.TrainConfig.for_optimizer("adam", batch_size=64, seed=0)
+        train_digits, _ = digits_for(2 * 64)  # whole batches only: every step but the first is a graph launch
+        network = loop.new_network(backend, config, 784)
+        data = loop.DeviceData(backend, train_digits)
+        monkeypatch.setattr(graph_epoch, "id", lambda obj: 0, raising=False)  # every id reused
+        for _ in range(2):  # the first optimizer is dropped when the second is made
+            optimizer = make_optimizer("adam", network.groups, 0.01, backend=backend)
+            with np.errstate(all="ignore"):
+                loop.train_epoch(network, optimizer, data, 64, np.random.default_rng(1))
+            assert all(bool((m.get() != 0).any()) for m in optimizer.mean)  # its moments were updated
+    finally:
+        process.close()

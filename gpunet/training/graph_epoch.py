@@ -61,7 +61,9 @@ class GraphStep:
         xp, dtype = network.backend.xp, network.dtype
         m = len(data)
         self.key = self.key_of(optimizer, data, batch_size, augmented)
-        self.data = data  # held, so that the arrays the graph reads stay alive
+        # Held, so that the arrays the graph reads stay alive, and so that no other optimizer or data set made
+        # after these were freed could be taken for them (``serves``).
+        self.optimizer, self.data, self.images, self.labels = optimizer, data, data.images, data.labels
         self.full_steps = m // batch_size
         self.order = xp.empty(m, dtype=np.int64)
         self.step = xp.zeros(1, dtype=np.int64)
@@ -78,9 +80,15 @@ class GraphStep:
 
     @staticmethod
     def key_of(optimizer, data, batch_size: int, augmented: bool) -> tuple:
-        """What a run's graph steps are made for: another optimizer or data set, batch size or augmentation (a
-        train_epoch called with them) gets arrays and a graph of its own."""
-        return id(optimizer), id(data.images), id(data.labels), batch_size, augmented
+        """The batch size and whether digits are augmented; with ``serves``' objects, what the steps are made for."""
+        return batch_size, augmented
+
+    def serves(self, optimizer, data, batch_size: int, augmented: bool) -> bool:
+        """Whether these steps are made for this optimizer and data set (the very objects: an id of a freed object
+        is given to the next one made), batch size and augmentation; a train_epoch called with others gets arrays
+        and a graph of its own."""
+        return (self.optimizer is optimizer and self.data is data and self.images is data.images
+                and self.labels is data.labels and self.key == self.key_of(optimizer, data, batch_size, augmented))
 
     def run(self, network, optimizer, step_gradients) -> None:
         """One step on the fixed arrays, launched eagerly; what the graph holds once captured."""
@@ -109,7 +117,7 @@ def minibatch_epoch(network, optimizer, data, batch_size, rng, losses, progress,
             holder["_graph_refusal"] = refusal
         return None
     state = holder.get("_graph_step")
-    if state is None or state.key != GraphStep.key_of(optimizer, data, batch_size, transforms is not None):
+    if state is None or not state.serves(optimizer, data, batch_size, transforms is not None):
         state = holder["_graph_step"] = GraphStep(network, optimizer, data, batch_size, transforms is not None)
     ops = network.backend
     m = len(data)
