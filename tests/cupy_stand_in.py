@@ -140,7 +140,7 @@ class Event:
     """One thing a GPU would do: a launch (``LAUNCHES``), an allocation or a transfer, and the line that asked.
 
     ``nbytes``: the bytes of the launch's array operands (each read or written once), of the allocation, or
-    moved by the transfer; ``flops``: a cuBLAS product's 2.m.n.k (other launches' arithmetic is not counted).
+    moved by the transfer; ``flops``: a product's 2.m.n.k (cuBLAS or kernels/matmul.cu; no other arithmetic is counted).
     """
 
     kind: str
