@@ -339,7 +339,7 @@ def test_a_graph_run_agrees_with_the_cublas_run_within_its_bounds(walk_exe, tmp_
 
 def test_a_capture_that_fails_falls_back_with_its_notice(walk_exe, tmp_path):
     """A step that reads a number back while it is captured: the capture fails, one notice says why, and the run
-    goes on eagerly, to the eager run's parameters."""
+    goes on eagerly, to the parameters of the eager run with the same products (matmul.cu's)."""
     config = loop.TrainConfig.for_optimizer("adam", epochs=2, batch_size=64, val_size=40, seed=0)
     train_digits, val_digits = digits_for(3 * 64)
     step_gradients = loop.step_gradients
@@ -351,7 +351,7 @@ def test_a_capture_that_fails_falls_back_with_its_notice(walk_exe, tmp_path):
 
     process = WalkProcess(walk_exe, tmp_path)
     try:
-        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False)
+        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False, own_products=True)
         fell_back, events, notices = train_on_stand_in(
             process, config, train_digits, val_digits, True,
             patch=lambda monkeypatch: monkeypatch.setattr(loop, "step_gradients", reading))
@@ -367,12 +367,12 @@ def test_cupy_refusing_cublas_in_capture_falls_back_with_its_notice(walk_exe, tm
     """As CuPy is (it refuses every cuBLAS call on a capturing stream), --cuda-graph cannot capture a step whose
     products are too large for the matmul kernel (784-512-10: 512 x 784 . 784 x 64 is 25.7 M multiply-adds, over
     kernels.SMALL_PRODUCT, so cuBLAS): one notice names the refusal, no graph is launched, and the run is the
-    eager run."""
+    eager run with the same products (the first layer's cuBLAS, the output layer's matmul.cu)."""
     config = loop.TrainConfig.for_optimizer("adam", hidden=(512,), epochs=2, batch_size=64, val_size=40, seed=0)
     train_digits, val_digits = digits_for(3 * 64)
     process = WalkProcess(walk_exe, tmp_path)
     try:
-        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False)
+        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False, own_products=True)
         fell_back, events, notices = train_on_stand_in(process, config, train_digits, val_digits, True)
     finally:
         process.close()
