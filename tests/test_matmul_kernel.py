@@ -121,3 +121,49 @@ def test_a_broken_matmul_kernel_fails_the_comparison(tmp_path, monkeypatch, slip
             test_matmul(HostWalk(process), np.float32, (16, 64, 784), "NT", "package")
     finally:
         process.close()
+
+
+# -- the backend: which products go to the kernel --------------------------------------------------------------
+def test_the_backend_takes_small_products_to_the_kernel_only_in_a_graph_run(stand_in_cuda):
+    """CupyBackend.matmul: cuBLAS unless --cuda-graph (``cuda_graph``) or ``own_products`` is on; then the kernel
+    for a product of at most kernels.SMALL_PRODUCT multiply-adds (into the ``out`` offered, nothing allocated),
+    cuBLAS for a larger one; the same values as the generic product within its bound."""
+    xp, backend = stand_in_cuda.xp, stand_in_cuda
+    rng = np.random.default_rng(7)
+    W, A0 = rng.standard_normal((16, 784)).astype(np.float32), rng.standard_normal((784, 64)).astype(np.float32)
+    big = rng.standard_normal((784, 6000)).astype(np.float32)  # 16 x 784 x 6000 = 75 M multiply-adds
+    W_d, A_d, big_d = xp.asarray(W), xp.asarray(A0), xp.asarray(big)
+    out = xp.empty((16, 64), np.float32)
+
+    def kinds(call):
+        before = len(xp.events)
+        result = call()
+        return result, [(e.kind, e.name.split("<")[0]) for e in xp.events[before:] if e.kind in ("kernel", "cublas",
+                                                                                                  "allocation")]
+
+    Z, seen = kinds(lambda: backend.matmul(W_d, A_d, out=out))
+    assert seen == [("cublas", "matmul")]
+    for flag in ("cuda_graph", "own_products"):
+        setattr(backend, flag, True)
+        Z, seen = kinds(lambda: backend.matmul(W_d, A_d, out=out))
+        assert seen == [("kernel", "matmul")] and Z is out
+        assert_within(Z.get(), W @ A0, product_bound(W, A0, np.float32))
+        dW, seen = kinds(lambda: backend.matmul(out, A_d.T))  # dW = dZ.A^T: the transposed view read in place
+        assert [kind for kind in seen if kind[0] != "allocation"] == [("kernel", "matmul")]
+        assert_within(dW.get(), out.get() @ A0.T, product_bound(out.get(), A0.T, np.float32))
+        _, seen = kinds(lambda: backend.matmul(W_d, big_d))
+        assert ("cublas", "matmul") in seen and ("kernel", "matmul") not in seen
+        setattr(backend, flag, False)
+
+
+def test_which_networks_have_only_small_products(stand_in_cuda):
+    """takes_products: the notes' network at batch 64 (and 128), and a dense layer stack, fit the kernel; 784-512-10
+    and the CNNs do not, so --cuda-graph on CuPy captures the former and says no graph is used for the latter."""
+    from gpunet.backends.cost_model import network_layers
+
+    takes = stand_in_cuda.takes_products
+    assert takes(network_layers((16, 16)), 64) and takes(network_layers((16, 16)), 128)
+    assert takes(network_layers((), "dense32,dropout0.5"), 64)
+    assert not takes(network_layers((512,)), 64)
+    assert not takes(network_layers((), "conv32k5,pool2,conv64k5,pool2,dense256,dropout0.5"), 128)
+    assert not takes(network_layers((), "conv8k5,pool2,dense16"), 64)
