@@ -103,6 +103,7 @@ def _kernels_answer() -> bool:
     """Launch one kernel of each module on a few numbers; whether each gives the known answer."""
     Z = cupy.asarray(PROBE_Z)
     count = kernels.count_correct(Z, cupy.asarray(PROBE_LABELS))  # loss.cu
+    product = kernels.matmul(Z, Z.T)  # matmul.cu: small integers, so exact
     mask = kernels.relu_backward(cupy.ones(PROBE_Z.shape, np.float32), Z)  # layers.cu
     pixels = kernels.gather_scaled(cupy.asarray(PROBE_PIXELS), None, np.float32)  # data.cu
     columns = kernels.im2col(cupy.asarray(PROBE_MAPS), 2, (0, 0))  # conv.cu
@@ -112,6 +113,7 @@ def _kernels_answer() -> bool:
                                      np.float32, augment.SIDE)  # augment.cu
     return (
         int(count) == 2
+        and cupy.asnumpy(product).tolist() == (PROBE_Z @ PROBE_Z.T).tolist()
         and cupy.asnumpy(mask).tolist() == (PROBE_Z > 0).astype(np.float32).tolist()
         and cupy.asnumpy(pixels).tolist() == [[0.0], [1.0]]
         and cupy.asnumpy(columns).tolist() == layers.im2col(np, PROBE_MAPS, 2, (0, 0)).tolist()
