@@ -25,6 +25,7 @@ extern gpunet_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 using std::exp;
 using std::floor;
+using std::fma;
 using std::isnan;
 using std::log;
 using std::nan;

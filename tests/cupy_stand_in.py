@@ -140,7 +140,7 @@ class Event:
     """One thing a GPU would do: a launch (``LAUNCHES``), an allocation or a transfer, and the line that asked.
 
     ``nbytes``: the bytes of the launch's array operands (each read or written once), of the allocation, or
-    moved by the transfer; ``flops``: a cuBLAS product's 2.m.n.k (other launches' arithmetic is not counted).
+    moved by the transfer; ``flops``: a product's 2.m.n.k (cuBLAS or kernels/matmul.cu; no other arithmetic is counted).
     """
 
     kind: str
@@ -478,6 +478,14 @@ def _with_ellipsis(key):
     return parts if any(k is Ellipsis for k in parts) else (*parts, Ellipsis)
 
 
+def _kernel_flops(launch: kernels.Launch) -> int:
+    """A kernel's FLOPs where it does a product (matmul.cu: 2.M.N.K, as a cuBLAS product counts), else 0."""
+    if launch.kernel != "matmul":
+        return 0
+    M, N, K = (int(n) for n in launch.args[3:6])
+    return 2 * M * N * K
+
+
 class DeviceLauncher:
     """``kernels.cuda_launch`` on the stand-in: a launch's device arrays handed to ``walk`` as their memory.
 
@@ -493,9 +501,10 @@ class DeviceLauncher:
                 raise TypeError(f"argument {k} of {launch.name} is a host numpy.ndarray: a kernel takes device arrays")
         walked = dataclasses.replace(launch, args=tuple(_unwrap(arg) for arg in launch.args))
         if self.device is not None:
-            if self.device._captured("kernel", launch.name, _nbytes(*launch.args), 0, lambda: self.walk(walked)):
+            flops = _kernel_flops(launch)
+            if self.device._captured("kernel", launch.name, _nbytes(*launch.args), flops, lambda: self.walk(walked)):
                 return
-            self.device._record("kernel", launch.name, _nbytes(*launch.args))
+            self.device._record("kernel", launch.name, _nbytes(*launch.args), flops)
         self.walk(walked)
 
 

@@ -14,8 +14,10 @@ the optimizer's ``step`` cut the record into steps; ``loop.evaluate`` is marked 
 
 With ``--cuda-graph`` (``GRAPH_CASES``) a steady-state step is one graph launch (``cupy.cuda.Graph.launch``,
 marked as the step), and the graph's nodes, what that launch replays, are counted as a step's launches are.
-These cases count a step whose cuBLAS products are captured (the stand-in's ``cublas_in_capture``): CuPy
-itself refuses any cuBLAS call while capturing, so on CuPy today such a run falls back to eager steps.
+The stand-in refuses cuBLAS while capturing, as CuPy does: the dense network's graph holds its products as
+gpunet's matmul kernel (kernels/matmul.cu, which a --cuda-graph run uses for products up to
+kernels.SMALL_PRODUCT). The CNN's convolutions stay cuBLAS, so on CuPy its run falls back to eager steps;
+its graph case counts what the graph would hold were its cuBLAS products captured (``cublas_in_capture``).
 
 ``scripts/bench.py --launches`` prints these; tests/test_launch_budget.py holds them to their budgets.
 """
@@ -49,6 +51,7 @@ class Case:
     hidden: tuple = (16, 16)
     arch: str | None = None
     cuda_graph: bool = False  # --cuda-graph: each whole step one graph launch
+    cublas_in_capture: bool = False  # the stand-in captures cuBLAS products (CuPy does not)
 
     def config(self) -> loop.TrainConfig:
         return loop.TrainConfig.for_optimizer(self.optimizer, hidden=self.hidden, arch=self.arch, epochs=2,
@@ -65,7 +68,9 @@ CASES = (
 )
 # The same steps captured once and replayed as one CUDA graph launch each (the full batch is one step an epoch).
 GRAPH_CASES = tuple(
-    dataclasses.replace(case, label=f"{case.label}, CUDA graph", cuda_graph=True) for case in CASES if case.batch_size
+    dataclasses.replace(case, label=f"{case.label}, CUDA graph", cuda_graph=True,
+                        cublas_in_capture=case.arch is not None)
+    for case in CASES if case.batch_size
 )
 
 
@@ -131,7 +136,7 @@ def count(case: Case, walk, digits: Digits | None = None) -> Counts:
     with pytest.MonkeyPatch.context() as monkeypatch:
         backend = stand_in_backend(monkeypatch, walk)
         backend.cuda_graph = case.cuda_graph
-        backend.xp.cublas_in_capture = case.cuda_graph  # what the graph would hold, were its products captured
+        backend.xp.cublas_in_capture = case.cublas_in_capture  # the CNN's graph, were its cuBLAS products captured
         events = backend.xp.events
         marks = []  # (position in events, what, start or end)
         graphs = []

@@ -235,11 +235,12 @@ def test_the_estimators_device_auto_follows_the_cost_model(h100, capsys):
 def test_gpunet_train_cuda_graph_judges_the_gpu_by_its_graph_figures(h100, tmp_path, capsys):
     """--cuda-graph: --device auto weighs the replayed step (18 nodes, one launch), which beats the CPU's for the
     default network, so it trains on the (stand-in) H100, each whole step after the first one graph launch;
-    --device cpu ignores the option. The stand-in captures cuBLAS products here, as CuPy does not (next test)."""
+    --device cpu ignores the option. The stand-in refuses cuBLAS while capturing, as CuPy does: the default
+    network's products are gpunet's matmul kernel in a --cuda-graph run, so its step is captured all the same."""
     from tests.conftest import run
     from tests.cupy_stand_in import GRAPH
 
-    h100.xp.cublas_in_capture = True
+    assert not h100.captures_products()
     code, out, err = run(capsys, "train", "--cuda-graph", "--epochs", "1", "--val-size", "100",
                          "--out", str(tmp_path / "m.npz"))
     assert code == 0, err
@@ -255,19 +256,18 @@ def test_gpunet_train_cuda_graph_judges_the_gpu_by_its_graph_figures(h100, tmp_p
 
 
 @pytest.mark.kernels
-def test_gpunet_train_cuda_graph_where_cupy_refuses_cublas_in_capture(h100, tmp_path, capsys):
-    """As CuPy is (it refuses every cuBLAS call on a capturing stream), --cuda-graph cannot replay a step: --device
-    auto judges the GPU by its eager figures and keeps the CPU for the default network, and the banner says why
-    no graph is used."""
+@pytest.mark.parametrize("network", [("--hidden", "512"), ("--arch", "conv8k5,pool2,dense16")])
+def test_gpunet_train_cuda_graph_where_cupy_refuses_cublas_in_capture(h100, tmp_path, capsys, network):
+    """As CuPy is (it refuses every cuBLAS call on a capturing stream), --cuda-graph cannot replay a step whose
+    products are too large for gpunet's matmul kernel (784-512-10's first, 25.7 M multiply-adds at batch 64; a
+    convolution's, 7.4 M for conv8k5): --device cuda trains eagerly, and the banner says why no graph is used."""
     from tests.conftest import run
     from tests.cupy_stand_in import GRAPH
 
-    code, out, err = run(capsys, "train", "--cuda-graph", "--epochs", "1", "--val-size", "100",
-                         "--out", str(tmp_path / "m.npz"))
+    code, out, err = run(capsys, "train", "--cuda-graph", "--device", "cuda", *network, "--epochs", "1",
+                         "--val-size", "10800", "--out", str(tmp_path / "m.npz"))
     assert code == 0, err
-    lines = out.splitlines()
-    assert next(line for line in lines if line.startswith("Device: ")).startswith("Device: --device auto chose the "
-                                                                                "CPU: ")
-    assert ("CUDA graph: not used (this CuPy refuses cuBLAS products while a stream is captured); the steps run "
-            "eagerly") in lines
+    assert ("CUDA graph: not used (this CuPy refuses cuBLAS products while a stream is captured, and this network's "
+            "are too large for gpunet's product kernel); the steps run eagerly") in out.splitlines()
     assert not any(event.kind == GRAPH for event in h100.xp.events)
+    assert any(event.kind == "cublas" for event in h100.xp.events)

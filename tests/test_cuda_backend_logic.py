@@ -760,7 +760,7 @@ def test_device_auto_falls_back_when_any_piece_is_missing(probe, monkeypatch, br
 def test_device_auto_chooses_cuda_once_every_piece_works(probe, launched):
     backend, notice = get_backend("auto")
     assert backend.name == "cuda" and backend.xp is probe and notice is None
-    assert launched() == ["count_correct<float>", "relu_backward<float>", "transpose_scaled<float>",
+    assert launched() == ["count_correct<float>", "matmul<float>", "relu_backward<float>", "transpose_scaled<float>",
                           "im2col<float>", "max_pool<float>", "dropout_mask<float>", "affine_augment<float>"]  # each .cu
     assert get_backend("cuda")[0].name == "cuda" and get_backend("auto")[0].name == "cuda"
     assert launched() == []  # probed once per process

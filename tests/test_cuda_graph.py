@@ -242,14 +242,16 @@ def test_capture_graph_refuses_a_step_that_allocates(stand_in_cuda):
 
 # -- 3. training with --cuda-graph ------------------------------------------------------------------------------
 def train_on_stand_in(process, config, train_digits, val_digits, cuda_graph: bool, patch=None,
-                      cublas_in_capture: bool = True):
+                      cublas_in_capture: bool = False, own_products: bool = False):
     """``loop.train`` on the stand-in: (result, the device's events, the graph notices said); ``result.params``: the
     network's parameters on the host. ``cublas_in_capture``: whether the stand-in captures the step's cuBLAS
-    products (as a cuBLAS that captures would; CuPy refuses them, which False models)."""
+    products (as a cuBLAS that captures would; CuPy refuses them, as by default). ``own_products``: an eager run
+    whose small products are gpunet's matmul kernel, as a --cuda-graph run's are."""
     notices = []
     with pytest.MonkeyPatch.context() as monkeypatch:
         backend = stand_in_backend(monkeypatch, HostWalk(process))
         backend.cuda_graph = cuda_graph
+        backend.own_products = own_products
         backend.xp.cublas_in_capture = cublas_in_capture
         monkeypatch.setattr(graph_epoch, "notify", notices.append)
         if patch is not None:
@@ -287,28 +289,57 @@ GRAPH_RUNS = {  # (settings, digits per epoch): each with a partial last batch, 
 
 @pytest.mark.parametrize("run", GRAPH_RUNS)
 def test_graph_replay_gives_the_eager_parameters(walk_exe, tmp_path, run):
-    """Three epochs with --cuda-graph (the first step of the run eager, then captured; every later whole step a
-    graph launch): the eager run's parameters, losses and accuracies, bit for bit (module docstring: the same
-    kernels on the same numbers)."""
+    """Three epochs with --cuda-graph on a stand-in that refuses cuBLAS while capturing, as CuPy does (the first
+    step of the run eager, then captured; every later whole step a graph launch): its small products are
+    gpunet's matmul kernel, so the step captures, and it gives the parameters, losses and accuracies of the eager
+    run whose products are that kernel too, bit for bit (module docstring: the same kernels on the same
+    numbers). The eager run's products are the kernel's, no cuBLAS call."""
     given, m = GRAPH_RUNS[run]
     settings = {"batch_size": 64, **given}
     config = loop.TrainConfig.for_optimizer(settings.pop("optimizer"), epochs=3, val_size=40, seed=0, **settings)
     train_digits, val_digits = digits_for(m)
     process = WalkProcess(walk_exe, tmp_path)
     try:
-        eager, eager_events, _ = train_on_stand_in(process, config, train_digits, val_digits, False)
+        eager, eager_events, _ = train_on_stand_in(process, config, train_digits, val_digits, False,
+                                                   own_products=True)
         graph, graph_events, notices = train_on_stand_in(process, config, train_digits, val_digits, True)
     finally:
         process.close()
     whole_steps = m // config.batch_size
     assert sum(event.kind == GRAPH for event in graph_events) == 3 * whole_steps - 1
     assert not any(event.kind == GRAPH for event in eager_events) and notices == []
+    steps = [event for event in eager_events if event.kind in ("cublas", "kernel")]
+    assert any(event.name.startswith("matmul<") for event in steps)
     assert_same_run(graph, eager)
+
+
+def test_a_graph_run_agrees_with_the_cublas_run_within_its_bounds(walk_exe, tmp_path):
+    """The --cuda-graph run's products are the matmul kernel's sums, in another order than cuBLAS's (NumPy's on
+    the stand-in): two epochs of float64 Adam land within the training bounds of the eager cuBLAS run
+    (tests/tolerances.py, as tests/test_gpu.py compares a GPU with the CPU), and a graph was launched."""
+    from gpunet.backends.cpu import CpuBackend
+    from gpunet.nn.model import Network
+    from tests.test_gpu import assert_trainings_within, few_digits
+
+    train_digits, val_digits = few_digits()
+    config = loop.TrainConfig.for_optimizer("adam", hidden=(16,), epochs=2, batch_size=64, seed=0, dtype="float64",
+                                            val_size=len(val_digits))
+    process = WalkProcess(walk_exe, tmp_path)
+    try:
+        cublas, cublas_events, _ = train_on_stand_in(process, config, train_digits, val_digits, False)
+        graph, graph_events, notices = train_on_stand_in(process, config, train_digits, val_digits, True)
+    finally:
+        process.close()
+    assert notices == [] and any(event.kind == GRAPH for event in graph_events)
+    assert not any(event.name.startswith("matmul<") for event in cublas_events)
+    for result in (graph, cublas):  # their weights, on the host (the stand-in is gone)
+        result.network = Network(CpuBackend(), result.params)
+    assert_trainings_within(graph, cublas, train_digits, val_digits, config)
 
 
 def test_a_capture_that_fails_falls_back_with_its_notice(walk_exe, tmp_path):
     """A step that reads a number back while it is captured: the capture fails, one notice says why, and the run
-    goes on eagerly, to the eager run's parameters."""
+    goes on eagerly, to the parameters of the eager run with the same products (matmul.cu's)."""
     config = loop.TrainConfig.for_optimizer("adam", epochs=2, batch_size=64, val_size=40, seed=0)
     train_digits, val_digits = digits_for(3 * 64)
     step_gradients = loop.step_gradients
@@ -320,7 +351,7 @@ def test_a_capture_that_fails_falls_back_with_its_notice(walk_exe, tmp_path):
 
     process = WalkProcess(walk_exe, tmp_path)
     try:
-        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False)
+        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False, own_products=True)
         fell_back, events, notices = train_on_stand_in(
             process, config, train_digits, val_digits, True,
             patch=lambda monkeypatch: monkeypatch.setattr(loop, "step_gradients", reading))
@@ -333,15 +364,16 @@ def test_a_capture_that_fails_falls_back_with_its_notice(walk_exe, tmp_path):
 
 
 def test_cupy_refusing_cublas_in_capture_falls_back_with_its_notice(walk_exe, tmp_path):
-    """As CuPy is (it refuses every cuBLAS call on a capturing stream), --cuda-graph captures nothing: one notice
-    names the refusal, no graph is launched, and the run is the eager run."""
-    config = loop.TrainConfig.for_optimizer("adam", epochs=2, batch_size=64, val_size=40, seed=0)
+    """As CuPy is (it refuses every cuBLAS call on a capturing stream), --cuda-graph cannot capture a step whose
+    products are too large for the matmul kernel (784-512-10: 512 x 784 . 784 x 64 is 25.7 M multiply-adds, over
+    kernels.SMALL_PRODUCT, so cuBLAS): one notice names the refusal, no graph is launched, and the run is the
+    eager run with the same products (the first layer's cuBLAS, the output layer's matmul.cu)."""
+    config = loop.TrainConfig.for_optimizer("adam", hidden=(512,), epochs=2, batch_size=64, val_size=40, seed=0)
     train_digits, val_digits = digits_for(3 * 64)
     process = WalkProcess(walk_exe, tmp_path)
     try:
-        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False)
-        fell_back, events, notices = train_on_stand_in(process, config, train_digits, val_digits, True,
-                                                       cublas_in_capture=False)
+        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False, own_products=True)
+        fell_back, events, notices = train_on_stand_in(process, config, train_digits, val_digits, True)
     finally:
         process.close()
     assert notices == ["CUDA graph: capture failed (NotImplementedError: calling cuBLAS API during stream capture "

@@ -299,6 +299,7 @@ def test_wrappers_launch_only_compiled_instantiations(dtype):
     kernels.batch_begin(np.arange(4), np.zeros(4, np.int32), step, np.empty(2, np.int64), np.empty(2, np.int32),
                         dtype, launcher=record)
     kernels.batch_end(np.zeros(2, dtype), np.zeros(4, dtype), step, launcher=record)
+    kernels.matmul(Z, Z.T, launcher=record)
     launched = {(launch.module, launch.kernel) for launch in record.launches}
     assert launched == {(module, name) for module, names in kernels.MODULES.items() for name in names}
     for launch in record.launches:

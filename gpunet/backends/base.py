@@ -109,6 +109,10 @@ class Backend:
         """
         return augment.affine_sample(self.xp, images, index, transforms, dtype, augment.side_of(images))
 
+    def matmul(self, A, B, out=None):
+        """A . B for 2-D A and B (a layer's W.A, dZ.A^T, W^T.dZ), into ``out`` where given (xp.matmul's ``out``)."""
+        return self.xp.matmul(A, B, out=out)
+
     def bias_relu(self, Z, b):
         """A = relu(Z + b) for Z = W.A_prev (the matrix product is done by the caller).
 

@@ -10,6 +10,7 @@ tested against. Importing this module never needs CuPy or a GPU: it is where
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -102,6 +103,7 @@ def _kernels_answer() -> bool:
     """Launch one kernel of each module on a few numbers; whether each gives the known answer."""
     Z = cupy.asarray(PROBE_Z)
     count = kernels.count_correct(Z, cupy.asarray(PROBE_LABELS))  # loss.cu
+    product = kernels.matmul(Z, Z.T)  # matmul.cu: small integers, so exact
     mask = kernels.relu_backward(cupy.ones(PROBE_Z.shape, np.float32), Z)  # layers.cu
     pixels = kernels.gather_scaled(cupy.asarray(PROBE_PIXELS), None, np.float32)  # data.cu
     columns = kernels.im2col(cupy.asarray(PROBE_MAPS), 2, (0, 0))  # conv.cu
@@ -111,6 +113,7 @@ def _kernels_answer() -> bool:
                                      np.float32, augment.SIDE)  # augment.cu
     return (
         int(count) == 2
+        and cupy.asnumpy(product).tolist() == (PROBE_Z @ PROBE_Z.T).tolist()
         and cupy.asnumpy(mask).tolist() == (PROBE_Z > 0).astype(np.float32).tolist()
         and cupy.asnumpy(pixels).tolist() == [[0.0], [1.0]]
         and cupy.asnumpy(columns).tolist() == layers.im2col(np, PROBE_MAPS, 2, (0, 0)).tolist()
@@ -149,6 +152,10 @@ class CupyBackend(Backend):
     reuses_layer_arrays = True
     # --cuda-graph: each whole mini-batch step replayed as one captured CUDA graph (training/graph_epoch.py).
     cuda_graph = False
+    # Whether the small products (kernels.SMALL_PRODUCT) run in gpunet's matmul kernel, not cuBLAS, which CuPy
+    # refuses while capturing: on for a whole --cuda-graph run (``cuda_graph``), so that its eager steps and its
+    # replayed ones do the same sums, or alone (tests compare such an eager run with the replayed one).
+    own_products = False
     # While a replayed step is run or captured: its (first_step, step) device arrays, whose sum is the run's step
     # number that dropout's masks are drawn for (kernels.dropout_mask_at); None otherwise.
     device_step = None
@@ -210,6 +217,29 @@ class CupyBackend(Backend):
         return True
 
     # -- hot operations: kernels for float32/float64, the generic path otherwise --
+    def matmul(self, A, B, out=None):
+        """The matmul.cu kernel for a small product (at most kernels.SMALL_PRODUCT multiply-adds) while
+        --cuda-graph (or ``own_products``) is on, so that the step can be captured; cuBLAS otherwise."""
+        if (self.cuda_graph or self.own_products) and _kernel_product(A, B):
+            return kernels.matmul(A, B, _writable(out, A.dtype))
+        return super().matmul(A, B, out=out)
+
+    def takes_products(self, network_layers, batch: int) -> bool:
+        """Whether each product of a training step of ``network_layers`` (built layers, as cost_model.network_layers
+        gives) on ``batch`` samples is small enough for the matmul kernel: then --cuda-graph captures the step
+        where CuPy refuses cuBLAS. A convolution's products (its columns for the dense layer's inputs) stay with
+        cuBLAS."""
+        for layer in network_layers:
+            if isinstance(layer, layers.Conv2D):
+                columns = layer.fan_in * math.prod(layer.output_shape[1:])
+            elif isinstance(layer, layers.Dense):
+                columns = math.prod(layer.input_shape)
+            else:
+                continue
+            if layer.outputs * columns * batch > kernels.SMALL_PRODUCT:  # W.A, dZ.A^T and W^T.dZ alike
+                return False
+        return True
+
     def gather_scaled(self, images, index, dtype, out=None):
         """The data.cu kernel for uint8 images on the device; the generic code otherwise."""
         if _kernel_takes_digits(images, dtype, out):
@@ -321,6 +351,16 @@ class AllocationInCapture(RuntimeError):
 
 def _refuse_allocation(nbytes: int):
     raise AllocationInCapture("the step allocates device memory while it is captured")
+
+
+def _kernel_product(A, B) -> bool:
+    """Whether matmul.cu takes A . B: 2-D device arrays of one kernel dtype that multiply, each C-contiguous or a
+    transposed view of one, and at most kernels.SMALL_PRODUCT multiply-adds."""
+    if not (isinstance(A, cupy.ndarray) and isinstance(B, cupy.ndarray) and A.dtype == B.dtype
+            and kernels.supports(A.dtype) and A.ndim == B.ndim == 2 and A.shape[1] == B.shape[0]):
+        return False
+    return (all(X.flags.c_contiguous or X.flags.f_contiguous for X in (A, B))
+            and A.shape[0] * A.shape[1] * B.shape[1] <= kernels.SMALL_PRODUCT)
 
 
 def _kernel_takes_digits(images, dtype, out) -> bool:

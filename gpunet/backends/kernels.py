@@ -47,6 +47,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "optimizers": ("sgd_update", "momentum_update", "adam_update", "sgd_update_at", "momentum_update_at",
                    "adam_update_at"),
     "step": ("batch_begin", "batch_end"),
+    "matmul": ("matmul",),
 }
 # NumPy dtype -> the kernel templates' T. Other dtypes use the generic xp code.
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -84,7 +85,12 @@ WRITES: dict[str, tuple[int, ...]] = {
     "adam_update_at": (0, 2, 3, 5, 7, 8),
     "batch_begin": (3, 4),
     "batch_end": (1, 2),
+    "matmul": (2,),
 }
+# The largest product (M.N.K multiply-adds) the matmul kernel takes in the backend (cuda.py): one thread per
+# element of C, each adding its K terms in a row, is fine for the notes' network (16 x 784 . 784 x 64 = 0.8 M),
+# not for a convolution's (32 x 25 . 25 x 73,728 = 59 M at batch 128), which stay with cuBLAS.
+SMALL_PRODUCT = 1 << 22
 # Threads per block; a grid of at most MAX_BLOCKS blocks covers any size with
 # its grid-stride loop.
 BLOCK = 256
@@ -897,3 +903,40 @@ def batch_end(batch_losses, losses, step, *, launcher=None) -> None:
     _require(losses.ndim == 1 and losses.flags.c_contiguous, op, "losses must be a C-contiguous 1-D array")
     args = (batch_losses, losses, step, _i64(batch_losses.size), _i64(losses.size))
     _run(Launch("step", op, ctype, 1, 1, args), launcher)
+
+
+# -- small products without cuBLAS (matmul.cu) ----------------------------------------------------------------
+def _operand(op: str, name: str, X):
+    """(array to pass, row stride, column stride) in elements for a 2-D operand that is C-contiguous or the
+    transpose of a C-contiguous array (so ``W.T`` and ``A.T`` are read in place)."""
+    _require(X.ndim == 2, op, f"{name} must be 2-D, not {X.shape}")
+    rows, cols = X.shape
+    if X.flags.c_contiguous:
+        return X, cols, 1
+    if X.T.flags.c_contiguous:
+        return X.T, 1, rows
+    raise ValueError(f"{op}: {name} must be C-contiguous or the transpose of a C-contiguous array")
+
+
+def matmul(A, B, out=None, *, launcher=None):
+    """C = A . B for 2-D A (M, K) and B (K, N) of one kernel dtype, each C-contiguous or a transposed view of
+    a C-contiguous array; ``out``: a C-contiguous (M, N) array to write C into (not overlapping A or B).
+
+    One thread per element of C, adding its K products in order with fma (matmul.cu): the same bits whatever
+    the launch shape, against BLAS within the rounding of a K-term sum.
+    """
+    op = "matmul"
+    xp = _array_module(A)
+    ctype = _ctype(op, A.dtype)
+    _require(B.dtype == A.dtype, op, f"B must be {A.dtype} like A, not {B.dtype}")
+    _require(A.ndim == 2 and B.ndim == 2 and A.shape[1] == B.shape[0], op,
+             f"A {A.shape} and B {B.shape} do not multiply")
+    (M, K), N = A.shape, B.shape[1]
+    a, a_row, a_col = _operand(op, "A", A)
+    b, b_row, b_col = _operand(op, "B", B)
+    C = _output(op, xp, out, "out", (M, N), A.dtype)
+    if C.size:
+        grid, block = launch_shape(C.size)
+        args = (a, b, C, _i64(M), _i64(N), _i64(K), _i64(a_row), _i64(a_col), _i64(b_row), _i64(b_col))
+        _run(Launch("matmul", op, ctype, grid, block, args), launcher)
+    return C

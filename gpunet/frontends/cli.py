@@ -275,7 +275,7 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
                                          unlearned_hint)
-    from gpunet.backends.cost_model import training_step
+    from gpunet.backends.cost_model import network_layers, training_step
     from gpunet.training.loop import SettingError, TrainingDiverged, TrainingInterrupted, train as run_training
     from gpunet.training.run_state import ResumeMismatch
 
@@ -321,8 +321,12 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         raise usage_error(ctx, error) from None
     if resumed is not None:
         check_resumable(resume, resumed, config, train_digits, val_digits, digits.source)
-    # The model weighs a replayed step only where one can be captured (CuPy refuses cuBLAS while capturing).
-    graph_refused = cuda_graph and backend.name == "cuda" and not backend.captures_products()
+    # The model weighs a replayed step only where one can be captured: CuPy refuses cuBLAS while capturing, so
+    # the step's products must be small enough for gpunet's own product kernel (the notes' network's are).
+    samples = len(train_digits)
+    graph_refused = (cuda_graph and backend.name == "cuda" and not backend.captures_products()
+                     and not backend.takes_products(network_layers(config.hidden, config.arch),
+                                                    config.batch_size if 0 < config.batch_size < samples else samples))
     backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)),
                                                cuda_graph and not graph_refused)
     if backend.name == "cuda":
@@ -344,8 +348,8 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
     if getattr(backend, "cuda_graph", False):
         click.echo("CUDA graph: each whole batch's step captured once, then replayed as one launch")
     elif graph_refused:
-        click.echo("CUDA graph: not used (this CuPy refuses cuBLAS products while a stream is captured); the steps "
-                   "run eagerly")
+        click.echo("CUDA graph: not used (this CuPy refuses cuBLAS products while a stream is captured, and this "
+                   "network's are too large for gpunet's product kernel); the steps run eagerly")
     if config.augment:
         click.echo(f"Augmentation: {DEFAULT_RANGES.describe()}, drawn afresh each epoch")
 

@@ -105,7 +105,7 @@ FRESH = _Fresh()
 # -- the notes' dense formula, shared by Dense and Conv2D ------------------------------------------
 def affine(backend, W, b, A, relu: bool, out=None):
     """Z = W . A + b for A (inputs, columns); then A_out = relu(Z) in place where ``relu``. ``out``: for Z, or None."""
-    Z = backend.xp.matmul(W, A, out=out)
+    Z = backend.matmul(W, A, out=out)
     if relu:
         return backend.bias_relu(Z, b)
     Z += b
@@ -118,12 +118,11 @@ def affine_backward(backend, W, A, Y, dY, relu: bool, grads=None, input_grad=Tru
         dZ = dY * relu'(Z)    (the mask read from Y = relu(Z); dZ = dY without relu; dY is overwritten)
         dW = dZ . A^T         db = sum of dZ over columns         dA = W^T . dZ   (into ``dA_out`` if given)
     """
-    xp = backend.xp
     dZ = backend.relu_backward(dY, Y) if relu else dY
     dW, db = grads if grads is not None else (None, None)
-    dW = xp.matmul(dZ, A.T, out=dW)
+    dW = backend.matmul(dZ, A.T, out=dW)
     db = dZ.sum(axis=1, keepdims=True, out=db)
-    dA = xp.matmul(W.T, dZ, out=dA_out) if input_grad else None
+    dA = backend.matmul(W.T, dZ, out=dA_out) if input_grad else None
     return dA, [dW, db]
 
 

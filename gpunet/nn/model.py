@@ -454,14 +454,14 @@ class Network(FlatParameters):
         With a workspace the values are written into its arrays, else into new ones. Without
         ``output_bias`` Z_L is W_L.A alone: ``backward`` given a ``counter`` adds b_L inside the loss.
         """
-        ops, xp = self.backend, self.backend.xp
+        ops = self.backend
         out = ws.Z if ws is not None else [None] * len(self.weights)
         activations = [A0]
         A = A0
         for k, (W, b) in enumerate(zip(self.weights[:-1], self.biases[:-1])):
-            A = ops.bias_relu(xp.matmul(W, A, out=out[k]), b)  # Z = W.A + b; A = relu(Z)
+            A = ops.bias_relu(ops.matmul(W, A, out=out[k]), b)  # Z = W.A + b; A = relu(Z)
             activations.append(A)
-        Z = xp.matmul(self.weights[-1], A, out=out[-1])
+        Z = ops.matmul(self.weights[-1], A, out=out[-1])
         if output_bias:
             Z += self.biases[-1]  # Z_L = W_L.A + b_L; softmax is applied inside the loss
         return Z, activations
@@ -475,7 +475,7 @@ class Network(FlatParameters):
         ``forward``'s without its output bias; the loss adds b_L (in place) and adds the correct
         count to ``counter`` (``softmax_cross_entropy_counted``).
         """
-        ops, xp = self.backend, self.backend.xp
+        ops = self.backend
         if counter is not None:
             out = (ws.dZ[-1], ws.losses if losses is None else losses)
             dZ, losses = ops.softmax_cross_entropy_counted(Z, self.biases[-1], labels, counter, out=out)
@@ -489,12 +489,12 @@ class Network(FlatParameters):
             dZ_out, grads = ws.dZ, list(ws.grads)
         for k in reversed(range(len(self.weights))):
             A_prev = activations[k]
-            grads[2 * k] = xp.matmul(dZ, A_prev.T, out=grads[2 * k])  # dW = dZ.A^T (1/m already in dZ)
+            grads[2 * k] = ops.matmul(dZ, A_prev.T, out=grads[2 * k])  # dW = dZ.A^T (1/m already in dZ)
             if ws is None:
                 grads[2 * k + 1] = dZ.sum(axis=1, keepdims=True)  # db = sum of dZ over samples
             if k > 0:
                 # dZ_{k-1} = W_k^T.dZ_k * relu'(Z_{k-1})
-                dZ = ops.relu_backward(xp.matmul(self.weights[k].T, dZ, out=dZ_out[k - 1]), A_prev)
+                dZ = ops.relu_backward(ops.matmul(self.weights[k].T, dZ, out=dZ_out[k - 1]), A_prev)
         if ws is not None:  # every db at once: the rows of dZ_stack summed into the biases' gradients, in order
             ws.dZ_stack.sum(axis=1, out=ws.grad_groups[1])
         return grads, losses

@@ -22,7 +22,8 @@ kernels and loads cuBLAS, none of which may happen while capturing), then the st
 once (``Backend.capture_graph``) and every later full step of the run is one graph launch. A
 partial last batch runs eagerly (its workspace has another size). The eager and the replayed step
 run the same kernels in the same order on the same numbers, so the run's parameters are the eager
-run's, bit for bit.
+run's, bit for bit. CuPy refuses cuBLAS while capturing, so a --cuda-graph run (``cuda_graph`` on the
+backend) does its small products in kernels/matmul.cu, its eager steps included (CupyBackend.matmul).
 
 Not captured (the epoch runs eagerly, saying why once): a step split between cores, an optimizer the
 backend does not run as one kernel (neither happens on the CUDA backend, which is the one that captures). Where capture itself fails, its one-line notice says why, and the run

@@ -44,6 +44,7 @@ gpunet_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #include "dropout.cu"
 #include "layers.cu"
 #include "loss.cu"
+#include "matmul.cu"
 #include "optimizers.cu"
 #include "pool.cu"
 #include "step.cu"
@@ -416,6 +417,15 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
         long long* step = a.array<long long>(2);
         const long long batch = a.scalar<long long>(3), m = a.scalar<long long>(4);
         walk(grid, block, reverse, [&] { batch_end<T>(batch_losses, losses, step, batch, m); });
+    } else if (kernel == "matmul") {
+        need(a, kernel, 10);
+        const T* A = a.array<T>(0);
+        const T* B = a.array<T>(1);
+        T* C = a.array<T>(2);
+        const long long M = a.scalar<long long>(3), N = a.scalar<long long>(4), K = a.scalar<long long>(5);
+        const long long a_row = a.scalar<long long>(6), a_col = a.scalar<long long>(7);
+        const long long b_row = a.scalar<long long>(8), b_col = a.scalar<long long>(9);
+        walk(grid, block, reverse, [&] { matmul<T>(A, B, C, M, N, K, a_row, a_col, b_row, b_col); });
     } else {
         die("unknown kernel " + kernel);
     }
