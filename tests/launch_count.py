@@ -263,4 +263,12 @@ def report(all_counts) -> str:
         table(f"Per evaluation of {EVAL_DIGITS:,} digits:", [row(c.case.label, c.evaluation) for c in all_counts]),
         *([table("What a step's CUDA graph launch replays (its nodes, launched by the GPU, not by Python):",
                  [row(c.case.label, c.graph_nodes) for c in graphs])] if graphs else []),
+        *[captured_cublas_note(c.case.label) for c in graphs if c.case.cublas_in_capture],
     ])
+
+
+def captured_cublas_note(label: str) -> str:
+    """What a graph row counted on a stand-in that captures cuBLAS is: not what CuPy runs (it refuses cuBLAS while
+    capturing, so that run falls back to eager steps, the row without ", CUDA graph")."""
+    return (f"Note: \"{label}\" is counted on a stand-in that captures cuBLAS products; CuPy refuses them while "
+            "capturing, so on CuPy this run falls back to eager steps (its row without \", CUDA graph\").")

@@ -403,7 +403,6 @@ def test_a_graph_is_not_reused_for_another_optimizer_that_has_a_freed_ones_id(wa
     try:
         backend = stand_in_backend(monkeypatch, HostWalk(process))
         backend.cuda_graph = True
-        backend.xp.cublas_in_capture = True
         monkeypatch.setattr(graph_epoch, "notify", lambda line: pytest.fail(line))
         config = loop.TrainConfig.for_optimizer("adam", batch_size=64, seed=0)
         train_digits, _ = digits_for(2 * 64)  # whole batches only: every step but the first is a graph launch

@@ -149,8 +149,11 @@ def test_a_graph_step_is_one_launch_that_replays_the_eager_steps_kernels(graph_c
     device (and dropout's mask its step number), and two more kernels (batch_begin, batch_end: the step's batch
     and losses at the device's step number), so 16 launches eager are 18 graph nodes, the CNN's 36 are 38. The
     small products are gpunet's matmul kernel, not cuBLAS (which the stand-in refuses while capturing, as CuPy
-    does): all of the dense network's; the CNN's output layer's three (10 x 256 . 256 x 128 and the like)."""
+    does): all of the dense network's; the CNN's output layer's three (10 x 256 . 256 x 128 and the like). The
+    CNN's other products stay cuBLAS, so its case alone is counted on a stand-in that captures cuBLAS (CuPy
+    does not: its run falls back to eager steps), and says so (next test)."""
     counted = graph_counts[label]
+    assert GRAPH_CASES[label].cublas_in_capture == bool(GRAPH_CASES[label].arch)
     step, nodes = counted.step, counted.graph_nodes
     assert step.total == 1 and step.launches["graph"] == 1, launch_count.row(label, step)
     assert step.allocations == step.d2h == step.h2d == 0 and counted.inside_events == []
@@ -161,3 +164,14 @@ def test_a_graph_step_is_one_launch_that_replays_the_eager_steps_kernels(graph_c
     for kind in ("elementwise", "reduction"):
         assert nodes.launches[kind] == eager.launches[kind], kind
     assert nodes.flops == eager.flops and nodes.total == eager.total + 2
+
+
+def test_the_report_says_which_graph_rows_capture_cublas_as_cupy_does_not(graph_counts):
+    """bench.py --launches: a graph row counted with cuBLAS captured (the CNN's) is not what CuPy runs; the report
+    says so under the tables, for that row alone (the dense network's graph is what CuPy captures)."""
+    report = launch_count.report(list(graph_counts.values()))
+    notes = [line for line in report.splitlines() if line.startswith("Note: ")]
+    want = [label for label, case in GRAPH_CASES.items() if case.cublas_in_capture]
+    assert len(want) == 1 and len(notes) == 1
+    assert notes[0].startswith(f'Note: "{want[0]}" is counted on a stand-in that captures cuBLAS products; CuPy '
+                               "refuses them while capturing")
