@@ -18,7 +18,8 @@
 // rounding, on the GPU and in the host walk alike), so a product's bits do not depend on the launch
 // shape, the device or the thread order: an eager step and its replayed graph give the same bits.
 // Against NumPy's (BLAS's) product, which adds in its own order, the two agree within the bound of a
-// sum of K products (tests/tolerances.py).
+// sum of K products (tests/tolerances.py). One exception: CuPy compiles with -ftz=true, so in float
+// a subnormal term or sum (below 1.2e-38) is flushed to zero on the GPU and not in the host walk.
 
 #define GPUNET_GRID_STRIDE(i, n)                                          \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; \
