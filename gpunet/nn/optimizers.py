@@ -191,9 +191,9 @@ class Adam(GradientDescent):
     def step(self, grads) -> None:
         """One Adam step on every parameter (after the weight decay); ``grads`` are not changed."""
         self.advance()
-        step_size = self.scalars()["step_size"]
         if self.fused(grads):
             return
+        step_size = self.scalars()["step_size"]
         self.decay_weights()
         for p, g, m, s, (tmp, root) in zip(self.params, grads, self.mean, self.square, self.scratch):
             t = p.dtype.type

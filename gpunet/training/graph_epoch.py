@@ -26,8 +26,8 @@ run's, bit for bit. CuPy refuses cuBLAS while capturing, so a --cuda-graph run (
 backend) does its small products in kernels/matmul.cu, its eager steps included (CupyBackend.matmul).
 
 Not captured (the epoch runs eagerly, saying why once): a step split between cores, an optimizer the
-backend does not run as one kernel (neither happens on the CUDA backend, which is the one that captures). Where capture itself fails, its one-line notice says why, and the run
-goes on eagerly.
+backend does not run as one kernel (neither happens on the CUDA backend, which is the one that captures).
+Where capture itself fails, its one-line notice says why, and the run goes on eagerly.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class GraphStep:
     def __init__(self, network, optimizer, data, batch_size: int, augmented: bool):
         xp, dtype = network.backend.xp, network.dtype
         m = len(data)
-        self.key = self.key_of(optimizer, data, batch_size, augmented)
+        self.batch_size, self.augmented = batch_size, augmented
         # Held, so that the arrays the graph reads stay alive, and so that no other optimizer or data set made
         # after these were freed could be taken for them (``serves``).
         self.optimizer, self.data, self.images, self.labels = optimizer, data, data.images, data.labels
@@ -79,17 +79,12 @@ class GraphStep:
         self.graph = None
         self.tried = False  # whether capture was tried (once a run)
 
-    @staticmethod
-    def key_of(optimizer, data, batch_size: int, augmented: bool) -> tuple:
-        """The batch size and whether digits are augmented; with ``serves``' objects, what the steps are made for."""
-        return batch_size, augmented
-
     def serves(self, optimizer, data, batch_size: int, augmented: bool) -> bool:
         """Whether these steps are made for this optimizer and data set (the very objects: an id of a freed object
         is given to the next one made), batch size and augmentation; a train_epoch called with others gets arrays
         and a graph of its own."""
         return (self.optimizer is optimizer and self.data is data and self.images is data.images
-                and self.labels is data.labels and self.key == self.key_of(optimizer, data, batch_size, augmented))
+                and self.labels is data.labels and (self.batch_size, self.augmented) == (batch_size, augmented))
 
     def run(self, network, optimizer, step_gradients) -> None:
         """One step on the fixed arrays, launched eagerly; what the graph holds once captured."""
