@@ -122,7 +122,7 @@ def test_a_warm_up_longer_than_the_run_is_refused_and_one_as_long_is_not():
     (["--warmup", "-0.5"], "Invalid value for '--warmup': must be a finite number of epochs >= 0 (0: none) (got -0.5)"),
     (["--warmup", "nan"], "'--warmup': must be a finite number of epochs >= 0"),
     (["--warmup", "5", "--epochs", "3"], "'--warmup': must be at most --epochs (3): a warm-up longer than the run"),
-    (["--warmup", "soon"], "'--warmup'"),
+    (["--warmup", "soon"], "Invalid value for '--warmup': 'soon' is not a valid float"),
 ])
 def test_the_command_line_refuses_a_bad_warm_up_in_one_line(capsys, tmp_path, args, says):
     code, out, err = run(capsys, "train", "--device", "cpu", *args, "--out", str(tmp_path / "m.npz"))
