@@ -313,6 +313,41 @@ def test_graph_replay_gives_the_eager_parameters(walk_exe, tmp_path, run):
     assert_same_run(graph, eager)
 
 
+def test_the_graph_steps_take_the_warm_ups_rates(walk_exe, tmp_path):
+    """The table of a replayed epoch's rates follows the schedule's warm-up (here a quarter epoch: W = round(3/4)
+    = 1 of an epoch's 3 steps, where today's default would warm up over all 3): each whole step's rate is the
+    formula's, in float64 (tests/test_schedule.py), and the run is the eager run's, bit for bit."""
+    from tests.test_schedule import reference_rates, schedule_bound
+    from tests.tolerances import assert_within
+
+    config = loop.TrainConfig.for_optimizer("adam", epochs=3, batch_size=64, val_size=40, seed=0, warmup=0.25)
+    m = 2 * 64 + 20
+    train_digits, val_digits = digits_for(m)
+    tabled = []
+
+    def record_rates(monkeypatch):
+        real = kernels.update_scalars
+
+        def update_scalars(rule, dtype, **scalars):
+            tabled.append(scalars["lr"])
+            return real(rule, dtype, **scalars)
+
+        monkeypatch.setattr(kernels, "update_scalars", update_scalars)
+
+    process = WalkProcess(walk_exe, tmp_path)
+    try:
+        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False, own_products=True)
+        graph, graph_events, notices = train_on_stand_in(process, config, train_digits, val_digits, True,
+                                                         patch=record_rates)
+    finally:
+        process.close()
+    assert notices == [] and any(event.kind == GRAPH for event in graph_events)
+    steps = loop.steps_per_epoch(m, 64)
+    want = np.array([rate for k, rate in enumerate(reference_rates(config.lr, 3, steps, 0.25)) if k % steps < 2])
+    assert_within(np.array(tabled), want, schedule_bound(config.lr, want), "the table's rates")
+    assert_same_run(graph, eager)
+
+
 def test_a_graph_run_agrees_with_the_cublas_run_within_its_bounds(walk_exe, tmp_path):
     """The --cuda-graph run's products are the matmul kernel's sums, in another order than cuBLAS's (NumPy's on
     the stand-in): two epochs of float64 Adam land within the training bounds of the eager cuBLAS run

@@ -128,7 +128,7 @@ def test_options_are_the_command_lines_defaults():
     assert clf.get_params() == {"hidden": (16, 16), "arch": None, "epochs": None, "batch_size": None, "lr": None,
                                 "optimizer": "adam", "schedule": None, "weight_decay": None, "init": "he",
                                 "val_size": "auto", "patience": None, "seed": 0, "device": "auto",
-                                "dtype": "float32", "verbose": False, "augment": False}
+                                "dtype": "float32", "verbose": False, "augment": False, "warmup": 1.0}
     # but for val_size: fit trains on all it is given, unless early stopping asks for gpunet train's 1,000
     assert clf._config() == TrainConfig.for_optimizer("adam", val_size=0)
     assert Classifier(patience=3)._config() == TrainConfig.for_optimizer("adam", patience=3)
@@ -255,7 +255,7 @@ BAD_PARAMS = [("optimizer", "foo"), ("hidden", 16), ("hidden", (0,)), ("hidden",
               ("lr", -1.0), ("lr", float("nan")), ("batch_size", -5), ("epochs", 0), ("epochs", 2.5),
               ("val_size", 1.5), ("val_size", -1), ("patience", 0), ("dtype", "float16"), ("device", "tpu"),
               ("weight_decay", -0.1), ("seed", True), ("init", "zeros"), ("hidden", (16.5,)), ("hidden", (-3,)),
-              ("hidden", "{x}"), ("arch", "bogus"), ("arch", 5)]
+              ("hidden", "{x}"), ("arch", "bogus"), ("arch", 5), ("warmup", -1.0), ("warmup", "0.5")]
 
 
 @pytest.mark.parametrize("name, value", BAD_PARAMS)
@@ -266,7 +266,7 @@ def test_a_bad_parameter_is_named_before_any_work(name, value):
 
 
 @pytest.mark.parametrize("name, value", [("lr", -0.1), ("epochs", 0), ("batch_size", -5), ("patience", 0),
-                                         ("seed", -1), ("weight_decay", float("inf"))])
+                                         ("seed", -1), ("weight_decay", float("inf")), ("warmup", -0.5)])
 def test_the_command_line_and_the_estimator_refuse_a_setting_in_the_same_words(capsys, tmp_path, name, value):
     X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
     with pytest.raises(ValueError, match=f"^{name}=") as caught:

@@ -40,8 +40,9 @@ def test_each_preset_sets_its_options_and_each_is_a_valid_training_setting(name)
     if network["arch"] is not None:
         network["hidden"] = ()
     TrainConfig.for_optimizer(values["optimizer"], epochs=values["epochs"], batch_size=values["batch_size"],
-                              lr=values["lr"], schedule=values["schedule"], weight_decay=values["weight_decay"],
-                              init=values["init"], **network)  # a SettingError would fail the test
+                              lr=values["lr"], schedule=values["schedule"], warmup=values["warmup"],
+                              weight_decay=values["weight_decay"], init=values["init"],
+                              **network)  # a SettingError would fail the test
 
 
 def test_an_option_given_overrides_the_presets_value_and_only_that_one():
@@ -147,6 +148,19 @@ def test_a_preset_that_augments_can_be_told_not_to():
     assert values["augment"] is False and ctx.get_parameter_source("augment") is SOURCE.COMMANDLINE
     values, _ = parsed("--augment")
     assert values["augment"] is True
+
+
+def test_a_preset_may_set_the_warm_up_and_an_option_given_overrides_it(monkeypatch):
+    """No preset sets --warmup yet (the lead tunes them): one that does gives its value where --warmup is not given,
+    lists it among its options, and --warmup given wins."""
+    monkeypatch.setitem(PRESETS["fast"], "warmup", 0.25)
+    assert "--schedule cosine --weight-decay 0.1 --warmup 0.25" in command_line("fast")
+    values, ctx = parsed("--preset", "fast")
+    assert values["warmup"] == 0.25 and ctx.get_parameter_source("warmup") is SOURCE.DEFAULT_MAP
+    values, ctx = parsed("--preset", "fast", "--warmup", "0")
+    assert values["warmup"] == 0 and ctx.get_parameter_source("warmup") is SOURCE.COMMANDLINE
+    values, ctx = parsed("--preset", "default")
+    assert values["warmup"] == 1.0 and ctx.get_parameter_source("warmup") is SOURCE.DEFAULT
 
 
 def test_the_readme_lists_each_preset_as_the_options_it_stands_for():

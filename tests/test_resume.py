@@ -27,9 +27,10 @@ CPU = get_backend("cpu")[0]
 
 # The runs compared: the notes' network with Adam (the default), a layer stack with dropout and augmentation (its
 # masks follow the step count, its transforms the epoch), momentum, SGD with early stopping's bookkeeping, and the
-# notes' full-batch gradient descent (one step an epoch).
+# notes' full-batch gradient descent (one step an epoch), and a warm-up that goes on past the stop (epoch 3's middle).
 CASES = {
     "default-adam": small_config(epochs=5),
+    "adam-warm-up-past-the-stop": small_config(epochs=5, warmup=2.5),
     "stack-dropout-augment": small_config(hidden=(), arch="conv4k5,pool2,dense16,dropout0.3", epochs=4,
                                           augment=True),
     "momentum": small_config(optimizer="momentum", lr=0.05, epochs=5),
@@ -277,14 +278,16 @@ def ctrl_c_after_epoch(monkeypatch, epoch: int, signum=signal.SIGINT):
 TRAIN = ("train", "--hidden", "16", "--epochs", "4", "--val-size", "500", "--optimizer", "momentum")
 
 
-@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum, exit_code, given", [(signal.SIGINT, 130, ()), (signal.SIGTERM, 143, ()),
+                                                     (signal.SIGINT, 130, ("--warmup", "0.25"))])
 def test_the_command_line_resumes_a_stopped_run_to_the_uninterrupted_runs_model(capsys, monkeypatch, tmp_path,
-                                                                                small_data, signum, exit_code):
-    code, _, err = run(capsys, *TRAIN, "--data", str(small_data), "--out", str(tmp_path / "whole.npz"))
+                                                                                small_data, signum, exit_code, given):
+    """``given``: options of the run, which the checkpoint records and the resumed run keeps (a short warm-up)."""
+    code, _, err = run(capsys, *TRAIN, *given, "--data", str(small_data), "--out", str(tmp_path / "whole.npz"))
     assert code == 0, err
     with monkeypatch.context() as patch:
         ctrl_c_after_epoch(patch, 2, signum)
-        code, _, err = run(capsys, *TRAIN, "--data", str(small_data), "--out", str(tmp_path / "run.npz"))
+        code, _, err = run(capsys, *TRAIN, *given, "--data", str(small_data), "--out", str(tmp_path / "run.npz"))
     checkpoint = tmp_path / "run.checkpoint.npz"
     assert code == exit_code
     assert (f"Saved the run as it was after epoch 2 to {checkpoint}; to go on from the start of epoch 3 of 4: "
@@ -297,6 +300,9 @@ def test_the_command_line_resumes_a_stopped_run_to_the_uninterrupted_runs_model(
     whole, whole_meta = load_model(tmp_path / "whole.npz")
     assert_same_bits(resumed, whole)
     assert meta["stop_reason"] == "completed" and len(meta["history"]) == 4
+    warmup = float(given[1]) if given else 1.0
+    assert meta["training"]["warmup"] == whole_meta["training"]["warmup"] == warmup
+    assert [m["lr"] for m in meta["history"]] == [m["lr"] for m in whole_meta["history"]]
 
 
 def test_the_command_line_refuses_what_would_change_a_resumed_run_in_one_line(capsys, monkeypatch, tmp_path,
@@ -310,6 +316,8 @@ def test_the_command_line_refuses_what_would_change_a_resumed_run_in_one_line(ca
     assert code == 2 and err.count("\n") == 1 and "--lr with --resume" in err, err
     code, _, err = run(capsys, "train", "--resume", str(checkpoint), "--data", str(small_data), "--epochs", "9")
     assert code == 2 and err.count("\n") == 1 and "--epochs with --resume" in err, err
+    code, _, err = run(capsys, "train", "--resume", str(checkpoint), "--warmup", "0.25")
+    assert code == 2 and err.count("\n") == 1 and "--warmup with --resume" in err, err
     other = tmp_path / "other.npz"
     with np.load(small_data) as f:
         np.savez(other, images=f["images"][::-1], labels=f["labels"][::-1])
@@ -406,6 +414,32 @@ def test_a_checkpoint_that_lacks_a_setting_is_one_line_naming_it(checkpoint):
     with pytest.raises(CheckpointError) as caught:
         load_run_state(checkpoint)
     assert str(caught.value) == f"{checkpoint}: records no setting val_size"
+
+
+def test_a_checkpoint_from_before_the_warm_up_setting_resumes_with_a_one_epoch_warm_up(checkpoint):
+    """Checkpoints written before --warmup record no warmup: those runs warmed up for one epoch, so its absence
+    means 1 (resume_file.ADDED_SETTINGS), and a stop of the same run replaces such a checkpoint as its own."""
+    from gpunet.files.resume_file import is_of_run
+
+    state = load_run_state(checkpoint)
+    assert state.config.warmup == 1.0
+    rewritten(checkpoint, lambda h: h["config"].pop("warmup"))
+    old = load_run_state(checkpoint)
+    assert old.config == state.config and is_of_run(checkpoint, state)
+    rewritten(checkpoint, lambda h: h["config"].update(warmup=0.5))
+    assert not is_of_run(checkpoint, state)  # another run's
+
+
+@pytest.mark.parametrize("value, says", [
+    (-1, "recorded setting warmup=-1: must be a finite number of epochs >= 0 (0: none)"),
+    (float("nan"), "recorded setting warmup=nan: must be a finite number of epochs >= 0 (0: none)"),
+    ("1", "recorded setting warmup='1': must be a finite number of epochs >= 0 (0: none)"),
+    (9, "recorded setting warmup=9: must be at most epochs (5): a warm-up longer than the run")])
+def test_a_checkpoint_whose_warm_up_is_bad_is_one_line(checkpoint, value, says):
+    rewritten(checkpoint, lambda h: h["config"].update(warmup=value))
+    with pytest.raises(CheckpointError) as caught:
+        load_run_state(checkpoint)
+    assert str(caught.value) == f"{checkpoint}: {says}"
 
 
 def test_an_optimizers_arrays_numbered_with_a_gap_are_refused(tmp_path):

@@ -273,6 +273,7 @@ TRAINING = Record({
     "val_size": COUNT,
     "optimizer": NAME,
     "schedule": NAME,
+    "warmup": Number(0),  # absent in models from before --warmup: their cosine schedule warmed up for 1 epoch
     "init": NAME,
     "dtype": NAME,
     "data": Text(MAX_TEXT),

@@ -43,6 +43,9 @@ MAX_MEMBERS = 16  # run_state, params, best_params and the optimizer's lists (2 
 MAX_DIRECTORY = MAX_MEMBERS << 10
 OPTIMIZER_MEMBER = re.compile(r"optimizer\.(?P<name>[a-z_]{1,32})\.(?P<index>0|[1-9][0-9]?)")  # one name each
 MAX_SEED_STATE = 2**128 - 1  # PCG64's state and increment are 128-bit numbers
+# Settings that checkpoints written before them do not record, each with the value those runs had: a checkpoint
+# from before --warmup warmed its cosine schedule up for one epoch. Any other setting missing is refused.
+ADDED_SETTINGS = {"warmup": 1.0}
 
 
 class CheckpointError(GpunetError):
@@ -150,8 +153,8 @@ def is_of_run(path, state) -> bool:
     """Whether ``path`` holds a checkpoint of the run ``state`` is of (its settings and digits): the only one a
     stopped run replaces, for another run's may still be gone on with."""
     header = _header_or_none(path)
-    return header is not None and header["config"] == _settings(state.config) and header["data"] == \
-        _digits(state.data)
+    return header is not None and {**ADDED_SETTINGS, **header["config"]} == _settings(state.config) and \
+        header["data"] == _digits(state.data)
 
 
 def _header_or_none(path) -> dict | None:
@@ -221,6 +224,7 @@ def _config(settings: dict, name: str):
     unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise CheckpointError(f"{name}: records a setting this gpunet does not know ({printable(unknown[0], 40)})")
+    settings = {**ADDED_SETTINGS, **settings}
     missing = [setting for setting in TrainConfig.__dataclass_fields__ if setting not in settings]
     if missing:  # today's default would make it another run
         raise CheckpointError(f"{name}: records no setting {missing[0]}")

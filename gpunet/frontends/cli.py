@@ -236,6 +236,9 @@ def presets_help() -> str:
               help="gd: the notes' full-batch W <- W - alpha.dW; sgd: the same on mini-batches.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
               help="Learning-rate schedule. [default: cosine; constant with --optimizer gd]")
+@click.option("--warmup", type=float, default=1.0, metavar="EPOCHS",
+              help="Epochs of linear warm-up at the start of the cosine schedule: a fraction (0.25) too, or 0 for "
+                   "none (the first step at the full rate); at most --epochs. constant ignores it. [default: 1]")
 @click.option("--weight-decay", type=float, default=None,
               help="Decoupled weight decay lambda: W <- W - alpha.lambda.W each step. "
                    "[default: 0.1 for adam, 0.01 for momentum, 0.002 for sgd, 0 for gd]")
@@ -269,8 +272,8 @@ def presets_help() -> str:
                    "the run's; --data (else the file it recorded), --out (else its own), --device, --cuda-graph and "
                    "--plot may be given.")
 @click.pass_context
-def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, weight_decay, init,
-          val_size, patience, seed, split_seed, dtype, augment, cuda_graph, out, plot_dir, resume):
+def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optimizer, schedule, warmup, weight_decay,
+          init, val_size, patience, seed, split_seed, dtype, augment, cuda_graph, out, plot_dir, resume):
     """Train the network and save it, reporting loss and accuracy each epoch."""
     from gpunet.files.data import load_digits, load_sample, split_validation
     from gpunet.training.metrics import (better_than_chance, chance_accuracy, divergence_hint, scored_on,
@@ -297,8 +300,9 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
             arch = None  # --hidden given replaces the preset's layers
         hidden, arch = network_shape(hidden, arch)
         config = train_config(ctx, optimizer, hidden=hidden, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                              schedule=schedule, weight_decay=weight_decay, init=init, val_size=val_size,
-                              patience=patience, seed=seed, split_seed=split_seed, dtype=dtype, augment=augment)
+                              schedule=schedule, warmup=warmup, weight_decay=weight_decay, init=init,
+                              val_size=val_size, patience=patience, seed=seed, split_seed=split_seed, dtype=dtype,
+                              augment=augment)
     recorded_out = resumed is not None and not given_by_user(ctx, "out")
     out = check_out_path(f"{resume}: its recorded --out" if recorded_out else "--out", out, MODEL, data=data,
                          resume=resume)
@@ -340,7 +344,7 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
                f"{len(val_digits):,} validation" + (f" (split seed {config.split_seed})"
                                                     if config.split_seed != config.seed else ""))
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
-    click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({config.schedule}), {batch_text}, "
+    click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({schedule_text(config)}), {batch_text}, "
                f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, "
                f"{config.dtype} on {device_text(backend, arch)}" + (f"; {notice}" if notice else ""))
     if device_choice:
@@ -406,6 +410,15 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
             click.echo("Plots: no validation digits (--val-size 0): the confusion matrix and misclassified "
                        "digits are of the training digits")
         report_plots(write_plots(out, plot_dir, val_digits if len(val_digits) else train_digits))
+
+
+def schedule_text(config) -> str:
+    """The schedule in the banner: "cosine", "constant"; the warm-up too where it is not the default epoch."""
+    if config.schedule != "cosine" or config.warmup == 1:
+        return config.schedule
+    if config.warmup == 0:
+        return "cosine, no warm-up"
+    return f"cosine, warm-up {config.warmup:g} epoch{'s' if config.warmup > 1 else ''}"
 
 
 def given_by_user(ctx, name: str) -> bool:

@@ -57,6 +57,9 @@ class Classifier(ClassifierMixin, BaseEstimator):
         ``"conv32k5,pool2,conv64k5,pool2,dense256,dropout0.5"`` (convolution and
         pooling take 28 x 28 digits).
     epochs, batch_size, lr, weight_decay, schedule : default None (the optimizer's)
+    warmup : float, default 1.0
+        Epochs of linear warm-up at the start of the ``"cosine"`` schedule (``gpunet train --warmup``): a
+        fraction of one too, or 0 for none; at most ``epochs``. ``"constant"`` ignores it.
     optimizer : {"adam", "momentum", "sgd", "gd"}, default "adam"
     init : {"he", "seed"}, default "he"
     val_size : "auto", int or float, default "auto"
@@ -95,7 +98,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden=(16, 16), arch=None, epochs=None, batch_size=None, lr=None, optimizer="adam", schedule=None,
                  weight_decay=None, init="he", val_size="auto", patience=None, seed=0, device="auto", dtype="float32",
-                 verbose=False, augment=False):
+                 verbose=False, augment=False, warmup=1.0):
         self.hidden = hidden
         self.arch = arch
         self.epochs = epochs
@@ -112,6 +115,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         self.dtype = dtype
         self.verbose = verbose
         self.augment = augment
+        self.warmup = warmup
 
     # -- learning --------------------------------------------------------------
     def fit(self, X, y):
@@ -177,7 +181,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         return TrainConfig.for_optimizer(
             self.optimizer, hidden=() if self.arch is not None else self.hidden, arch=self.arch, epochs=self.epochs,
             batch_size=self.batch_size, lr=self.lr,
-            schedule=self.schedule, weight_decay=self.weight_decay, init=self.init,
+            schedule=self.schedule, warmup=self.warmup, weight_decay=self.weight_decay, init=self.init,
             val_size=_validation_count(self.val_size, samples, self.patience) if held_out is None else held_out,
             patience=self.patience, seed=self.seed,
             dtype=self.dtype, augment=self.augment)
@@ -276,6 +280,8 @@ def load(path) -> Classifier:
     given = meta.get("estimator") if isinstance(meta.get("estimator"), dict) else {}
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     known = Classifier().get_params()
+    # A setting a model from before it does not record takes Classifier's default, which is what its run did:
+    # warmup 1 (the one-epoch warm-up, before --warmup).
     options = {key: training[key] for key in known if key in training and key != "device"}
     clf = Classifier(**{**options, **{k: v for k, v in given.items() if k in known}})
     if isinstance(clf.hidden, list):

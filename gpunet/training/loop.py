@@ -69,6 +69,7 @@ SETTINGS = {
     "val_size": (lambda v: _is_whole(v, 0), "a whole number >= 0"),
     "optimizer": _one_of(OPTIMIZERS),
     "schedule": _one_of(SCHEDULES),
+    "warmup": (lambda v: _is_finite(v, positive=False), "a finite number of epochs >= 0 (0: none)"),
     "init": _one_of(INITS),
     "dtype": _one_of(DTYPES),
     "augment": (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
@@ -123,6 +124,7 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.1
     schedule: str = "cosine"
+    warmup: float = 1.0  # epochs of linear warm-up at the start of ``cosine`` (learning_rate); may be a fraction or 0
     init: str = "he"
     val_size: int = 1000
     patience: int | None = None
@@ -140,11 +142,14 @@ class TrainConfig:
         if self.patience is not None and self.val_size == 0:
             raise SettingError("patience", self.patience, "needs validation samples to watch, and {val_size} "
                                                           "holds out none")
+        if self.warmup > self.epochs:
+            raise SettingError("warmup", self.warmup, f"must be at most {{epochs}} ({self.epochs}): a warm-up "
+                                                      "longer than the run")
         if self.split_seed is None:  # one seed for everything, as before --split-seed
             self.split_seed = self.seed
         for name in ("epochs", "batch_size", "seed", "split_seed", "val_size"):
             setattr(self, name, int(getattr(self, name)))
-        self.lr, self.weight_decay = float(self.lr), float(self.weight_decay)
+        self.lr, self.weight_decay, self.warmup = float(self.lr), float(self.weight_decay), float(self.warmup)
         self.augment = bool(self.augment)
         self.patience = None if self.patience is None else int(self.patience)
 
@@ -225,14 +230,15 @@ class TrainingInterrupted(Exception):
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The rate for optimizer step ``step`` (0-based), given the steps in one epoch.
 
-    ``constant``: lr throughout (the notes). ``cosine``: a linear warm-up over the
-    first epoch, then cosine decay towards 0 by the last step. The warm-up matters
-    for a network this narrow: Adam's first full-size steps can push a 16-unit
-    layer's ReLUs to never fire again, and how many die varies with the seed.
+    ``constant``: lr throughout (the notes). ``cosine``, for step k of the run's N = epochs . S steps (S an
+    epoch's): a linear warm-up over ``warmup`` epochs, lr . (k + 1) / W for the first W = round(warmup . S)
+    steps (none where W is 0), then lr / 2 . (1 + cos(pi (k - W) / (N - W))), a decay from lr towards 0 by
+    the last step. The default warm-up, one epoch, matters for a network as narrow as the notes': Adam's first
+    full-size steps can push a 16-unit layer's ReLUs to never fire again, and how many die varies with the seed.
     """
     if config.schedule == "constant":
         return config.lr
-    warmup = steps_per_epoch
+    warmup = round(config.warmup * steps_per_epoch)  # halves to even; warmup 1: steps_per_epoch, as before it
     if step < warmup:
         return config.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, config.epochs * steps_per_epoch - warmup)
