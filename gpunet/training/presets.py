@@ -27,9 +27,9 @@ Where the values come from (README, "Getting a top score", has what was measured
   99.46 and 99.60%, and the five together (``gpunet evaluate`` with five ``--model``) 99.64%.
 * ``mlp``: two layers of 1024 ReLU units, dropout 0.2 after each, with augmentation, Adam at 1e-3, decay 0.01,
   batch 128, 120 epochs: 99.32% on 5,000 held-out digits (split 0) in 11 min 48 s wall on the idle machine
-  (37,000 training digits; on 41,000 about 13 minutes, not yet timed so). On the same split, 15 epochs gave
-  98.64% and 30 gave 98.86% (a loaded machine); 50 epochs, run as a user runs it (1,000 held out), 99.20% in
-  5 min 21 s. Srivastava et al.'s (2014) dropout MLP, 3 x 1024 with dropout 0.5 after each and 0.2 on the
+  (37,000 training digits); run as a user runs it (41,000, 1,000 held out), 99.50% in 12 min 4 s wall. On the
+  same split, 15 epochs gave 98.64% and 30 gave 98.86% (a loaded machine); 50 epochs, run as a user runs it,
+  99.20% in 5 min 21 s. Srivastava et al.'s (2014) dropout MLP, 3 x 1024 with dropout 0.5 after each and 0.2 on the
   inputs (the former ``mlp``), learns too slowly for 15 minutes here: with augmentation, 20 epochs gave 97.82%;
   without, 97.06% after 6 of 20 epochs (stopped for time), where this one had 97.20% after 6.
 """
