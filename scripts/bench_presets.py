@@ -602,22 +602,20 @@ def run_frontier(args) -> int:
     settings = []
     for text in args.settings:
         try:
-            settings += parse_settings(text)
-        except ValueError as exc:
-            print(f"error: --settings {text}: {exc}", file=sys.stderr)
+            given = parse_settings(text)
+            for changes in given:
+                setting_config(changes, 0, args.val_size)  # SettingError for a value gpunet train refuses
+        except (ValueError, SettingError) as exc:
+            problem = f"{exc.name} {exc.value}: {exc.describe()}" if isinstance(exc, SettingError) else exc
+            print(f"error: --settings {text}: {problem}", file=sys.stderr)
             return 2
+        settings += given
     settings = settings or list(FRONTIER)
     pieces = [seed.strip() for seed in args.seeds.split(",") if seed.strip()]
     seeds = [int(seed) for seed in pieces if seed.isdigit()]
     if not seeds or len(seeds) < len(pieces):
         print(f"error: --seeds {args.seeds}: give whole numbers >= 0, comma-separated", file=sys.stderr)
         return 2
-    for changes in settings:
-        try:
-            setting_config(changes, seeds[0], args.val_size)
-        except SettingError as exc:
-            print(f"error: --settings {setting_label(changes)}: {exc.describe()}", file=sys.stderr)
-            return 2
     if not args.data.is_file():
         print(f"error: --data {args.data}: no such file", file=sys.stderr)
         return 2
