@@ -351,7 +351,8 @@ SMALL_ARCH = "conv8k5,pool2,conv16k5,pool2,dense64"
     ("batch-size=64,lr=0.005,augment=true,optimizer=momentum", [{"batch_size": 64, "lr": 0.005, "augment": True,
                                                                  "optimizer": "momentum"}]),
     ('{"epochs": 3, "warmup": 0}', [{"epochs": 3, "warmup": 0}]),
-    ('[{"epochs": 2}, {"arch": "dense64", "batch-size": 256}]', [{"epochs": 2}, {"arch": "dense64", "batch_size": 256}]),
+    ('[{"epochs": 2}, {"arch": "dense64", "batch-size": 256}]',
+     [{"epochs": 2}, {"arch": "dense64", "batch_size": 256}]),
 ])
 def test_frontier_reads_its_settings(presets_script, text, expected):
     settings = presets_script.parse_settings(text)
