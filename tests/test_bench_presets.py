@@ -337,3 +337,275 @@ def test_the_epochs_rows_on_the_cuda_stand_in(presets_script, stand_in_cuda):
     assert [row[:2] for row in rows] == [("cuda", "default"), ("cuda", "notes")]
     for row in rows:
         assert float(row[4].split()[0]) >= 0 and row[5:] == ("-", "-"), row  # no PyTorch side asked for
+
+
+# -- frontier: the cheapest setting at 99.0% ---------------------------------------------------------------------
+SMALL_ARCH = "conv8k5,pool2,conv16k5,pool2,dense64"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("epochs=3", [{"epochs": 3}]),
+    ("epochs=2, warmup=0.1", [{"epochs": 2, "warmup": 0.1}]),
+    (f"arch={SMALL_ARCH},epochs=4", [{"arch": SMALL_ARCH, "epochs": 4}]),
+    (f"epochs=4,arch={SMALL_ARCH}", [{"epochs": 4, "arch": SMALL_ARCH}]),
+    ("batch-size=64,lr=0.005,augment=true,optimizer=momentum", [{"batch_size": 64, "lr": 0.005, "augment": True,
+                                                                 "optimizer": "momentum"}]),
+    ('{"epochs": 3, "warmup": 0}', [{"epochs": 3, "warmup": 0}]),
+    ('[{"epochs": 2}, {"arch": "dense64", "batch-size": 256}]',
+     [{"epochs": 2}, {"arch": "dense64", "batch_size": 256}]),
+])
+def test_frontier_reads_its_settings(presets_script, text, expected):
+    settings = presets_script.parse_settings(text)
+    assert settings == expected
+    assert [[type(v) for v in s.values()] for s in settings] == [[type(v) for v in s.values()] for s in expected]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("seed=3", "seed: not a setting to change"),
+    ("epochs=3,val_size=100", "val_size: not a setting to change"),
+    ("pool2,epochs=3", "'pool2' is no key=value"),
+    ("epochs=3,epochs=4", "epochs given twice"),
+    ('{"epochs": 3', "not JSON"),
+    ("[3, 4]", "not an object or a list of objects"),
+])
+def test_frontier_refuses_a_bad_setting_in_one_line(presets_script, capsys, text, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        presets_script.parse_settings(text)
+    assert presets_script.main(["frontier", "--settings", text, "--data", "nowhere.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --settings {text}: ") and says in err, err
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--settings", "epochs=0", "error: --settings epochs=0: epochs 0: must be a whole number"),
+    ("--settings", "arch=conv8k5,blob3", "error: --settings arch=conv8k5,blob3: layer 2 'blob3' is not a layer"),
+    ("--seeds", "0,x", "error: --seeds 0,x: give whole numbers >= 0"),
+    ("--data", "nowhere.csv", "error: --data nowhere.csv: no such file"),
+])
+def test_frontier_refuses_bad_options_in_one_line(presets_script, capsys, option, value, says):
+    args = ["frontier", option, value] + (["--data", "nowhere.csv"] if option != "--data" else [])
+    assert presets_script.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(says), err
+
+
+def cli_options(changes):
+    """``changes`` as gpunet train's options: {"batch_size": 64} -> ["--batch-size", "64"]."""
+    options = []
+    for key, value in changes.items():
+        option = "--" + key.replace("_", "-")
+        options += ([option if value else "--no-" + option[2:]] if isinstance(value, bool) else [option, str(value)])
+    return options
+
+
+@pytest.mark.parametrize("changes", [{}, {"epochs": 3, "warmup": 0.1}, {"arch": SMALL_ARCH, "epochs": 5},
+                                     {"batch_size": 64, "lr": 0.005, "epochs": 2}, {"hidden": "32,32"},
+                                     {"augment": True, "weight_decay": 0.0}])
+def test_a_frontier_setting_is_the_preset_changed_where_asked(changes, presets_script, monkeypatch, capsys, tmp_path):
+    """A setting's config is what ``gpunet train --preset fast`` runs with those options, --seed 1 and the split's
+    --split-seed 0 --val-size 5000 given; and it differs from the preset's only in those."""
+    monkeypatch.chdir(tmp_path)
+    config = presets_script.setting_config(changes, 1, 5000)
+    from gpunet.frontends.cli import main
+    from gpunet.training import loop
+
+    seen = []
+
+    class Caught(Exception):
+        pass
+
+    def train(backend, train_digits, val_digits, config, **_):
+        seen.append(config)
+        raise Caught
+
+    monkeypatch.setattr(loop, "train", train)
+    with pytest.raises(Caught):
+        main(["train", "--preset", "fast", *cli_options(changes), "--seed", "1", "--split-seed", "0",
+              "--val-size", "5000", "--device", "cpu", "--out", "unused.npz"])
+    capsys.readouterr()
+    assert config == seen[0]
+    preset = presets_script.preset_config("fast").as_dict()
+    differ = {key for key, value in config.as_dict().items() if preset[key] != value}
+    asked = {"arch" if key == "hidden" else key for key in changes} | {"seed", "val_size"} | \
+        ({"hidden"} if "hidden" in changes else set())
+    assert differ == asked
+
+
+def fake_result(presets_script, side, label, accuracy, seconds, failed=()):
+    result = presets_script.Result(side, label, 3)
+    result.accuracy = dict(enumerate(accuracy))
+    result.seconds = dict(enumerate(seconds))
+    result.failed = {seed: "TrainingDiverged: loss became nan" for seed in failed}
+    return result
+
+
+def test_the_cheapest_setting_at_99_on_every_seed(presets_script):
+    fake = lambda *a, **k: fake_result(presets_script, *a, **k)  # noqa: E731
+    results = [fake("gpunet", "fast", [99.00, 99.10], [18.0, 18.4]),
+               fake("gpunet", "fast, epochs short", [99.40, 98.98], [9.0, 9.0]),  # one seed short of 99.0%
+               fake("gpunet", "small", [99.02, 99.04], [12.0, 13.0]),
+               fake("gpunet", "failed", [99.50], [1.0], failed=[1]),  # seed 1 failed: a miss
+               fake("pytorch", "fast", [98.9, 98.8], [4.0, 4.0]),
+               fake("pytorch + BN", "fast", [99.2, 99.3], [5.0, 7.0])]
+    assert [r.passed for r in results] == [True, False, True, False, False, True]
+    assert presets_script.cheapest_passing(results, "gpunet") is results[2]  # 12.5 s, under fast's 18.2 s
+    assert presets_script.cheapest_passing(results, "pytorch") is None
+    assert presets_script.cheapest_passing(results, "pytorch + BN") is results[5]
+    assert presets_script.cheapest_passing([], "gpunet") is None
+    lines = presets_script.frontier_lines(results, 6.0)
+    assert lines == ["gpunet: cheapest at 99.0% on every seed: small, 3 epochs, 12.5 s of training against the "
+                     "budget's 6.0 s: 2.1x it",
+                     "pytorch: no setting reached 99.0% on every seed",
+                     "pytorch + BN: cheapest at 99.0% on every seed: fast, 3 epochs, 6.0 s of training against the "
+                     "budget's 6.0 s: within it"]
+    rows = table_rows(presets_script.frontier_table(results, [0, 1]))  # keyed by the side: the last row of each
+    assert rows["pytorch + BN"] == ["fast", "3", "99.20%", "99.30%", "99.25%", "6.0", "yes"]
+    assert rows["gpunet"][3:] == ["failed (TrainingDiverged: loss became nan)", "99.50%", "1.0", "no"]
+
+
+def bn_problems(nn, modules) -> list[str]:
+    """What keeps ``modules`` from being the plain twin with BN after each hidden convolution and dense layer:
+    every Conv2d/Linear that a ReLU follows in the plain twin must here be the same layer without its bias,
+    then BatchNorm of its outputs, then the ReLU; the output layer as it was, bias and all, no BN after it."""
+    problems = []
+    kinds = [type(m).__name__ for m in modules]
+    for i, module in enumerate(modules):
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            outputs = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+            after = kinds[i + 1:i + 3]
+            norm = "BatchNorm2d" if isinstance(module, nn.Conv2d) else "BatchNorm1d"
+            if after and after[0] == "ReLU":
+                problems.append(f"{i}: {kinds[i]} straight into a ReLU")
+            elif after == [norm, "ReLU"]:
+                if module.bias is not None:
+                    problems.append(f"{i}: {kinds[i]} keeps its bias before BN")
+                if modules[i + 1].num_features != outputs:
+                    problems.append(f"{i + 1}: BN of {modules[i + 1].num_features}, not {outputs}")
+            elif i != len(modules) - 1 or module.bias is None:
+                problems.append(f"{i}: {kinds[i]} followed by {after}")
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(modules[i - 1],
+                                                                                      (nn.Conv2d, nn.Linear)):
+            problems.append(f"{i}: BN after {kinds[i - 1]}")
+    return problems
+
+
+@pytest.mark.parametrize("arch", ["conv16k5,pool2,conv32k5,pool2,dense128", SMALL_ARCH, "dense64,dense32"])
+def test_the_batch_norm_twin(arch, presets_script):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    layers = presets_script.built_layers(presets_script.TrainConfig(arch=arch))
+    plain = presets_script.bench.torch_modules(nn, layers)
+    twin = presets_script.batch_norm_twin(nn, layers)
+    assert bn_problems(nn, twin) == []
+    # the same weights, layer by layer; BN's scale and shift where the biases were, but for the output layer's
+    weights = lambda ms: [tuple(m.weight.shape) for m in ms if isinstance(m, (nn.Conv2d, nn.Linear))]  # noqa: E731
+    assert weights(twin) == weights(plain)
+    hidden = [m.weight.shape[0] for m in plain if isinstance(m, (nn.Conv2d, nn.Linear))][:-1]
+    assert [m.num_features for m in twin if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))] == hidden
+    assert twin[-1].bias is not None and isinstance(twin[-1], nn.Linear)
+    # the broken ones the check must see: the plain twin, a bias left on, BN after the ReLU instead of before
+    assert bn_problems(nn, plain)
+    with_bias = [nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size) if isinstance(m, nn.Conv2d) else
+                 nn.Linear(m.in_features, m.out_features) if isinstance(m, nn.Linear) else m for m in twin]
+    assert any("keeps its bias" in p for p in bn_problems(nn, with_bias))
+    swapped = list(twin)
+    at = next(i for i, m in enumerate(swapped) if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)))
+    swapped[at], swapped[at + 1] = swapped[at + 1], swapped[at]
+    assert bn_problems(nn, swapped)
+    model = nn.Sequential(*twin)  # and it runs: a batch of 4 in training mode, then in evaluation mode
+    x = torch.rand(4, *layers[0].input_shape)
+    assert model(x).shape == (4, 10) and model.eval()(x).shape == (4, 10)
+
+
+def cosine_rate(lr, warmup_steps, total, k):
+    """The cosine schedule with a linear warm-up in float64, as README's formula: lr.(k+1)/W, then the decay."""
+    if k < warmup_steps:
+        return lr * (k + 1) / warmup_steps
+    return lr / 2 * (1 + math.cos(math.pi * (k - warmup_steps) / (total - warmup_steps)))
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_pytorch_runs_at_gpunets_rates_on_the_held_out_digits(presets_script, monkeypatch, batch_norm):
+    """torch_run: every step at the schedule's rate (checked against the formula), AdamW with decay on the
+    weights alone, each epoch scoring the given held-out digits: the accuracy it returns is theirs."""
+    torch = pytest.importorskip("torch")
+    sample = load_sample()
+    train_digits = presets_script.bench.Digits(sample.images[:300], sample.labels[:300])
+    val_digits = presets_script.bench.Digits(sample.images[300:350], sample.labels[300:350])
+    config = presets_script.setting_config({"epochs": 2, "warmup": 0.5, "arch": "conv4k5,pool2,dense16"}, 0, 50)
+    seen_rates, optimizers, models = [], [], []
+    make = presets_script.bench.torch_optimizer
+
+    def torch_optimizer(torch_, model, name, lr, weight_decay):
+        optimizer = make(torch_, model, name, lr, weight_decay)
+        step = optimizer.step
+        optimizer.step = lambda: (seen_rates.append([g["lr"] for g in optimizer.param_groups]), step())[1]
+        optimizers.append(optimizer)
+        models.append(model)
+        return optimizer
+
+    monkeypatch.setattr(presets_script.bench, "torch_optimizer", torch_optimizer)
+    accuracy, seconds = presets_script.torch_run(torch, train_digits, val_digits, config, batch_norm, None)
+    steps = 3  # 300 digits in batches of 128
+    expected = [cosine_rate(0.01, 2, 2 * steps, k) for k in range(2 * steps)]  # warm-up: round(0.5 * 3) = 2
+    assert [rates[0] for rates in seen_rates] == pytest.approx(expected, rel=1e-12)
+    assert all(len(set(rates)) == 1 for rates in seen_rates)
+    assert type(optimizers[0]).__name__ == "AdamW"
+    assert [g["weight_decay"] for g in optimizers[0].param_groups] == [0.1, 0.0]
+    assert all(p.dim() > 1 for p in optimizers[0].param_groups[0]["params"])
+    model = models[0].eval()
+    with torch.no_grad():
+        x = torch.from_numpy(val_digits.images.reshape(-1, 1, 28, 28)).float() / 255
+        predicted = model(x).argmax(1).numpy()
+    assert accuracy == pytest.approx(100 * np.mean(predicted == val_digits.labels), abs=1e-9)
+    assert seconds > 0
+
+
+def test_frontier_trains_with_gpunets_own_train_on_the_split(presets_script, monkeypatch):
+    """Each setting, for each seed, through loop.train (what gpunet train calls) with its config, on the digits
+    split_validation gives for split seed 0; the accuracy and seconds are the history's last accuracy and its
+    seconds added up."""
+    from gpunet.files.data import split_validation
+    from gpunet.training import loop
+
+    digits = load_sample()
+    calls = []
+
+    def train(backend, train_digits, val_digits, config, **_):
+        calls.append((train_digits, val_digits, config))
+        history = [loop.EpochMetrics(e, 0.01, 1.0, 0.5, 1.0, 0.9 + e / 1000 + config.seed / 100, 1.5 * e)
+                   for e in range(1, config.epochs + 1)]
+        return loop.TrainResult(None, history, config.epochs)
+
+    monkeypatch.setattr(loop, "train", train)
+    settings = [{"epochs": 2}, {"epochs": 3, "warmup": 0.1}]
+    results = presets_script.frontier_results(settings, [0, 1], digits, 500, report=lambda line: None)
+    expected_train, expected_val = split_validation(digits, 500, 0)
+    assert len(calls) == 1 + 4  # the untimed first run, then each setting for each seed
+    for train_digits, val_digits, _ in calls[1:]:
+        assert np.array_equal(train_digits.images, expected_train.images)
+        assert np.array_equal(val_digits.labels, expected_val.labels)
+    assert [c for _, _, c in calls[1:]] == [presets_script.setting_config(s, seed, 500)
+                                            for s in settings for seed in (0, 1)]
+    assert [(r.side, r.label, r.epochs) for r in results] == [("gpunet", "fast", 2), ("gpunet", "fast, warmup 0.1", 3)]
+    assert results[0].accuracy == pytest.approx({0: 90.2, 1: 91.2}) and results[0].seconds == {0: 4.5, 1: 4.5}
+    assert results[1].accuracy == pytest.approx({0: 90.3, 1: 91.3}) and results[1].seconds == {0: 9.0, 1: 9.0}
+
+
+def test_the_frontier_mode_end_to_end(small_csv, presets_script, capsys):
+    """bench_presets.py frontier on 300 digits, one epoch, both sides: the table's rows and the lines under it."""
+    pytest.importorskip("torch")
+    assert presets_script.main(["frontier", "--data", str(small_csv), "--val-size", "100", "--seeds", "0",
+                                "--settings", "epochs=1,batch_size=64", "--torch", "--threads", "1",
+                                "--budget", "5"]) == 0
+    out = capsys.readouterr().out
+    table = "\n".join(line for line in out.splitlines() if line.startswith("|"))
+    lines = table.splitlines()[2:]
+    assert [line.split("|")[1].strip() for line in lines] == ["gpunet", "pytorch", "pytorch + BN"]
+    for line in lines:
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert cells[1:3] == ["fast, batch size 64", "1"] and re.fullmatch(r"\d+\.\d\d%", cells[3])
+        assert cells[4] == cells[3] and float(cells[5]) >= 0 and cells[6] == "no"  # nothing reaches 99% so
+    assert "Budget: 5.0 s of training (--budget)" in out
+    assert sum(line.startswith(("gpunet: ", "pytorch: ", "pytorch + BN: ")) and "every seed" in line
+               for line in out.splitlines()) == 3
