@@ -48,10 +48,10 @@ _INFLATED_BLOCK = 1 << 20
 _MAX_LINE = 1 << 16
 # The most CSV text one pandas call is given (see _sized).
 _PARSE_BLOCK = 1 << 21
-# Parsing threads: past ~8 the one inflating thread cannot feed them (measured, BENCHMARKS.md), and each
-# holds a pandas call's ~20 MB. Each has one block waiting besides the one it parses.
-_MOST_PARSERS = 8
-_BLOCKS_PER_PARSER = 2
+# Threads that parse blocks at most: the one inflating thread feeds about five (inflating and cutting
+# lines take a fifth of parsing's CPU time, BENCHMARKS.md), and each parse holds ~20 MB (see _sized).
+_MOST_PARSERS = 4
+_BLOCKS_PER_PARSER = 2  # taken from the file and not yet given back: one parsing, one waiting its turn
 _Block = tuple[int, bytes]  # (number of its first line, whole lines of text)
 _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
@@ -329,10 +329,11 @@ def _parse_workers() -> int:
 def _parsed_in_order(blocks: Iterator[_Block], columns: tuple[str, ...], name: str) -> Iterator[np.ndarray]:
     """_parse_block of each block, run on _parse_workers() threads, given in the blocks' order.
 
-    pandas' tokenizer and its number conversion let go of the GIL, so blocks parse side by side.
-    At most _BLOCKS_PER_PARSER blocks per thread are taken ahead of the one given: memory stays a
-    few blocks however large the file. Given in order, the error is the first bad line in the file,
-    whichever block fails first; a read error (past every block taken) comes after theirs.
+    pandas' tokenizer and number conversion let go of the GIL, so blocks parse side by side. At most
+    _BLOCKS_PER_PARSER blocks per thread are taken from the file and not given back: memory stays a
+    few blocks however large the file. Given in order, the error is the first bad line in the file
+    whichever block fails first, and a read error (past every block taken) comes after theirs, as
+    when one thread parses.
     """
     workers = _parse_workers()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpunet-parse")
