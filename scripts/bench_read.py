@@ -39,10 +39,12 @@ def one_run(root: Path, path: Path) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "PYTHONPATH": str(root), "GPUNET_CACHE_DIR": cache}
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", CHILD, str(path), labeled], env=env, check=True,
-                             capture_output=True, text=True).stdout
+        child = subprocess.run([sys.executable, "-c", CHILD, str(path), labeled], env=env,
+                               capture_output=True, text=True)
         wall = time.perf_counter() - start
-    return float(out.split()[0]), wall
+    if child.returncode != 0:
+        sys.exit(f"{root}: reading {path} failed: {child.stderr.strip().splitlines()[-1]}")
+    return float(child.stdout.split()[0]), wall
 
 
 def spread(times: list[float]) -> str:
