@@ -7,7 +7,6 @@ with a file is a `DataError` with a one-line message that names the file and the
 
 from __future__ import annotations
 
-import collections
 import csv
 import hashlib
 import io
@@ -18,7 +17,7 @@ import re
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from importlib import resources
@@ -48,10 +47,6 @@ _INFLATED_BLOCK = 1 << 20
 _MAX_LINE = 1 << 16
 # The most CSV text one pandas call is given (see _sized).
 _PARSE_BLOCK = 1 << 21
-# Threads that parse blocks at most: the one inflating thread feeds about five (inflating and cutting
-# lines take a fifth of parsing's CPU time, BENCHMARKS.md), and each parse holds ~20 MB (see _sized).
-_MOST_PARSERS = 4
-_BLOCKS_PER_PARSER = 2  # taken from the file and not yet given back: one parsing, one waiting its turn
 _Block = tuple[int, bytes]  # (number of its first line, whole lines of text)
 _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
@@ -296,12 +291,11 @@ def _read_csv(path: Path, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         columns = _check_header(first[:cut], name)
         labeled = columns[0] == "label"
         images, labels = [], []
-        rows = itertools.chain([(2, first[cut + 1 :])], blocks)  # line 1 is the header
-        with closing(_parsed_in_order(rows, columns, name)) as tables:
-            for table in tables:
-                # Split each block while it is small, so the whole set is copied only once (by concatenate).
-                images.append(np.ascontiguousarray(table[:, 1:] if labeled else table))
-                labels.append(table[:, 0].copy() if labeled else None)
+        for line_no, block in itertools.chain([(2, first[cut + 1 :])], blocks):  # line 1 is the header
+            table = _parse_block(block, line_no, columns, name)
+            # Split each block while it is small, so the whole set is copied only once (by concatenate).
+            images.append(np.ascontiguousarray(table[:, 1:] if labeled else table))
+            labels.append(table[:, 0].copy() if labeled else None)
     if sum(map(len, images)) == 0:
         raise DataError(f"{name}: has a header but no digits")
     return np.concatenate(images), np.concatenate(labels) if labeled else None
@@ -315,47 +309,6 @@ def _read_ahead(blocks: Iterator[_Block]) -> Iterator[_Block]:
         while (block := coming.result()) is not None:
             coming = reader.submit(next, blocks, None)
             yield block
-
-
-def _parse_workers() -> int:
-    """Threads that parse blocks side by side: one per usable core, at most _MOST_PARSERS."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, _MOST_PARSERS))
-
-
-def _parsed_in_order(blocks: Iterator[_Block], columns: tuple[str, ...], name: str) -> Iterator[np.ndarray]:
-    """_parse_block of each block, run on _parse_workers() threads, given in the blocks' order.
-
-    pandas' tokenizer and number conversion let go of the GIL, so blocks parse side by side. At most
-    _BLOCKS_PER_PARSER blocks per thread are taken from the file and not given back: memory stays a
-    few blocks however large the file. Given in order, the error is the first bad line in the file
-    whichever block fails first, and a read error (past every block taken) comes after theirs, as
-    when one thread parses.
-    """
-    workers = _parse_workers()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpunet-parse")
-    taken: collections.deque[Future[np.ndarray]] = collections.deque()
-    try:
-        while True:
-            try:
-                item = next(blocks, None)
-            except DataError:
-                for earlier in taken:
-                    earlier.result()  # raises where one of them holds a bad line
-                raise
-            if item is None:
-                break
-            line_no, block = item
-            taken.append(pool.submit(_parse_block, block, line_no, columns, name))
-            if len(taken) == _BLOCKS_PER_PARSER * workers:
-                yield taken.popleft().result()
-        while taken:
-            yield taken.popleft().result()
-    finally:
-        pool.shutdown(cancel_futures=True)  # waits only for the blocks being parsed
 
 
 def _is_blank(text: bytes) -> bool:
