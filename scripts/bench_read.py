@@ -33,8 +33,8 @@ print(time.perf_counter() - start, len(digits))
 """
 
 
-def one_run(root: Path, path: Path) -> tuple[float, float]:
-    """(seconds of the import and load_digits, seconds of the whole process) in a fresh interpreter."""
+def one_run(root: Path, path: Path) -> tuple[float, float, int]:
+    """(seconds of the import and load_digits, seconds of the whole process, digits read), a fresh interpreter."""
     labeled = "unlabeled" if path.name.lower().startswith("test") else "labeled"
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "PYTHONPATH": str(root), "GPUNET_CACHE_DIR": cache}
@@ -44,7 +44,8 @@ def one_run(root: Path, path: Path) -> tuple[float, float]:
         wall = time.perf_counter() - start
     if child.returncode != 0:
         sys.exit(f"{root}: reading {path} failed: {child.stderr.strip().splitlines()[-1]}")
-    return float(child.stdout.split()[0]), wall
+    seconds, count = child.stdout.split()
+    return float(seconds), wall, int(count)
 
 
 def spread(times: list[float]) -> str:
@@ -60,13 +61,14 @@ def main() -> None:
     roots = [ROOT, *(root.resolve() for root in args.gpunet_root)]
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for path in args.files:
-        times: dict[Path, list[tuple[float, float]]] = {root: [] for root in roots}
+        times: dict[Path, list[tuple[float, float, int]]] = {root: [] for root in roots}
         for _ in range(args.runs):
             for root in roots:
                 times[root].append(one_run(root, path))
         for root in roots:
-            loads, walls = zip(*times[root])
-            print(f"{path.name:14} {str(root):30} load s {spread(list(loads))}   process s {spread(list(walls))}")
+            loads, walls, counts = zip(*times[root])
+            print(f"{path.name:14} {str(root):30} {counts[0]:,} digits   load s {spread(list(loads))}   "
+                  f"process s {spread(list(walls))}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
