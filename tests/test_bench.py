@@ -6,6 +6,7 @@ so that a run on a GPU machine measures rather than fails.
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,24 @@ def test_bench_augment_runs_on_a_small_sample():
     assert [line.split(":")[0].strip() for line in lines[1:5]] == ["plain", "augmented", "augmentation alone",
                                                                      "numpy pass"]
     assert lines[-1].startswith("augmented epoch / plain epoch: ") and "% of a plain epoch" in lines[-1]
+
+
+def test_bench_read_times_fresh_processes_of_each_checkout(tmp_path):
+    """scripts/bench_read.py: one line per checkout and file, with the digits each child read; a bad file is one line."""
+    script = SCRIPT.parent / "bench_read.py"
+    other = tmp_path / "other"  # another checkout: a copy of this one's package
+    shutil.copytree(SCRIPT.parent.parent / "gpunet", other / "gpunet", ignore=shutil.ignore_patterns("__pycache__"))
+    header = "label," + ",".join(f"pixel{i}" for i in range(784))
+    good, bad = tmp_path / "train.csv", tmp_path / "bad.csv"
+    good.write_text(header + "\n" + ("3," + ",".join(["7"] * 784) + "\n") * 5)
+    bad.write_text(header + "\n3,x\n")
+    run = subprocess.run([sys.executable, str(script), "--runs", "2", "--gpunet-root", str(other), str(good)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith("train.csv ")]
+    assert [row[1] for row in rows] == [str(SCRIPT.parent.parent), str(other)], run.stdout
+    assert all(row[2:5] == ["5", "digits", "load"] for row in rows), run.stdout
+    run = subprocess.run([sys.executable, str(script), "--runs", "1", str(bad)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "bad.csv" in run.stderr and "line 2 has 2 columns" in run.stderr, run.stderr
