@@ -547,7 +547,7 @@ def test_pytorch_runs_at_gpunets_rates_on_the_held_out_digits(presets_script, mo
     monkeypatch.setattr(presets_script.bench, "torch_optimizer", torch_optimizer)
     accuracy, seconds = presets_script.torch_run(torch, train_digits, val_digits, config, batch_norm, None)
     steps = 3  # 300 digits in batches of 128
-    expected = [cosine_rate(0.01, 2, 2 * steps, k) for k in range(2 * steps)]  # warm-up: round(0.5 * 3) = 2
+    expected = [cosine_rate(0.01, 2, 2 * steps, k) for k in range(2 * steps)]  # warm-up: 0.5 * 3 = 1.5, a half up: 2
     assert [rates[0] for rates in seen_rates] == pytest.approx(expected, rel=1e-12)
     assert all(len(set(rates)) == 1 for rates in seen_rates)
     assert type(optimizers[0]).__name__ == "AdamW"
