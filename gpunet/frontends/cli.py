@@ -439,7 +439,8 @@ def train_config(ctx, optimizer: str, **options):
         return TrainConfig.for_optimizer(optimizer, **options)
     except SettingError as error:
         preset = ctx.params.get("preset")
-        if error.name == "warmup" and preset is not None and not given_by_user(ctx, "warmup"):
+        if error.name == "warmup" and preset is not None and given_by_user(ctx, "epochs") and \
+                not given_by_user(ctx, "warmup"):
             # the preset's warm-up, longer than the --epochs the user gave: name what they typed
             raise click.BadParameter(f"{options['epochs']} is shorter than --preset {preset}'s warm-up of "
                                      f"{options['warmup']:g} epochs; give --warmup at most {options['epochs']} too",
