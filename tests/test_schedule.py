@@ -131,6 +131,9 @@ def test_a_warm_up_longer_than_the_run_is_refused_and_one_as_long_is_not():
 @pytest.mark.parametrize("args, says", [
     (["--warmup", "-0.5"], "Invalid value for '--warmup': must be a finite number of epochs >= 0 (0: none) (got -0.5)"),
     (["--warmup", "nan"], "'--warmup': must be a finite number of epochs >= 0"),
+    (["--warmup", "inf"], "'--warmup': must be a finite number of epochs >= 0"),
+    (["--warmup", "1e400"], "'--warmup': must be a finite number of epochs >= 0"),  # a float too large: inf
+    (["--warmup", "-1"], "'--warmup': must be a finite number of epochs >= 0"),
     (["--warmup", "5", "--epochs", "3"], "'--warmup': must be at most --epochs (3): a warm-up longer than the run"),
     (["--warmup", "soon"], "Invalid value for '--warmup': 'soon' is not a valid float"),
 ])
@@ -216,7 +219,7 @@ def test_the_estimator_takes_warmup_as_scikit_learn_does(tmp_path):
     assert again.warmup == 0.25 and again.config_.warmup == 0.25
 
 
-@pytest.mark.parametrize("value", [-1, float("nan"), "0.25"])
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "0.25", True])
 def test_the_estimator_refuses_a_bad_warm_up_at_fit(value):
     X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
     with pytest.raises(ValueError, match="^warmup=") as caught:
