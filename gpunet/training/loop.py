@@ -239,8 +239,9 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
     ``constant``: lr throughout (the notes). ``cosine``, for step k of the run's N = epochs . S steps (S an
     epoch's): a linear warm-up over ``warmup`` epochs, lr . (k + 1) / W for the first W steps, W = warmup . S
     to the nearest whole step, a half up (so W <= N; W of 0 or 1 starts at lr), then
-    lr / 2 . (1 + cos(pi (k - W) / (N - W))), a decay from lr towards 0 by the last step. The default warm-up, one epoch, matters for a network as narrow as the notes': Adam's first
-    full-size steps can push a 16-unit layer's ReLUs to never fire again, and how many die varies with the seed.
+    lr / 2 . (1 + cos(pi (k - W) / (N - W))), a decay from lr towards 0 by the last step. The default warm-up,
+    one epoch, matters for a network as narrow as the notes': Adam's first full-size steps can push a 16-unit
+    layer's ReLUs to never fire again, and how many die varies with the seed.
     """
     if config.schedule == "constant":
         return config.lr
