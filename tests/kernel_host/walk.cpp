@@ -213,6 +213,39 @@ void need(const Args& a, const std::string& kernel, size_t count)
     }
 }
 
+// The arguments an optimizer's two kernels (kernels/optimizers.cu) begin with, in their order: the
+// weights' group (parameters, gradients, state, size), then the biases'. `*_update` goes on with its
+// per-step numbers as scalars, `*_update_at` with a table of them and the step; both read these here.
+template <typename T>
+struct SgdGroups {
+    T* w; const T* dw; long long n_w;
+    T* b; const T* db; long long n_b;
+
+    explicit SgdGroups(Args& a)
+        : w(a.array<T>(0)), dw(a.array<T>(1)), n_w(a.scalar<long long>(2)),
+          b(a.array<T>(3)), db(a.array<T>(4)), n_b(a.scalar<long long>(5)) {}
+};
+
+template <typename T>
+struct MomentumGroups {  // v: the velocity
+    T* w; const T* dw; T* v_w; long long n_w;
+    T* b; const T* db; T* v_b; long long n_b;
+
+    explicit MomentumGroups(Args& a)
+        : w(a.array<T>(0)), dw(a.array<T>(1)), v_w(a.array<T>(2)), n_w(a.scalar<long long>(3)),
+          b(a.array<T>(4)), db(a.array<T>(5)), v_b(a.array<T>(6)), n_b(a.scalar<long long>(7)) {}
+};
+
+template <typename T>
+struct AdamGroups {  // m: the mean, s: the square
+    T* w; const T* dw; T* m_w; T* s_w; long long n_w;
+    T* b; const T* db; T* m_b; T* s_b; long long n_b;
+
+    explicit AdamGroups(Args& a)
+        : w(a.array<T>(0)), dw(a.array<T>(1)), m_w(a.array<T>(2)), s_w(a.array<T>(3)), n_w(a.scalar<long long>(4)),
+          b(a.array<T>(5)), db(a.array<T>(6)), m_b(a.array<T>(7)), s_b(a.array<T>(8)), n_b(a.scalar<long long>(9)) {}
+};
+
 template <typename T>
 void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool reverse)
 {
@@ -324,83 +357,47 @@ void run(const std::string& kernel, Args& a, unsigned grid, unsigned block, bool
              [&] { dropout_mask_at<T>(mask, state, first_step, step, threshold, scale, units, k, first); });
     } else if (kernel == "sgd_update") {
         need(a, kernel, 8);
-        T* w = a.array<T>(0);
-        const T* dw = a.array<T>(1);
-        const long long n_w = a.scalar<long long>(2);
-        T* b = a.array<T>(3);
-        const T* db = a.array<T>(4);
-        const long long n_b = a.scalar<long long>(5);
+        const SgdGroups<T> g(a);
         const T decay = a.scalar<T>(6), lr = a.scalar<T>(7);
-        walk(grid, block, reverse, [&] { sgd_update<T>(w, dw, n_w, b, db, n_b, decay, lr); });
+        walk(grid, block, reverse, [&] { sgd_update<T>(g.w, g.dw, g.n_w, g.b, g.db, g.n_b, decay, lr); });
     } else if (kernel == "momentum_update") {
         need(a, kernel, 11);
-        T* w = a.array<T>(0);
-        const T* dw = a.array<T>(1);
-        T* v_w = a.array<T>(2);
-        const long long n_w = a.scalar<long long>(3);
-        T* b = a.array<T>(4);
-        const T* db = a.array<T>(5);
-        T* v_b = a.array<T>(6);
-        const long long n_b = a.scalar<long long>(7);
+        const MomentumGroups<T> g(a);
         const T decay = a.scalar<T>(8), lr = a.scalar<T>(9), beta = a.scalar<T>(10);
-        walk(grid, block, reverse, [&] { momentum_update<T>(w, dw, v_w, n_w, b, db, v_b, n_b, decay, lr, beta); });
+        walk(grid, block, reverse, [&] {
+            momentum_update<T>(g.w, g.dw, g.v_w, g.n_w, g.b, g.db, g.v_b, g.n_b, decay, lr, beta);
+        });
     } else if (kernel == "adam_update") {
         need(a, kernel, 17);
-        T* w = a.array<T>(0);
-        const T* dw = a.array<T>(1);
-        T* m_w = a.array<T>(2);
-        T* s_w = a.array<T>(3);
-        const long long n_w = a.scalar<long long>(4);
-        T* b = a.array<T>(5);
-        const T* db = a.array<T>(6);
-        T* m_b = a.array<T>(7);
-        T* s_b = a.array<T>(8);
-        const long long n_b = a.scalar<long long>(9);
+        const AdamGroups<T> g(a);
         T s[7];
         for (size_t k = 0; k < 7; ++k) s[k] = a.scalar<T>(k + 10);  // decay b1 1-b1 b2 1-b2 step_size eps
         walk(grid, block, reverse, [&] {
-            adam_update<T>(w, dw, m_w, s_w, n_w, b, db, m_b, s_b, n_b, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+            adam_update<T>(g.w, g.dw, g.m_w, g.s_w, g.n_w, g.b, g.db, g.m_b, g.s_b, g.n_b,
+                           s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
         });
     } else if (kernel == "sgd_update_at") {
         need(a, kernel, 8);
-        T* w = a.array<T>(0);
-        const T* dw = a.array<T>(1);
-        const long long n_w = a.scalar<long long>(2);
-        T* b = a.array<T>(3);
-        const T* db = a.array<T>(4);
-        const long long n_b = a.scalar<long long>(5);
+        const SgdGroups<T> g(a);
         const T* table = a.array<T>(6);
         const long long* step = a.array<long long>(7);
-        walk(grid, block, reverse, [&] { sgd_update_at<T>(w, dw, n_w, b, db, n_b, table, step); });
+        walk(grid, block, reverse, [&] { sgd_update_at<T>(g.w, g.dw, g.n_w, g.b, g.db, g.n_b, table, step); });
     } else if (kernel == "momentum_update_at") {
         need(a, kernel, 10);
-        T* w = a.array<T>(0);
-        const T* dw = a.array<T>(1);
-        T* v_w = a.array<T>(2);
-        const long long n_w = a.scalar<long long>(3);
-        T* b = a.array<T>(4);
-        const T* db = a.array<T>(5);
-        T* v_b = a.array<T>(6);
-        const long long n_b = a.scalar<long long>(7);
+        const MomentumGroups<T> g(a);
         const T* table = a.array<T>(8);
         const long long* step = a.array<long long>(9);
-        walk(grid, block, reverse, [&] { momentum_update_at<T>(w, dw, v_w, n_w, b, db, v_b, n_b, table, step); });
+        walk(grid, block, reverse, [&] {
+            momentum_update_at<T>(g.w, g.dw, g.v_w, g.n_w, g.b, g.db, g.v_b, g.n_b, table, step);
+        });
     } else if (kernel == "adam_update_at") {
         need(a, kernel, 12);
-        T* w = a.array<T>(0);
-        const T* dw = a.array<T>(1);
-        T* m_w = a.array<T>(2);
-        T* s_w = a.array<T>(3);
-        const long long n_w = a.scalar<long long>(4);
-        T* b = a.array<T>(5);
-        const T* db = a.array<T>(6);
-        T* m_b = a.array<T>(7);
-        T* s_b = a.array<T>(8);
-        const long long n_b = a.scalar<long long>(9);
+        const AdamGroups<T> g(a);
         const T* table = a.array<T>(10);
         const long long* step = a.array<long long>(11);
-        walk(grid, block, reverse,
-             [&] { adam_update_at<T>(w, dw, m_w, s_w, n_w, b, db, m_b, s_b, n_b, table, step); });
+        walk(grid, block, reverse, [&] {
+            adam_update_at<T>(g.w, g.dw, g.m_w, g.s_w, g.n_w, g.b, g.db, g.m_b, g.s_b, g.n_b, table, step);
+        });
     } else if (kernel == "batch_begin") {
         need(a, kernel, 7);
         const long long* order = a.array<long long>(0);
