@@ -248,3 +248,27 @@ def test_bench_read_times_fresh_processes_of_each_checkout(tmp_path):
                          timeout=600)
     assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "bad.csv" in run.stderr and "line 2 has 2 columns" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("args, says", [(["--runs", "0"], "--runs 0: give 1 or more"),
+                                        (["nowhere.csv"], "nowhere.csv: no such file")])
+def test_bench_read_refuses_bad_options_in_one_line(tmp_path, args, says):
+    run = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_read.py"), *args], capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and says in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_bench_read_reads_labels_where_the_header_has_them_whatever_the_files_name(tmp_path):
+    """A file without a label column is read as test digits though its name is not test*, and one with labels
+    as training digits though its name is test*: the header says which, not the name."""
+    header = ",".join(f"pixel{i}" for i in range(784))
+    unlabeled, labeled = tmp_path / "digits.csv", tmp_path / "test_copy.csv"
+    unlabeled.write_text(header + "\n" + (",".join(["7"] * 784) + "\n") * 4)
+    labeled.write_text("label," + header + "\n" + ("3," + ",".join(["7"] * 784) + "\n") * 3)
+    run = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_read.py"), "--runs", "1", str(unlabeled),
+                          str(labeled)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines() if ".csv " in line}
+    assert rows["digits.csv"][2:4] == ["4", "digits"] and rows["test_copy.csv"][2:4] == ["3", "digits"], run.stdout
+    assert rows["test_copy.csv"][-1] == "labeled" and rows["digits.csv"][-1] == "unlabeled", run.stdout

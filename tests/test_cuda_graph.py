@@ -314,8 +314,8 @@ def test_graph_replay_gives_the_eager_parameters(walk_exe, tmp_path, run):
 
 
 def test_the_graph_steps_take_the_warm_ups_rates(walk_exe, tmp_path):
-    """The table of a replayed epoch's rates follows the schedule's warm-up (here a quarter epoch: W = round(3/4)
-    = 1 of an epoch's 3 steps, where today's default would warm up over all 3): each whole step's rate is the
+    """The table of a replayed epoch's rates follows the schedule's warm-up (here a quarter epoch: W = 1 of an
+    epoch's 3 steps, the nearest to 3/4, where the default would warm up over all 3): each whole step's rate is the
     formula's, in float64 (tests/test_schedule.py), and the run is the eager run's, bit for bit."""
     from tests.test_schedule import reference_rates, schedule_bound
     from tests.tolerances import assert_within

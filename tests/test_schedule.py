@@ -24,9 +24,10 @@ OLD_MODEL = Path(__file__).resolve().parent / "data" / "model_v1_dense_16_16.npz
 
 def reference_rates(lr: float, epochs: int, steps: int, warmup: float) -> np.ndarray:
     """The cosine schedule of every step of the run, in float64 from its formula: lr (k + 1) / W for the first
-    W = round(warmup . steps) steps, then lr / 2 (1 + cos(pi (k - W) / (N - W))) of the run's N steps."""
+    W steps, W = warmup . steps to the nearest whole step (a half up), then lr / 2 (1 + cos(pi (k - W) / (N - W)))
+    of the run's N steps."""
     n = epochs * steps
-    w = int(np.rint(warmup * steps))
+    w = warm_up_steps(warmup, steps)
     k = np.arange(n, dtype=np.float64)
     warm = lr * (k + 1) / max(w, 1)
     decay = lr / 2 * (1 + np.cos(np.pi * (k - w) / max(n - w, 1)))
@@ -44,17 +45,25 @@ def old_learning_rate(config, step: int, steps_per_epoch: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def warm_up_steps(warmup: float, steps: int) -> int:
+    """W: the warm-up in whole steps, the nearest to warmup . steps, a half up (0.5 of a one-step epoch is 1)."""
+    return int(math.floor(warmup * steps + 0.5))
+
+
 def schedule_bound(lr: float, want: np.ndarray) -> np.ndarray:
-    """How far two evaluations of the formula may differ: the same arguments (the same float operations), but
-    cos from two libraries (each within TRANSCENDENTAL_ULPS of a value at most 1, so an absolute error of that
-    many ulps of 1, halved by lr / 2 . 2), and a few roundings of each result."""
+    """How far two evaluations of the formula may differ. cos's argument x = pi (k - W) / (N - W) <= pi is
+    rounded twice on each side, in another order (pi . (k - W) first here, the quotient first in the loop):
+    |dx| <= 4 u pi, and |d cos| <= |dx|. Each cos comes from its own library, within TRANSCENDENTAL_ULPS ulps of
+    a value at most 1 (ulps of at most u). Both scaled by lr / 2; then a few roundings of each result."""
     u = unit_roundoff(np.float64)
-    return lr * 2 * TRANSCENDENTAL_ULPS * u + 4 * u * np.abs(want)
+    return lr / 2 * (2 * TRANSCENDENTAL_ULPS * u + 4 * math.pi * u) + 4 * u * np.abs(want)
 
 
 # (warmup, epochs, steps an epoch): none, a quarter, today's one epoch, two, the whole run; an odd epoch;
-# one step an epoch (full batch), where a quarter of it rounds to no warm-up.
-CASES = [(0, 3, 8), (0.25, 3, 8), (1, 3, 8), (2, 3, 8), (3, 3, 8), (0.25, 4, 657), (0.25, 4, 1), (2, 4, 1)]
+# one step an epoch (full batch), where a quarter of it rounds to no warm-up; halves of a step, which round up
+# (0.5 and 2.5 of one step, 0.25 of two: 1, 3 and 1 steps, where halves to even would give 0, 2 and 0).
+CASES = [(0, 3, 8), (0.25, 3, 8), (1, 3, 8), (2, 3, 8), (3, 3, 8), (0.25, 4, 657), (0.25, 4, 1), (2, 4, 1),
+         (0.5, 4, 1), (2.5, 4, 1), (0.25, 3, 2)]
 
 
 @pytest.mark.parametrize("warmup, epochs, steps", CASES)
@@ -63,11 +72,12 @@ def test_the_cosine_rates_are_the_formulas(warmup, epochs, steps):
     got = np.array([learning_rate(config, k, steps) for k in range(epochs * steps)])
     want = reference_rates(0.1, epochs, steps, warmup)
     assert_within(got, want, schedule_bound(0.1, want), f"rates of warm-up {warmup}")
-    w = int(np.rint(warmup * steps))
+    w = warm_up_steps(warmup, steps)
     if w:  # the warm-up climbs in equal steps to lr
         assert np.all(np.diff(got[:w]) > 0) and got[0] == pytest.approx(0.1 / w)
     if w < epochs * steps:  # the first step past it at lr exactly (cos 0 = 1), then down towards 0
-        assert got[w] == 0.1 and np.all(np.diff(got[w:]) < 0) and got[-1] < 0.1
+        assert got[w] == 0.1 and np.all(np.diff(got[w:]) < 0)
+        assert got[-1] < 0.1 or w == epochs * steps - 1  # (a decay of one step is that step, at lr)
     else:  # a warm-up of the whole run: its last step reaches lr
         assert got[-1] == pytest.approx(0.1)
 
@@ -121,6 +131,9 @@ def test_a_warm_up_longer_than_the_run_is_refused_and_one_as_long_is_not():
 @pytest.mark.parametrize("args, says", [
     (["--warmup", "-0.5"], "Invalid value for '--warmup': must be a finite number of epochs >= 0 (0: none) (got -0.5)"),
     (["--warmup", "nan"], "'--warmup': must be a finite number of epochs >= 0"),
+    (["--warmup", "inf"], "'--warmup': must be a finite number of epochs >= 0"),
+    (["--warmup", "1e400"], "'--warmup': must be a finite number of epochs >= 0"),  # a float too large: inf
+    (["--warmup", "-1"], "'--warmup': must be a finite number of epochs >= 0"),
     (["--warmup", "5", "--epochs", "3"], "'--warmup': must be at most --epochs (3): a warm-up longer than the run"),
     (["--warmup", "soon"], "Invalid value for '--warmup': 'soon' is not a valid float"),
 ])
@@ -128,6 +141,19 @@ def test_the_command_line_refuses_a_bad_warm_up_in_one_line(capsys, tmp_path, ar
     code, out, err = run(capsys, "train", "--device", "cpu", *args, "--out", str(tmp_path / "m.npz"))
     assert code == 2 and out == "" and err.count("\n") == 1 and says in err and "Traceback" not in err, err
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_a_presets_warm_up_longer_than_the_epochs_given_names_epochs_and_the_preset(capsys, tmp_path, monkeypatch):
+    """--preset fast --epochs 1, where the preset warms up for 2 epochs: the user gave --epochs, not --warmup, so
+    the line names --epochs, the preset's warm-up and the way out."""
+    from gpunet.training.presets import PRESETS
+
+    monkeypatch.setitem(PRESETS["fast"], "warmup", 2.0)
+    code, out, err = run(capsys, "train", "--device", "cpu", "--preset", "fast", "--epochs", "1",
+                         "--out", str(tmp_path / "m.npz"))
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert ("Invalid value for '--epochs': 1 is shorter than --preset fast's warm-up of 2 epochs; give --warmup "
+            "at most 1 too") in err, err
 
 
 # -- the command line, the estimator, model files ------------------------------------------------------------------
@@ -152,6 +178,17 @@ def test_the_command_line_trains_with_the_warm_up_says_it_and_records_it(capsys,
     steps = steps_per_epoch(500, 64)
     want = reference_rates(0.01, 2, steps, 0.25)[steps - 1::steps]
     assert_within(np.array([m["lr"] for m in meta["history"]]), want, schedule_bound(0.01, want), "epochs' rates")
+
+
+def test_the_constant_schedule_takes_a_warm_up_longer_than_the_run_as_it_ignores_it(capsys, tmp_path, small_data):
+    """--optimizer gd trains at a constant rate (its default schedule), which has no warm-up: a --warmup given
+    there is ignored, as --help says, rather than refused as longer than the run."""
+    assert TrainConfig(epochs=1, schedule="constant", warmup=2).warmup == 2.0
+    code, out, err = run(capsys, "train", "--device", "cpu", "--data", str(small_data), "--val-size", "100",
+                         "--hidden", "8", "--optimizer", "gd", "--epochs", "1", "--warmup", "2",
+                         "--out", str(tmp_path / "m.npz"))
+    assert code in (0, 3), err  # one full-batch step need not learn
+    assert "adam" not in out and "gd lr 0.1 (constant), full batch, 1 epoch" in out, out
 
 
 @pytest.mark.parametrize("settings, says", [
@@ -182,7 +219,7 @@ def test_the_estimator_takes_warmup_as_scikit_learn_does(tmp_path):
     assert again.warmup == 0.25 and again.config_.warmup == 0.25
 
 
-@pytest.mark.parametrize("value", [-1, float("nan"), "0.25"])
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "0.25", True])
 def test_the_estimator_refuses_a_bad_warm_up_at_fit(value):
     X, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
     with pytest.raises(ValueError, match="^warmup=") as caught:

@@ -238,7 +238,10 @@ def presets_help() -> str:
               help="Learning-rate schedule. [default: cosine; constant with --optimizer gd]")
 @click.option("--warmup", type=float, default=1.0, metavar="EPOCHS",
               help="Epochs of linear warm-up at the start of the cosine schedule: a fraction (0.25) too, or 0 for "
-                   "none (the first step at the full rate); at most --epochs. constant ignores it. [default: 1]")
+                   "none (the first step at the full rate); at most --epochs. Counted in whole steps, the nearest "
+                   "(a half up): the rate climbs lr/W, 2lr/W, ..., lr over W steps, so a W of 0 or 1 is no "
+                   "warm-up (with a full batch, one step an epoch, give whole epochs). constant ignores it. "
+                   "[default: 1]")
 @click.option("--weight-decay", type=float, default=None,
               help="Decoupled weight decay lambda: W <- W - alpha.lambda.W each step. "
                    "[default: 0.1 for adam, 0.01 for momentum, 0.002 for sgd, 0 for gd]")
@@ -435,6 +438,13 @@ def train_config(ctx, optimizer: str, **options):
     try:
         return TrainConfig.for_optimizer(optimizer, **options)
     except SettingError as error:
+        preset = ctx.params.get("preset")
+        if error.name == "warmup" and preset is not None and given_by_user(ctx, "epochs") and \
+                not given_by_user(ctx, "warmup"):
+            # the preset's warm-up, longer than the --epochs the user gave: name what they typed
+            raise click.BadParameter(f"{options['epochs']} is shorter than --preset {preset}'s warm-up of "
+                                     f"{options['warmup']:g} epochs; give --warmup at most {options['epochs']} too",
+                                     ctx=ctx, param_hint="'--epochs'") from None
         raise usage_error(ctx, error) from None
 
 

@@ -59,7 +59,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
     epochs, batch_size, lr, weight_decay, schedule : default None (the optimizer's)
     warmup : float, default 1.0
         Epochs of linear warm-up at the start of the ``"cosine"`` schedule (``gpunet train --warmup``): a
-        fraction of one too, or 0 for none; at most ``epochs``. ``"constant"`` ignores it.
+        fraction of one too, or 0 for none; at most ``epochs``. ``"constant"`` ignores it. Counted in whole
+        steps, the nearest (a half up); ``None`` means 1.
     optimizer : {"adam", "momentum", "sgd", "gd"}, default "adam"
     init : {"he", "seed"}, default "he"
     val_size : "auto", int or float, default "auto"

@@ -142,7 +142,7 @@ class TrainConfig:
         if self.patience is not None and self.val_size == 0:
             raise SettingError("patience", self.patience, "needs validation samples to watch, and {val_size} "
                                                           "holds out none")
-        if self.warmup > self.epochs:
+        if self.warmup > self.epochs and self.schedule == "cosine":  # constant has no warm-up, and ignores it
             raise SettingError("warmup", self.warmup, f"must be at most {{epochs}} ({self.epochs}): a warm-up "
                                                       "longer than the run")
         if self.split_seed is None:  # one seed for everything, as before --split-seed
@@ -227,18 +227,25 @@ class TrainingInterrupted(Exception):
         self.epoch, self.result, self.run_state = epoch, result, run_state
 
 
+def warm_up_steps(warmup: float, steps_per_epoch: int) -> int:
+    """``warmup`` epochs as whole steps: the nearest, a half up (Python's round would take halves to even, so that
+    0.5 and 2.5 of a one-step epoch gave 0 and 2 steps where 1.5 gave 2). Warm-up 1 is exactly an epoch's steps."""
+    return math.floor(warmup * steps_per_epoch + 0.5)
+
+
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The rate for optimizer step ``step`` (0-based), given the steps in one epoch.
 
     ``constant``: lr throughout (the notes). ``cosine``, for step k of the run's N = epochs . S steps (S an
-    epoch's): a linear warm-up over ``warmup`` epochs, lr . (k + 1) / W for the first W = round(warmup . S)
-    steps (none where W is 0), then lr / 2 . (1 + cos(pi (k - W) / (N - W))), a decay from lr towards 0 by
-    the last step. The default warm-up, one epoch, matters for a network as narrow as the notes': Adam's first
-    full-size steps can push a 16-unit layer's ReLUs to never fire again, and how many die varies with the seed.
+    epoch's): a linear warm-up over ``warmup`` epochs, lr . (k + 1) / W for the first W steps, W = warmup . S
+    to the nearest whole step, a half up (so W <= N; W of 0 or 1 starts at lr), then
+    lr / 2 . (1 + cos(pi (k - W) / (N - W))), a decay from lr towards 0 by the last step. The default warm-up,
+    one epoch, matters for a network as narrow as the notes': Adam's first full-size steps can push a 16-unit
+    layer's ReLUs to never fire again, and how many die varies with the seed.
     """
     if config.schedule == "constant":
         return config.lr
-    warmup = round(config.warmup * steps_per_epoch)  # halves to even; warmup 1: steps_per_epoch, as before it
+    warmup = warm_up_steps(config.warmup, steps_per_epoch)
     if step < warmup:
         return config.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, config.epochs * steps_per_epoch - warmup)
