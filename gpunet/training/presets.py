@@ -12,13 +12,13 @@ Where the values come from (README, "Getting a top score", has what was measured
 * ``default``: what ``gpunet train`` does with no options (the optimizer's defaults of ``nn/optimizers.py``).
 * ``fast``: a quarter of the LeNet-like CNN's products (16 and 32 filters, dense128, no dropout: a few epochs do
   not overfit), Adam at the default rate and decay, batch 128, 4 epochs. On 5,000 held-out digits (split 0) it
-  measured 99.00% for seeds 0 and 1 (seeds 2-4: 99.12, 99.06, 98.92%), in 33 CPU-seconds from a cold start (on
-  a loaded machine). Against it, same split: batch 64, 4 epochs 99.10/98.96% (36 CPU-s); 3 epochs
-  98.92/98.96% (27); dense256, 4 epochs 99.04/98.96% (36), 3 epochs 98.98% (27); conv32 first, 3 epochs
-  98.92% (46); with dropout0.5, 3 epochs 98.80%; lr 0.003, decay 0.01, 3 epochs 98.58%. The LeNet-like CNN (the former ``fast``) took 4 epochs,
-  86 CPU-s, for 99.08%. Run as a user runs it on the idle machine
-  (``gpunet train --preset fast --data train.csv.gz``, 1,000 held out): 99.30% in 20.6 s wall, against 33.6 s for
-  the PyTorch recipe of issue 16 (98.80%) in the same run (BENCHMARKS.md, "Presets against PyTorch").
+  measured 99.00% for seeds 0 and 1 (seeds 2-4: 99.12, 99.06, 98.92%), in 33 CPU-seconds from a cold start (on a
+  loaded machine). Against it, same split: batch 64, 4 epochs 99.10/98.96% (36 CPU-s); 3 epochs 98.92/98.96%
+  (27); dense256, 4 epochs 99.04/98.96% (36), 3 epochs 98.98% (27); conv32 first, 3 epochs 98.92% (46); with
+  dropout0.5, 3 epochs 98.80%; lr 0.003, decay 0.01, 3 epochs 98.58%. The LeNet-like CNN (the former ``fast``)
+  took 4 epochs, 86 CPU-s, for 99.08%. Run as a user runs it on the idle machine (``gpunet train --preset fast
+  --data train.csv.gz``, 1,000 held out): 99.30% in 20.6 s wall, against 33.6 s for the PyTorch recipe of issue
+  16 (98.80%) in the same run (BENCHMARKS.md, "Presets against PyTorch").
 * ``cnn``: the LeNet-like CNN, longer, at AdamW's usual rate (2e-3, weight decay 0.01) with the cosine schedule (a
   warm-up, then a decay to 0: one-cycle's shape), the PyTorch reference recipe of issue 16, with augmentation
   (over 10 epochs of this CNN it took 99.14% to 99.56% on 5,000 held-out digits: BENCHMARKS.md, "Augmentation"),
