@@ -191,14 +191,17 @@ def test_the_constant_schedule_takes_a_warm_up_longer_than_the_run_as_it_ignores
     assert "adam" not in out and "gd lr 0.1 (constant), full batch, 1 epoch" in out, out
 
 
-@pytest.mark.parametrize("settings, says", [
-    (dict(), "cosine"), (dict(warmup=1), "cosine"), (dict(warmup=0), "cosine, no warm-up"),
-    (dict(warmup=0.25), "cosine, warm-up 0.25 epoch"), (dict(warmup=2, epochs=3), "cosine, warm-up 2 epochs"),
-    (dict(warmup=0.5, schedule="constant"), "constant")])
-def test_the_banner_names_a_warm_up_that_is_not_one_epoch(settings, says):
+@pytest.mark.parametrize("settings, steps, says", [
+    (dict(), 100, "cosine"), (dict(warmup=1), 100, "cosine"), (dict(warmup=0), 100, "cosine, no warm-up"),
+    (dict(warmup=0.25), 100, "cosine, warm-up 0.25 epoch"), (dict(warmup=2, epochs=3), 100, "cosine, warm-up 2 epochs"),
+    (dict(warmup=0.5, schedule="constant"), 100, "constant"),
+    # 0.25 of a 4-step epoch is one step: its one rate is lr, no warm-up; 0.5 of a 1-step epoch rounds to 1 too
+    (dict(warmup=0.25), 4, "cosine, no warm-up"), (dict(warmup=0.5), 1, "cosine, no warm-up"),
+    (dict(warmup=0.5), 4, "cosine, warm-up 0.5 epoch")])
+def test_the_banner_names_a_warm_up_that_is_not_one_epoch(settings, steps, says):
     from gpunet.frontends.cli import schedule_text
 
-    assert schedule_text(TrainConfig(**settings)) == says
+    assert schedule_text(TrainConfig(**settings), steps) == says
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # two epochs: the rates are the point

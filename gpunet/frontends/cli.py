@@ -26,7 +26,7 @@ from gpunet.nn.model import ARCH_HELP, INITS, arch_text, check_arch, dense_sizes
 from gpunet.nn.optimizers import OPTIMIZERS
 from gpunet.files.outputs import (CHECKPOINT, MODEL, PROBABILITIES, SUBMISSION, SaveError, check_out_path, identity,
                                   probabilities_header, save_replacing_only, save_without_replacing)
-from gpunet.training.loop import DTYPES, SCHEDULES
+from gpunet.training.loop import DTYPES, SCHEDULES, steps_per_epoch, warm_up_steps
 from gpunet.training.presets import PRESETS, command_line
 
 EXIT_ERROR, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -347,7 +347,8 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
                f"{len(val_digits):,} validation" + (f" (split seed {config.split_seed})"
                                                     if config.split_seed != config.seed else ""))
     batch_text = "full batch" if config.batch_size == 0 else f"batch {config.batch_size}"
-    click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({schedule_text(config)}), {batch_text}, "
+    schedule_said = schedule_text(config, steps_per_epoch(len(train_digits), config.batch_size))
+    click.echo(f"Network {sizes}, {config.optimizer} lr {config.lr:g} ({schedule_said}), {batch_text}, "
                f"{plural(config.epochs, 'epoch')}, weight decay {config.weight_decay:g}, "
                f"{config.dtype} on {device_text(backend, arch)}" + (f"; {notice}" if notice else ""))
     if device_choice:
@@ -415,11 +416,12 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         report_plots(write_plots(out, plot_dir, val_digits if len(val_digits) else train_digits))
 
 
-def schedule_text(config) -> str:
-    """The schedule in the banner: "cosine", "constant"; the warm-up too where it is not the default epoch."""
+def schedule_text(config, epoch_steps: int) -> str:
+    """The schedule in the banner: "cosine", "constant"; the warm-up too where it is not the default epoch, and
+    "no warm-up" where it comes to at most one step (its one rate is lr: ``learning_rate``)."""
     if config.schedule != "cosine" or config.warmup == 1:
         return config.schedule
-    if config.warmup == 0:
+    if warm_up_steps(config.warmup, epoch_steps) <= 1:
         return "cosine, no warm-up"
     return f"cosine, warm-up {config.warmup:g} epoch{'s' if config.warmup > 1 else ''}"
 
