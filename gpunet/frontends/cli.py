@@ -330,12 +330,10 @@ def train(ctx, preset, data, device, hidden, arch, epochs, batch_size, lr, optim
         check_resumable(resume, resumed, config, train_digits, val_digits, digits.source)
     # The model weighs a replayed step only where one can be captured: CuPy refuses cuBLAS while capturing, so
     # the step's products must be small enough for gpunet's own product kernel (the notes' network's are).
-    samples = len(train_digits)
+    step = training_step(config, len(train_digits))
     graph_refused = (cuda_graph and backend.name == "cuda" and not backend.captures_products()
-                     and not backend.takes_products(network_layers(config.hidden, config.arch),
-                                                    config.batch_size if 0 < config.batch_size < samples else samples))
-    backend, device_choice = follow_cost_model(device, backend, training_step(config, len(train_digits)),
-                                               cuda_graph and not graph_refused)
+                     and not backend.takes_products(network_layers(config.hidden, config.arch), step.batch))
+    backend, device_choice = follow_cost_model(device, backend, step, cuda_graph and not graph_refused)
     if backend.name == "cuda":
         backend.cuda_graph = cuda_graph and not graph_refused
     sizes = "-".join(str(s) for s in (784, *(hidden if arch is None else arch.split(",")), 10))
