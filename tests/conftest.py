@@ -6,9 +6,11 @@ shown, where no usable GPU exists; the CPU backend runs everywhere.
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpunet.backends.devices import get_backend
+from gpunet.files.data import load_sample
 from gpunet.frontends.cli import main
 
 
@@ -58,6 +60,14 @@ def run(capsys, *args):
         code = exit.code or 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def sample_npz(folder: Path, count: int) -> Path:
+    """The bundled sample's first ``count`` labeled digits as ``folder``/digits.npz: a data file for quick runs."""
+    sample = load_sample()
+    path = folder / "digits.npz"
+    np.savez(path, images=sample.images[:count], labels=sample.labels[:count])
+    return path
 
 
 # -- the CUDA kernels without a GPU (tests/kernel_support.py, tests/cupy_stand_in.py) -------------

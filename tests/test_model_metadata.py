@@ -29,7 +29,7 @@ from gpunet.files.checkpoint import load_model, load_metadata
 from gpunet.files.data import fingerprint, load_digits, load_sample
 from gpunet.files.model_schema import MAX_DEPTH, nesting_depth
 from gpunet.nn.model import MAX_LAYERS
-from tests.conftest import run
+from tests.conftest import run, sample_npz
 from tests.test_untrusted_files import assert_refused_in_bounded_memory, baseline_peak, predict_with, zip_archive
 
 __all__ = ["baseline_peak"]  # a fixture, imported to be used here
@@ -41,10 +41,7 @@ ESCAPES = "\x1b[2J\x1b[31mEVIL\x1b]0;title\x07\u202e"  # clear the screen, red, 
 @pytest.fixture(scope="module")
 def digits_file(tmp_path_factory) -> Path:
     """1,000 labeled digits of the bundled sample as an .npz data file."""
-    sample = load_sample()
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    np.savez(path, images=sample.images[:1000], labels=sample.labels[:1000])
-    return path
+    return sample_npz(tmp_path_factory.mktemp("data"), 1000)
 
 
 @pytest.fixture(scope="module")

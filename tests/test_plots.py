@@ -9,7 +9,7 @@ from PIL import Image
 
 from gpunet.frontends import plots
 from gpunet.frontends.cli import main
-from tests.conftest import run
+from tests.conftest import run, sample_npz
 from gpunet.files.data import load_sample
 
 pytest.importorskip("matplotlib", reason="plots need matplotlib (pip install 'gpunet[plot]')")
@@ -49,10 +49,7 @@ def check_pngs(folder, units=HIDDEN, shown=40):
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     """1,500 labeled digits of the bundled sample as an .npz, for quick training runs."""
-    sample = load_sample()
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    np.savez(path, images=sample.images[:1500], labels=sample.labels[:1500])
-    return path
+    return sample_npz(tmp_path_factory.mktemp("data"), 1500)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 
 from gpunet.files.checkpoint import load_model
-from gpunet.files.data import load_sample
 from gpunet.frontends.cli import cli
 from gpunet.training.loop import TrainConfig
 from gpunet.training.presets import PRESETS, command_line
-from tests.conftest import run
+from tests.conftest import run, sample_npz
 
 SOURCE = click.core.ParameterSource
 
@@ -17,10 +16,7 @@ SOURCE = click.core.ParameterSource
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     """600 digits of the bundled sample: small enough for a preset's whole schedule in a test."""
-    sample = load_sample()
-    path = tmp_path_factory.mktemp("presets") / "digits.npz"
-    np.savez(path, images=sample.images[:600], labels=sample.labels[:600])
-    return path
+    return sample_npz(tmp_path_factory.mktemp("presets"), 600)
 
 
 def parsed(*args):

@@ -20,7 +20,7 @@ from gpunet.files.resume_file import CheckpointError, load_run_state, save_run_s
 from gpunet.nn.optimizers import OPTIMIZERS, make_optimizer
 from gpunet.training.loop import TrainingInterrupted, train
 from gpunet.training.run_state import ResumeMismatch
-from tests.conftest import run
+from tests.conftest import run, sample_npz
 from tests.test_training import separable_digits, small_config
 
 CPU = get_backend("cpu")[0]
@@ -255,12 +255,7 @@ def test_a_zip_of_many_members_is_refused_from_its_directory(tmp_path):
 @pytest.fixture
 def small_data(tmp_path):
     """2,000 of the bundled sample's digits: a few quick epochs."""
-    from gpunet.files.data import load_sample
-
-    sample = load_sample()
-    path = tmp_path / "digits.npz"
-    np.savez(path, images=sample.images[:2000], labels=sample.labels[:2000])
-    return path
+    return sample_npz(tmp_path, 2000)
 
 
 def ctrl_c_after_epoch(monkeypatch, epoch: int, signum=signal.SIGINT):

@@ -15,7 +15,7 @@ from gpunet.files.checkpoint import load_model
 from gpunet.files.data import load_sample
 from gpunet.frontends.estimator import Classifier, load
 from gpunet.training.loop import SettingError, TrainConfig, learning_rate, steps_per_epoch, train
-from tests.conftest import run
+from tests.conftest import run, sample_npz
 from tests.test_training import separable_digits
 from tests.tolerances import TRANSCENDENTAL_ULPS, assert_within, unit_roundoff
 
@@ -161,10 +161,7 @@ def test_a_presets_warm_up_longer_than_the_epochs_given_names_epochs_and_the_pre
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    sample = load_sample()
-    path = tmp_path_factory.mktemp("warmup") / "digits.npz"
-    np.savez(path, images=sample.images[:600], labels=sample.labels[:600])
-    return path
+    return sample_npz(tmp_path_factory.mktemp("warmup"), 600)
 
 
 def test_the_command_line_trains_with_the_warm_up_says_it_and_records_it(capsys, tmp_path, small_data):
