@@ -262,6 +262,27 @@ def train_on_stand_in(process, config, train_digits, val_digits, cuda_graph: boo
         return result, backend.xp.events, notices
 
 
+def eager_and_graph_runs(walk_exe, tmp_path, config, train_digits, val_digits, patch=None, own_products=True):
+    """(the eager run, the --cuda-graph run) of ``config`` on the stand-in, each train_on_stand_in's (result, events,
+    notices). The eager run's small products are gpunet's matmul kernel, as a --cuda-graph run's are (cuBLAS where
+    ``own_products`` is False); ``patch`` is applied to the graph run."""
+    process = WalkProcess(walk_exe, tmp_path)
+    try:
+        eager = train_on_stand_in(process, config, train_digits, val_digits, False, own_products=own_products)
+        graph = train_on_stand_in(process, config, train_digits, val_digits, True, patch=patch)
+    finally:
+        process.close()
+    return eager, graph
+
+
+def assert_fell_back(eager_run, graph_run, notice: str):
+    """The --cuda-graph run said ``notice`` alone, launched no graph, and is the eager run, bit for bit."""
+    (eager, _, _), (fell_back, events, notices) = eager_run, graph_run
+    assert notices == [notice]
+    assert not any(event.kind == GRAPH for event in events)
+    assert_same_run(fell_back, eager)
+
+
 def digits_for(m: int, val: int = 40):
     digits = load_sample()
     return (Digits(digits.images[:m], digits.labels[:m], "train"),
@@ -298,13 +319,8 @@ def test_graph_replay_gives_the_eager_parameters(walk_exe, tmp_path, run):
     settings = {"batch_size": 64, **given}
     config = loop.TrainConfig.for_optimizer(settings.pop("optimizer"), epochs=3, val_size=40, seed=0, **settings)
     train_digits, val_digits = digits_for(m)
-    process = WalkProcess(walk_exe, tmp_path)
-    try:
-        eager, eager_events, _ = train_on_stand_in(process, config, train_digits, val_digits, False,
-                                                   own_products=True)
-        graph, graph_events, notices = train_on_stand_in(process, config, train_digits, val_digits, True)
-    finally:
-        process.close()
+    (eager, eager_events, _), (graph, graph_events, notices) = eager_and_graph_runs(
+        walk_exe, tmp_path, config, train_digits, val_digits)
     whole_steps = m // config.batch_size
     assert sum(event.kind == GRAPH for event in graph_events) == 3 * whole_steps - 1
     assert not any(event.kind == GRAPH for event in eager_events) and notices == []
@@ -334,13 +350,8 @@ def test_the_graph_steps_take_the_warm_ups_rates(walk_exe, tmp_path):
 
         monkeypatch.setattr(kernels, "update_scalars", update_scalars)
 
-    process = WalkProcess(walk_exe, tmp_path)
-    try:
-        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False, own_products=True)
-        graph, graph_events, notices = train_on_stand_in(process, config, train_digits, val_digits, True,
-                                                         patch=record_rates)
-    finally:
-        process.close()
+    (eager, _, _), (graph, graph_events, notices) = eager_and_graph_runs(
+        walk_exe, tmp_path, config, train_digits, val_digits, patch=record_rates)
     assert notices == [] and any(event.kind == GRAPH for event in graph_events)
     steps = loop.steps_per_epoch(m, 64)
     want = np.array([rate for k, rate in enumerate(reference_rates(config.lr, 3, steps, 0.25)) if k % steps < 2])
@@ -359,12 +370,8 @@ def test_a_graph_run_agrees_with_the_cublas_run_within_its_bounds(walk_exe, tmp_
     train_digits, val_digits = few_digits()
     config = loop.TrainConfig.for_optimizer("adam", hidden=(16,), epochs=2, batch_size=64, seed=0, dtype="float64",
                                             val_size=len(val_digits))
-    process = WalkProcess(walk_exe, tmp_path)
-    try:
-        cublas, cublas_events, _ = train_on_stand_in(process, config, train_digits, val_digits, False)
-        graph, graph_events, notices = train_on_stand_in(process, config, train_digits, val_digits, True)
-    finally:
-        process.close()
+    (cublas, cublas_events, _), (graph, graph_events, notices) = eager_and_graph_runs(
+        walk_exe, tmp_path, config, train_digits, val_digits, own_products=False)
     assert notices == [] and any(event.kind == GRAPH for event in graph_events)
     assert not any(event.name.startswith("matmul<") for event in cublas_events)
     for result in (graph, cublas):  # their weights, on the host (the stand-in is gone)
@@ -384,18 +391,12 @@ def test_a_capture_that_fails_falls_back_with_its_notice(walk_exe, tmp_path):
         int(counter[0])  # a copy to the host: CUDA refuses it while capturing
         return result
 
-    process = WalkProcess(walk_exe, tmp_path)
-    try:
-        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False, own_products=True)
-        fell_back, events, notices = train_on_stand_in(
-            process, config, train_digits, val_digits, True,
-            patch=lambda monkeypatch: monkeypatch.setattr(loop, "step_gradients", reading))
-    finally:
-        process.close()
-    assert notices == ["CUDA graph: capture failed (CUDARuntimeError: cudaErrorStreamCaptureUnsupported: operation "
-                       "not permitted when stream is capturing); the steps run eagerly"]
-    assert not any(event.kind == GRAPH for event in events)
-    assert_same_run(fell_back, eager)
+    eager, fell_back = eager_and_graph_runs(
+        walk_exe, tmp_path, config, train_digits, val_digits,
+        patch=lambda monkeypatch: monkeypatch.setattr(loop, "step_gradients", reading))
+    assert_fell_back(eager, fell_back, "CUDA graph: capture failed (CUDARuntimeError: "
+                     "cudaErrorStreamCaptureUnsupported: operation not permitted when stream is capturing); the steps "
+                     "run eagerly")
 
 
 def test_cupy_refusing_cublas_in_capture_falls_back_with_its_notice(walk_exe, tmp_path):
@@ -405,16 +406,9 @@ def test_cupy_refusing_cublas_in_capture_falls_back_with_its_notice(walk_exe, tm
     eager run with the same products (the first layer's cuBLAS, the output layer's matmul.cu)."""
     config = loop.TrainConfig.for_optimizer("adam", hidden=(512,), epochs=2, batch_size=64, val_size=40, seed=0)
     train_digits, val_digits = digits_for(3 * 64)
-    process = WalkProcess(walk_exe, tmp_path)
-    try:
-        eager, _, _ = train_on_stand_in(process, config, train_digits, val_digits, False, own_products=True)
-        fell_back, events, notices = train_on_stand_in(process, config, train_digits, val_digits, True)
-    finally:
-        process.close()
-    assert notices == ["CUDA graph: capture failed (NotImplementedError: calling cuBLAS API during stream capture "
-                       "is currently unsupported); the steps run eagerly"]
-    assert not any(event.kind == GRAPH for event in events)
-    assert_same_run(fell_back, eager)
+    eager, fell_back = eager_and_graph_runs(walk_exe, tmp_path, config, train_digits, val_digits)
+    assert_fell_back(eager, fell_back, "CUDA graph: capture failed (NotImplementedError: calling cuBLAS API during "
+                     "stream capture is currently unsupported); the steps run eagerly")
 
 
 def test_what_is_not_captured_says_why():
