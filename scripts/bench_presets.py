@@ -365,10 +365,10 @@ FRONTIER = (  # fast itself (4 epochs), fewer epochs, a shorter warm-up, narrowe
     {"batch_size": 64, "lr": 0.005, "epochs": 2},
     {"batch_size": 256, "lr": 0.02, "epochs": 3},
 )
-# What a setting may change: the run's own settings. The seed, the held-out digits and early stopping are the
-# script's (--seeds, --val-size, split seed 0, none), the same for every setting.
-CHANGEABLE = ("arch", "hidden", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup",
-              "init", "dtype", "augment")
+# What a setting may change: the run's own settings, all of TrainConfig's but these. The seed, the held-out digits
+# and early stopping are the script's (--seeds, --val-size, split seed 0, none), the same for every setting.
+SCRIPTS_OWN = ("seed", "split_seed", "val_size", "patience")
+CHANGEABLE = tuple(name for name in TrainConfig.__dataclass_fields__ if name not in SCRIPTS_OWN)
 SPLIT_SEED = 0
 RECIPE_SECONDS = 33.6  # BENCHMARKS.md, "Presets against PyTorch": the recipe's wall time on the idle machine
 STARTUP_SECONDS = 2.4  # there: gpunet train --preset fast's start-up and CSV read (20.6 s wall, 18.2 s of epochs)
